@@ -1,0 +1,44 @@
+# Two entry points (see README): `make demo` runs a whole sweep offline, `make test` runs the tests.
+# Both set up everything they need on a fresh machine: system packages (tests), a venv, the package.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SWEEP := $(VENV)/bin/sweep
+# This machine's pip takes torch from local disk and caps it at 2.14.1; users elsewhere get CUDA builds.
+TORCH := torch==2.14.1 torchvision==0.29.1
+DEMO_STORAGE ?= sqlite:///storage/sweep.db
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv system-deps lint clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# PostgreSQL (storage tests on both backends) and Chromium (the report in a real browser).
+system-deps:
+	@if ! command -v /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql chromium; \
+	fi
+
+demo: venv
+	$(SWEEP) create demo --storage $(DEMO_STORAGE)
+	$(SWEEP) worker demo --storage $(DEMO_STORAGE)
+	$(SWEEP) status demo --storage $(DEMO_STORAGE)
+	$(SWEEP) report demo --storage $(DEMO_STORAGE)
+
+lint: venv
+	$(VENV)/bin/ruff check sweep tests
+
+test: venv system-deps
+	$(VENV)/bin/ruff check sweep tests
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean-demo:
+	rm -f storage/sweep.db storage/sweep.db-* storage/sweep.db.lock
+	rm -rf storage/reports

@@ -1,0 +1,438 @@
+"""The ``sweep`` command: create a study, run workers, write the report, look at studies.
+
+Only argument parsing and printing live here; the work is in ``sweep.service``. Errors a user can
+fix print one line on stderr and exit with code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sweep.storage import DEFAULT_URL
+
+app = typer.Typer(
+    name="sweep",
+    help="Hyperparameter sweeps for fine-tuning ResNet image classifiers. "
+    "One SQL database (SQLite or PostgreSQL) is the only coordinator between workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Measurements, each against its baseline in the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+
+StorageOpt = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        envvar="SWEEP_STORAGE",
+        help="Database URL shared by all workers: sqlite:///path.db or postgresql+psycopg://user:pw@host/db.",
+        show_default=True,
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and exit code 2."""
+    from sweep.service import ServiceError
+    from sweep.spec import SpecError
+    from sweep.storage import StorageError
+
+    try:
+        yield
+    except (SpecError, StorageError, ServiceError) as exc:
+        raise _fail(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- create
+
+
+@app.command()
+def create(
+    spec: Annotated[
+        str, typer.Argument(help="A spec name under ./studies/ (e.g. lr-freeze) or a path to a .toml file.")
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="Study name (default: the spec's `name`).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a spec key by dotted path, value as TOML: --set epochs=3 "
+            "--set params.lr.high=0.01 --set data.name=synthetic. Repeatable.",
+        ),
+    ] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Define a study from a spec and store it (with its resolved spec) in the shared storage."""
+    from sweep.service import create_study
+    from sweep.storage import mask_url
+
+    with _user_errors():
+        result = create_study(spec, name=name, overrides=set_ or [], storage_url=storage)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    where = mask_url(storage)
+    if result.created:
+        console.print(
+            f"created study [bold]{result.name}[/] in {where}: {result.spec.n_trials} trials × "
+            f"≤{result.spec.epochs} epochs, searching {', '.join(result.spec.params) or 'nothing'}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"study [bold]{result.name}[/] already exists in {where} with this spec; nothing to do", highlight=False
+        )
+
+
+# --------------------------------------------------------------------------- worker
+
+
+class _WorkerDisplay:
+    """Progress of one worker: a line per trial, an epoch bar for the running trial."""
+
+    def __init__(self, label: str | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.prefix = f"[{label}] " if label else ""
+        self.plain = label is not None or not console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=self.plain,
+        )
+        self.task: Any = None
+
+    def message(self, text: str) -> None:
+        console.print(f"{self.prefix}{text}", highlight=False)
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        self.message(f"trial {number} started: {shown}")
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"{self.prefix}trial {number}", total=None)
+
+    def epoch_done(self, number: int, epoch: int, epochs: int, acc: float, secs: float) -> None:
+        if self.task is not None:
+            self.progress.update(
+                self.task, completed=epoch, total=epochs, description=f"{self.prefix}trial {number} val_acc={acc:.4f}"
+            )
+        self.message(f"trial {number} epoch {epoch}/{epochs}: val_acc={acc:.4f} ({secs:.1f} s)")
+
+    def trial_finished(self, number: int, state: str, value: float | None, why: str | None) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(state, "red")
+        text = f"trial {number} [{colour}]{state}[/]"
+        if value is not None:
+            text += f" val_acc={value:.4f}"
+        if why:
+            text += f" ({why})"
+        console.print(f"{self.prefix}{text}", highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
+    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            display.message("second signal: exiting now")
+            os._exit(128 + signum)
+        stop.set()
+        display.message("stopping after the current epoch (the trial goes back to the queue); signal again to exit now")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def worker(
+    study: Annotated[str | None, typer.Argument(help="Study name; may be omitted when the storage holds one.")] = None,
+    gpu: Annotated[
+        list[int] | None,
+        typer.Option("--gpu", help="GPU index to use (repeatable: one worker process per GPU)."),
+    ] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="'all' = one worker per visible GPU.")] = None,
+    per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, help="Worker processes per GPU.")] = 1,
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = cuda if visible).")
+    ] = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="CPU worker processes (with --device cpu).")] = 1,
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            "--n-trials",
+            min=1,
+            help="Stop this worker after N trials (the study's budget, shared by all workers, always applies).",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads per worker (default: cores / workers).")
+    ] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Pull trials from the study and run them until its budget is spent."""
+    from sweep.service import ServiceError
+
+    gpu_list = list(gpu or [])
+    if gpus is not None:
+        if gpus != "all":
+            raise _fail(f"--gpus {gpus!r}: only 'all' is allowed; use --gpu N (repeatable) for specific GPUs")
+        gpu_list = _visible_gpus() or []
+        if not gpu_list:
+            raise _fail("--gpus all: no CUDA GPU is visible on this machine")
+    if gpu_list:
+        visible = _visible_gpus()
+        bad = [g for g in gpu_list if g not in visible]
+        if bad:
+            shown = ", ".join(map(str, visible)) or "none"
+            raise _fail(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
+    slots_needed = len(gpu_list) * per_gpu if gpu_list else (workers if device in ("auto", "cpu") else 1)
+    if slots_needed > 1:
+        _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage)
+        return
+    if gpu_list:  # one GPU: pin it in this very process (torch is not imported yet)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_list[0])
+        device = "cuda"
+    if threads is None and device in ("auto", "cpu"):
+        threads = max(1, (os.cpu_count() or 1))
+    label = os.environ.get("SWEEP_WORKER_LABEL")
+    display = _WorkerDisplay(label)
+    from sweep.objective import StopFlag
+    from sweep.service import WorkerEvents, run_worker
+
+    stop = StopFlag()
+    _install_stop_handlers(stop, display)
+    events = WorkerEvents(
+        message=display.message,
+        trial_started=display.trial_started,
+        epoch_done=display.epoch_done,
+        trial_finished=display.trial_finished,
+    )
+    started = time.time()
+    try:
+        with _user_errors(), display.progress:
+            summary = run_worker(
+                study, storage_url=storage, device=device, n_trials=n_trials, threads=threads, stop=stop, events=events
+            )
+    except ServiceError as exc:  # pragma: no cover - handled by _user_errors
+        raise _fail(str(exc)) from None
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
+    how = "stopped" if summary.stopped else "done"
+    display.message(
+        f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
+    )
+
+
+def _visible_gpus() -> list[int]:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _supervise(
+    study: str | None,
+    gpu_list: list[int],
+    per_gpu: int,
+    workers: int,
+    n_trials: int | None,
+    threads: int | None,
+    storage: str,
+) -> None:
+    from sweep.workers import Slot, cpu_slots, gpu_slots, supervise
+
+    slots = gpu_slots(gpu_list, per_gpu) if gpu_list else cpu_slots(workers)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // len(slots))
+
+    def child_args(slot: Slot) -> list[str]:
+        args = (
+            ["worker"]
+            + ([study] if study else [])
+            + ["--device", slot.device, "--storage", storage, "--threads", str(threads)]
+        )
+        return args + (["--n-trials", str(n_trials)] if n_trials else [])
+
+    console.print(f"starting {len(slots)} worker processes: {', '.join(s.label for s in slots)}")
+    code = supervise(slots, child_args, log=lambda m: console.print(m, highlight=False))
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    studies: Annotated[list[str] | None, typer.Argument(help="Studies to compare (default: the only one).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default: storage/reports/<study>.html).")
+    ] = None,
+    plotlyjs: Annotated[
+        str, typer.Option("--plotlyjs", help="inline = opens offline (~5 MB); cdn = small file, needs internet.")
+    ] = "inline",
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=1, help="Rewrite the report every SECONDS until Ctrl-C.")
+    ] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Write a self-contained HTML dashboard comparing the trials of one or more studies."""
+    from sweep.service import write_report
+
+    if plotlyjs not in ("inline", "cdn"):
+        raise _fail(f"--plotlyjs {plotlyjs!r}: expected inline or cdn")
+    while True:
+        with _user_errors():
+            path = write_report(studies or [], storage_url=storage, output=output, plotlyjs=plotlyjs)
+        console.print(f"report written: {path.resolve()}", highlight=False, soft_wrap=True)
+        if watch is None:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+
+
+# --------------------------------------------------------------------------- status / list
+
+
+def _state_cell(states: dict[str, int]) -> str:
+    order = ["COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL"]
+    return "  ".join(f"{states[s]} {s.lower()}" for s in order if states.get(s))
+
+
+@app.command()
+def status(
+    study: Annotated[str | None, typer.Argument(help="Study name; may be omitted when the storage holds one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Show one study: trials by state, best value and params, running trials."""
+    from sweep.service import status_of
+
+    with _user_errors():
+        st = status_of(storage, study)
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "name": st.name,
+                    "n_trials": st.n_trials,
+                    "states": st.states,
+                    "best_value": st.best_value,
+                    "best_params": st.best_params,
+                    "best_number": st.best_number,
+                    "running": [{k: v for k, v in r.items() if k != "started"} for r in st.running],
+                }
+            )
+        )
+        return
+    table = Table(title=f"study {st.name}", show_header=False)
+    done = sum(n for s, n in st.states.items() if s in ("COMPLETE", "PRUNED", "FAIL"))
+    table.add_row("trials", f"{done} finished of {st.n_trials} budgeted")
+    table.add_row("by state", _state_cell(st.states) or "none yet")
+    table.add_row(
+        "best val acc", f"{st.best_value:.4f} (trial {st.best_number})" if st.best_value is not None else "none yet"
+    )
+    for k, v in st.best_params.items():
+        table.add_row(f"  {k}", _fmt(v))
+    console.print(table)
+    if st.running:
+        run = Table(title="running")
+        for col in ("trial", "host", "device", "epoch", "last val acc"):
+            run.add_column(col)
+        for r in st.running:
+            acc = f"{r['last_acc']:.4f}" if r["last_acc"] is not None else "-"
+            run.add_row(str(r["number"]), str(r["host"]), str(r["device"]), str(r["epoch"]), acc)
+        console.print(run)
+
+
+@app.command("list")
+def list_(storage: StorageOpt = DEFAULT_URL) -> None:
+    """List the studies in the storage with their progress and best value."""
+    from sweep.service import list_statuses
+
+    with _user_errors():
+        statuses = list_statuses(storage)
+    if not statuses:
+        console.print("no studies yet; create one: sweep create SPEC")
+        return
+    table = Table(title="studies")
+    for col in ("study", "budget", "trials", "best val acc", "best params"):
+        table.add_column(col)
+    for st in statuses:
+        best = f"{st.best_value:.4f}" if st.best_value is not None else "-"
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in st.best_params.items())
+        table.add_row(st.name, str(st.n_trials), _state_cell(st.states) or "-", best, params)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@bench_app.command("train")
+def bench_train(
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps measured per pipeline.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="ImageFolder root with real images (default: synthetic).")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+) -> None:
+    """Images/s of the article's DataLoader+PIL loop against this engine, in one run."""
+    from sweep.bench.train import run_train_bench
+
+    run_train_bench(
+        device, steps=steps, batch_size=batch_size, json_path=json_path, data_root=data_root, console=console
+    )
+
+
+@bench_app.command("report")
+def bench_report(
+    n_trials: Annotated[int, typer.Option("--n-trials", min=1, help="Trials in the synthetic study.")] = 10_000,
+    output: Annotated[Path | None, typer.Option("--output", help="Where to write the HTML.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+) -> None:
+    """Time the report on a synthetic study of many trials."""
+    from sweep.bench.report import run_report_bench
+
+    run_report_bench(n_trials, json_path=json_path, output=output, console=console)
+
+
+def main() -> None:  # pragma: no cover - console-script entry point
+    """Entry point used by ``python -m sweep``."""
+    app(prog_name="sweep")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

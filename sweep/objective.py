@@ -1,0 +1,158 @@
+"""The trial objective: the one place where Optuna meets torch.
+
+params (from the sampler) → TrainConfig → ``train.fit`` with a per-epoch callback that reports
+validation accuracy to the pruner, records per-epoch timings and honours a graceful stop. Failures
+become a reason the report can show: ``oom``, ``diverged``, ``error``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from sweep.search import suggest_params
+from sweep.spec import StudySpec
+
+if TYPE_CHECKING:
+    from sweep.data import DataBundle
+    from sweep.train import EpochResult, TrainConfig
+
+
+class StopRequested(Exception):
+    """Raised at an epoch boundary after SIGTERM/SIGINT: the trial goes back to the queue."""
+
+
+@dataclass
+class Progress:
+    """Callbacks the worker's display implements; every one is optional."""
+
+    trial_started: Callable[[int, dict[str, Any]], None] = lambda number, params: None
+    epoch_done: Callable[[int, int, int, float, float], None] = lambda number, epoch, epochs, acc, secs: None
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler; checked at the end of every epoch."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def set(self) -> None:
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def train_config(spec: StudySpec, params: dict[str, Any], *, num_classes: int, seed: int) -> TrainConfig:
+    """Spec + one trial's params → the TrainConfig the training code understands."""
+    from sweep.train import TrainConfig
+
+    return TrainConfig(
+        arch=spec.model.arch,
+        weights=spec.model.weights,
+        stem=params["stem"],
+        num_classes=num_classes,
+        epochs=spec.epochs,
+        lr=float(params["lr"]),
+        batch_size=int(params["batch_size"]),
+        frozen_layers=int(params["frozen_layers"]),
+        aug_strength=float(params["aug_strength"]),
+        weight_decay=float(params["weight_decay"]),
+        label_smoothing=float(params["label_smoothing"]),
+        seed=seed,
+        resolution=int(params["resolution"]),
+        eval_batch_size=spec.train.eval_batch_size,
+        compile=spec.train.compile,
+    )
+
+
+def trial_seed(spec: StudySpec, number: int) -> int:
+    """Training seed of a trial, from the study seed and the trial's (original) number."""
+    return spec.seed * 100_003 + number
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_trial(
+    trial: optuna.Trial,
+    spec: StudySpec,
+    data: DataBundle,
+    device: str,
+    *,
+    stop: StopFlag | None = None,
+    progress: Progress | None = None,
+    original_number: int | None = None,
+) -> float:
+    """Run one trial to the end; return its final validation accuracy.
+
+    Raises optuna.TrialPruned (pruned or diverged), StopRequested (graceful stop) and re-raises any
+    other error after recording ``fail_reason`` and ``traceback`` on the trial.
+    """
+    from sweep.train import Diverged, fit
+
+    progress = progress or Progress()
+    params = suggest_params(trial, spec)
+    # A retried trial keeps the seed of the trial it replaces.
+    seed = trial_seed(spec, trial.number if original_number is None else original_number)
+    config = train_config(spec, params, num_classes=data.num_classes, seed=seed)
+    started = time.time()
+    epoch_seconds: list[float] = []
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("device", device)
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("data_fingerprint", data.fingerprint)
+    if device.startswith("cuda"):
+        import torch
+
+        trial.set_user_attr("gpu_name", torch.cuda.get_device_name(torch.device(device)))
+    progress.trial_started(trial.number, {k: params[k] for k in spec.params})
+
+    def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
+        epoch_seconds.append(result.seconds)
+        trial.report(result.val_accuracy, result.epoch)
+        trial.set_user_attr("epochs_run", result.epoch)
+        trial.set_user_attr("epoch_seconds", list(epoch_seconds))
+        progress.epoch_done(trial.number, result.epoch, spec.epochs, result.val_accuracy, result.seconds)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
+        if stop is not None and stop.is_set() and result.epoch < spec.epochs:
+            raise StopRequested(f"stopped after epoch {result.epoch}")
+
+    def finish(reason: str | None = None) -> None:
+        trial.set_user_attr("duration_s", round(time.time() - started, 3))
+        if reason is not None:
+            trial.set_user_attr("fail_reason", reason)
+
+    try:
+        result = fit(config, data, device, on_epoch=on_epoch)
+    except optuna.TrialPruned:
+        finish()
+        raise
+    except Diverged as exc:
+        finish("diverged")
+        raise optuna.TrialPruned(f"diverged: {exc}") from None
+    except StopRequested:
+        finish("stopped")
+        raise
+    except Exception as exc:
+        oom = _is_oom(exc)
+        finish("oom" if oom else "error")
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        if oom:
+            # Optuna 5 constraint: samplers treat this region as infeasible from now on.
+            trial.set_constraint("oom", 1.0)
+        raise
+    finish()
+    trial.set_user_attr("test_accuracy", result.test_accuracy)
+    return result.val_accuracy

@@ -1,0 +1,125 @@
+"""Sampler, pruner and parameter suggestion, all derived from the study spec."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from sweep.spec import SpecError, StudySpec
+
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its ``study.stop()`` at the end of the grid.
+
+    ``stop()`` only works inside ``study.optimize``; sweep's workers use ask/tell, and the study's
+    ``n_trials`` budget (checked to fit the grid) is what ends a grid sweep.
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+_SAMPLERS: dict[str, Any] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": _GridSampler,
+    "qmc": optuna.samplers.QMCSampler,
+}
+_PRUNERS: dict[str, Any] = {
+    "median": optuna.pruners.MedianPruner,
+    "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+# Arguments sweep itself fills in; the spec may not set them.
+_RESERVED = {"seed", "search_space", "constraints_func"}
+
+
+def _grid_space(spec: StudySpec) -> dict[str, list[Any]]:
+    space: dict[str, list[Any]] = {}
+    for name, p in spec.params.items():
+        if p.type == "categorical":
+            space[name] = list(p.choices or ())
+        else:
+            assert p.low is not None and p.high is not None
+            step = p.step if p.step is not None else 1  # spec validation: only int ranges may omit it
+            values, v = [], p.low
+            while v <= p.high + 1e-12:
+                values.append(int(v) if p.type == "int" else round(float(v), 12))
+                v += step
+            space[name] = values
+    return space
+
+
+def _check_args(kind: str, type_: str, cls: Any, args: dict[str, Any]) -> None:
+    allowed = sorted(k for k in inspect.signature(cls).parameters if k not in _RESERVED and k != "self")
+    for key in args:
+        if key not in allowed:
+            raise SpecError(
+                f"{kind}.{key}",
+                args[key],
+                f"not an argument of the {type_} {kind}; allowed: {', '.join(allowed) or 'none'}",
+            )
+
+
+def build_sampler(spec: StudySpec) -> BaseSampler:
+    """The spec's sampler, seeded from the spec (each worker adds its own offset via ``seed``)."""
+    cls = _SAMPLERS[spec.sampler.type]
+    args = dict(spec.sampler.args)
+    if spec.sampler.type == "grid":
+        return cls(_grid_space(spec), seed=spec.seed, **args)
+    if spec.sampler.type == "tpe":
+        # Small budgets: the default 10 random start-up trials would be the whole sweep.
+        args.setdefault("n_startup_trials", max(2, min(10, spec.n_trials // 4)))
+    return cls(seed=spec.seed, **args)
+
+
+def build_pruner(spec: StudySpec) -> BasePruner:
+    """The spec's pruner; resource-based pruners get the epoch budget as their max resource."""
+    cls = _PRUNERS[spec.pruner.type]
+    args = dict(spec.pruner.args)
+    if spec.pruner.type == "hyperband":
+        args.setdefault("min_resource", 1)
+        args.setdefault("max_resource", spec.epochs)
+    elif spec.pruner.type == "median":
+        args.setdefault("n_startup_trials", 2)
+        args.setdefault("n_warmup_steps", 1)
+    return cls(**args)
+
+
+def check_search_args(spec: StudySpec) -> None:
+    """Raise SpecError when sampler/pruner arguments do not fit the Optuna classes."""
+    if spec.sampler.type == "grid":
+        size = 1
+        for values in _grid_space(spec).values():
+            size *= len(values)
+        if spec.n_trials > size:
+            raise SpecError("n_trials", spec.n_trials, f"the grid has {size} points; use n_trials <= {size}")
+    _check_args("sampler", spec.sampler.type, _SAMPLERS[spec.sampler.type], dict(spec.sampler.args))
+    _check_args("pruner", spec.pruner.type, _PRUNERS[spec.pruner.type], dict(spec.pruner.args))
+    for kind, build in (("sampler", build_sampler), ("pruner", build_pruner)):
+        try:
+            build(spec)
+        except (TypeError, ValueError) as exc:
+            args = dict(getattr(spec, kind).args)
+            raise SpecError(kind, args, f"rejected by Optuna: {str(exc).splitlines()[0]}") from None
+
+
+def suggest_params(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Suggest every searched hyperparameter; fixed ones come from ``[train]``."""
+    params = spec.fixed_params()
+    for name, p in spec.params.items():
+        if p.type == "categorical":
+            params[name] = trial.suggest_categorical(name, list(p.choices or ()))
+        elif p.type == "int":
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            params[name] = trial.suggest_float(name, float(p.low), float(p.high), step=p.step, log=p.log)
+    return params

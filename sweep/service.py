@@ -1,0 +1,479 @@
+"""The use cases behind the CLI: create a study, run a worker, write a report, describe studies.
+
+Nothing here prints: results come back as plain data and progress goes through callbacks, so the
+CLI, the tests and a notebook can all drive the same code. Errors a user can fix are raised as
+``ServiceError`` (or SpecError / StorageError) with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep.search import build_pruner, build_sampler
+from sweep.spec import StudySpec, load_spec, spec_from_dict
+from sweep.storage import (
+    budget_lock,
+    mask_url,
+    open_storage,
+    retry_on_locked,
+    sqlite_path,
+    study_names,
+)
+
+SPEC_ATTR = "spec"
+FINGERPRINT_ATTR = "spec_fingerprint"
+# Trials that are re-runs of a dead worker's trial carry this system attribute (set by Optuna's
+# RetryHeartbeatStaleTrialCallback); they do not count against the budget a second time.
+RETRY_KEY = "failed_trial"
+
+
+class ServiceError(RuntimeError):
+    """A problem the user can fix, phrased on one line."""
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # We drive heartbeats ourselves around ask/tell (see _heartbeat); Optuna warns it expects optimize().
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+# --------------------------------------------------------------------------- create
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """What ``create_study`` did."""
+
+    name: str
+    created: bool
+    spec: StudySpec
+    warnings: tuple[str, ...] = ()
+
+
+def _local_warnings(spec: StudySpec) -> list[str]:
+    """Data roots and weight files are resolved on the worker; warn when they are missing here."""
+    from sweep.data import check_data
+    from sweep.model import check_weights
+
+    out = []
+    problem = check_data(spec.data.name, spec.data.root)
+    if problem:
+        out.append(f"{problem} (not found on this machine; workers must have it)")
+    problem = check_weights(spec.model.weights)
+    if problem:
+        out.append(f"{problem} (not found on this machine; workers must have it)")
+    return out
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def create_study(
+    spec_arg: str,
+    *,
+    storage_url: str,
+    name: str | None = None,
+    overrides: Sequence[str] = (),
+    studies_dir: str | Path = "studies",
+) -> CreateResult:
+    """Validate the spec and create its study; identical re-creation is a no-op, a conflict an error."""
+    _quiet_optuna()
+    spec = load_spec(spec_arg, overrides=list(overrides), name=name, studies_dir=studies_dir)
+    storage = open_storage(storage_url)
+    resolved = spec.to_dict()
+    try:
+        study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        existing = _stored_spec_dict(storage, spec.name)
+        if existing == resolved:
+            return CreateResult(spec.name, created=False, spec=spec)
+        where = ", ".join(_diff_keys(existing, resolved)[:6]) or "the spec"
+        raise ServiceError(
+            f"study {spec.name!r} already exists in {mask_url(storage_url)} with a different spec "
+            f"(differs at {where}); pick another --name"
+        ) from None
+    try:
+        # The spec goes in before anyone can use the study; a failure removes the half-made study.
+        study.set_user_attr(SPEC_ATTR, resolved)
+        study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            optuna.delete_study(study_name=spec.name, storage=storage)
+        raise
+    return CreateResult(spec.name, created=True, spec=spec, warnings=tuple(_local_warnings(spec)))
+
+
+def _stored_spec_dict(storage: optuna.storages.BaseStorage, name: str, wait_s: float = 5.0) -> dict[str, Any]:
+    study_id = storage.get_study_id_from_name(name)
+    deadline = time.monotonic() + wait_s
+    while True:
+        attrs = storage.get_study_user_attrs(study_id)
+        if SPEC_ATTR in attrs:
+            return attrs[SPEC_ATTR]
+        if time.monotonic() > deadline:  # a concurrent `create` is between its two writes
+            raise ServiceError(f"study {name!r} exists but has no sweep spec; it was not made by `sweep create`")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def resolve_study_name(storage: optuna.storages.BaseStorage, name: str | None, storage_url: str) -> str:
+    """The named study, or the only study in the storage; a clear error otherwise."""
+    names = study_names(storage)
+    if name is None:
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise ServiceError(f"no studies in {mask_url(storage_url)}; create one: sweep create SPEC")
+        raise ServiceError(f"STUDY is required: {mask_url(storage_url)} holds {', '.join(sorted(names))}")
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise ServiceError(f"study {name!r} not found in {mask_url(storage_url)}; studies there: {known}")
+    return name
+
+
+def load_spec_of(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
+    """The resolved spec a study stores."""
+    return spec_from_dict(_stored_spec_dict(storage, name, wait_s=0.0))
+
+
+def open_read_only(storage_url: str) -> optuna.storages.RDBStorage:
+    """Storage for commands that only read (report, status, list): never creates a database."""
+    _quiet_optuna()
+    return open_storage(storage_url, create=False)
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did."""
+
+    study: str
+    device: str
+    states: Counter[str] = field(default_factory=Counter)
+    stopped: bool = False
+
+    @property
+    def trials(self) -> int:
+        return sum(self.states.values())
+
+
+@dataclass
+class WorkerEvents:
+    """Callbacks for the worker's display (all optional)."""
+
+    message: Callable[[str], None] = lambda text: None
+    trial_started: Callable[[int, dict[str, Any]], None] = lambda number, params: None
+    epoch_done: Callable[[int, int, int, float, float], None] = lambda number, epoch, epochs, acc, secs: None
+    trial_finished: Callable[[int, str, float | None, str | None], None] = lambda number, state, value, why: None
+
+
+def resolve_device(device: str, gpus: Sequence[int] = ()) -> str:
+    """``auto`` → cuda when a GPU is visible, else cpu; a bad choice is an error."""
+    import torch
+
+    if gpus:
+        if not torch.cuda.is_available():
+            raise ServiceError(f"--gpu {', '.join(map(str, gpus))}: no CUDA GPU is visible on this machine")
+        return "cuda"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ServiceError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ServiceError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[None]:
+    """Beat for a running trial, so a worker that dies (kill -9, power) is noticed by its peers."""
+    interval = storage.get_heartbeat_interval()
+    if not interval:
+        yield
+        return
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is retried; grace covers several
+                storage.record_heartbeat(trial_id)
+            done.wait(interval)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
+def _counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
+    return RETRY_KEY not in t.system_attrs
+
+
+def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[str, optuna.Trial | None]:
+    """Under the budget lock: ('run', trial) / ('wait', None) / ('done', None)."""
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    spent = sum(1 for t in trials if _counts_against_budget(t))
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    if waiting or spent < spec.n_trials:
+        return "run", study.ask()
+    if any(t.state == TrialState.RUNNING for t in trials):
+        # Budget spent, but a running trial may still die and come back for a retry.
+        return "wait", None
+    return "done", None
+
+
+def run_worker(
+    study_name: str | None,
+    *,
+    storage_url: str,
+    device: str = "auto",
+    gpus: Sequence[int] = (),
+    n_trials: int | None = None,
+    threads: int | None = None,
+    stop: Any = None,
+    events: WorkerEvents | None = None,
+    wait_s: float = 30.0,
+    poll_s: float = 5.0,
+) -> WorkerSummary:
+    """Pull trials until the study's budget is spent (or ``n_trials`` for this worker)."""
+    from sweep.objective import StopFlag, StopRequested, run_trial
+
+    _quiet_optuna()
+    events = events or WorkerEvents()
+    stop = stop or StopFlag()
+    storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
+    name = resolve_study_name(storage, study_name, storage_url)
+    spec = load_spec_of(storage, name)
+    device = resolve_device(device, gpus)
+    if device == "cpu":
+        events.message("no GPU in use: training on the CPU" + (f" with {threads} threads" if threads else ""))
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    # Pre-flight: data and weights are resolved here, on the worker; fail before taking a trial,
+    # so no budget is burnt on trials that could never run.
+    from sweep.data import DataError, load_data
+    from sweep.model import WeightsError, build_model
+
+    events.message(f"loading data {spec.data.name!r} from {spec.data.root!r}")
+    try:
+        data = load_data(
+            spec.data.name,
+            spec.data.root,
+            val_fraction=spec.data.val_fraction,
+            seed=spec.seed,
+            resolution=spec.data.resolution,
+            subset=spec.data.subset,
+            cache_dir=_cache_dir(storage_url),
+        )
+        build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
+    except (DataError, WeightsError) as exc:
+        raise ServiceError(str(exc)) from None
+    events.message(
+        f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
+        f"{data.num_classes} classes"
+    )
+
+    # Each worker process gets its own sampler stream; identical seeds in parallel workers would
+    # propose the same first configurations twice.
+    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    with contextlib.suppress(AttributeError, TypeError):
+        study.sampler.reseed_rng()
+
+    summary = WorkerSummary(study=name, device=device)
+    from sweep.objective import Progress
+
+    progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done)
+    while n_trials is None or summary.trials < n_trials:
+        if stop.is_set():
+            summary.stopped = True
+            break
+        with budget_lock(storage, name):
+            decision, trial = retry_on_locked(lambda: _next_trial(study, spec))
+        if decision == "done":
+            break
+        if decision == "wait":
+            events.message("budget reached; waiting for trials still running on other workers")
+            if stop.event.wait(poll_s):
+                summary.stopped = True
+                break
+            continue
+        assert trial is not None
+        system_attrs = storage.get_trial_system_attrs(trial._trial_id)
+        original = system_attrs.get(RETRY_KEY)
+        if original is not None:
+            trial.set_user_attr("retry_of", original)
+        trial.set_user_attr("pid", os.getpid())
+        state, value, reason = _run_one(
+            study, trial, spec, data, device, stop, progress, original, storage, run_trial, StopRequested
+        )
+        summary.states[state] += 1
+        events.trial_finished(trial.number, state, value, reason)
+        if reason == "stopped":
+            summary.stopped = True
+            break
+    return summary
+
+
+def _run_one(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    data: Any,
+    device: str,
+    stop: Any,
+    progress: Any,
+    original: int | None,
+    storage: Any,
+    run_trial: Any,
+    stop_exc: type,
+) -> tuple[str, float | None, str | None]:
+    """Run one trial and tell the storage how it ended. Never loses a result."""
+    with _heartbeat(storage, trial._trial_id):
+        try:
+            value = run_trial(trial, spec, data, device, stop=stop, progress=progress, original_number=original)
+        except optuna.TrialPruned as exc:
+            retry_on_locked(lambda: study.tell(trial, state=TrialState.PRUNED))
+            reason = "diverged" if str(exc).startswith("diverged") else None
+            return "PRUNED", None, reason
+        except stop_exc:
+            frozen = retry_on_locked(lambda: study.tell(trial, state=TrialState.FAIL))
+            # Hand the trial back: the same params re-queued as WAITING, not counted twice.
+            callback = storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, frozen)
+            return "FAIL", None, "stopped"
+        except KeyboardInterrupt:
+            retry_on_locked(lambda: study.tell(trial, state=TrialState.FAIL))
+            raise
+        except Exception as exc:
+            retry_on_locked(lambda: study.tell(trial, state=TrialState.FAIL))
+            reason = "oom" if "out of memory" in str(exc).lower() else f"error: {str(exc).splitlines()[0][:200]}"
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+            return "FAIL", None, reason
+    retry_on_locked(lambda: study.tell(trial, value))
+    return "COMPLETE", value, None
+
+
+def _cache_dir(storage_url: str) -> Path:
+    env = os.environ.get("SWEEP_CACHE_DIR")
+    if env:
+        return Path(env)
+    path = sqlite_path(storage_url)
+    return (path.parent if path is not None else Path("storage")) / "cache"
+
+
+# --------------------------------------------------------------------------- report / status
+
+
+def default_report_path(names: Sequence[str], storage_url: str) -> Path:
+    """storage/reports/<study>.html beside the SQLite file (or under ./storage for PostgreSQL)."""
+    path = sqlite_path(storage_url)
+    home = path.parent if path is not None else Path("storage")
+    return home / "reports" / f"{'+'.join(names)}.html"
+
+
+def write_report(
+    names: Sequence[str], *, storage_url: str, output: str | Path | None = None, plotlyjs: str = "inline"
+) -> Path:
+    """Write one self-contained HTML report for one or more studies; return its path."""
+    from sweep import report
+
+    storage = open_read_only(storage_url)
+    if not names:
+        names = [resolve_study_name(storage, None, storage_url)]
+    names = [resolve_study_name(storage, n, storage_url) for n in names]
+    studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
+    out = Path(output) if output else default_report_path(names, storage_url)
+    return report.write_report(studies, out, storage_label=mask_url(storage_url), plotlyjs=plotlyjs)
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """A study at a glance, for ``sweep status`` and ``sweep list``."""
+
+    name: str
+    n_trials: int
+    states: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_number: int | None
+    running: tuple[dict[str, Any], ...]
+
+
+def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus:
+    """Trials by state, best trial and running trials of one study."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    try:
+        budget = int(study.user_attrs.get(SPEC_ATTR, {}).get("n_trials", 0))
+    except (TypeError, ValueError):
+        budget = 0
+    running = tuple(
+        {
+            "number": t.number,
+            "host": t.user_attrs.get("host", "?"),
+            "device": t.user_attrs.get("device", "?"),
+            "epoch": t.user_attrs.get("epochs_run", 0),
+            "last_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+            "started": t.datetime_start,
+        }
+        for t in trials
+        if t.state == TrialState.RUNNING
+    )
+    return StudyStatus(
+        name=name,
+        n_trials=budget,
+        states=dict(states),
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_number=best.number if best else None,
+        running=running,
+    )
+
+
+def list_statuses(storage_url: str) -> list[StudyStatus]:
+    """Status of every study in the storage."""
+    storage = open_read_only(storage_url)
+    return [study_status(storage, n) for n in sorted(study_names(storage))]
+
+
+def status_of(storage_url: str, name: str | None) -> StudyStatus:
+    """Status of one study (or the only one)."""
+    storage = open_read_only(storage_url)
+    return study_status(storage, resolve_study_name(storage, name, storage_url))

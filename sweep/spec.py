@@ -1,0 +1,446 @@
+"""The study spec: one frozen, typed description of a sweep, validated at the boundary.
+
+A spec comes from a TOML file (``studies/<name>.toml``) plus ``--set key=value`` overrides. It is
+validated here, once, with messages that name the field, the bad value and what is allowed. The
+resolved spec (every default filled in) is stored inside the Optuna study, so every worker on every
+machine reads the same thing from the database.
+
+Only the standard library is used: ``sweep create`` must start fast and never import torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+DATASETS = ("cifar10", "imagefolder", "synthetic")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+STEMS = ("imagenet", "cifar")
+SAMPLERS = ("tpe", "random", "grid", "qmc")
+PRUNERS = ("median", "successive-halving", "hyperband", "none")
+PARAM_TYPES = ("float", "int", "categorical")
+# Must equal len(sweep.model.UNITS) (stem, layer1..layer4); spec.py cannot import torch to ask.
+MAX_FROZEN = 5
+
+# Every hyperparameter a trial understands, with the value used when it is not searched.
+# `[train]` in the spec overrides these fixed values; `[params.<name>]` searches them.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,
+    "batch_size": 128,
+    "frozen_layers": 0,
+    "aug_strength": 0.5,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.0,
+    "stem": "imagenet",
+    "resolution": 32,
+}
+SEARCHABLE = tuple(TRAIN_DEFAULTS)
+
+
+class SpecError(ValueError):
+    """A spec problem, phrased for the user on one line."""
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field} = {_show(value)}: {allowed}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from and how the validation split is carved."""
+
+    name: str = "cifar10"
+    root: str = "data"
+    val_fraction: float = 0.1
+    resolution: int = 32
+    subset: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which torchvision ResNet, and which initial weights."""
+
+    arch: str = "resnet18"
+    weights: str = "imagenet"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Fixed training settings, and the values of hyperparameters that are not searched."""
+
+    lr: float = TRAIN_DEFAULTS["lr"]
+    batch_size: int = TRAIN_DEFAULTS["batch_size"]
+    frozen_layers: int = TRAIN_DEFAULTS["frozen_layers"]
+    aug_strength: float = TRAIN_DEFAULTS["aug_strength"]
+    weight_decay: float = TRAIN_DEFAULTS["weight_decay"]
+    label_smoothing: float = TRAIN_DEFAULTS["label_smoothing"]
+    stem: str = TRAIN_DEFAULTS["stem"]
+    resolution: int = TRAIN_DEFAULTS["resolution"]
+    eval_batch_size: int = 1024
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Optuna sampler type plus keyword arguments passed to it."""
+
+    type: str = "tpe"
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """Optuna pruner type plus keyword arguments passed to it."""
+
+    type: str = "hyperband"
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched hyperparameter: a float/int range or a list of choices."""
+
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """The whole, resolved study: what every worker reads from the database."""
+
+    name: str
+    n_trials: int = 60
+    epochs: int = 12
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain JSON-able data (what is stored in the study)."""
+        out = dataclasses.asdict(self)
+        out["sampler"] = {"type": self.sampler.type, **dict(self.sampler.args)}
+        out["pruner"] = {"type": self.pruner.type, **dict(self.pruner.args)}
+        params: dict[str, Any] = {}
+        for name, p in self.params.items():
+            d: dict[str, Any] = {"type": p.type}
+            if p.type == "categorical":
+                d["choices"] = list(p.choices or ())
+            else:
+                d.update(low=p.low, high=p.high, log=p.log)
+                if p.step is not None:
+                    d["step"] = p.step
+            params[name] = d
+        out["params"] = params
+        return json.loads(json.dumps(out))
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved spec: equal specs have equal fingerprints."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def fixed_params(self) -> dict[str, Any]:
+        """Hyperparameters not searched, with the values every trial uses."""
+        return {k: getattr(self.train, k) for k in SEARCHABLE if k not in self.params}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_spec_file(spec: str, studies_dir: str | Path = "studies") -> Path:
+    """Resolve SPEC: a name under ./studies/ (``lr-freeze``) or a path to a .toml file."""
+    as_path = Path(spec)
+    if as_path.suffix == ".toml" or "/" in spec or as_path.is_file():
+        if as_path.is_file():
+            return as_path
+        raise SpecError("SPEC", spec, "file not found; give a name under studies/ or a path to a .toml file")
+    candidate = Path(studies_dir) / f"{spec}.toml"
+    if candidate.is_file():
+        return candidate
+    available = sorted(p.stem for p in Path(studies_dir).glob("*.toml")) if Path(studies_dir).is_dir() else []
+    allowed = f"one of {', '.join(available)}" if available else f"no specs found in {studies_dir}/"
+    raise SpecError("SPEC", spec, f"no such study spec; expected {allowed}, or a path to a .toml file")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; syntax errors become a SpecError naming the file and line."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(path), "<file>", f"invalid TOML: {exc}") from None
+
+
+_BARE_WORD = re.compile(r"^[^\s\"'\[\]{}=,]+$")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``key.path=value``; the value is a TOML value, a bare word is a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    raw = raw.strip()
+    path = key.split(".")
+    if not sep or not key or any(not part or not re.fullmatch(r"[A-Za-z0-9_\-]+", part) for part in path):
+        raise SpecError("--set", text, "expected KEY=VALUE with a dotted key, e.g. --set params.lr.high=0.01")
+    if raw == "":
+        raise SpecError(f"--set {key}", raw, "a value is required after '='")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if not _BARE_WORD.match(raw):
+            raise SpecError(
+                f"--set {key}", raw, 'not a TOML value (number, boolean, "string", [array]) or a bare word'
+            ) from None
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw spec with every ``--set`` applied in order."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise SpecError(f"--set {'.'.join(path)}", value, f"{where} is a value, not a table")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_spec(
+    spec: str, *, overrides: list[str] | None = None, name: str | None = None, studies_dir: str | Path = "studies"
+) -> StudySpec:
+    """SPEC (name or path) + overrides + optional new name → a validated StudySpec."""
+    path = find_spec_file(spec, studies_dir)
+    raw = read_toml(path)
+    raw = apply_overrides(raw, overrides or [])
+    if name is not None:
+        raw["name"] = name
+    raw.setdefault("name", path.stem)
+    return parse_spec(raw)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_keys(table: Mapping[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise SpecError(f"{prefix}{key}", table[key], f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SpecError(key, value, "must be a table ([" + key + "])")
+    return value
+
+
+def _int(value: Any, fld: str, *, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(fld, value, "must be an integer")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise SpecError(fld, value, f"must be an integer in [{low}, {high if high is not None else '∞'}]")
+    return value
+
+
+def _float(
+    value: Any, fld: str, *, low: float | None = None, high: float | None = None, open_low: bool = False
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(fld, value, "must be a finite number")
+    value = float(value)
+    bad_low = low is not None and (value <= low if open_low else value < low)
+    if bad_low or (high is not None and value > high):
+        lo = "(" if open_low else "["
+        raise SpecError(fld, value, f"must be a number in {lo}{low}, {high if high is not None else '∞'}]")
+    return value
+
+
+def _str(value: Any, fld: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(fld, value, "must be a non-empty string")
+    if choices is not None and value not in choices:
+        raise SpecError(fld, value, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def _bool(value: Any, fld: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(fld, value, "must be true or false")
+    return value
+
+
+def _check_hparam(name: str, value: Any, fld: str) -> Any:
+    """Validate one value of a trainable hyperparameter (fixed or a categorical choice)."""
+    if name == "lr":
+        return _float(value, fld, low=0.0, high=10.0, open_low=True)
+    if name == "batch_size":
+        return _int(value, fld, low=1, high=65536)
+    if name == "frozen_layers":
+        return _int(value, fld, low=0, high=MAX_FROZEN)
+    if name in ("aug_strength", "label_smoothing"):
+        return _float(value, fld, low=0.0, high=1.0)
+    if name == "weight_decay":
+        return _float(value, fld, low=0.0, high=10.0)
+    if name == "stem":
+        return _str(value, fld, STEMS)
+    if name == "resolution":
+        return _int(value, fld, low=8, high=1024)
+    raise AssertionError(name)
+
+
+def _parse_param(name: str, raw: Any) -> ParamSpec:
+    fld = f"params.{name}"
+    if name not in SEARCHABLE:
+        raise SpecError(fld, raw, f"unknown hyperparameter; searchable: {', '.join(SEARCHABLE)}")
+    if not isinstance(raw, dict):
+        raise SpecError(fld, raw, "must be a table with type = float | int | categorical")
+    ptype = _str(raw.get("type"), f"{fld}.type", PARAM_TYPES)
+    if ptype == "categorical":
+        _check_keys(raw, f"{fld}.", ("type", "choices"))
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SpecError(f"{fld}.choices", choices, "must be a non-empty array")
+        checked = tuple(_check_hparam(name, c, f"{fld}.choices") for c in choices)
+        if len(set(checked)) != len(checked):
+            raise SpecError(f"{fld}.choices", choices, "must not repeat a value")
+        return ParamSpec(type="categorical", choices=checked)
+    _check_keys(raw, f"{fld}.", ("type", "low", "high", "log", "step"))
+    for key in ("low", "high"):
+        if key not in raw:
+            raise SpecError(f"{fld}.{key}", None, f"is required for type = {ptype!r}")
+    if ptype == "int":
+        if name not in ("batch_size", "frozen_layers", "resolution"):
+            raise SpecError(f"{fld}.type", ptype, "this hyperparameter is a float; use float or categorical")
+        low, high = (_check_hparam(name, raw[k], f"{fld}.{k}") for k in ("low", "high"))
+        step = _int(raw["step"], f"{fld}.step", low=1) if "step" in raw else None
+    else:
+        if name in ("batch_size", "frozen_layers", "resolution", "stem"):
+            raise SpecError(f"{fld}.type", ptype, "this hyperparameter is discrete; use int or categorical")
+        low, high = (_check_hparam(name, raw[k], f"{fld}.{k}") for k in ("low", "high"))
+        step = _float(raw["step"], f"{fld}.step", low=0.0, open_low=True) if "step" in raw else None
+    if low > high:
+        raise SpecError(f"{fld}.low", low, f"must be <= {fld}.high ({high})")
+    log = _bool(raw.get("log", False), f"{fld}.log")
+    if log and low <= 0:
+        raise SpecError(f"{fld}.low", low, "must be > 0 when log = true")
+    if log and step is not None:
+        raise SpecError(f"{fld}.step", step, "cannot be combined with log = true")
+    return ParamSpec(type=ptype, low=low, high=high, log=log, step=step)
+
+
+def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
+    """Validate a raw (TOML-shaped) mapping into a StudySpec; raise SpecError on the first problem."""
+    top = ("name", "n_trials", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params")
+    _check_keys(raw, "", top)
+    name = _str(raw.get("name"), "name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name):
+        raise SpecError("name", name, "use letters, digits, '-', '_' and '.', at most 128 characters")
+
+    d = _table(raw, "data")
+    _check_keys(d, "data.", tuple(f.name for f in dataclasses.fields(DataSpec)))
+    subset = d.get("subset")
+    data = DataSpec(
+        name=_str(d.get("name", DataSpec.name), "data.name", DATASETS),
+        root=_str(d.get("root", DataSpec.root), "data.root"),
+        val_fraction=_float(
+            d.get("val_fraction", DataSpec.val_fraction), "data.val_fraction", low=0.0, high=0.9, open_low=True
+        ),
+        resolution=_int(d.get("resolution", DataSpec.resolution), "data.resolution", low=8, high=1024),
+        subset=None if subset is None else _int(subset, "data.subset", low=20),
+    )
+
+    m = _table(raw, "model")
+    _check_keys(m, "model.", tuple(f.name for f in dataclasses.fields(ModelSpec)))
+    model = ModelSpec(
+        arch=_str(m.get("arch", ModelSpec.arch), "model.arch", ARCHS),
+        weights=_str(m.get("weights", ModelSpec.weights), "model.weights"),
+    )
+
+    t = _table(raw, "train")
+    _check_keys(t, "train.", tuple(f.name for f in dataclasses.fields(TrainSpec)))
+    fixed = {k: _check_hparam(k, t[k], f"train.{k}") for k in SEARCHABLE if k in t}
+    train = TrainSpec(
+        **fixed,
+        eval_batch_size=_int(t.get("eval_batch_size", TrainSpec.eval_batch_size), "train.eval_batch_size", low=1),
+        compile=_bool(t.get("compile", TrainSpec.compile), "train.compile"),
+    )
+
+    s = dict(_table(raw, "sampler"))
+    sampler = SamplerSpec(type=_str(s.pop("type", SamplerSpec.type), "sampler.type", SAMPLERS), args=s)
+    p = dict(_table(raw, "pruner"))
+    pruner = PrunerSpec(type=_str(p.pop("type", PrunerSpec.type), "pruner.type", PRUNERS), args=p)
+
+    params_raw = raw.get("params", {})
+    if not isinstance(params_raw, dict):
+        raise SpecError("params", params_raw, "must be a table of [params.<name>] tables")
+    params = {k: _parse_param(k, v) for k, v in params_raw.items()}
+    if sampler.type == "grid":
+        for k, ps in params.items():
+            if ps.type == "float" and ps.step is None:
+                raise SpecError(
+                    f"params.{k}.type",
+                    ps.type,
+                    "the grid sampler needs categorical params or int/float ranges with a step",
+                )
+
+    spec = StudySpec(
+        name=name,
+        n_trials=_int(raw.get("n_trials", StudySpec.n_trials), "n_trials", low=1, high=10_000_000),
+        epochs=_int(raw.get("epochs", StudySpec.epochs), "epochs", low=1, high=100_000),
+        seed=_int(raw.get("seed", StudySpec.seed), "seed", low=0, high=2**32 - 1),
+        data=data,
+        model=model,
+        train=train,
+        sampler=sampler,
+        pruner=pruner,
+        params=params,
+    )
+    # Sampler/pruner arguments are checked against the real Optuna classes (sweep.search).
+    from sweep.search import check_search_args
+
+    check_search_args(spec)
+    return spec
+
+
+def spec_from_dict(stored: Mapping[str, Any]) -> StudySpec:
+    """Rebuild the StudySpec a study stores (its ``to_dict()``), validating it again."""
+    raw = copy.deepcopy(dict(stored))
+    if raw.get("data", {}).get("subset", 0) is None:  # to_dict() writes None; TOML has no null
+        del raw["data"]["subset"]
+    return parse_spec(raw)

@@ -1,0 +1,248 @@
+"""Storage URL → Optuna storage: SQLite tuned for several local workers, PostgreSQL for many machines.
+
+The database is the only coordinator, so this module also owns the one cross-process primitive the
+workers need: ``budget_lock``, which serialises "is there budget left? then ask a trial" so the
+study-wide ``n_trials`` is never overshot, however many workers race for the last trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_URL = "sqlite:///storage/sweep.db"
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+# A dead worker's trial is declared stale after GRACE_PERIOD seconds without a heartbeat.
+# Environment overrides exist for tests and for clusters with slow or flaky networks.
+HEARTBEAT_INTERVAL = int(os.environ.get("SWEEP_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD = int(os.environ.get("SWEEP_GRACE_PERIOD", "30"))
+
+
+class StorageError(RuntimeError):
+    """A storage problem, phrased for the user on one line (password already masked)."""
+
+
+_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a database URL (``postgresql://u:***@host/db``)."""
+    return _PASSWORD.sub(r"\1***\3", url)
+
+
+def mask_text(text: str, url: str) -> str:
+    """Remove the password of ``url`` from any text (driver errors quote it sometimes)."""
+    text = text.replace(url, mask_url(url))
+    with contextlib.suppress(ArgumentError, ValueError):
+        password = make_url(url).password
+        if password:
+            text = text.replace(str(password), "***")
+    return _PASSWORD.sub(r"\1***\3", text)
+
+
+def validate_url(url: str) -> str:
+    """Check the URL is one sweep supports; return the SQLAlchemy URL (postgresql → psycopg 3)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            f"storage URL {mask_url(url)!r} is malformed; expected sqlite:///path/to.db or "
+            "postgresql+psycopg://user:password@host:5432/db"
+        ) from None
+    if parsed.drivername not in SCHEMES:
+        raise StorageError(
+            f"storage URL scheme {parsed.drivername!r} is not supported; use one of {', '.join(SCHEMES)}"
+        )
+    if parsed.drivername == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise StorageError(
+                f"storage URL {url!r} has no database file; a sweep shares a file: sqlite:///storage/sweep.db"
+            )
+        return url
+    if not parsed.host or not parsed.database:
+        raise StorageError(f"storage URL {mask_url(url)!r} needs a host and a database name")
+    # Plain postgresql:// means psycopg2 to SQLAlchemy; sweep ships psycopg 3.
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, None for other backends."""
+    parsed = make_url(url)
+    return Path(parsed.database) if parsed.drivername == "sqlite" and parsed.database else None
+
+
+@event.listens_for(Engine, "begin")
+def _begin_immediate(conn: Any) -> None:
+    # pysqlite opens transactions lazily as DEFERRED; two workers that both read and then want to
+    # write fail at once with "database is locked" (the busy timeout does not apply to a lock
+    # upgrade). Taking the write lock at BEGIN makes them queue on the busy timeout instead.
+    if getattr(conn.engine, "_sweep_immediate", False):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_engine_kwargs(path: Path) -> dict[str, Any]:
+    def connect() -> sqlite3.Connection:
+        con = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA busy_timeout = 60000")
+        con.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; fsync at checkpoints only
+        return con
+
+    return {"creator": connect}
+
+
+def _prepare_sqlite(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # WAL lets readers (report, status) run beside a writer; the mode is stored in the file.
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode = WAL")
+    finally:
+        con.close()
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat: bool = False,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+    max_retry: int | None = 3,
+    wait_s: float = 0.0,
+    create: bool = True,
+) -> optuna.storages.RDBStorage:
+    """Open (and create when missing) the Optuna RDB storage behind ``url``.
+
+    ``heartbeat`` turns on Optuna's trial heartbeat: a worker that dies stops beating, its trial is
+    failed after ``grace_period`` s and re-queued (same params) by RetryHeartbeatStaleTrialCallback.
+    ``wait_s`` retries an unreachable database (a worker started before its PostgreSQL) that long.
+    ``create=False`` refuses to create a missing SQLite file (read-only commands).
+    """
+    sa_url = validate_url(url)
+    engine_kwargs: dict[str, Any]
+    path = sqlite_path(sa_url)
+    if path is not None:
+        if not path.exists() and not create:
+            raise StorageError(f"no sweep database at {path}; create a study first: sweep create SPEC")
+        _prepare_sqlite(path)
+        engine_kwargs = _sqlite_engine_kwargs(path)
+    else:
+        engine_kwargs = {
+            "pool_pre_ping": True,  # survive a database restart or an idle connection cut by a proxy
+            "pool_size": 2,
+            "max_overflow": 4,
+            "connect_args": {"connect_timeout": 10},
+        }
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        hb = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+        }
+        with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            hb["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
+            # Only sweep's own engines (and only after Optuna's schema set-up) take the write lock early.
+            storage.engine._sweep_immediate = path is not None  # type: ignore[attr-defined]
+            return storage
+        except (
+            optuna.exceptions.StorageInternalError,
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+            sqlite3.Error,
+        ) as exc:
+            if time.monotonic() >= deadline:
+                reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], sa_url)
+                raise StorageError(
+                    f"cannot reach storage {mask_url(url)}: {reason}"
+                    + (f" (retried for {wait_s:.0f} s)" if wait_s else "")
+                ) from None
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+        except ImportError:
+            raise StorageError(
+                f"no driver for {mask_url(url)}; install PostgreSQL support: pip install 'sweep[postgres]'"
+            ) from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """Names of every study in the storage."""
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+# --------------------------------------------------------------------------- budget lock
+
+_memory_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+    """Hold a lock shared by every worker of ``study_name``, on every machine that can see the lock.
+
+    SQLite: an flock on a file beside the database (SQLite only spans one machine anyway).
+    PostgreSQL: a session advisory lock, held on its own connection while the block runs.
+    """
+    url = getattr(storage, "url", None)
+    path = sqlite_path(url) if url else None
+    if path is not None:
+        lock_path = path.with_name(path.name + ".lock")
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    engine = getattr(storage, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                conn.commit()
+        return
+    with _memory_lock:
+        yield
+
+
+def retry_on_locked(fn: Callable[[], Any], attempts: int = 5) -> Any:
+    """Run ``fn`` again when SQLite still reports a lock (belt and braces around BEGIN IMMEDIATE)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except sqlalchemy.exc.OperationalError as exc:
+            if "locked" not in str(exc) or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+    return None
+
+
+def env_storage_url(default: str = DEFAULT_URL) -> str:
+    """The storage URL from SWEEP_STORAGE, else the default."""
+    return os.environ.get("SWEEP_STORAGE") or default

@@ -1,0 +1,99 @@
+"""Several workers from one command: one child process per GPU slot (or per CPU worker), supervised.
+
+Each child is an ordinary ``sweep worker`` (so any launcher — shell, systemd, Kubernetes, Slurm — can
+start the same thing by hand), pinned to its GPU with CUDA_VISIBLE_DEVICES. The parent restarts a
+child that crashes (a bounded number of times), and passes Ctrl-C / SIGTERM on: the first asks every
+child to finish its epoch and hand its trial back, the second kills them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One child worker: a label for its output, its device and its extra environment."""
+
+    label: str
+    device: str
+    env: dict[str, str]
+
+
+def gpu_slots(gpus: Sequence[int], per_gpu: int) -> list[Slot]:
+    """One slot per (GPU, replica); each child sees only its GPU, as cuda:0."""
+    return [
+        Slot(label=f"gpu{g}" + (f".{r}" if per_gpu > 1 else ""), device="cuda", env={"CUDA_VISIBLE_DEVICES": str(g)})
+        for g in gpus
+        for r in range(per_gpu)
+    ]
+
+
+def cpu_slots(n: int) -> list[Slot]:
+    """N CPU workers, none of which may see a GPU."""
+    return [Slot(label=f"cpu{i}", device="cpu", env={"CUDA_VISIBLE_DEVICES": ""}) for i in range(n)]
+
+
+def supervise(
+    slots: Sequence[Slot],
+    child_args: Callable[[Slot], list[str]],
+    *,
+    max_restarts: int = 3,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run every slot as a child process until all finish; return 0 when every child ended cleanly."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    restarts: dict[str, int] = {s.label: 0 for s in slots}
+    results: dict[str, int] = {}
+    signals_seen = 0
+
+    def start(slot: Slot) -> None:
+        env = {**os.environ, **slot.env, "SWEEP_WORKER_LABEL": slot.label}
+        procs[slot.label] = subprocess.Popen([sys.executable, "-m", "sweep", *child_args(slot)], env=env)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        how = signal.SIGTERM if signals_seen == 1 else signal.SIGKILL
+        log(
+            "stopping workers: each finishes its epoch and hands its trial back"
+            if signals_seen == 1
+            else "stopping workers now"
+        )
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(how)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for slot in slots:
+            start(slot)
+        by_label = {s.label: s for s in slots}
+        while procs:
+            for label, p in list(procs.items()):
+                code = p.poll()
+                if code is None:
+                    continue
+                del procs[label]
+                if code == 0 or signals_seen or code == 2:
+                    # 2 = a usage/config error: restarting would only repeat it.
+                    results[label] = code
+                    continue
+                restarts[label] += 1
+                if restarts[label] > max_restarts:
+                    log(f"[{label}] exited with code {code} {restarts[label]} times; giving up on it")
+                    results[label] = code
+                    continue
+                log(f"[{label}] exited with code {code}; restarting ({restarts[label]}/{max_restarts})")
+                start(by_label[label])
+            time.sleep(0.2)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return 0 if all(c == 0 for c in results.values()) else max(abs(c) for c in results.values())

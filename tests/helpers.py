@@ -1,0 +1,72 @@
+"""Small study specs the tests write: synthetic data, tiny images, seconds per trial on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_SPEC = """
+name = "tiny"
+n_trials = {n_trials}
+epochs = {epochs}
+seed = 0
+
+[data]
+name = "synthetic"
+val_fraction = 0.25
+resolution = 16
+subset = 160
+
+[model]
+arch = "resnet18"
+weights = "none"
+
+[train]
+resolution = 16
+
+[sampler]
+type = "{sampler}"
+
+[pruner]
+type = "{pruner}"
+{pruner_args}
+
+[params.lr]
+type = "float"
+low = {lr_low}
+high = {lr_high}
+log = true
+
+[params.batch_size]
+type = "categorical"
+choices = [32, 64]
+
+[params.frozen_layers]
+type = "int"
+low = 0
+high = 5
+
+[params.aug_strength]
+type = "float"
+low = 0.0
+high = 1.0
+"""
+
+
+def write_tiny_spec(
+    folder: Path,
+    *,
+    n_trials: int = 3,
+    epochs: int = 2,
+    sampler: str = "random",
+    pruner: str = "none",
+    pruner_args: str = "",
+    lr_low: float = 1e-3,
+    lr_high: float = 1e-2,
+) -> Path:
+    """Write studies/tiny.toml under ``folder`` and return its path."""
+    studies = folder / "studies"
+    studies.mkdir(parents=True, exist_ok=True)
+    path = studies / "tiny.toml"
+    path.write_text(TINY_SPEC.format(n_trials=n_trials, epochs=epochs, sampler=sampler, pruner=pruner,
+                                     pruner_args=pruner_args, lr_low=lr_low, lr_high=lr_high))
+    return path

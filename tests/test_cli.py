@@ -1,0 +1,160 @@
+"""The three commands through typer's CliRunner, and once through the installed console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import write_tiny_spec
+from typer.testing import CliRunner
+
+from sweep.cli import app
+
+runner = CliRunner()
+SWEEP = Path(sys.executable).with_name("sweep")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with studies/tiny.toml; the default storage lands under it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEP_STORAGE", raising=False)
+    monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    write_tiny_spec(tmp_path)
+    return tmp_path
+
+
+def _study(name: str = "tiny", url: str = "sqlite:///storage/sweep.db") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_help_on_every_command() -> None:
+    result = runner.invoke(app, [])
+    assert "create" in result.output and "worker" in result.output and "report" in result.output
+    for command in (["create"], ["worker"], ["report"], ["status"], ["list"], ["bench", "train"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--storage" in result.output or command[0] == "bench"
+
+
+def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
+    result = runner.invoke(app, ["create", "tiny", "--set", "n_trials=2"])
+    assert result.exit_code == 0, result.output
+    assert "created study tiny" in result.output
+    result = runner.invoke(app, ["worker", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "training on the CPU" in result.output
+    assert "trial 0 epoch 1/2" in result.output
+    study = _study()
+    assert len(study.trials) == 2
+    assert all(t.state.is_finished() for t in study.trials)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in done:
+        assert 0.0 <= t.value <= 1.0
+        assert 0.0 <= t.user_attrs["test_accuracy"] <= 1.0
+        assert t.user_attrs["epochs_run"] == 2 and len(t.user_attrs["epoch_seconds"]) == 2
+        assert sorted(t.intermediate_values) == [1, 2]
+        assert t.value == t.intermediate_values[2]  # the objective is the last validation accuracy
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 0, result.output
+    report = workdir / "storage" / "reports" / "tiny.html"
+    assert report.is_file() and str(report) in result.output.replace("\n", "")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0 and "2 finished of 2" in result.output
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0 and "tiny" in result.output
+
+
+def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> None:
+    assert runner.invoke(app, ["create", "tiny"]).exit_code == 0
+    again = runner.invoke(app, ["create", "tiny"])
+    assert again.exit_code == 0 and "already exists" in again.output
+    before = _study().user_attrs["spec"]
+    conflict = runner.invoke(app, ["create", "tiny", "--set", "epochs=5"])
+    assert conflict.exit_code == 2
+    assert "different spec" in conflict.output and "epochs" in conflict.output
+    assert _study().user_attrs["spec"] == before
+    other = runner.invoke(app, ["create", "tiny", "--set", "epochs=5", "--name", "tiny5"])
+    assert other.exit_code == 0
+    assert _study("tiny5").user_attrs["spec"]["epochs"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["create", "nope"], "SPEC = 'nope'"),
+        (["create", "tiny", "--set", "bogus=1"], "bogus"),
+        (["create", "tiny", "--set", "epochs"], "--set"),
+        (["create", "tiny", "--set", "data.name=mnist"], "data.name = 'mnist'"),
+        (["create", "tiny", "--set", "params.lr.low=1"], "params.lr.low"),
+        (["create", "tiny", "--set", "params.batch_size.choices=[]"], "params.batch_size.choices"),
+        (["create", "tiny", "--set", "model.arch=vgg"], "model.arch"),
+        (["create", "tiny", "--set", "pruner.type=asha"], "pruner.type"),
+        (["create", "tiny", "--storage", "mysql://u:pw@h/db"], "not supported"),
+        (["create", "tiny", "--storage", "not a url"], "malformed"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir: Path, args: list[str], needle: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    assert not (workdir / "storage" / "sweep.db").exists()
+
+
+def test_unknown_study_and_empty_storage(workdir: Path) -> None:
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2 and "no sweep database" in result.output
+    assert runner.invoke(app, ["create", "tiny"]).exit_code == 0
+    for command in (["worker", "ghost"], ["status", "ghost"], ["report", "ghost"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "'ghost' not found" in result.output and "tiny" in result.output
+
+
+def test_worker_fails_before_taking_a_trial_when_data_is_missing(workdir: Path) -> None:
+    result = runner.invoke(app, ["create", "tiny", "--set", "data.name=imagefolder",
+                                 "--set", "data.root=nowhere"])
+    assert result.exit_code == 0
+    assert "warning" in result.output and "nowhere" in result.output
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert "nowhere" in result.output
+    assert _study().trials == []  # no budget burnt
+
+
+def test_password_is_masked_in_errors(workdir: Path) -> None:
+    url = "postgresql+psycopg://sweep:hunter2@127.0.0.1:9/nodb"
+    result = runner.invoke(app, ["list", "--storage", url])
+    assert result.exit_code == 2
+    assert "hunter2" not in result.output and "***" in result.output
+
+
+def test_storage_from_environment(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_STORAGE", "sqlite:///elsewhere/s.db")
+    assert runner.invoke(app, ["create", "tiny"]).exit_code == 0
+    assert (workdir / "elsewhere" / "s.db").exists()
+    assert not (workdir / "storage" / "sweep.db").exists()
+
+
+def test_console_script_end_to_end(workdir: Path) -> None:
+    env = {**os.environ, "SWEEP_STORAGE": "sqlite:///storage/cli.db"}
+
+    def sweep(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    created = sweep("create", "tiny", "--set", "n_trials=1", "--set", "epochs=1")
+    assert created.returncode == 0, created.stderr
+    ran = sweep("worker", "tiny", "--threads", "1")
+    assert ran.returncode == 0, ran.stderr
+    assert "trial 0 COMPLETE" in ran.stdout
+    report = sweep("report", "tiny", "--output", "out/r.html")
+    assert report.returncode == 0, report.stderr
+    assert (workdir / "out" / "r.html").stat().st_size > 100_000
+    bad = sweep("create", "tiny", "--set", "epochs=0")
+    assert bad.returncode == 2 and "epochs = 0" in bad.stderr and "Traceback" not in bad.stderr

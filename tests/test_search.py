@@ -1,0 +1,69 @@
+"""Sampler, pruner and suggestions built from the spec."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from sweep.search import build_pruner, build_sampler, suggest_params
+from sweep.spec import parse_spec
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "batch_size": {"type": "categorical", "choices": [64, 128]},
+    "frozen_layers": {"type": "int", "low": 0, "high": 5},
+    "aug_strength": {"type": "float", "low": 0.0, "high": 1.0},
+}
+
+
+@pytest.mark.parametrize(
+    ("pruner", "cls"),
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("successive-halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
+def test_pruners(pruner: str, cls: type) -> None:
+    spec = parse_spec({"name": "s", "epochs": 9, "pruner": {"type": pruner}, "params": SPACE})
+    assert isinstance(build_pruner(spec), cls)
+
+
+def test_hyperband_max_resource_is_epochs() -> None:
+    spec = parse_spec({"name": "s", "epochs": 9, "pruner": {"type": "hyperband"}})
+    pruner = build_pruner(spec)
+    assert pruner._max_resource == 9 and pruner._min_resource == 1
+
+
+def test_sampler_args_pass_through() -> None:
+    spec = parse_spec({"name": "s", "sampler": {"type": "tpe", "n_startup_trials": 3}})
+    sampler = build_sampler(spec)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 3
+
+
+def test_suggestions_stay_in_the_space() -> None:
+    spec = parse_spec({"name": "s", "sampler": {"type": "random"}, "params": SPACE, "train": {"stem": "cifar"}})
+    study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+    for _ in range(20):
+        trial = study.ask()
+        p = suggest_params(trial, spec)
+        assert 1e-5 <= p["lr"] <= 1e-1 and p["batch_size"] in (64, 128)
+        assert 0 <= p["frozen_layers"] <= 5 and isinstance(p["frozen_layers"], int)
+        assert p["stem"] == "cifar" and p["weight_decay"] == 0.05  # fixed, from [train]
+        study.tell(trial, 0.5)
+    assert set(study.trials[0].params) == set(SPACE)
+
+
+def test_grid_sampler_covers_grid() -> None:
+    spec = parse_spec({"name": "g", "n_trials": 4, "sampler": {"type": "grid"}, "params": {
+        "batch_size": {"type": "categorical", "choices": [8, 16]},
+        "frozen_layers": {"type": "int", "low": 0, "high": 1}}})
+    study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+    seen = set()
+    for _ in range(4):
+        trial = study.ask()
+        p = suggest_params(trial, spec)
+        seen.add((p["batch_size"], p["frozen_layers"]))
+        study.tell(trial, 0.1)
+    assert seen == {(8, 0), (8, 1), (16, 0), (16, 1)}

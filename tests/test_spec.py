@@ -1,0 +1,144 @@
+"""Spec loading, overrides and validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweep.spec import (
+    MAX_FROZEN,
+    SpecError,
+    apply_overrides,
+    load_spec,
+    parse_override,
+    parse_spec,
+    spec_from_dict,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ROOT / "studies"
+
+
+def test_shipped_specs_load() -> None:
+    real = load_spec("lr-freeze", studies_dir=STUDIES)
+    assert real.data.name == "cifar10" and real.model.weights == "imagenet"
+    assert set(real.params) == {"lr", "batch_size", "frozen_layers", "aug_strength"}
+    lr = real.params["lr"]
+    assert (lr.low, lr.high, lr.log) == (1e-5, 1e-1, True)
+    assert real.params["batch_size"].choices == (64, 128, 256, 512)
+    assert real.params["frozen_layers"].high == MAX_FROZEN
+    assert (real.sampler.type, real.pruner.type) == ("tpe", "hyperband")
+    demo = load_spec("demo", studies_dir=STUDIES)
+    assert demo.data.name == "synthetic" and demo.model.weights == "none"
+
+
+def test_spec_by_path_and_name_override(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('n_trials = 3\n[data]\nname = "synthetic"\n')
+    spec = load_spec(str(path))
+    assert spec.name == "mine" and spec.n_trials == 3
+    assert load_spec(str(path), name="other").name == "other"
+
+
+def test_overrides_are_toml_values() -> None:
+    assert parse_override("epochs=3") == (["epochs"], 3)
+    assert parse_override("params.lr.high=0.01") == (["params", "lr", "high"], 0.01)
+    assert parse_override("data.name=synthetic") == (["data", "name"], "synthetic")
+    assert parse_override('model.weights="/a b/c.pt"') == (["model", "weights"], "/a b/c.pt")
+    assert parse_override("params.batch_size.choices=[32, 64]") == (["params", "batch_size", "choices"], [32, 64])
+    assert parse_override("train.compile=true") == (["train", "compile"], True)
+    spec = load_spec("demo", studies_dir=STUDIES, overrides=["epochs=5", "params.lr.high=0.01", "seed=7"])
+    assert (spec.epochs, spec.params["lr"].high, spec.seed) == (5, 0.01, 7)
+
+
+def test_overrides_do_not_mutate_input() -> None:
+    raw = {"data": {"name": "cifar10"}}
+    out = apply_overrides(raw, ["data.name=synthetic"])
+    assert raw["data"]["name"] == "cifar10" and out["data"]["name"] == "synthetic"
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "hint"),
+    [
+        ("bogus=1", "bogus", "unknown key"),
+        ("data.bogus=1", "data.bogus", "unknown key"),
+        ("epochs=three", "epochs", "integer"),
+        ("epochs=0", "epochs", "integer in [1"),
+        ("n_trials=1.5", "n_trials", "integer"),
+        ("data.name=mnist", "data.name", "cifar10, imagefolder, synthetic"),
+        ("model.arch=vgg16", "model.arch", "resnet18, resnet34, resnet50"),
+        ("pruner.type=asha", "pruner.type", "median, successive-halving, hyperband, none"),
+        ("sampler.type=cma", "sampler.type", "tpe, random"),
+        ("params.lr.low=0.5", "params.lr.low", "must be <= params.lr.high"),
+        ("params.batch_size.choices=[]", "params.batch_size.choices", "non-empty"),
+        ("params.frozen_layers.high=9", "params.frozen_layers.high", "[0, 5]"),
+        ("params.momentum.type=float", "params.momentum", "searchable: lr"),
+        ("params.lr.type=int", "params.lr.type", "float"),
+        ("params.lr.log=1", "params.lr.log", "true or false"),
+        ("data.val_fraction=0", "data.val_fraction", "(0.0, 0.9]"),
+        ("pruner.bogus=3", "pruner.bogus", "not an argument of the median pruner"),
+        ("train.stem=tiny", "train.stem", "imagenet, cifar"),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(override: str, field: str, hint: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec("demo", studies_dir=STUDIES, overrides=[override])
+    message = str(info.value)
+    assert message.startswith(field), message
+    assert hint in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["noequals", "=3", "a..b=1", "a=", "x=[1, 2"])
+def test_malformed_set(text: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_override(text)
+    assert "--set" in str(info.value)
+
+
+def test_missing_spec_lists_available(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="one of demo, lr-freeze"):
+        load_spec("nope", studies_dir=STUDIES)
+    with pytest.raises(SpecError, match="file not found"):
+        load_spec(str(tmp_path / "missing.toml"))
+
+
+def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("n_trials = = 3\n")
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_spec(str(path))
+
+
+def test_round_trip_through_stored_dict() -> None:
+    spec = load_spec("lr-freeze", studies_dir=STUDIES)
+    again = spec_from_dict(spec.to_dict())
+    assert again == spec
+    assert again.fingerprint() == spec.fingerprint()
+    assert spec.fingerprint() != load_spec("lr-freeze", studies_dir=STUDIES, overrides=["seed=1"]).fingerprint()
+
+
+def test_fixed_params_fill_what_is_not_searched() -> None:
+    spec = parse_spec({"name": "x", "train": {"lr": 0.003}, "params": {"batch_size": {"type": "categorical",
+                                                                                     "choices": [8, 16]}}})
+    fixed = spec.fixed_params()
+    assert fixed["lr"] == 0.003 and "batch_size" not in fixed and fixed["frozen_layers"] == 0
+
+
+def test_grid_needs_discrete_space() -> None:
+    with pytest.raises(SpecError, match="grid sampler"):
+        parse_spec({"name": "g", "sampler": {"type": "grid"},
+                    "params": {"lr": {"type": "float", "low": 0.1, "high": 0.2}}})
+    spec = parse_spec({"name": "g", "n_trials": 3, "sampler": {"type": "grid"},
+                       "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}})
+    assert spec.params["lr"].step == 0.1
+    with pytest.raises(SpecError, match="the grid has 3 points"):
+        parse_spec({"name": "g", "n_trials": 4, "sampler": {"type": "grid"},
+                    "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}})
+
+
+def test_max_frozen_matches_model_units() -> None:
+    from sweep.model import UNITS
+
+    assert MAX_FROZEN == len(UNITS)
