@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sweep.storage import DEFAULT_URL
@@ -114,7 +115,7 @@ class _WorkerDisplay:
     def __init__(self, label: str | None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.prefix = f"[{label}] " if label else ""
+        self.prefix = escape(f"[{label}] ") if label else ""
         self.plain = label is not None or not console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -128,10 +129,10 @@ class _WorkerDisplay:
         self.task: Any = None
 
     def message(self, text: str) -> None:
-        console.print(f"{self.prefix}{text}", highlight=False)
+        console.print(f"{self.prefix}{escape(text)}", highlight=False)
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "no searched params"
         self.message(f"trial {number} started: {shown}")
         if self.task is not None:
             self.progress.remove_task(self.task)
@@ -284,7 +285,7 @@ def _supervise(
         return args + (["--n-trials", str(n_trials)] if n_trials else [])
 
     console.print(f"starting {len(slots)} worker processes: {', '.join(s.label for s in slots)}")
-    code = supervise(slots, child_args, log=lambda m: console.print(m, highlight=False))
+    code = supervise(slots, child_args, log=lambda m: console.print(escape(m), highlight=False))
     raise typer.Exit(code)
 
 

@@ -187,7 +187,31 @@ def _param_types(trials: Iterable[FrozenTrial]) -> dict[str, str]:
     return out
 
 
-def _importances(study: optuna.Study, completed: Sequence[TrialRow]) -> tuple[dict[str, float], str]:
+class _TrialsView:
+    """Enough of a Study for ``optuna.importance``, answering ``get_trials`` from the trials already read.
+
+    The evaluator asks for the trials several times; on an RDB storage each ask is a full reload.
+    """
+
+    def __init__(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> None:
+        self._study = study
+        self._trials = list(trials)
+
+    def get_trials(self, deepcopy: bool = True, states: Iterable[Any] | None = None) -> list[FrozenTrial]:
+        keep = None if states is None else tuple(states)
+        return [t for t in self._trials if keep is None or t.state in keep]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+def _importances(
+    study: optuna.Study, frozen: Sequence[FrozenTrial], completed: Sequence[TrialRow]
+) -> tuple[dict[str, float], str]:
     """PED-ANOVA importances (no sklearn), or an empty dict and the reason they are skipped."""
     if len(completed) < 2:
         return {}, "needs at least 2 completed trials"
@@ -201,7 +225,8 @@ def _importances(study: optuna.Study, completed: Sequence[TrialRow]) -> tuple[di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-            raw = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            view: Any = _TrialsView(study, frozen)
+            raw = optuna.importance.get_param_importances(view, evaluator=evaluator)
     except Exception as exc:  # noqa: BLE001 - importances are a nice-to-have; never fail the report
         return {}, f"could not be computed ({type(exc).__name__}: {_last_line(exc)})"
     imp = {k: float(v) for k, v in raw.items() if _finite(v) is not None and math.isfinite(float(v))}
@@ -259,7 +284,7 @@ def _study_data(study: optuna.Study, *, importances: bool) -> StudyData:
             saved_epochs += missing
             per = r.epoch_s if r.epoch_s is not None else mean_epoch
             saved += missing * (per or 0.0)
-    imp, note = _importances(study, completed) if importances else ({}, "not computed")
+    imp, note = _importances(study, frozen, completed) if importances else ({}, "not computed")
     return StudyData(
         name=name,
         spec=spec,
@@ -439,9 +464,10 @@ def _curves(data: ReportData) -> tuple[go.Figure, str]:
             if len(shown) < len(rows):
                 notes.append(f"{_label(data, s, state.lower())}: {len(shown)} of {len(rows)} curves drawn")
             if state == "PRUNED":
-                color = "rgba(120,120,120,0.45)" if single else _color(i, 0.3)
+                alpha = max(0.12, min(0.6, 8 / math.sqrt(len(shown))))
+                color = f"rgba(120,120,120,{alpha:.2f})" if single else _color(i, alpha * 0.8)
             else:
-                color = _color(i, 0.35)
+                color = _color(i, max(0.12, min(0.6, 8 / math.sqrt(len(shown)))))
             fig.add_trace(_curve_trace(
                 shown, name=_label(data, s, f"{state.lower()} ({len(rows)})"), legendgroup=f"{i}-{state}",
                 line={"color": color, "width": 1, "dash": style},
@@ -507,7 +533,7 @@ def _parcoords(data: ReportData) -> tuple[go.Figure | None, str]:
         vals = [r.params[p] for r in rows]
         kind = _param_type(data, p, vals)
         if kind == "categorical" or not all(isinstance(v, (int, float)) for v in vals):
-            cats = sorted({_fmt(v) for v in vals})
+            cats = [_fmt(v) for v in _sorted_choices(vals)]
             dims.append({
                 "label": _esc(p), "values": [cats.index(_fmt(v)) for v in vals],
                 "tickvals": list(range(len(cats))), "ticktext": [_esc(c) for c in cats],
@@ -565,26 +591,28 @@ def _slices(data: ReportData) -> go.Figure | None:
                 names += [p for p in r.params if p not in names]
     if not names:
         return None
-    cols = min(len(names), 3)
+    cols = min(len(names), 4)
     nrows = math.ceil(len(names) / cols)
     fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04,
                         vertical_spacing=0.18 if nrows > 1 else 0.1,
                         subplot_titles=[_esc(p) for p in names])
     for k, p in enumerate(names):
         row, col = k // cols + 1, k % cols + 1
-        all_vals: list[Any] = []
-        for i, s in enumerate(data.studies):
-            done = [r for r in s.trials if r.state == "COMPLETE" and r.value is not None and p in r.params]
+        per_study = [[r for r in s.trials if r.state == "COMPLETE" and r.value is not None and p in r.params]
+                     for s in data.studies]
+        all_vals = [r.params[p] for done in per_study for r in done]
+        kind = _param_type(data, p, all_vals)
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in all_vals)
+        categorical = kind == "categorical" or not numeric
+        for i, (s, done) in enumerate(zip(data.studies, per_study, strict=True)):
             if not done:
                 continue
             vals = [r.params[p] for r in done]
-            all_vals += vals
-            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
-            xs = [round(float(v), 7) for v in vals] if numeric else [_esc(_fmt(v)) for v in vals]
+            xs = [_esc(_fmt(v)) for v in vals] if categorical else [round(float(v), 7) for v in vals]
             marker: dict[str, Any] = {"size": 5}
             if len(data.studies) == 1:
-                marker.update(color=[r.number for r in done], colorscale="Blues", opacity=0.7,
-                              showscale=k == 0, colorbar={"title": "trial #"})
+                marker.update(color=[r.number for r in done], colorscale=[[0, "#c6dbef"], [1, "#08306b"]],
+                              opacity=0.8, showscale=k == 0, colorbar={"title": "trial #"})
             else:
                 marker.update(color=_color(i, 0.5))
             fig.add_trace(_scatter(len(done))(
@@ -592,14 +620,24 @@ def _slices(data: ReportData) -> go.Figure | None:
                 name=_esc(s.name), legendgroup=str(i), showlegend=k == 0 and len(data.studies) > 1,
                 hovertemplate=f"{_esc(p)}=%{{x}}<br>acc=%{{y:.4f}}<extra></extra>",
             ), row=row, col=col)
-        kind = _param_type(data, p, all_vals)
-        if kind == "log" and all(isinstance(v, (int, float)) and v > 0 for v in all_vals):
+        if categorical:
+            order = [_esc(_fmt(v)) for v in _sorted_choices(all_vals)]
+            fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, row=row, col=col)
+        elif kind == "log" and all(v > 0 for v in all_vals):
             fig.update_xaxes(type="log", row=row, col=col)
-        elif kind == "categorical":
-            fig.update_xaxes(type="category", row=row, col=col)
     fig.update_yaxes(title_text="validation accuracy", col=1)
     fig.update_layout(height=360 * nrows, showlegend=len(data.studies) > 1)
     return fig
+
+
+def _sorted_choices(values: Iterable[Any]) -> list[Any]:
+    """Distinct values, numbers numerically first, then the rest as text."""
+    uniq: dict[str, Any] = {}
+    for v in values:
+        uniq.setdefault(_fmt(v), v)
+    nums = [v for v in uniq.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    rest = sorted((v for v in uniq.values() if v not in nums), key=_fmt)
+    return sorted(nums) + rest
 
 
 def _bins(values: Sequence[Any], log: bool, n: int = 10) -> tuple[list[str], list[int]]:
@@ -615,7 +653,7 @@ def _bins(values: Sequence[Any], log: bool, n: int = 10) -> tuple[list[str], lis
     width = (hi - lo) / n or 1.0
     edges = [lo + i * width for i in range(n + 1)]
     back = (lambda v: 10**v) if use_log else (lambda v: v)
-    labels = [f"{_fmt(back(edges[i]))}–{_fmt(back(edges[i + 1]))}" for i in range(n)]
+    labels = [f"{back(edges[i]):.2g}–{back(edges[i + 1]):.2g}" for i in range(n)]
     return labels, [min(int((tr(v) - lo) / width), n - 1) for v in values]
 
 
@@ -720,7 +758,7 @@ background:#eceff4}
 details pre,code{background:#f0f2f5;border-radius:4px}details pre{padding:10px;overflow:auto;max-height:420px}
 code{padding:2px 6px}summary{cursor:pointer;color:#2454c5}
 table.kv td{padding:2px 14px 2px 0;vertical-align:top}table.kv td:first-child{color:#5b6475}
-.plot{width:100%;min-height:420px}.note{color:#5b6475;font-size:13px}
+.plot{width:100%}.note{color:#5b6475;font-size:13px}
 #trials{border-collapse:collapse;width:100%;font-size:12.5px;font-variant-numeric:tabular-nums}
 #trials th,#trials td{padding:3px 8px;border-bottom:1px solid #e6e9ef;text-align:left;white-space:nowrap}
 #trials td.fail{white-space:normal;max-width:320px}
@@ -925,7 +963,9 @@ def render_html(
              if not s.importances and s.importance_note]
     for i, (title, fig) in enumerate(figs):
         fid = f"fig-{i}"
-        parts.append(f'<section class="card figure"><h2>{title}</h2><div id="{fid}" class="plot"></div>'
+        height = int(fig.layout.height or 450)
+        parts.append(f'<section class="card figure"><h2>{title}</h2>'
+                     f'<div id="{fid}" class="plot" style="height:{height}px"></div>'
                      f"<script>sweepPlot({_script_json(fid)},{_script_json(fig.to_plotly_json())});</script>"
                      "</section>")
     if notes:

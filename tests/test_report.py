@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from sweep import report
 from sweep.bench.report import run_report_bench, synthetic_study
+from sweep.report import ReportData
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -127,6 +128,22 @@ def test_importances_need_two_completed_trials_that_vary() -> None:
     (big,) = report.gather([synthetic_study(80)]).studies
     assert set(big.importances) == {"lr", "batch_size", "frozen_layers", "aug_strength"}
     assert sum(big.importances.values()) == pytest.approx(1.0)
+
+
+def test_gather_reads_each_study_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(study_name="db", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    study.add_trials(synthetic_study(12).get_trials(deepcopy=False))
+    calls: list[bool] = []
+    real = study.get_trials
+
+    def counting(deepcopy: bool = True, states: Any = None) -> list[optuna.trial.FrozenTrial]:
+        calls.append(deepcopy)
+        return real(deepcopy=deepcopy, states=states)
+
+    monkeypatch.setattr(study, "get_trials", counting)
+    (s,) = report.gather([study]).studies
+    assert calls == [False]  # importances reuse the trials already read
+    assert len(s.trials) == 12 and s.importances and s.spec == {}
 
 
 def test_empty_study_renders() -> None:
@@ -298,20 +315,24 @@ class Page:
         )
 
 
-def _xss_study() -> optuna.Study:
+@pytest.fixture(scope="module")
+def xss_report(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Page, ReportData]]:
+    """One page, shared by the tests below: a study named like a script, with a script-like failure."""
     study = synthetic_study(40, name=XSS, seed=3)
     study.add_trial(_trial(TrialState.FAIL, [], params={"lr": 1e-4}, fail_reason="<img src=x onerror=alert(4)>"))
-    return study
+    path = tmp_path_factory.mktemp("xss") / "report.html"
+    report.write_report([study], path, storage_label="sqlite:///storage/sweep.db")
+    view = Page(browser, path)
+    view.wait_for_plots()
+    yield view, report.gather([study])
+    view.page.close()
 
 
 @pytest.mark.browser
-def test_page_in_chromium_offline(browser: Any, tmp_path: Path) -> None:
-    study = _xss_study()
-    n_figs = len(report.build_figures(report.gather([study])))
-    path = report.write_report([study], tmp_path / "report.html", storage_label="sqlite:///storage/sweep.db")
-    view = Page(browser, path)
-    view.wait_for_plots()
+def test_page_in_chromium_offline(xss_report: tuple[Page, ReportData]) -> None:
+    view, data = xss_report
     page = view.page
+    n_figs = len(report.build_figures(data))
     counts = page.evaluate("Array.from(document.querySelectorAll('div.js-plotly-plot')).map(d => d.data.length)")
     assert len(counts) == n_figs == 6 and all(n > 0 for n in counts)
     assert page.locator("svg.main-svg").count() > 0 and page.locator(".parcoords").count() == 1
@@ -323,18 +344,15 @@ def test_page_in_chromium_offline(browser: Any, tmp_path: Path) -> None:
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     page.screenshot(path=str(artifacts / "report.png"), full_page=True)
-    page.close()
 
 
 @pytest.mark.browser
-def test_table_sorts_and_filters(browser: Any, tmp_path: Path) -> None:
-    study = _xss_study()
-    (s,) = report.gather([study], importances=False).studies
-    view = Page(browser, report.write_report([study], tmp_path / "report.html"))
+def test_table_sorts_and_filters(xss_report: tuple[Page, ReportData]) -> None:
+    view, data = xss_report
+    (s,) = data.studies
     page = view.page
-
     page.click("#trials th:text-is('val acc')")
-    vals = [v for v in view.column("val acc")]
+    vals = view.column("val acc")
     filled = [float(v) for v in vals if v]
     assert filled == sorted(filled) and vals[len(filled):] == [""] * (len(vals) - len(filled))
     assert page.get_attribute("#trials th:text-is('val acc')", "aria-sort") == "ascending"
@@ -355,13 +373,12 @@ def test_table_sorts_and_filters(browser: Any, tmp_path: Path) -> None:
     page.fill("#filter", "")
     assert len(view.column("#")) == 41
     assert view.errors == [] and view.dialogs == []
-    page.close()
 
 
 @pytest.mark.browser
 def test_multi_study_webgl_page(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report, "GL_THRESHOLD", 0)  # every scatter as WebGL, as in a big study
-    studies = [synthetic_study(60, name="alpha"), synthetic_study(40, name="beta", seed=1)]
+    studies = [synthetic_study(30, name="alpha"), synthetic_study(20, name="beta", seed=1)]
     n_figs = len(report.build_figures(report.gather(studies)))
     view = Page(browser, report.write_report(studies, tmp_path / "multi.html"))
     view.wait_for_plots()

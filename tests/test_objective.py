@@ -1,0 +1,117 @@
+"""The objective and the worker loop in-process: values, pruning, failure reasons, budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from helpers import write_tiny_spec
+from optuna.trial import TrialState
+
+import sweep.train
+from sweep.service import create_study, run_worker
+
+
+@pytest.fixture
+def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    return f"sqlite:///{tmp_path / 'sweep.db'}"
+
+
+def _create(url: str, tmp_path: Path, *overrides: str, **spec_kw: object) -> optuna.Study:
+    write_tiny_spec(tmp_path, **spec_kw)  # type: ignore[arg-type]
+    create_study("tiny", storage_url=url, overrides=list(overrides))
+    return optuna.load_study(study_name="tiny", storage=url)
+
+
+def test_budget_is_exact_and_values_are_validation_accuracy(url: str, tmp_path: Path) -> None:
+    study = _create(url, tmp_path, n_trials=3, epochs=1)
+    summary = run_worker("tiny", storage_url=url, device="cpu", threads=2)
+    assert summary.trials == 3
+    again = run_worker("tiny", storage_url=url, device="cpu")  # budget spent: nothing more
+    assert again.trials == 0
+    trials = study.trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert t.user_attrs["host"] and t.user_attrs["device"] == "cpu" and t.user_attrs["duration_s"] > 0
+        assert t.user_attrs["data_fingerprint"]
+        assert 0 <= t.user_attrs["test_accuracy"] <= 1
+
+
+def test_n_trials_limits_this_worker_only(url: str, tmp_path: Path) -> None:
+    study = _create(url, tmp_path, n_trials=3, epochs=1)
+    assert run_worker("tiny", storage_url=url, device="cpu", n_trials=1).trials == 1
+    assert run_worker("tiny", storage_url=url, device="cpu").trials == 2
+    assert len(study.trials) == 3
+
+
+def test_pruning_really_happens(url: str, tmp_path: Path) -> None:
+    # Good configurations first, then hopeless ones (tiny lr, everything frozen): the median pruner
+    # must stop the hopeless ones after their first epoch, leaving them PRUNED with their curves.
+    study = _create(url, tmp_path, "pruner.n_startup_trials=2", "pruner.n_warmup_steps=0",
+                    n_trials=4, epochs=3, pruner="median", lr_low=1e-6, lr_high=1e-1)
+    good = {"lr": 3e-3, "batch_size": 32, "frozen_layers": 0, "aug_strength": 0.0}
+    bad = {"lr": 1e-6, "batch_size": 64, "frozen_layers": 5, "aug_strength": 1.0}
+    for params in (good, good, bad, bad):
+        study.enqueue_trial(params)
+    run_worker("tiny", storage_url=url, device="cpu")
+    states = [t.state for t in study.trials]
+    assert states[:2] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert states[2:] == [TrialState.PRUNED, TrialState.PRUNED]
+    for t in study.trials[2:]:
+        assert list(t.intermediate_values) == [1]
+        assert t.user_attrs["epochs_run"] == 1
+
+
+def test_oom_fails_the_trial_records_constraint_and_worker_continues(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = _create(url, tmp_path, n_trials=2, epochs=1)
+    real_fit = sweep.train.fit
+    calls = {"n": 0}
+
+    def fit_with_fault(*args: object, **kwargs: object) -> object:  # test-only fault hook
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(sweep.train, "fit", fit_with_fault)
+    summary = run_worker("tiny", storage_url=url, device="cpu")
+    assert summary.trials == 2
+    first, second = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "oom"
+    assert "OutOfMemoryError" in first.user_attrs["traceback"]
+    assert first.constraints == {"oom": 1.0}
+    assert second.state == TrialState.COMPLETE
+
+
+def test_divergence_prunes_with_reason(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _create(url, tmp_path, n_trials=1, epochs=2)
+
+    def diverging_fit(*args: object, **kwargs: object) -> object:
+        raise sweep.train.Diverged("loss is nan at epoch 1")
+
+    monkeypatch.setattr(sweep.train, "fit", diverging_fit)
+    run_worker("tiny", storage_url=url, device="cpu")
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["fail_reason"] == "diverged"
+
+
+def test_other_errors_fail_with_traceback_and_worker_continues(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = _create(url, tmp_path, n_trials=2, epochs=1)
+
+    def broken_fit(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(sweep.train, "fit", broken_fit)
+    summary = run_worker("tiny", storage_url=url, device="cpu")
+    assert summary.trials == 2 and summary.states["FAIL"] == 2
+    for t in study.trials:
+        assert t.user_attrs["fail_reason"] == "error"
+        assert "something broke" in t.user_attrs["traceback"]

@@ -1,0 +1,114 @@
+"""Real worker processes on one SQLite file: shared budget, SIGTERM, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import write_tiny_spec
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+SWEEP = Path(sys.executable).with_name("sweep")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "SWEEP_STORAGE": f"sqlite:///{tmp_path / 'sweep.db'}",
+            "SWEEP_CACHE_DIR": str(tmp_path / "cache"), **extra}
+
+
+def _sweep(tmp_path: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(SWEEP), *args], cwd=tmp_path, env=_env(tmp_path, **extra), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'sweep.db'}")
+
+
+def _create(tmp_path: Path, *sets: str, **kw: object) -> None:
+    write_tiny_spec(tmp_path, **kw)  # type: ignore[arg-type]
+    args = ["create", "tiny"] + [a for s in sets for a in ("--set", s)]
+    subprocess.run([str(SWEEP), *args], cwd=tmp_path, env=_env(tmp_path), check=True, capture_output=True)
+
+
+def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 300) -> str:
+    """Read the process output until ``needle`` appears."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")
+
+
+def test_two_worker_processes_finish_a_shared_budget_exactly(tmp_path: Path) -> None:
+    _create(tmp_path, n_trials=5, epochs=1)
+    procs = [_sweep(tmp_path, "worker", "--threads", "1") for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all("database is locked" not in out for out in outputs)
+    trials = _study(tmp_path).trials
+    assert len(trials) == 5
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both really worked
+
+
+def test_supervisor_runs_cpu_workers(tmp_path: Path) -> None:
+    _create(tmp_path, n_trials=3, epochs=1)
+    proc = _sweep(tmp_path, "worker", "--device", "cpu", "--workers", "2")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    assert "[cpu0]" in out and "[cpu1]" in out
+    assert len(_study(tmp_path).trials) == 3
+
+
+def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> None:
+    _create(tmp_path, "data.subset=400", n_trials=1, epochs=3)
+    proc = _sweep(tmp_path, "worker", "--threads", "1")
+    _wait_for(proc, "epoch 1/3")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "stopping after the current epoch" in out
+    first, retry = _study(tmp_path).trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "stopped"
+    assert retry.state == TrialState.WAITING and retry.params == first.params
+    # The next worker picks the handed-back trial up; the budget of 1 is not spent twice.
+    rerun = _sweep(tmp_path, "worker", "--threads", "1")
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out
+    trials = _study(tmp_path).trials
+    assert len(trials) == 2 and trials[1].state == TrialState.COMPLETE
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == first.params
+
+
+def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> None:
+    fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
+    _create(tmp_path, "data.subset=400", n_trials=2, epochs=2)
+    victim = _sweep(tmp_path, "worker", "--threads", "1", **fast)
+    _wait_for(victim, "epoch 1/2")
+    victim.kill()
+    victim.wait()
+    assert _study(tmp_path).trials[0].state == TrialState.RUNNING
+    survivor = _sweep(tmp_path, "worker", "--threads", "1", **fast)
+    out = survivor.communicate(timeout=600)[0]
+    assert survivor.returncode == 0, out
+    trials = _study(tmp_path).trials
+    assert trials[0].state == TrialState.FAIL  # declared stale by the survivor's heartbeat check
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == trials[0].params
+    counted = [t for t in trials if "failed_trial" not in t.system_attrs]
+    assert len(counted) == 2 and all(t.state.is_finished() for t in trials)
