@@ -146,6 +146,31 @@ def test_gather_reads_each_study_once(tmp_path: Path, monkeypatch: pytest.Monkey
     assert len(s.trials) == 12 and s.importances and s.spec == {}
 
 
+def test_odd_attrs_nan_curves_and_text_params() -> None:
+    opt = CategoricalDistribution(["adam", "sgd"])
+    trials = [
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=v, params={"optimizer": o, "lr": lr},
+            distributions={"optimizer": opt, "lr": DISTS["lr"]}, intermediate_values={1: 0.3, 2: v},
+            user_attrs={"epochs_run": "two", "epoch_seconds": "fast", "test_accuracy": "n/a", "duration_s": None},
+        )
+        for v, o, lr in ((0.5, "adam", 1e-3), (0.7, "sgd", 1e-2), (0.6, "adam", 1e-4))
+    ]
+    trials.append(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"optimizer": "sgd", "lr": 1e-1},
+        distributions={"optimizer": opt, "lr": DISTS["lr"]}, intermediate_values={1: 0.2, 2: float("nan")},
+        user_attrs={"fail_reason": "diverged"},
+    ))
+    data = report.gather([_study("odd", trials, spec={"epochs": "many", "params": []})])
+    (s,) = data.studies
+    assert s.best is not None and s.best.params["optimizer"] == "sgd" and s.best.test_accuracy is None
+    assert s.trials[0].epochs == 2 and s.planned_epochs == 2 and s.trials[3].fail_reason == "diverged"
+    page = report.render_html(data)
+    for block in re.findall(r"<script>(sweepPlot\(.*?)</script>", page, flags=re.S):
+        assert "NaN" not in block and "Infinity" not in block
+    assert '<th data-type="str" scope="col">optimizer</th>' in page
+
+
 def test_empty_study_renders() -> None:
     data = report.gather([_study("empty", [])])
     (s,) = data.studies
