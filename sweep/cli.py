@@ -129,7 +129,7 @@ class _WorkerDisplay:
         self.task: Any = None
 
     def message(self, text: str) -> None:
-        console.print(f"{self.prefix}{escape(text)}", highlight=False)
+        console.print(f"{self.prefix}{escape(text)}", highlight=False, soft_wrap=True)
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "no searched params"
@@ -155,7 +155,7 @@ class _WorkerDisplay:
             text += f" val_acc={value:.4f}"
         if why:
             text += f" ({why})"
-        console.print(f"{self.prefix}{text}", highlight=False)
+        console.print(f"{self.prefix}{text}", highlight=False, soft_wrap=True)
 
 
 def _fmt(v: Any) -> str:
@@ -200,11 +200,18 @@ def worker(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads per worker (default: cores / workers).")
     ] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            "--artifacts",
+            envvar="SWEEP_ARTIFACTS",
+            help="Folder for epoch checkpoints, shared by all workers (default: storage/artifacts).",
+            show_default=False,
+        ),
+    ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Pull trials from the study and run them until its budget is spent."""
-    from sweep.service import ServiceError
-
     gpu_list = list(gpu or [])
     if gpus is not None:
         if gpus != "all":
@@ -220,7 +227,7 @@ def worker(
             raise _fail(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
     slots_needed = len(gpu_list) * per_gpu if gpu_list else (workers if device in ("auto", "cpu") else 1)
     if slots_needed > 1:
-        _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage)
+        _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage, artifacts)
         return
     if gpu_list:  # one GPU: pin it in this very process (torch is not imported yet)
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_list[0])
@@ -241,13 +248,17 @@ def worker(
         trial_finished=display.trial_finished,
     )
     started = time.time()
-    try:
-        with _user_errors(), display.progress:
-            summary = run_worker(
-                study, storage_url=storage, device=device, n_trials=n_trials, threads=threads, stop=stop, events=events
-            )
-    except ServiceError as exc:  # pragma: no cover - handled by _user_errors
-        raise _fail(str(exc)) from None
+    with _user_errors(), display.progress:
+        summary = run_worker(
+            study,
+            storage_url=storage,
+            device=device,
+            n_trials=n_trials,
+            threads=threads,
+            stop=stop,
+            events=events,
+            artifacts=artifacts,
+        )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     how = "stopped" if summary.stopped else "done"
     display.message(
@@ -269,6 +280,7 @@ def _supervise(
     n_trials: int | None,
     threads: int | None,
     storage: str,
+    artifacts: str | None,
 ) -> None:
     from sweep.workers import Slot, cpu_slots, gpu_slots, supervise
 
@@ -282,6 +294,7 @@ def _supervise(
             + ([study] if study else [])
             + ["--device", slot.device, "--storage", storage, "--threads", str(threads)]
         )
+        args += ["--artifacts", artifacts] if artifacts else []
         return args + (["--n-trials", str(n_trials)] if n_trials else [])
 
     console.print(f"starting {len(slots)} worker processes: {', '.join(s.label for s in slots)}")

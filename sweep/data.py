@@ -8,6 +8,7 @@ is a handful of batched tensor ops, so there is no DataLoader, no PIL and no per
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -497,15 +498,21 @@ def _cutout(x: Tensor, side: int, generator: torch.Generator | None) -> Tensor:
     xs = torch.arange(w, device=dev)[None, None, :]
     lo = side // 2
     hole = (ys >= cy - lo) & (ys < cy - lo + side) & (xs >= cx - lo) & (xs < cx - lo + side)
-    fill = torch.tensor(_MEAN_UINT8, dtype=x.dtype, device=dev)[None, :, None, None]
-    return torch.where(hole[:, None], fill, x)
+    return torch.where(hole[:, None], _constant(_MEAN_UINT8, dev, torch.uint8), x)
 
 
 def normalize(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """uint8 ``[B, 3, H, W]`` -> float, scaled to [0, 1] then standardised with ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype)[None, :, None, None]
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype)[None, :, None, None]
+    mean = _constant(IMAGENET_MEAN, x.device, dtype)
+    std = _constant(IMAGENET_STD, x.device, dtype)
     return (x.to(dtype) / 255 - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Made once per device: torch.tensor(..., device="cuda") is a blocking copy that would stall
+    # the GPU queue on every batch.
+    return torch.tensor(values, dtype=dtype, device=device)[None, :, None, None]
 
 
 # ------------------------------------------------------------------------------------ device residency
@@ -536,7 +543,7 @@ class DeviceData:
     def fetch(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Rows ``idx`` of (x, y) on the device."""
         if self.resident:
-            return x[idx.to(x.device)], y[idx.to(y.device)]
+            return x[idx], y[idx]
         idx = idx.cpu()
         return (
             x[idx].pin_memory().to(self.device, non_blocking=True),
@@ -547,7 +554,8 @@ class DeviceData:
         self, batch_size: int, generator: torch.Generator, *, drop_last: bool = True
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Shuffled training batches (see :func:`batch_indices`)."""
-        for idx in batch_indices(len(self.train_y), batch_size, generator, drop_last=drop_last):
+        where = self.train_x.device if self.resident else None
+        for idx in batch_indices(len(self.train_y), batch_size, generator, drop_last=drop_last, device=where):
             yield self.fetch(self.train_x, self.train_y, idx)
 
 
@@ -558,14 +566,23 @@ def _free_memory(device: torch.device) -> int:
 
 
 def batch_indices(
-    n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = True
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    drop_last: bool = True,
+    device: str | torch.device | None = None,
 ) -> list[Tensor]:
-    """Index tensors of one shuffled epoch from a CPU ``generator``.
+    """Index tensors of one shuffled epoch, drawn from a CPU ``generator`` (same on every device).
 
-    With ``drop_last`` the ragged tail is dropped (a tiny last batch is noisy for BatchNorm), unless
-    there are fewer than ``batch_size`` images, in which case the epoch is a single batch.
+    The permutation is copied to ``device`` once per epoch: a blocking host-to-device copy per
+    batch would synchronise the GPU every step. With ``drop_last`` the ragged tail is dropped (a
+    tiny last batch is noisy for BatchNorm), unless there are fewer than ``batch_size`` images, in
+    which case the epoch is a single batch.
     """
     perm = torch.randperm(n, generator=generator)
+    if device is not None:
+        perm = perm.to(device)
     if drop_last and n >= batch_size:
         n = n - n % batch_size
     return list(perm[:n].split(batch_size))

@@ -7,7 +7,10 @@ become a reason the report can show: ``oom``, ``diverged``, ``error``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -34,6 +37,7 @@ class Progress:
     """Callbacks the worker's display implements; every one is optional."""
 
     trial_started: Callable[[int, dict[str, Any]], None] = lambda number, params: None
+    message: Callable[[str], None] = lambda text: None
     epoch_done: Callable[[int, int, int, float, float], None] = lambda number, epoch, epochs, acc, secs: None
 
 
@@ -48,6 +52,67 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return self.event.is_set()
+
+
+class Checkpoints:
+    """The latest epoch checkpoint of one trial, in an Optuna artifact store.
+
+    Only the newest checkpoint is kept (the previous one is removed after the new one is stored),
+    and it is removed when the trial ends for good. A trial handed back (SIGTERM) or re-queued after
+    its worker died keeps it: the retry, which inherits the trial's user attributes, resumes from it.
+    """
+
+    ATTR = "checkpoint"
+
+    def __init__(self, trial: optuna.Trial, store: Any | None, every: int = 1) -> None:
+        self.trial = trial
+        self.store = store
+        self.every = every
+        self.current: dict[str, Any] | None = trial.user_attrs.get(self.ATTR) if store is not None else None
+
+    def load(self) -> dict | None:
+        """The inherited checkpoint's state (on the CPU), or None to start from scratch."""
+        if self.store is None or not self.current:
+            return None
+        import torch
+        from optuna.artifacts import download_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ckpt.pt")
+            try:
+                download_artifact(artifact_store=self.store, file_path=path, artifact_id=self.current["artifact_id"])
+            except Exception:  # lost or unreadable: start over rather than fail the retry
+                self.current = None
+                return None
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict, epoch: int) -> None:
+        """Store ``state`` as the trial's checkpoint after ``epoch`` (every ``every`` epochs)."""
+        if self.store is None or self.every <= 0 or epoch % self.every:
+            return
+        import torch
+        from optuna.artifacts import upload_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"trial{self.trial.number}-epoch{epoch}.pt")
+            torch.save(state, path)
+            artifact_id = upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
+        previous = self.current
+        self.current = {"artifact_id": artifact_id, "epoch": epoch}
+        self.trial.set_user_attr(self.ATTR, self.current)
+        self._remove(previous)
+
+    def discard(self) -> None:
+        """The trial is over: its checkpoint is no longer needed."""
+        if self.current:
+            self._remove(self.current)
+            self.trial.set_user_attr(self.ATTR, None)
+            self.current = None
+
+    def _remove(self, ckpt: dict[str, Any] | None) -> None:
+        if self.store is not None and ckpt:
+            with contextlib.suppress(Exception):  # already gone (another retry cleaned up)
+                self.store.remove(ckpt["artifact_id"])
 
 
 def train_config(spec: StudySpec, params: dict[str, Any], *, num_classes: int, seed: int) -> TrainConfig:
@@ -93,11 +158,14 @@ def run_trial(
     stop: StopFlag | None = None,
     progress: Progress | None = None,
     original_number: int | None = None,
+    artifacts: Any | None = None,
 ) -> float:
     """Run one trial to the end; return its final validation accuracy.
 
     Raises optuna.TrialPruned (pruned or diverged), StopRequested (graceful stop) and re-raises any
-    other error after recording ``fail_reason`` and ``traceback`` on the trial.
+    other error after recording ``fail_reason`` and ``traceback`` on the trial. With an artifact store,
+    the trial is checkpointed after every epoch and a retried trial resumes from its predecessor's
+    last checkpoint (same params, same seed, the epoch counter continues).
     """
     from sweep.train import Diverged, fit
 
@@ -107,7 +175,16 @@ def run_trial(
     seed = trial_seed(spec, trial.number if original_number is None else original_number)
     config = train_config(spec, params, num_classes=data.num_classes, seed=seed)
     started = time.time()
-    epoch_seconds: list[float] = []
+    checkpoints = Checkpoints(trial, artifacts, every=spec.train.checkpoint_every)
+    resume = checkpoints.load()
+    resumed_epoch = int(resume["epoch"]) if resume is not None else 0
+    # A retry inherits its predecessor's attributes: keep the per-epoch history, drop the failure.
+    epoch_seconds: list[float] = list(trial.user_attrs.get("epoch_seconds", []))[:resumed_epoch]
+    for stale in ("fail_reason", "traceback", "test_accuracy"):
+        if stale in trial.user_attrs:
+            trial.set_user_attr(stale, None)
+    if original_number is not None:
+        trial.set_user_attr("resumed_from_epoch", resumed_epoch)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("device", device)
     trial.set_user_attr("seed", seed)
@@ -117,6 +194,9 @@ def run_trial(
 
         trial.set_user_attr("gpu_name", torch.cuda.get_device_name(torch.device(device)))
     progress.trial_started(trial.number, {k: params[k] for k in spec.params})
+    if resumed_epoch:
+        progress.message(f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial "
+                         f"{original_number})")
 
     def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
         epoch_seconds.append(result.seconds)
@@ -124,9 +204,15 @@ def run_trial(
         trial.set_user_attr("epochs_run", result.epoch)
         trial.set_user_attr("epoch_seconds", list(epoch_seconds))
         progress.epoch_done(trial.number, result.epoch, spec.epochs, result.val_accuracy, result.seconds)
+        if result.epoch >= spec.epochs:
+            return  # all epochs done: pruning now would save nothing and hide a finished result
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
-        if stop is not None and stop.is_set() and result.epoch < spec.epochs:
+        stopping = stop is not None and stop.is_set()
+        if stopping:
+            checkpoints.every = 1  # whatever the interval, the hand-back needs this epoch
+        checkpoints.save(checkpoint(), result.epoch)
+        if stopping:
             raise StopRequested(f"stopped after epoch {result.epoch}")
 
     def finish(reason: str | None = None) -> None:
@@ -135,17 +221,20 @@ def run_trial(
             trial.set_user_attr("fail_reason", reason)
 
     try:
-        result = fit(config, data, device, on_epoch=on_epoch)
+        result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
     except optuna.TrialPruned:
+        checkpoints.discard()
         finish()
         raise
     except Diverged as exc:
+        checkpoints.discard()
         finish("diverged")
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     except StopRequested:
         finish("stopped")
         raise
     except Exception as exc:
+        checkpoints.discard()
         oom = _is_oom(exc)
         finish("oom" if oom else "error")
         trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
@@ -153,6 +242,7 @@ def run_trial(
             # Optuna 5 constraint: samplers treat this region as infeasible from now on.
             trial.set_constraint("oom", 1.0)
         raise
+    checkpoints.discard()
     finish()
     trial.set_user_attr("test_accuracy", result.test_accuracy)
     return result.val_accuracy

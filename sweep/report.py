@@ -456,7 +456,8 @@ def _curves(data: ReportData) -> tuple[go.Figure, str]:
     single = len(data.studies) == 1
     for i, s in enumerate(data.studies):
         maximize = s.direction == "maximize"
-        for state, style in (("PRUNED", "dot"), ("COMPLETE", "solid")):
+        # Completed first, pruned (dotted) on top so they stay visible; fainter lines as they multiply.
+        for state, style in (("COMPLETE", "solid"), ("PRUNED", "dot")):
             rows = [r for r in s.trials if r.state == state and r.curve]
             if not rows:
                 continue
@@ -464,10 +465,10 @@ def _curves(data: ReportData) -> tuple[go.Figure, str]:
             if len(shown) < len(rows):
                 notes.append(f"{_label(data, s, state.lower())}: {len(shown)} of {len(rows)} curves drawn")
             if state == "PRUNED":
-                alpha = max(0.12, min(0.6, 8 / math.sqrt(len(shown))))
-                color = f"rgba(120,120,120,{alpha:.2f})" if single else _color(i, alpha * 0.8)
+                alpha = max(0.1, min(0.6, 4 / math.sqrt(len(shown))))
+                color = f"rgba(110,110,110,{alpha:.2f})" if single else _color(i, alpha * 0.8)
             else:
-                color = _color(i, max(0.12, min(0.6, 8 / math.sqrt(len(shown)))))
+                color = _color(i, max(0.06, min(0.6, 3 / math.sqrt(len(shown)))))
             fig.add_trace(_curve_trace(
                 shown, name=_label(data, s, f"{state.lower()} ({len(rows)})"), legendgroup=f"{i}-{state}",
                 line={"color": color, "width": 1, "dash": style},

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
+    artifact_store,
     budget_lock,
     mask_url,
     open_storage,
@@ -261,8 +262,12 @@ def run_worker(
     events: WorkerEvents | None = None,
     wait_s: float = 30.0,
     poll_s: float = 5.0,
+    artifacts: str | None = None,
 ) -> WorkerSummary:
-    """Pull trials until the study's budget is spent (or ``n_trials`` for this worker)."""
+    """Pull trials until the study's budget is spent (or ``n_trials`` for this worker).
+
+    ``artifacts`` is where epoch checkpoints go (see ``sweep.storage.artifact_store``).
+    """
     from sweep.objective import StopFlag, StopRequested, run_trial
 
     _quiet_optuna()
@@ -309,10 +314,11 @@ def run_worker(
     with contextlib.suppress(AttributeError, TypeError):
         study.sampler.reseed_rng()
 
+    store = artifact_store(storage_url, artifacts)
     summary = WorkerSummary(study=name, device=device)
     from sweep.objective import Progress
 
-    progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done)
+    progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
             summary.stopped = True
@@ -334,7 +340,7 @@ def run_worker(
             trial.set_user_attr("retry_of", original)
         trial.set_user_attr("pid", os.getpid())
         state, value, reason = _run_one(
-            study, trial, spec, data, device, stop, progress, original, storage, run_trial, StopRequested
+            study, trial, spec, data, device, stop, progress, original, storage, run_trial, StopRequested, store
         )
         summary.states[state] += 1
         events.trial_finished(trial.number, state, value, reason)
@@ -356,11 +362,14 @@ def _run_one(
     storage: Any,
     run_trial: Any,
     stop_exc: type,
+    store: Any,
 ) -> tuple[str, float | None, str | None]:
     """Run one trial and tell the storage how it ended. Never loses a result."""
     with _heartbeat(storage, trial._trial_id):
         try:
-            value = run_trial(trial, spec, data, device, stop=stop, progress=progress, original_number=original)
+            value = run_trial(
+                trial, spec, data, device, stop=stop, progress=progress, original_number=original, artifacts=store
+            )
         except optuna.TrialPruned as exc:
             retry_on_locked(lambda: study.tell(trial, state=TrialState.PRUNED))
             reason = "diverged" if str(exc).startswith("diverged") else None

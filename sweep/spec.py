@@ -99,6 +99,7 @@ class TrainSpec:
     resolution: int = TRAIN_DEFAULTS["resolution"]
     eval_batch_size: int = 1024
     compile: bool = False
+    checkpoint_every: int = 1  # epochs between checkpoints (0 = never); a retry resumes from the last
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         **fixed,
         eval_batch_size=_int(t.get("eval_batch_size", TrainSpec.eval_batch_size), "train.eval_batch_size", low=1),
         compile=_bool(t.get("compile", TrainSpec.compile), "train.compile"),
+        checkpoint_every=_int(t.get("checkpoint_every", TrainSpec.checkpoint_every), "train.checkpoint_every", low=0),
     )
 
     s = dict(_table(raw, "sampler"))

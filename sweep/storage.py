@@ -156,7 +156,10 @@ def open_storage(
         }
         with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            hb["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            # The retry keeps the curve so far: it resumes from the trial's last epoch checkpoint.
+            hb["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry, inherit_intermediate_values=True
+            )
     deadline = time.monotonic() + wait_s
     delay = 0.5
     while True:
@@ -241,6 +244,20 @@ def retry_on_locked(fn: Callable[[], Any], attempts: int = 5) -> Any:
                 raise
             time.sleep(0.2 * (i + 1))
     return None
+
+
+def artifact_store(storage_url: str, location: str | None = None) -> optuna.artifacts.FileSystemArtifactStore:
+    """Where trial checkpoints go: ``location`` (a path, shared by every worker), else
+    SWEEP_ARTIFACTS, else ``artifacts/`` beside the SQLite file (``storage/artifacts`` otherwise).
+
+    Workers on several machines need a location they all see (an NFS path, a mounted bucket).
+    """
+    where = location or os.environ.get("SWEEP_ARTIFACTS")
+    if not where:
+        path = sqlite_path(storage_url)
+        where = str((path.parent if path is not None else Path("storage")) / "artifacts")
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return optuna.artifacts.FileSystemArtifactStore(where)
 
 
 def env_storage_url(default: str = DEFAULT_URL) -> str:

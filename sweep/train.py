@@ -9,6 +9,7 @@ cudnn.benchmark and optionally torch.compile; on CPU: plain fp32, deterministic 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -115,12 +116,28 @@ class FitResult:
 OnEpoch = Callable[[EpochResult, Callable[[], dict]], None]
 
 
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
 def set_threads(n: int | None) -> None:
     """Use ``n`` CPU threads for torch ops (None: leave torch's default)."""
     if n is not None:
         if n < 1:
             raise ValueError(f"threads={n!r}: must be >= 1")
         torch.set_num_threads(n)
+
+
+def configure_device(device: torch.device) -> torch.dtype | None:
+    """Backend settings for training on ``device``; returns the autocast dtype (None: fp32)."""
+    if device.type != "cuda":
+        return None
+    torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.bfloat16
 
 
 # ------------------------------------------------------------------------------------------ components
@@ -194,8 +211,7 @@ def tensor_batches(
     x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled batches of tensors that already live on the device (e.g. cached features)."""
-    for idx in batch_indices(len(y), batch_size, generator):
-        idx = idx.to(x.device)
+    for idx in batch_indices(len(y), batch_size, generator, device=x.device):
         yield x[idx], y[idx]
 
 
@@ -225,7 +241,7 @@ def train_one_epoch(
     total = torch.zeros((), device=device)
     steps = 0
     for xb, yb in batches:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with _autocast(device, amp_dtype):
             inputs = transform(xb) if transform is not None else xb
             if prefix is not None:
                 with torch.no_grad():
@@ -272,7 +288,7 @@ def evaluate(
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         yb = y[start:start + batch_size].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with _autocast(device, amp_dtype):
             logits = model(transform(xb) if transform is not None else xb)
         correct += (logits.argmax(1) == yb).sum()
     return correct.item() / len(y)
@@ -296,7 +312,7 @@ def compute_features(
     outs = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with _autocast(device, amp_dtype):
             outs.append(prefix(transform(xb)))
     return torch.cat(outs)
 
@@ -326,11 +342,7 @@ def fit(
             "they must agree"
         )
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = torch.bfloat16 if cuda else None
+    amp_dtype = configure_device(device)
     k = config.frozen_layers
 
     start_epoch, history = 0, []
@@ -341,7 +353,7 @@ def fit(
 
     torch.manual_seed(config.seed)  # model init (new fc, CIFAR stem) is part of the run
     # Resuming overwrites every weight, so skip loading (possibly downloading) pretrained ones.
-    model, prefix, rest = _get_model(config, device, pretrained=resume is None)
+    model, prefix, rest = prepare_model(config, device, pretrained=resume is None)
     optimizer = make_optimizer(model, config)
     dd = device_data(data, device)
     total_steps = config.epochs * steps_per_epoch(len(data.train_y), config.batch_size)
@@ -413,7 +425,7 @@ def _cached_features(
     """(train, val) prefix outputs, or None when they would not fit the memory budget."""
     with torch.no_grad():
         prefix.eval()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with _autocast(device, amp_dtype):
             probe = prefix(transform(dd.train_x[:1].to(device)))
     n = len(dd.train_y) + len(dd.val_y)
     need = n * probe.numel() * probe.element_size()
@@ -435,10 +447,14 @@ def _cached_features(
 _COMPILED: dict[tuple, tuple[nn.Module, nn.Module, nn.Module]] = {}
 
 
-def _get_model(
-    config: TrainConfig, device: torch.device, *, pretrained: bool
+def prepare_model(
+    config: TrainConfig, device: torch.device, *, pretrained: bool = True
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(model, prefix, rest) on ``device``: prefix/rest are the compiled halves when config.compile."""
+    """(model, prefix, rest) on ``device`` with the first ``frozen_layers`` units frozen.
+
+    ``rest(prefix(x)) == model(x)``; with config.compile they are compiled, and cached per process.
+    ``pretrained=False`` skips loading config.weights (for when a checkpoint overwrites them).
+    """
     fresh = build_model(config.arch, weights=config.weights if pretrained else "none",
                         num_classes=config.num_classes, stem=config.stem)
     k = config.frozen_layers

@@ -342,3 +342,39 @@ def test_device_data_is_cached_per_fingerprint() -> None:
     assert a is b and a.resident
     xb, yb = next(a.train_batches(8, torch.Generator().manual_seed(0)))
     assert xb.shape == (8, 3, 8, 8) and yb.shape == (8,)
+
+
+def test_cifar10_from_local_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real torchvision CIFAR10 reader on tiny stand-in batch files (md5 checks patched out)."""
+    import pickle
+
+    import torchvision.datasets.cifar as cifar
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = list(range(10)) * 2
+        entry = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": labels}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    opened: list[bool] = []
+    real_init = cifar.CIFAR10.__init__
+
+    def counting_init(self: object, *args: object, **kwargs: object) -> None:
+        opened.append(True)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cifar.CIFAR10, "__init__", counting_init)
+    kw = {"val_fraction": 0.1, "seed": 0, "cache_dir": tmp_path / "c"}
+    d = load_data("cifar10", tmp_path / "data", **kw)
+    assert d.classes == tuple(f"c{i}" for i in range(10))
+    assert len(d.train_y) + len(d.val_y) == 100 and len(d.test_y) == 20 and d.train_x.shape[1:] == (3, 32, 32)
+    assert opened == [True, True]
+    again = load_data("cifar10", tmp_path / "data", **kw)
+    assert opened == [True, True], "second load must come from the cache"
+    assert again.fingerprint == d.fingerprint
+    small = load_data("cifar10", tmp_path / "data", resolution=16, subset=50, **kw)
+    assert small.train_x.shape[1:] == (3, 16, 16) and len(small.train_y) + len(small.val_y) == 50

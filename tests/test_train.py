@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -27,6 +28,16 @@ from sweep.train import (
 
 # Small enough for a few seconds per epoch on two CPU threads, big enough to learn something.
 BASE = TrainConfig(epochs=2, lr=2e-3, batch_size=32, resolution=16, eval_batch_size=256, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # One thread: on a shared CI machine two OpenMP threads that have to wait for each other's
+    # cores run several times slower than one; results are the same either way.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,18 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
     trials = _study(tmp_path).trials
     assert len(trials) == 2 and trials[1].state == TrialState.COMPLETE
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == first.params
+    # It resumed from the checkpoint of the epoch the signal let finish (1, or 2 when the signal landed
+    # just after epoch 1's check): the epoch counter continues, the curve is continuous.
+    done = first.user_attrs["epochs_run"]
+    assert done in (1, 2) and sorted(first.intermediate_values) == list(range(1, done + 1))
+    assert f"resuming from epoch {done}" in out
+    assert trials[1].user_attrs["resumed_from_epoch"] == done
+    assert sorted(trials[1].intermediate_values) == [1, 2, 3]
+    assert trials[1].intermediate_values[1] == first.intermediate_values[1]
+    assert f"trial 1 epoch {done}/3" not in out and f"trial 1 epoch {done + 1}/3" in out
+    assert trials[1].user_attrs["fail_reason"] is None and len(trials[1].user_attrs["epoch_seconds"]) == 3
+    assert trials[1].user_attrs["checkpoint"] is None  # removed once the trial completed
+    assert not any((tmp_path / "artifacts").iterdir())  # beside the database
 
 
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> None:
@@ -110,5 +122,7 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> N
     retried = [t for t in trials if t.user_attrs.get("retry_of") == 0]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == trials[0].params
+    assert retried[0].user_attrs["resumed_from_epoch"] == 1  # from the checkpoint the victim left
+    assert sorted(retried[0].intermediate_values) == [1, 2]
     counted = [t for t in trials if "failed_trial" not in t.system_attrs]
     assert len(counted) == 2 and all(t.state.is_finished() for t in trials)

@@ -1,0 +1,360 @@
+"""Training throughput: the article's DataLoader pipeline against this engine, in one run.
+
+Same model, data, device, batch size and number of steps for both. The "seed" pipeline is the usual
+tutorial recipe: a Dataset of PIL images, RandomCrop(32, padding=4) + RandomHorizontalFlip +
+ToTensor + Normalize per sample, a torchvision DataLoader, fp32, every layer trained. The engine is
+``sweep.train``: uint8 data resident on the device, batched augmentation, device settings of
+``fit`` (bf16 + channels_last on CUDA). Also measured: both data pipelines alone, and what freezing
+buys (k=0 vs k=MAX_FROZEN, and training the head on cached features when there is no augmentation).
+
+    python -m sweep.bench.train --data-root /tmp/data/cifar10-jpeg --subset 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sweep.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, device_data, load_data
+from sweep.model import MAX_FROZEN, build_model, set_train_mode
+from sweep.train import (
+    TrainConfig,
+    compute_features,
+    configure_device,
+    make_optimizer,
+    make_scheduler,
+    make_transform,
+    prepare_model,
+    tensor_batches,
+    train_one_epoch,
+)
+
+
+class ArticleDataset(torch.utils.data.Dataset):
+    """HWC uint8 images turned into PIL images one at a time, as torchvision's CIFAR10 does."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[[Any], Tensor]) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _article_loader(data: DataBundle, batch_size: int, workers: int, device: torch.device) -> Any:
+    import torchvision.transforms as T
+
+    size = data.resolution
+    transform = T.Compose([
+        T.RandomCrop(size, padding=4),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    images = data.train_x.permute(0, 2, 3, 1).contiguous().numpy()
+    ds = ArticleDataset(images, data.train_y.numpy(), transform)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _forever(batches: Callable[[], Any]) -> Iterator[Any]:
+    while True:
+        yield from batches()
+
+
+def _rate(run: Callable[[int], None], steps: int, batch_size: int, window: int) -> float:
+    """Images/s of ``run(n)`` (n steps, synchronised at the end): the median over windows of
+    ``window`` steps, so a burst of load from another process on the machine moves it little."""
+    rates = []
+    for start in range(0, steps, window):
+        n = min(window, steps - start)
+        t0 = time.perf_counter()
+        run(n)
+        rates.append(n * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def _time_article(
+    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, warmup: int, workers: int,
+    window: int,
+) -> tuple[float, float]:
+    """(data pipeline images/s, training images/s) of the tutorial recipe."""
+    loader = _article_loader(data, config.batch_size, workers, device)
+    batches = _forever(lambda: loader)
+
+    def load(n: int) -> None:
+        for _ in range(n):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        _sync(device)
+
+    load(warmup)  # starts the workers
+    data_ips = _rate(load, steps, config.batch_size, window)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, weights="none", num_classes=config.num_classes, stem=config.stem).to(device)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    criterion = nn.CrossEntropyLoss()
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        loss.item()
+
+    train(warmup)
+    train_ips = _rate(train, steps, config.batch_size, window)
+    batches.close()  # shuts the DataLoader workers down
+    return data_ips, train_ips
+
+
+def _engine_transform(config: TrainConfig, device: torch.device) -> Callable[[Tensor], Tensor]:
+    return make_transform(config.resolution, aug_strength=config.aug_strength,
+                          generator=torch.Generator(device=device).manual_seed(1),
+                          channels_last=device.type == "cuda")
+
+
+def _time_engine_data(
+    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, window: int
+) -> float:
+    """Images/s of the engine's batching + augmentation + normalisation alone."""
+    dd = device_data(data, device)
+    gen = torch.Generator().manual_seed(0)
+    transform = _engine_transform(config, device)
+    batches = _forever(lambda: dd.train_batches(config.batch_size, gen))
+
+    def load(n: int) -> None:
+        for _ in range(n):
+            x, _y = next(batches)
+            out = transform(x)
+        out.sum().item()
+
+    load(1)
+    return _rate(load, steps, config.batch_size, window)
+
+
+def _time_engine(
+    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, warmup: int, window: int
+) -> float:
+    """Training images/s of ``sweep.train`` for ``config`` (prefix under no_grad when frozen)."""
+    amp_dtype = configure_device(device)
+    torch.manual_seed(config.seed)
+    model, prefix, rest = prepare_model(config, device)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, 10 * (steps + warmup))
+    dd = device_data(data, device)
+    gen = torch.Generator().manual_seed(0)
+    batches = _forever(lambda: dd.train_batches(config.batch_size, gen))
+    kw: dict[str, Any] = {
+        "transform": _engine_transform(config, device),
+        "prefix": prefix if config.frozen_layers else None,
+        "amp_dtype": amp_dtype,
+    }
+    set_train_mode(model, config.frozen_layers)
+
+    def train(n: int) -> None:
+        train_one_epoch(rest, optimizer, scheduler, itertools.islice(batches, n), **kw)  # ends in .item()
+
+    train(warmup)
+    return _rate(train, steps, config.batch_size, window)
+
+
+def _time_cached(
+    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, warmup: int, window: int
+) -> tuple[float, float]:
+    """(feature extraction images/s, head training images/s on cached features), k=MAX_FROZEN, aug=0."""
+    amp_dtype = configure_device(device)
+    torch.manual_seed(config.seed)
+    model, prefix, rest = prepare_model(config, device)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, 10 * (steps + warmup))
+    dd = device_data(data, device)
+    transform = make_transform(config.resolution, channels_last=device.type == "cuda")
+    _sync(device)
+    t0 = time.perf_counter()
+    feats = compute_features(prefix, dd.train_x, batch_size=config.eval_batch_size, device=device,
+                             transform=transform, amp_dtype=amp_dtype)
+    _sync(device)
+    extract_ips = len(feats) / (time.perf_counter() - t0)
+    gen = torch.Generator().manual_seed(0)
+    batches = _forever(lambda: tensor_batches(feats, dd.train_y, config.batch_size, gen))
+    rest.train()
+
+    def train(n: int) -> None:
+        train_one_epoch(rest, optimizer, scheduler, itertools.islice(batches, n), amp_dtype=amp_dtype)
+
+    train(warmup)
+    return extract_ips, _rate(train, steps, config.batch_size, window)
+
+
+def run_train_bench(
+    device: str = "cpu",
+    *,
+    steps: int = 20,
+    batch_size: int = 128,
+    json_path: Path | None = None,
+    console: Any = None,
+    data_root: str | Path | None = None,
+    subset: int = 5000,
+    arch: str = "resnet18",
+    warmup: int = 2,
+    seed_workers: int = 2,
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """Measure and print images/s of the tutorial pipeline and of this engine; returns the figures.
+
+    ``data_root``: an ImageFolder root (e.g. the CIFAR-10 JPEGs) of which ``subset`` training
+    images are used; None uses the synthetic set. ``seed_workers``: DataLoader workers of the
+    tutorial pipeline (2, as in PyTorch's CIFAR-10 tutorial).
+    """
+    dev = torch.device(device)
+    if data_root is not None:
+        data = load_data("imagefolder", data_root, val_fraction=0.1, seed=0, subset=subset, cache_dir=cache_dir)
+        source = f"imagefolder:{data_root} (subset {subset})"
+    else:
+        data = load_data("synthetic", "", val_fraction=0.1, seed=0, subset=subset)
+        source = f"synthetic (subset {subset})"
+    config = TrainConfig(arch=arch, num_classes=data.num_classes, batch_size=batch_size, aug_strength=0.5,
+                         resolution=data.resolution, eval_batch_size=max(batch_size, 512))
+    say = _printer(console)
+    say(f"train bench: {arch}, batch {batch_size}, {steps} timed steps, {data.resolution} px, {source}, "
+        f"device {dev}, {torch.get_num_threads()} threads")
+
+    t_all = time.perf_counter()
+    window = max(1, min(5, steps))
+    seed_data, seed_train = _time_article(data, config, dev, steps, warmup, seed_workers, window)
+    engine_data = _time_engine_data(data, config, dev, steps, window)
+    engine_train = _time_engine(data, config, dev, steps, warmup, window)
+    frozen = _with(config, frozen_layers=MAX_FROZEN)
+    frozen_train = _time_engine(data, frozen, dev, steps, warmup, window)
+    extract, cached_train = _time_cached(data, _with(frozen, aug_strength=0.0), dev, steps, warmup, window)
+    result = {
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "arch": arch,
+        "batch_size": batch_size,
+        "steps": steps,
+        "timing": f"median of {window}-step windows",
+        "resolution": data.resolution,
+        "data": source,
+        "seed_dataloader_workers": seed_workers,
+        "seed_images_per_s": seed_train,
+        "engine_images_per_s": engine_train,
+        "epoch_ratio": engine_train / seed_train,
+        "seed_data_images_per_s": seed_data,
+        "engine_data_images_per_s": engine_data,
+        "data_pipeline_ratio": engine_data / seed_data,
+        "frozen_images_per_s": frozen_train,
+        "frozen_saving_ratio": frozen_train / engine_train,
+        "feature_extraction_images_per_s": extract,
+        "cached_features_images_per_s": cached_train,
+        "cached_features_ratio": cached_train / engine_train,
+        "seconds": time.perf_counter() - t_all,
+    }
+    _report(result, console, say)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _with(config: TrainConfig, **changes: Any) -> TrainConfig:
+    return replace(config, **changes)
+
+
+def _printer(console: Any) -> Callable[[str], None]:
+    if console is not None:
+        return console.print
+    try:
+        from rich.console import Console
+
+        return Console().print
+    except ImportError:
+        return print
+
+
+def _report(r: dict, console: Any, say: Callable[[str], None]) -> None:
+    rows = [
+        ("training step, k=0, aug 0.5", r["seed_images_per_s"], r["engine_images_per_s"], r["epoch_ratio"]),
+        ("data pipeline only (augment + batch)", r["seed_data_images_per_s"], r["engine_data_images_per_s"],
+         r["data_pipeline_ratio"]),
+    ]
+    extra = [
+        (f"engine, k={MAX_FROZEN} (head only), aug 0.5", r["frozen_images_per_s"], r["frozen_saving_ratio"]),
+        (f"engine, k={MAX_FROZEN}, aug 0: head on cached features", r["cached_features_images_per_s"],
+         r["cached_features_ratio"]),
+        (f"  one-off feature extraction, k={MAX_FROZEN}", r["feature_extraction_images_per_s"], None),
+    ]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        for name, seed, engine, ratio in rows:
+            say(f"{name:45s} seed {seed:10.1f} img/s   engine {engine:10.1f} img/s   x{ratio:.2f}")
+        for name, ips, ratio in extra:
+            say(f"{name:45s} {ips:10.1f} img/s" + (f"   x{ratio:.2f} vs k=0" if ratio else ""))
+        return
+    out = console if console is not None else Console()
+    table = Table(title=f"train throughput on {r['device']} ({r['device_name']})")
+    for col in ("", "seed img/s", "engine img/s", "engine / seed"):
+        table.add_column(col, justify="left" if not col else "right")
+    for name, seed, engine, ratio in rows:
+        table.add_row(name, f"{seed:,.0f}", f"{engine:,.0f}", f"x{ratio:.2f}")
+    out.print(table)
+    frozen = Table(title="freezing (engine)")
+    for col in ("", "img/s", "vs k=0"):
+        frozen.add_column(col, justify="left" if not col else "right")
+    for name, ips, ratio in extra:
+        frozen.add_row(name, f"{ips:,.0f}", f"x{ratio:.2f}" if ratio else "")
+    out.print(frozen)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--subset", type=int, default=5000)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_train_bench(args.device, steps=args.steps, batch_size=args.batch_size, json_path=args.json,
+                    data_root=args.data_root, subset=args.subset, arch=args.arch)
+
+
+if __name__ == "__main__":
+    main()
