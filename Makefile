@@ -22,9 +22,10 @@ venv: $(VENV)/.installed
 
 # PostgreSQL (storage tests on both backends) and Chromium (the report in a real browser).
 system-deps:
-	@if ! command -v /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql chromium; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	fi
+	scripts/install-browser
 
 demo: venv
 	$(SWEEP) create demo --storage $(DEMO_STORAGE)
