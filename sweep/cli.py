@@ -410,6 +410,42 @@ def list_(storage: StorageOpt = DEFAULT_URL) -> None:
     console.print(table)
 
 
+# --------------------------------------------------------------------------- rerun
+
+
+@app.command()
+def rerun(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    trial: Annotated[int, typer.Argument(help="Trial number (as shown in the report and `sweep status`).")],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Train one trial's params again from scratch (same seed) and compare with the stored values.
+
+    All epochs are run, even when the trial was pruned; the study is not changed.
+    """
+    from sweep.service import rerun_trial
+
+    def show(epoch: int, epochs: int, acc: float) -> None:
+        console.print(f"epoch {epoch}/{epochs}: val_acc={acc:.4f}", highlight=False)
+
+    with _user_errors():
+        r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show)
+    table = Table(
+        title=f"study {r.study}, trial {r.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())
+    )
+    table.add_column("epoch")
+    table.add_column("stored val acc")
+    table.add_column("rerun val acc")
+    for i in range(max(len(r.stored_curve), len(r.new_curve))):
+        old = f"{r.stored_curve[i]:.4f}" if i < len(r.stored_curve) else "-"
+        new = f"{r.new_curve[i]:.4f}" if i < len(r.new_curve) else "-"
+        table.add_row(str(i + 1), old, new)
+    table.add_row("test", f"{r.stored_test:.4f}" if r.stored_test is not None else "-", f"{r.new_test:.4f}")
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- bench
 
 

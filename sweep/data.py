@@ -90,6 +90,8 @@ def load_data(
         )
     if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
         raise DataError(f"data.val_fraction={val_fraction!r}: must be a number strictly between 0 and 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"seed={seed!r}: must be an integer")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 2):
         raise DataError(f"data.subset={subset!r}: must be an integer >= 2, or empty for all images")
 
@@ -602,3 +604,8 @@ def device_data(bundle: DataBundle, device: str | torch.device) -> DeviceData:
         _DEVICE_CACHE.popitem(last=False)
     _DEVICE_CACHE[key] = data = DeviceData(bundle, device)
     return data
+
+
+def clear_device_cache() -> None:
+    """Forget the process-wide :class:`DeviceData` copies (their device memory is freed with them)."""
+    _DEVICE_CACHE.clear()

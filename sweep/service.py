@@ -486,3 +486,77 @@ def status_of(storage_url: str, name: str | None) -> StudyStatus:
     """Status of one study (or the only one)."""
     storage = open_read_only(storage_url)
     return study_status(storage, resolve_study_name(storage, name, storage_url))
+
+
+# --------------------------------------------------------------------------- rerun
+
+
+@dataclass(frozen=True)
+class RerunResult:
+    """A trial's stored figures next to a fresh run of the same params and seed."""
+
+    study: str
+    number: int
+    params: dict[str, Any]
+    stored_curve: tuple[float, ...]
+    new_curve: tuple[float, ...]
+    stored_test: float | None
+    new_test: float
+
+
+def rerun_trial(
+    study_name: str | None,
+    number: int,
+    *,
+    storage_url: str,
+    device: str = "auto",
+    threads: int | None = None,
+    on_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, acc: None,
+) -> RerunResult:
+    """Train one trial's params again from scratch (same seed) without touching the study."""
+    from sweep.data import DataError, load_data
+    from sweep.model import WeightsError
+    from sweep.objective import train_config, trial_seed
+    from sweep.train import fit
+
+    storage = open_read_only(storage_url)
+    name = resolve_study_name(storage, study_name, storage_url)
+    spec = load_spec_of(storage, name)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    if number not in by_number:
+        raise ServiceError(f"TRIAL = {number}: study {name!r} has trials 0..{len(trials) - 1}")
+    trial = by_number[number]
+    if not trial.params:
+        raise ServiceError(f"TRIAL = {number}: it has no params yet (state {trial.state.name})")
+    device = resolve_device(device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    params = {**spec.fixed_params(), **trial.params}
+    original = trial.system_attrs.get(RETRY_KEY, trial.number)
+    try:
+        data = load_data(
+            spec.data.name,
+            spec.data.root,
+            val_fraction=spec.data.val_fraction,
+            seed=spec.seed,
+            resolution=spec.data.resolution,
+            subset=spec.data.subset,
+            cache_dir=_cache_dir(storage_url),
+        )
+        config = train_config(spec, params, num_classes=data.num_classes, seed=trial_seed(spec, original))
+        result = fit(config, data, device, on_epoch=lambda r, _ckpt: on_epoch(r.epoch, spec.epochs, r.val_accuracy))
+    except (DataError, WeightsError) as exc:
+        raise ServiceError(str(exc)) from None
+    stored = tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
+    return RerunResult(
+        name,
+        number,
+        dict(trial.params),
+        stored,
+        tuple(h.val_accuracy for h in result.history),
+        trial.user_attrs.get("test_accuracy"),
+        result.test_accuracy,
+    )

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sweep.data import DataBundle, augment, batch_indices, device_data, normalize
+from sweep.data import DataBundle, augment, batch_indices, clear_device_cache, device_data, normalize
 from sweep.model import (
     ARCHS,
     MAX_FROZEN,
@@ -445,6 +445,15 @@ def _cached_features(
 # torch.compile is slow to warm up, so a worker keeps one compiled model per shape of network and
 # loads each trial's fresh weights into it instead of compiling a new one.
 _COMPILED: dict[tuple, tuple[nn.Module, nn.Module, nn.Module]] = {}
+
+
+def clear_caches() -> None:
+    """Drop the per-process caches (device-resident data, compiled models) and free their memory,
+    e.g. after a CUDA out-of-memory error or before switching to a very different study."""
+    _COMPILED.clear()
+    clear_device_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def prepare_model(

@@ -67,6 +67,16 @@ def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
     assert result.exit_code == 0 and "2 finished of 2" in result.output
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0 and "tiny" in result.output
+    # Rerunning a trial from scratch on the CPU reproduces its stored curve (same params, same seed).
+    from sweep.service import rerun_trial
+
+    first = study.trials[0]
+    rerun = rerun_trial("tiny", 0, storage_url="sqlite:///storage/sweep.db", device="cpu")
+    assert rerun.params == first.params
+    assert rerun.new_curve == pytest.approx(rerun.stored_curve, abs=1e-6)
+    result = runner.invoke(app, ["rerun", "tiny", "0", "--device", "cpu"])
+    assert result.exit_code == 0 and "stored val acc" in result.output
+    assert runner.invoke(app, ["rerun", "tiny", "7"]).exit_code == 2
 
 
 def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> None:

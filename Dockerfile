@@ -1,0 +1,39 @@
+# The GPU worker image: sweep on the CUDA build of PyTorch that the base image ships.
+#
+#   docker build -t sweep .
+#   docker run --rm --gpus all -e SWEEP_STORAGE sweep worker lr-freeze --gpus all
+#
+# The dependency layer comes before the source, so editing sweep/ does not reinstall dependencies.
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/sweep
+
+# 1. Dependencies, read from pyproject.toml (plus the PostgreSQL driver). The constraint file pins the
+#    base image's torch/torchvision, so pip never swaps them for a multi-GB download from PyPI.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > /tmp/requirements.txt \
+ && (pip list --format=freeze | grep -iE '^(torch|torchvision)==' > /tmp/constraints.txt || true) \
+ && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt
+
+# 2. The package itself (no dependency resolution: layer 1 has them).
+COPY README.md ./
+COPY sweep/ sweep/
+RUN pip install --no-deps . && rm -rf build
+
+# 3. Where workers run: specs under ./studies, database/cache/reports under ./storage, datasets under ./data.
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin sweep
+WORKDIR /work
+COPY --chown=sweep:sweep studies/ studies/
+RUN mkdir -p storage/cache data && chown -R sweep:sweep storage data
+USER sweep
+# Pretrained weights are downloaded once into the storage cache (a volume), not into the image.
+ENV TORCH_HOME=/work/storage/cache/torch
+
+ENTRYPOINT ["sweep"]
+CMD ["--help"]
