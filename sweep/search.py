@@ -6,6 +6,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.trial import TrialState
 
 from sweep.spec import SpecError, StudySpec
 
@@ -26,8 +27,45 @@ class _GridSampler(optuna.samplers.GridSampler):
         return None
 
 
+class _WithInfeasibleFailures:
+    """A read-only view of a study in which FAIL trials that violated a constraint are visible.
+
+    TPE only learns from COMPLETE and PRUNED trials, and it sorts trials whose constraints are
+    violated into its "bad" group. A trial that ran out of GPU memory must end FAIL (it has no
+    accuracy), so without this view TPE would never learn to avoid that region of the space.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[Any]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        if states is None or TrialState.COMPLETE not in states:
+            return trials
+        failed = self._study._get_trials(deepcopy=deepcopy, states=(TrialState.FAIL,), use_cache=use_cache)
+        extra = [t for t in failed if t.params and any(v > 0 for v in t.constraints.values())]
+        return trials + extra if extra else trials
+
+
+class _FeasibilityAwareTPE(optuna.samplers.TPESampler):
+    """TPE that treats FAIL trials with a violated constraint (``oom``) as infeasible observations."""
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return super().infer_relative_search_space(_WithInfeasibleFailures(study), trial)  # type: ignore[arg-type]
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return super().sample_relative(_WithInfeasibleFailures(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        view = _WithInfeasibleFailures(study)
+        return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+
 _SAMPLERS: dict[str, Any] = {
-    "tpe": optuna.samplers.TPESampler,
+    "tpe": _FeasibilityAwareTPE,
     "random": optuna.samplers.RandomSampler,
     "grid": _GridSampler,
     "qmc": optuna.samplers.QMCSampler,
