@@ -326,7 +326,13 @@ def report(
         raise _fail(f"--plotlyjs {plotlyjs!r}: expected inline or cdn")
     while True:
         with _user_errors():
-            path = write_report(studies or [], storage_url=storage, output=output, plotlyjs=plotlyjs)
+            path = write_report(
+                studies or [],
+                storage_url=storage,
+                output=output,
+                plotlyjs=plotlyjs,
+                refresh_s=int(watch) if watch else None,
+            )
         console.print(f"report written: {path.resolve()}", highlight=False, soft_wrap=True)
         if watch is None:
             return
@@ -457,14 +463,48 @@ def bench_train(
     data_root: Annotated[
         Path | None, typer.Option("--data-root", help="ImageFolder root with real images (default: synthetic).")
     ] = None,
+    subset: Annotated[int, typer.Option("--subset", min=100, help="Training images used from the data.")] = 5000,
+    arch: Annotated[str, typer.Option("--arch", help="resnet18, resnet34 or resnet50.")] = "resnet18",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
 ) -> None:
     """Images/s of the article's DataLoader+PIL loop against this engine, in one run."""
     from sweep.bench.train import run_train_bench
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     run_train_bench(
-        device, steps=steps, batch_size=batch_size, json_path=json_path, data_root=data_root, console=console
+        device,
+        steps=steps,
+        batch_size=batch_size,
+        json_path=json_path,
+        data_root=data_root,
+        subset=subset,
+        arch=arch,
+        console=console,
     )
+
+
+@bench_app.command("storage")
+def bench_storage(
+    trials: Annotated[int, typer.Option("--trials", min=10, help="Trials timed per backend.")] = 200,
+    big: Annotated[int, typer.Option("--big", min=100, help="Trials already in the study for the scale test.")] = 5000,
+    pg_url: Annotated[
+        str | None,
+        typer.Option(
+            "--pg-url",
+            envvar="SWEEP_BENCH_PG_URL",
+            help="PostgreSQL URL to measure (default: start a throwaway cluster).",
+        ),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+) -> None:
+    """Per-trial orchestration overhead on memory, SQLite and PostgreSQL against stock Optuna."""
+    from sweep.bench.storage import run_storage_bench
+
+    run_storage_bench(trials=trials, big=big, pg_url=pg_url, json_path=json_path, console=console)
 
 
 @bench_app.command("report")

@@ -415,9 +415,17 @@ def default_report_path(names: Sequence[str], storage_url: str) -> Path:
 
 
 def write_report(
-    names: Sequence[str], *, storage_url: str, output: str | Path | None = None, plotlyjs: str = "inline"
+    names: Sequence[str],
+    *,
+    storage_url: str,
+    output: str | Path | None = None,
+    plotlyjs: str = "inline",
+    refresh_s: int | None = None,
 ) -> Path:
-    """Write one self-contained HTML report for one or more studies; return its path."""
+    """Write one self-contained HTML report for one or more studies; return its path.
+
+    ``refresh_s`` makes the page reload itself (``sweep report --watch``).
+    """
     from sweep import report
 
     storage = open_read_only(storage_url)
@@ -426,7 +434,9 @@ def write_report(
     names = [resolve_study_name(storage, n, storage_url) for n in names]
     studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
     out = Path(output) if output else default_report_path(names, storage_url)
-    return report.write_report(studies, out, storage_label=mask_url(storage_url), plotlyjs=plotlyjs)
+    return report.write_report(
+        studies, out, storage_label=mask_url(storage_url), plotlyjs=plotlyjs, refresh_s=refresh_s
+    )
 
 
 @dataclass(frozen=True)

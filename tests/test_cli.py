@@ -168,3 +168,20 @@ def test_console_script_end_to_end(workdir: Path) -> None:
     assert (workdir / "out" / "r.html").stat().st_size > 100_000
     bad = sweep("create", "tiny", "--set", "epochs=0")
     assert bad.returncode == 2 and "epochs = 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_report_status_and_list_never_import_torch(workdir: Path) -> None:
+    assert runner.invoke(app, ["create", "tiny"]).exit_code == 0
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from sweep.cli import app\n"
+        "r = CliRunner()\n"
+        "for args in (['status'], ['list'], ['report', '--output', 'r.html']):\n"
+        "    res = r.invoke(app, args)\n"
+        "    assert res.exit_code == 0, res.output\n"
+        "bad = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +209,15 @@ def test_warmup_cosine_schedule() -> None:
     values = [f(s) for s in range(100)]
     assert values[0] == pytest.approx(0.2) and max(values) == 1.0
     assert values[-1] < 0.01 and all(a >= b for a, b in zip(values[5:], values[6:], strict=False))
+
+
+def test_train_bench_smoke(tmp_path: Path) -> None:
+    from sweep.bench.train import run_train_bench
+
+    out = run_train_bench("cpu", steps=2, batch_size=16, json_path=tmp_path / "b.json", subset=100,
+                          warmup=1, seed_workers=0)
+    saved = json.loads((tmp_path / "b.json").read_text())
+    for key in ("seed_images_per_s", "engine_images_per_s", "epoch_ratio", "data_pipeline_ratio",
+                "frozen_saving_ratio", "device"):
+        assert key in out and saved[key] == out[key]
+    assert out["engine_images_per_s"] > 0 and out["device"] == "cpu"

@@ -7,7 +7,11 @@ ToTensor + Normalize per sample, a torchvision DataLoader, fp32, every layer tra
 ``fit`` (bf16 + channels_last on CUDA). Also measured: both data pipelines alone, and what freezing
 buys (k=0 vs k=MAX_FROZEN, and training the head on cached features when there is no augmentation).
 
-    python -m sweep.bench.train --data-root /tmp/data/cifar10-jpeg --subset 5000
+Pipelines take turns in windows of 5 steps and each reports its median window, so background load
+hits all of them alike. On a small shared CPU machine ``--threads 1`` gives steadier figures: two
+OpenMP threads that must wait for a core held by another process stall each other.
+
+    python -m sweep.bench.train --data-root /tmp/data/cifar10-jpeg --subset 5000 [--threads 1]
 """
 
 from __future__ import annotations
@@ -85,35 +89,46 @@ def _forever(batches: Callable[[], Any]) -> Iterator[Any]:
         yield from batches()
 
 
-def _rate(run: Callable[[int], None], steps: int, batch_size: int, window: int) -> float:
-    """Images/s of ``run(n)`` (n steps, synchronised at the end): the median over windows of
-    ``window`` steps, so a burst of load from another process on the machine moves it little."""
-    rates = []
+Runner = Callable[[int], None]  # runs n steps, synchronised at the end
+
+
+def _interleaved(runs: dict[str, Runner], steps: int, batch_size: int, window: int) -> dict[str, float]:
+    """Images/s of each runner: windows of ``window`` steps taken in turns, median per runner.
+
+    Taking turns exposes every pipeline to the same background load (these machines are shared),
+    and the median ignores a window hit by a burst of it.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for start in range(0, steps, window):
         n = min(window, steps - start)
-        t0 = time.perf_counter()
-        run(n)
-        rates.append(n * batch_size / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run(n)
+            rates[name].append(n * batch_size / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def _time_article(
-    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, warmup: int, workers: int,
-    window: int,
-) -> tuple[float, float]:
-    """(data pipeline images/s, training images/s) of the tutorial recipe."""
+def _article_batches(
+    data: DataBundle, config: TrainConfig, device: torch.device, workers: int
+) -> tuple[Iterator[Any], Callable[[], None]]:
+    """Endless batches of the tutorial's DataLoader, and a function that stops its workers."""
     loader = _article_loader(data, config.batch_size, workers, device)
     batches = _forever(lambda: loader)
+    return batches, batches.close  # closing the generator shuts the DataLoader workers down
 
+
+def _article_load_runner(batches: Iterator[Any], device: torch.device) -> Runner:
     def load(n: int) -> None:
         for _ in range(n):
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         _sync(device)
 
-    load(warmup)  # starts the workers
-    data_ips = _rate(load, steps, config.batch_size, window)
+    return load
 
+
+def _article_train_runner(batches: Iterator[Any], config: TrainConfig, device: torch.device) -> Runner:
+    """The tutorial's training step: fp32, Adam, every layer trained."""
     torch.manual_seed(config.seed)
     model = build_model(config.arch, weights="none", num_classes=config.num_classes, stem=config.stem).to(device)
     model.train()
@@ -130,10 +145,29 @@ def _time_article(
             optimizer.step()
         loss.item()
 
-    train(warmup)
-    train_ips = _rate(train, steps, config.batch_size, window)
-    batches.close()  # shuts the DataLoader workers down
-    return data_ips, train_ips
+    return train
+
+
+def _data_rates(
+    data: DataBundle, config: TrainConfig, device: torch.device, batches: int, warmup: int, workers: int,
+    repeats: int = 3,
+) -> tuple[float, float]:
+    """(tutorial, engine) images/s of the data pipelines alone, median of ``repeats`` turns each.
+
+    Each tutorial turn gets a fresh DataLoader whose workers are stopped afterwards, so they do not
+    keep prefetching (and taking CPU) while the engine is timed.
+    """
+    engine = _engine_data_runner(data, config, device)
+    engine(warmup)
+    seed_rates, engine_rates = [], []
+    for _ in range(repeats):
+        it, close = _article_batches(data, config, device, workers)
+        load = _article_load_runner(it, device)
+        load(warmup)  # worker start-up
+        seed_rates.append(_interleaved({"seed": load}, batches, config.batch_size, batches)["seed"])
+        close()
+        engine_rates.append(_interleaved({"engine": engine}, batches, config.batch_size, batches)["engine"])
+    return statistics.median(seed_rates), statistics.median(engine_rates)
 
 
 def _engine_transform(config: TrainConfig, device: torch.device) -> Callable[[Tensor], Tensor]:
@@ -142,10 +176,8 @@ def _engine_transform(config: TrainConfig, device: torch.device) -> Callable[[Te
                           channels_last=device.type == "cuda")
 
 
-def _time_engine_data(
-    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, window: int
-) -> float:
-    """Images/s of the engine's batching + augmentation + normalisation alone."""
+def _engine_data_runner(data: DataBundle, config: TrainConfig, device: torch.device) -> Runner:
+    """The engine's batching + augmentation + normalisation alone."""
     dd = device_data(data, device)
     gen = torch.Generator().manual_seed(0)
     transform = _engine_transform(config, device)
@@ -157,19 +189,16 @@ def _time_engine_data(
             out = transform(x)
         out.sum().item()
 
-    load(1)
-    return _rate(load, steps, config.batch_size, window)
+    return load
 
 
-def _time_engine(
-    data: DataBundle, config: TrainConfig, device: torch.device, steps: int, warmup: int, window: int
-) -> float:
-    """Training images/s of ``sweep.train`` for ``config`` (prefix under no_grad when frozen)."""
+def _engine_runner(data: DataBundle, config: TrainConfig, device: torch.device, steps: int) -> Runner:
+    """Training steps of ``sweep.train`` for ``config`` (prefix under no_grad when frozen)."""
     amp_dtype = configure_device(device)
     torch.manual_seed(config.seed)
     model, prefix, rest = prepare_model(config, device)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, 10 * (steps + warmup))
+    scheduler = make_scheduler(optimizer, 10 * steps)
     dd = device_data(data, device)
     gen = torch.Generator().manual_seed(0)
     batches = _forever(lambda: dd.train_batches(config.batch_size, gen))
@@ -178,13 +207,12 @@ def _time_engine(
         "prefix": prefix if config.frozen_layers else None,
         "amp_dtype": amp_dtype,
     }
-    set_train_mode(model, config.frozen_layers)
 
     def train(n: int) -> None:
+        set_train_mode(model, config.frozen_layers)
         train_one_epoch(rest, optimizer, scheduler, itertools.islice(batches, n), **kw)  # ends in .item()
 
-    train(warmup)
-    return _rate(train, steps, config.batch_size, window)
+    return train
 
 
 def _time_cached(
@@ -212,7 +240,7 @@ def _time_cached(
         train_one_epoch(rest, optimizer, scheduler, itertools.islice(batches, n), amp_dtype=amp_dtype)
 
     train(warmup)
-    return extract_ips, _rate(train, steps, config.batch_size, window)
+    return extract_ips, _interleaved({"cached": train}, steps, config.batch_size, window)["cached"]
 
 
 def run_train_bench(
@@ -250,11 +278,19 @@ def run_train_bench(
 
     t_all = time.perf_counter()
     window = max(1, min(5, steps))
-    seed_data, seed_train = _time_article(data, config, dev, steps, warmup, seed_workers, window)
-    engine_data = _time_engine_data(data, config, dev, steps, window)
-    engine_train = _time_engine(data, config, dev, steps, warmup, window)
+    seed_data, engine_data = _data_rates(data, config, dev, 5 * steps, warmup, seed_workers)
+    seed_batches, close = _article_batches(data, config, dev, seed_workers)
     frozen = _with(config, frozen_layers=MAX_FROZEN)
-    frozen_train = _time_engine(data, frozen, dev, steps, warmup, window)
+    runs = {
+        "seed": _article_train_runner(seed_batches, config, dev),
+        "engine": _engine_runner(data, config, dev, steps + warmup),
+        "frozen": _engine_runner(data, frozen, dev, steps + warmup),
+    }
+    for run in runs.values():
+        run(warmup)  # first calls: worker start-up, allocator, oneDNN/cuDNN kernel choice
+    train_ips = _interleaved(runs, steps, batch_size, window)
+    close()
+    seed_train, engine_train, frozen_train = train_ips["seed"], train_ips["engine"], train_ips["frozen"]
     extract, cached_train = _time_cached(data, _with(frozen, aug_strength=0.0), dev, steps, warmup, window)
     result = {
         "device": str(dev),
@@ -264,7 +300,7 @@ def run_train_bench(
         "arch": arch,
         "batch_size": batch_size,
         "steps": steps,
-        "timing": f"median of {window}-step windows",
+        "timing": f"training: median of {window}-step windows, pipelines taking turns; data: median of 3 runs",
         "resolution": data.resolution,
         "data": source,
         "seed_dataloader_workers": seed_workers,
