@@ -26,11 +26,12 @@ COPY README.md ./
 COPY sweep/ sweep/
 RUN pip install --no-deps . && rm -rf build
 
-# 3. Where workers run: specs under ./studies, database/cache/reports under ./storage, datasets under ./data.
+# 3. Where workers run: specs in ./studies, datasets in ./data, cache/checkpoints/reports in ./storage. The
+#    mount points exist, owned by the user, so fresh named volumes inherit that ownership.
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin sweep
 WORKDIR /work
 COPY --chown=sweep:sweep studies/ studies/
-RUN mkdir -p storage/cache data && chown -R sweep:sweep storage data
+RUN mkdir -p storage/cache storage/artifacts storage/reports data && chown -R sweep:sweep storage data
 USER sweep
 # Pretrained weights are downloaded once into the storage cache (a volume), not into the image.
 ENV TORCH_HOME=/work/storage/cache/torch

@@ -229,8 +229,10 @@ def worker(
     if slots_needed > 1:
         _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage, artifacts)
         return
-    if gpu_list:  # one GPU: pin it in this very process (torch is not imported yet)
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_list[0])
+    if gpu_list:  # one GPU: pin it in this very process; CUDA was only counted via NVML, not started
+        from sweep.workers import physical_gpu
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu_list[0])
         device = "cuda"
     if threads is None and device in ("auto", "cpu"):
         threads = max(1, (os.cpu_count() or 1))
@@ -267,6 +269,9 @@ def worker(
 
 
 def _visible_gpus() -> list[int]:
+    # Count through NVML so CUDA itself is not initialised here: a later CUDA_VISIBLE_DEVICES
+    # (one pinned GPU) must still take effect when training starts in this process.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

@@ -317,7 +317,7 @@ def gather(
     return ReportData(
         studies=data,
         storage_label=storage_label,
-        generated_at=now or dt.datetime.now(dt.timezone.utc),
+        generated_at=now or dt.datetime.now(dt.UTC),
     )
 
 
@@ -936,7 +936,7 @@ def render_html(
     figs = build_figures(data) if figures is None else figures
     multi = len(data.studies) > 1
     names = ", ".join(s.name for s in data.studies) or "(no study)"
-    when = data.generated_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = data.generated_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     meta = [f"generated {when}"]
     if data.storage_label:
         meta.insert(0, f"storage <code>{_esc(data.storage_label)}</code>")

@@ -16,12 +16,11 @@ import hashlib
 import json
 import math
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 DATASETS = ("cifar10", "imagefolder", "synthetic")
 ARCHS = ("resnet18", "resnet34", "resnet50")

@@ -60,7 +60,8 @@ def validate_url(url: str) -> str:
     """Check the URL is one sweep supports; return the SQLAlchemy URL (postgresql → psycopg 3)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        parsed.port  # noqa: B018 - a non-numeric port only fails when read
+    except (ArgumentError, ValueError):
         raise StorageError(
             f"storage URL {mask_url(url)!r} is malformed; expected sqlite:///path/to.db or "
             "postgresql+psycopg://user:password@host:5432/db"
@@ -77,6 +78,10 @@ def validate_url(url: str) -> str:
         return url
     if not parsed.host or not parsed.database:
         raise StorageError(f"storage URL {mask_url(url)!r} needs a host and a database name")
+    if "@" in parsed.host:
+        raise StorageError(
+            "storage URL has a raw '@' in its password or host; percent-encode it in the password as %40"
+        )
     # Plain postgresql:// means psycopg2 to SQLAlchemy; sweep ships psycopg 3.
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 

@@ -111,6 +111,9 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> N
     _create(tmp_path, "data.subset=400", n_trials=2, epochs=2)
     victim = _sweep(tmp_path, "worker", "--threads", "1", **fast)
     _wait_for(victim, "epoch 1/2")
+    deadline = time.monotonic() + 60  # the epoch-1 checkpoint is stored just after the line is printed
+    while not _study(tmp_path).trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
+        time.sleep(0.05)
     victim.kill()
     victim.wait()
     assert _study(tmp_path).trials[0].state == TrialState.RUNNING

@@ -149,7 +149,7 @@ def prefill(study: optuna.Study, n: int, seed: int = 0) -> None:
     from optuna.storages._rdb import models
 
     first = len(study.get_trials(deepcopy=False))
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     iv_type = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
     v_type = models.TrialValueModel.TrialValueType.FINITE
     session = backend.scoped_session()
