@@ -26,10 +26,24 @@ class Slot:
     env: dict[str, str]
 
 
+def physical_gpu(index: int) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for visible GPU ``index``.
+
+    Under Slurm or Kubernetes this process may already see a subset ("2,3"): index 0 is then "2".
+    """
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    entries = [e.strip() for e in inherited.split(",") if e.strip()]
+    return entries[index] if index < len(entries) else str(index)
+
+
 def gpu_slots(gpus: Sequence[int], per_gpu: int) -> list[Slot]:
     """One slot per (GPU, replica); each child sees only its GPU, as cuda:0."""
     return [
-        Slot(label=f"gpu{g}" + (f".{r}" if per_gpu > 1 else ""), device="cuda", env={"CUDA_VISIBLE_DEVICES": str(g)})
+        Slot(
+            label=f"gpu{g}" + (f".{r}" if per_gpu > 1 else ""),
+            device="cuda",
+            env={"CUDA_VISIBLE_DEVICES": physical_gpu(g)},
+        )
         for g in gpus
         for r in range(per_gpu)
     ]

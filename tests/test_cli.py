@@ -185,3 +185,14 @@ def test_report_status_and_list_never_import_torch(workdir: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without GPUs")
+def test_unknown_gpu_lists_visible_gpus(workdir: Path) -> None:
+    assert runner.invoke(app, ["create", "tiny"]).exit_code == 0
+    result = runner.invoke(app, ["worker", "--gpu", "3"])
+    assert result.exit_code == 2 and "--gpu 3: no such GPU; visible GPUs: none" in result.output
+    result = runner.invoke(app, ["worker", "--gpus", "all"])
+    assert result.exit_code == 2 and "no CUDA GPU is visible" in result.output
+    result = runner.invoke(app, ["worker", "--gpus", "some"])
+    assert result.exit_code == 2 and "only 'all'" in result.output
