@@ -25,6 +25,7 @@ from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
     artifact_store,
+    budget_counts,
     budget_lock,
     mask_url,
     open_storage,
@@ -232,22 +233,37 @@ def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[N
         thread.join(timeout=5)
 
 
-def _counts_against_budget(t: optuna.trial.FrozenTrial) -> bool:
-    return RETRY_KEY not in t.system_attrs
+class _BudgetGate:
+    """Decides, under the budget lock, whether this worker may take another trial."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        self.study = study
+        self.spec = spec
+        self.storage = study._storage
+        self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
+        self.last_stale_check = float("-inf")
+
+    def next_trial(self) -> tuple[str, optuna.Trial | None]:
+        """('run', trial) / ('wait', None) / ('done', None)."""
+        now = time.monotonic()
+        # Stale trials only appear after a grace period of several heartbeats: checking once per
+        # heartbeat interval finds them as early, at a fraction of the cost per trial.
+        if now - self.last_stale_check >= self.interval:
+            optuna.storages.fail_stale_trials(self.study)
+            self.last_stale_check = now
+        spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
+        if waiting or spent < self.spec.n_trials:
+            return "run", self.study.ask()
+        if running:
+            # Budget spent, but a running trial may still die and come back for a retry.
+            self.last_stale_check = float("-inf")
+            return "wait", None
+        return "done", None
 
 
 def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[str, optuna.Trial | None]:
-    """Under the budget lock: ('run', trial) / ('wait', None) / ('done', None)."""
-    optuna.storages.fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    spent = sum(1 for t in trials if _counts_against_budget(t))
-    waiting = any(t.state == TrialState.WAITING for t in trials)
-    if waiting or spent < spec.n_trials:
-        return "run", study.ask()
-    if any(t.state == TrialState.RUNNING for t in trials):
-        # Budget spent, but a running trial may still die and come back for a retry.
-        return "wait", None
-    return "done", None
+    """One budget decision with a fresh stale-trial check (call under ``budget_lock``)."""
+    return _BudgetGate(study, spec).next_trial()
 
 
 def run_worker(
@@ -318,13 +334,14 @@ def run_worker(
     summary = WorkerSummary(study=name, device=device)
     from sweep.objective import Progress
 
+    gate = _BudgetGate(study, spec)
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
             summary.stopped = True
             break
         with budget_lock(storage, name):
-            decision, trial = retry_on_locked(lambda: _next_trial(study, spec))
+            decision, trial = retry_on_locked(gate.next_trial)
         if decision == "done":
             break
         if decision == "wait":

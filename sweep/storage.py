@@ -239,6 +239,36 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
         yield
 
 
+def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retry_key: str) -> tuple[int, int, int]:
+    """(trials that count against the budget, WAITING, RUNNING) of a study, as one aggregate query.
+
+    A trial counts unless it carries ``retry_key`` (a re-run of a dead worker's trial). On an RDB
+    storage this is one indexed query instead of loading every trial under the budget lock, so
+    the time the lock is held does not grow with the study.
+    """
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        spent = sum(1 for t in trials if retry_key not in t.system_attrs)
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        return spent, waiting, running
+    trials_t = models.TrialModel.__table__
+    attrs_t = models.TrialSystemAttributeModel.__table__
+    retry = sqlalchemy.exists().where(attrs_t.c.trial_id == trials_t.c.trial_id, attrs_t.c.key == retry_key)
+    query = sqlalchemy.select(
+        sqlalchemy.func.count().filter(~retry),
+        sqlalchemy.func.count().filter(trials_t.c.state == TrialState.WAITING),
+        sqlalchemy.func.count().filter(trials_t.c.state == TrialState.RUNNING),
+    ).where(trials_t.c.study_id == study_id)
+    with engine.connect() as conn:
+        spent, waiting, running = conn.execute(query).one()
+    return int(spent), int(waiting), int(running)
+
+
 def retry_on_locked(fn: Callable[[], Any], attempts: int = 5) -> Any:
     """Run ``fn`` again when SQLite still reports a lock (belt and braces around BEGIN IMMEDIATE)."""
     for i in range(attempts):

@@ -44,7 +44,7 @@ import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.service import _heartbeat, _next_trial
+from sweep.service import _BudgetGate, _heartbeat
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import budget_lock, mask_url, open_storage
 
@@ -85,10 +85,11 @@ def _spec(name: str) -> StudySpec:
 def sweep_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
     """One trial the way ``sweep worker`` runs it: budget lock, stale check, count, ask, heartbeat."""
     beats = hasattr(storage, "get_heartbeat_interval")
+    gate = _BudgetGate(study, spec)  # one per worker process, as in run_worker
 
     def one() -> None:
         with budget_lock(storage, study.study_name):
-            decision, trial = _next_trial(study, spec)
+            decision, trial = gate.next_trial()
         assert decision == "run" and trial is not None
         with _heartbeat(storage, trial._trial_id) if beats else contextlib.nullcontext():
             _bookkeeping(study, trial)
