@@ -335,6 +335,7 @@ def run_worker(
     from sweep.objective import Progress
 
     gate = _BudgetGate(study, spec)
+    environment = _environment()
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
@@ -356,6 +357,7 @@ def run_worker(
         if original is not None:
             trial.set_user_attr("retry_of", original)
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("environment", environment)
         state, value, reason = _run_one(
             study, trial, spec, data, device, stop, progress, original, storage, run_trial, StopRequested, store
         )
@@ -411,6 +413,33 @@ def _run_one(
             return "FAIL", None, reason
     retry_on_locked(lambda: study.tell(trial, value))
     return "COMPLETE", value, None
+
+
+def _environment() -> dict[str, str | None]:
+    """Library versions and the git commit of this worker, recorded on every trial it runs."""
+    import subprocess
+
+    import torch
+    import torchvision
+
+    import sweep
+
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(sweep.__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "sweep": sweep.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "optuna": optuna.__version__,
+        "git_commit": commit,
+    }
 
 
 def _cache_dir(storage_url: str) -> Path:
