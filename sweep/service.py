@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep.objective import Progress, StopFlag, StopRequested, run_trial
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
@@ -284,8 +285,6 @@ def run_worker(
 
     ``artifacts`` is where epoch checkpoints go (see ``sweep.storage.artifact_store``).
     """
-    from sweep.objective import StopFlag, StopRequested, run_trial
-
     _quiet_optuna()
     events = events or WorkerEvents()
     stop = stop or StopFlag()
@@ -332,11 +331,10 @@ def run_worker(
 
     store = artifact_store(storage_url, artifacts)
     summary = WorkerSummary(study=name, device=device)
-    from sweep.objective import Progress
-
     gate = _BudgetGate(study, spec)
-    environment = _environment()
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
+    runner = _TrialRunner(study, spec, data, device, stop, progress, storage, store)
+    environment = _environment()
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
             summary.stopped = True
@@ -358,9 +356,7 @@ def run_worker(
             trial.set_user_attr("retry_of", original)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("environment", environment)
-        state, value, reason = _run_one(
-            study, trial, spec, data, device, stop, progress, original, storage, run_trial, StopRequested, store
-        )
+        state, value, reason = runner.run(trial, original)
         summary.states[state] += 1
         events.trial_finished(trial.number, state, value, reason)
         if reason == "stopped":
@@ -369,50 +365,65 @@ def run_worker(
     return summary
 
 
-def _run_one(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    spec: StudySpec,
-    data: Any,
-    device: str,
-    stop: Any,
-    progress: Any,
-    original: int | None,
-    storage: Any,
-    run_trial: Any,
-    stop_exc: type,
-    store: Any,
-) -> tuple[str, float | None, str | None]:
-    """Run one trial and tell the storage how it ended. Never loses a result."""
-    with _heartbeat(storage, trial._trial_id):
-        try:
-            value = run_trial(
-                trial, spec, data, device, stop=stop, progress=progress, original_number=original, artifacts=store
-            )
-        except optuna.TrialPruned as exc:
-            retry_on_locked(lambda: study.tell(trial, state=TrialState.PRUNED))
-            reason = "diverged" if str(exc).startswith("diverged") else None
-            return "PRUNED", None, reason
-        except stop_exc:
-            frozen = retry_on_locked(lambda: study.tell(trial, state=TrialState.FAIL))
-            # Hand the trial back: the same params re-queued as WAITING, not counted twice.
-            callback = storage.get_heartbeat_stale_trial_callback()
-            if callback is not None:
-                callback(study, frozen)
-            return "FAIL", None, "stopped"
-        except KeyboardInterrupt:
-            retry_on_locked(lambda: study.tell(trial, state=TrialState.FAIL))
-            raise
-        except Exception as exc:
-            retry_on_locked(lambda: study.tell(trial, state=TrialState.FAIL))
-            reason = "oom" if "out of memory" in str(exc).lower() else f"error: {str(exc).splitlines()[0][:200]}"
-            if device.startswith("cuda"):
-                import torch
+@dataclass
+class _TrialRunner:
+    """Everything a worker needs to run one trial and tell the storage how it ended."""
 
-                torch.cuda.empty_cache()
-            return "FAIL", None, reason
-    retry_on_locked(lambda: study.tell(trial, value))
-    return "COMPLETE", value, None
+    study: optuna.Study
+    spec: StudySpec
+    data: Any
+    device: str
+    stop: StopFlag
+    progress: Progress
+    storage: Any
+    artifacts: Any
+
+    def run(self, trial: optuna.Trial, original: int | None) -> tuple[str, float | None, str | None]:
+        """(state, value, reason). Every ending is told to the storage: no result is ever lost."""
+        study = self.study
+
+        def tell(**kwargs: Any) -> Any:
+            return retry_on_locked(lambda: study.tell(trial, **kwargs))
+
+        with _heartbeat(self.storage, trial._trial_id):
+            try:
+                value = run_trial(
+                    trial,
+                    self.spec,
+                    self.data,
+                    self.device,
+                    stop=self.stop,
+                    progress=self.progress,
+                    original_number=original,
+                    artifacts=self.artifacts,
+                )
+            except optuna.TrialPruned as exc:
+                tell(state=TrialState.PRUNED)
+                return "PRUNED", None, "diverged" if str(exc).startswith("diverged") else None
+            except StopRequested:
+                frozen = tell(state=TrialState.FAIL)
+                # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
+                # retry resumes from the checkpoint this epoch left.
+                callback = self.storage.get_heartbeat_stale_trial_callback()
+                if callback is not None:
+                    callback(study, frozen)
+                return "FAIL", None, "stopped"
+            except KeyboardInterrupt:
+                tell(state=TrialState.FAIL)
+                raise
+            except Exception as exc:
+                tell(state=TrialState.FAIL)
+                oom = trial.user_attrs.get("fail_reason") == "oom"
+                if oom and self.device.startswith("cuda"):
+                    from sweep.train import clear_caches
+
+                    clear_caches()  # drop cached data/compiled models too, then give memory back
+                    import torch
+
+                    torch.cuda.empty_cache()
+                return "FAIL", None, "oom" if oom else f"error: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}"
+        tell(values=value)
+        return "COMPLETE", value, None
 
 
 def _environment() -> dict[str, str | None]:
@@ -427,7 +438,7 @@ def _environment() -> dict[str, str | None]:
     try:
         commit = (
             subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=Path(sweep.__file__).parent, capture_output=True, text=True, timeout=5
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
             ).stdout.strip()
             or None
         )
