@@ -275,7 +275,7 @@ def run_worker(
     gpus: Sequence[int] = (),
     n_trials: int | None = None,
     threads: int | None = None,
-    stop: Any = None,
+    stop: StopFlag | None = None,
     events: WorkerEvents | None = None,
     wait_s: float = 30.0,
     poll_s: float = 5.0,
@@ -335,6 +335,7 @@ def run_worker(
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     runner = _TrialRunner(study, spec, data, device, stop, progress, storage, store)
     environment = _environment()
+    said_waiting = False
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
             summary.stopped = True
@@ -344,7 +345,9 @@ def run_worker(
         if decision == "done":
             break
         if decision == "wait":
-            events.message("budget reached; waiting for trials still running on other workers")
+            if not said_waiting:
+                events.message("budget reached; waiting for trials still running on other workers")
+                said_waiting = True
             if stop.event.wait(poll_s):
                 summary.stopped = True
                 break
