@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sweep.data import DataBundle, augment, batch_indices, clear_device_cache, device_data, normalize
+from sweep.data import DataBundle, augment_view, batch_indices, clear_device_cache, device_data, normalize
 from sweep.model import (
     ARCHS,
     MAX_FROZEN,
@@ -190,18 +190,26 @@ def make_transform(
     generator: torch.Generator | None = None,
     channels_last: bool = False,
 ) -> Callable[[Tensor], Tensor]:
-    """uint8 batch -> network input: augment, normalize, resize to ``resolution`` if needed."""
+    """uint8 batch -> network input: augment, normalize, resize to ``resolution`` if needed.
+
+    The augmented uint8 batch may be a strided view (``augment_view``): ``normalize`` converts it
+    straight to float, and with ``channels_last`` the uint8 batch is laid out first (a quarter of
+    the bytes of relaying out the float result), so each batch is copied as few times as possible.
+    """
 
     def transform(x: Tensor) -> Tensor:
         if aug_strength > 0:
-            x = augment(x, aug_strength, generator)
+            x = augment_view(x, aug_strength, generator)
+        resize = x.shape[-1] != resolution or x.shape[-2] != resolution
+        if channels_last and not resize:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = normalize(x)
-        if out.shape[-1] != resolution or out.shape[-2] != resolution:
+        if resize:
             out = nn.functional.interpolate(
                 out, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
             )
         if channels_last:
-            out = out.contiguous(memory_format=torch.channels_last)
+            out = out.contiguous(memory_format=torch.channels_last)  # a no-op unless resized
         return out
 
     return transform
@@ -212,7 +220,7 @@ def tensor_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled batches of tensors that already live on the device (e.g. cached features)."""
     for idx in batch_indices(len(y), batch_size, generator, device=x.device):
-        yield x[idx], y[idx]
+        yield x.index_select(0, idx), y.index_select(0, idx)  # row copies; x[idx] is far slower on CPU
 
 
 # ------------------------------------------------------------------------------------- train, evaluate

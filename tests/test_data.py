@@ -14,6 +14,7 @@ from sweep import data as data_mod
 from sweep.data import (
     DataError,
     augment,
+    augment_view,
     batch_indices,
     check_data,
     device_data,
@@ -119,6 +120,72 @@ def test_strong_augmentation_adds_cutout() -> None:
     fill = torch.tensor(data_mod._MEAN_UINT8, dtype=torch.uint8)[:, None, None]
     holes = (out == fill).all(dim=1)
     assert holes.any(dim=(1, 2)).float().mean() > 0.5
+
+
+@pytest.mark.parametrize(("h", "w", "pad"), [(8, 8, 4), (6, 10, 3), (12, 16, 8), (5, 7, 1)])
+def test_random_crop_is_a_window_of_the_padded_image_for_any_size(h: int, w: int, pad: int) -> None:
+    # odd widths and paddings take the byte-wise copy, multiples of 2/4/8 the wider ones
+    x = torch.randint(1, 256, (40, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    out = random_crop(x, pad, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8 and out.is_contiguous()
+    src = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    for i in range(len(x)):
+        windows = [src[i, :, dy:dy + h, dx:dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+        assert sum(torch.equal(out[i], win) for win in windows) == 1
+
+
+def test_crop_and_flip_cover_every_shift_and_both_orientations() -> None:
+    pad, n, h, w = 4, 600, 32, 32
+    x = torch.randint(1, 256, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = augment(x, 0.5, torch.Generator().manual_seed(0))  # 4 px padding, then a random flip
+    src = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    seen = set()
+    for i in range(n):
+        hits = [
+            (dy - pad, dx - pad, flipped)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            for window in [src[i, :, dy:dy + h, dx:dx + w]]
+            for flipped in (False, True)
+            if torch.equal(out[i], window.flip(2) if flipped else window)
+        ]
+        assert len(hits) == 1, "each output must be one window of the padded image, mirrored or not"
+        seen.add(hits[0])
+    assert {(dy, dx) for dy, dx, _ in seen} == {(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
+    flips = sum(f for *_, f in seen)
+    assert 0 < flips < len(seen)
+
+
+def test_augment_view_matches_augment_and_leaves_the_input_alone() -> None:
+    x, _ = make_synthetic(32, 32)
+    before = x.clone()
+    for strength in (0.05, 0.5, 1.0):
+        view = augment_view(x, strength, torch.Generator().manual_seed(7))
+        copy = augment(x, strength, torch.Generator().manual_seed(7))
+        assert torch.equal(view, copy) and copy.is_contiguous()
+    assert torch.equal(x, before)
+
+
+def test_strong_augmentation_stays_in_range_and_keeps_strength_half_geometry() -> None:
+    # the jitter changes values (within uint8) but not where the content is
+    x = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)
+    out = augment(x, 0.75, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert len(torch.unique(out.float().mean(dim=(1, 2, 3)))) > 32  # per-image brightness/contrast
+
+
+def test_normalize_matches_the_reference_formula() -> None:
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean = torch.tensor(data_mod.IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(data_mod.IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(normalize(x), (x.float() / 255 - mean) / std, atol=1e-5, rtol=1e-5)
+    cl = normalize(x.contiguous(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, normalize(x))
+    f = torch.rand(2, 3, 4, 4)
+    g = f.clone()
+    normalize(f)
+    assert torch.equal(f, g), "a float input must not be changed in place"
 
 
 def test_normalize_maps_mean_colour_to_zero() -> None:
@@ -342,6 +409,16 @@ def test_device_data_is_cached_per_fingerprint() -> None:
     assert a is b and a.resident
     xb, yb = next(a.train_batches(8, torch.Generator().manual_seed(0)))
     assert xb.shape == (8, 3, 8, 8) and yb.shape == (8,)
+
+
+def test_device_data_fetch_and_batches_are_row_copies() -> None:
+    bundle = load_data("synthetic", "", val_fraction=0.2, seed=0, subset=50)
+    dd = device_data(bundle, "cpu")
+    idx = torch.tensor([5, 0, 7, 7, 3])
+    x, y = dd.fetch(dd.train_x, dd.train_y, idx)
+    assert torch.equal(x, bundle.train_x[idx]) and torch.equal(y, bundle.train_y[idx])
+    seen = torch.cat([yb for _, yb in dd.train_batches(8, torch.Generator().manual_seed(0), drop_last=False)])
+    assert torch.equal(seen.sort().values, bundle.train_y.sort().values)
 
 
 def test_cifar10_from_local_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
