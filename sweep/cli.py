@@ -524,6 +524,38 @@ def bench_report(
     run_report_bench(n_trials, json_path=json_path, output=output, console=console)
 
 
+@bench_app.command("sweep")
+def bench_sweep(
+    table: Annotated[
+        str | None,
+        typer.Argument(help="Learning-curve table study (grid sampler, pruner none), e.g. table-cpu."),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Replays per method (seeds 0..N-1).")] = 10,
+    budget_epochs: Annotated[
+        int | None,
+        typer.Option("--budget-epochs", min=1, help="Epochs per replay (default: a third of the table's epochs)."),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    html_path: Annotated[
+        Path | None, typer.Option("--html", help="Anytime-curve figure (default: beside --json).")
+    ] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
+    from sweep.bench.sweep import run_sweep_bench
+
+    with _user_errors():
+        run_sweep_bench(
+            table,
+            storage_url=storage,
+            seeds=seeds,
+            budget_epochs=budget_epochs,
+            json_path=json_path,
+            html_path=html_path,
+            console=console,
+        )
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     """Entry point used by ``python -m sweep``."""
     app(prog_name="sweep")

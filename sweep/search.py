@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
 
-
 class _GridSampler(optuna.samplers.GridSampler):
     """GridSampler without its ``study.stop()`` at the end of the grid.
 
@@ -80,7 +79,8 @@ _PRUNERS: dict[str, Any] = {
 _RESERVED = {"seed", "search_space", "constraints_func"}
 
 
-def _grid_space(spec: StudySpec) -> dict[str, list[Any]]:
+def grid_space(spec: StudySpec) -> dict[str, list[Any]]:
+    """Every value of every searched param, as the grid sampler (and the replay bench) sees it."""
     space: dict[str, list[Any]] = {}
     for name, p in spec.params.items():
         if p.type == "categorical":
@@ -112,7 +112,7 @@ def build_sampler(spec: StudySpec) -> BaseSampler:
     cls = _SAMPLERS[spec.sampler.type]
     args = dict(spec.sampler.args)
     if spec.sampler.type == "grid":
-        return cls(_grid_space(spec), seed=spec.seed, **args)
+        return cls(grid_space(spec), seed=spec.seed, **args)
     if spec.sampler.type == "tpe":
         # Small budgets: the default 10 random start-up trials would be the whole sweep.
         args.setdefault("n_startup_trials", max(2, min(10, spec.n_trials // 4)))
@@ -136,7 +136,7 @@ def check_search_args(spec: StudySpec) -> None:
     """Raise SpecError when sampler/pruner arguments do not fit the Optuna classes."""
     if spec.sampler.type == "grid":
         size = 1
-        for values in _grid_space(spec).values():
+        for values in grid_space(spec).values():
             size *= len(values)
         if spec.n_trials > size:
             raise SpecError("n_trials", spec.n_trials, f"the grid has {size} points; use n_trials <= {size}")

@@ -1,0 +1,513 @@
+"""What a sweep buys: samplers and pruners replayed against a learning-curve table.
+
+    python -m sweep.bench.sweep TABLE_STUDY --storage URL [--seeds 10] [--budget-epochs N] [--json out.json]
+
+The table is an ordinary study (``studies/table-cpu.toml``, ``studies/table-gpu.toml``): a grid
+sampler, no pruner, every config trained for every epoch, each epoch's validation accuracy in
+``trial.intermediate_values`` and the test accuracy in ``user_attrs["test_accuracy"]``.
+
+The replay runs each method's sampler and pruner for real (the service's own ``build_sampler`` and
+``build_pruner`` on an in-memory study, ask/tell, ``trial.report`` + ``trial.should_prune`` every
+epoch, no pruning after the last epoch, as in ``sweep.objective``); only the training is looked up
+in the table. The search space is the table's grid as categorical distributions, so every proposal
+is a table row. A config proposed twice is trained (looked up) and paid for twice, as the service
+would. A row that diverged in the table (NaN loss, pruned there) diverges in the replay at the
+same epoch.
+
+Every method gets the same budget of epochs (default: a third of the table's epochs). A trial
+starts only while budget is left; one that would run past the budget is cut there (told FAIL).
+
+Figures per method and seed: the anytime curve (best validation accuracy of a completed trial
+against cumulative epochs), the epochs needed to come within ``TOLERANCE`` (0.5 points) of the
+table's best final validation accuracy (None if not within the budget), and the test accuracy of
+the config each method would choose (its best completed trial). ``epochs_ratio_vs_random`` is the
+method's mean epochs-to-target over random's; seeds that never reach the target count as the whole
+budget (a lower bound, flagged by ``censored``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from sweep.search import build_pruner, build_sampler, grid_space
+from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
+
+TOLERANCE = 0.005  # "within 0.5 points" of the table's best validation accuracy
+DEFAULT_BUDGET_FRACTION = 1 / 3
+
+
+@dataclass(frozen=True)
+class Method:
+    """One replayed search method: a sampler type and a pruner type plus its arguments."""
+
+    name: str
+    sampler: str
+    pruner: str
+    pruner_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def default_methods(epochs: int) -> tuple[Method, ...]:
+    """(a) random, (b) TPE, (c) TPE + median, (d) TPE + successive halving, (e) TPE + Hyperband."""
+    return (
+        Method("random", "random", "none"),
+        Method("tpe", "tpe", "none"),
+        Method("tpe+median", "tpe", "median"),  # the service's defaults: n_startup_trials 2, n_warmup_steps 1
+        Method("tpe+sha", "tpe", "successive-halving", {"min_resource": 1, "reduction_factor": 3}),
+        Method("tpe+hyperband", "tpe", "hyperband", {"min_resource": 1, "max_resource": epochs, "reduction_factor": 3}),
+    )
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Row:
+    """One grid point of the table: its per-epoch validation accuracy and its test accuracy."""
+
+    params: dict[str, Any]
+    curve: tuple[float, ...]  # val accuracy after epoch 1..n; shorter than `epochs` when it diverged
+    test_accuracy: float | None
+    diverged: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """A finished learning-curve table: the grid, one row per grid point."""
+
+    name: str
+    spec: StudySpec
+    grid: dict[str, list[Any]]
+    rows: dict[tuple[Any, ...], Row]
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.epochs
+
+    @property
+    def total_epochs(self) -> int:
+        return len(self.rows) * self.epochs
+
+    def key(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The row key of a params dict (floats compared to 10 significant digits)."""
+        return tuple(_norm(params[name]) for name in self.grid)
+
+    def best(self) -> Row:
+        """The row with the highest final validation accuracy among rows that trained every epoch."""
+        full = [r for r in self.rows.values() if len(r.curve) == self.epochs and not r.diverged]
+        return max(full, key=lambda r: r.curve[-1])
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    return value
+
+
+def table_from_study(study: optuna.Study, spec: StudySpec) -> Table:
+    """Read a table study: one row per grid point (the newest finished trial wins).
+
+    Rows are COMPLETE trials with every epoch, or trials pruned because the loss diverged. Raises
+    ServiceError when a grid point has no such trial yet (the table is not finished).
+    """
+    from sweep.service import ServiceError
+
+    grid = grid_space(spec)
+    table = Table(study.study_name, spec, grid, {})
+    rows: dict[tuple[Any, ...], Row] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if any(name not in t.params for name in grid):
+            continue
+        curve = tuple(float(t.intermediate_values[e]) for e in sorted(t.intermediate_values))
+        if t.state == TrialState.COMPLETE:
+            if len(curve) < spec.epochs:
+                continue
+            row = Row(dict(t.params), curve[: spec.epochs], t.user_attrs.get("test_accuracy"))
+        elif t.user_attrs.get("fail_reason") == "diverged" or str(t.user_attrs.get("fail_reason", "")).startswith(
+            "diverged"
+        ):
+            row = Row(dict(t.params), curve, None, diverged=True)
+        else:
+            continue  # pruned by a pruner: the table spec should not have one
+        rows[table.key(t.params)] = row
+    size = math.prod(len(v) for v in grid.values())
+    if len(rows) < size:
+        raise ServiceError(
+            f"table {study.study_name!r} has {len(rows)} of {size} grid points finished; "
+            "run its workers until every config has trained all epochs"
+        )
+    return dataclasses.replace(table, rows=rows)
+
+
+def load_table(table_study: str | None, storage_url: str) -> Table:
+    """Open the table study read-only from ``storage_url`` and read it."""
+    from sweep.service import load_spec_of, open_read_only, resolve_study_name
+
+    storage = open_read_only(storage_url)
+    name = resolve_study_name(storage, table_study, storage_url)
+    spec = load_spec_of(storage, name)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return table_from_study(study, spec)
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+def replay_spec(table: Table, method: Method, seed: int, budget_epochs: int) -> StudySpec:
+    """The spec the service would run for ``method``: the table's grid as categorical params.
+
+    ``n_trials`` is the number of full-length trials the budget pays for; the service derives TPE's
+    start-up trials from it.
+    """
+    params = {name: ParamSpec(type="categorical", choices=tuple(values)) for name, values in table.grid.items()}
+    return dataclasses.replace(
+        table.spec,
+        name=f"replay-{method.name}-{seed}",
+        n_trials=max(1, budget_epochs // table.epochs),
+        seed=seed,
+        sampler=SamplerSpec(type=method.sampler),
+        pruner=PrunerSpec(type=method.pruner, args=dict(method.pruner_args)),
+        params=params,
+    )
+
+
+def replay(table: Table, method: Method, seed: int, budget_epochs: int) -> dict[str, Any]:
+    """One method, one seed: run its sampler and pruner against the table until the budget is spent."""
+    spec = replay_spec(table, method, seed, budget_epochs)
+    # A fixed study name: Hyperband assigns brackets from a hash of the study name and trial number.
+    study = optuna.create_study(
+        study_name=spec.name, direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec)
+    )
+    distributions = {name: CategoricalDistribution(values) for name, values in table.grid.items()}
+    target = table.best().curve[-1] - TOLERANCE
+    used = 0
+    best: float | None = None
+    best_number: int | None = None
+    curve: list[tuple[int, float]] = []  # (cumulative epochs, best val accuracy) at every improvement
+    epochs_to_target: int | None = None
+    counts = {"trials": 0, "complete": 0, "pruned": 0, "diverged": 0, "cut": 0, "repeats": 0}
+    trial_epochs: list[int] = []
+    seen: set[tuple[Any, ...]] = set()
+    proposals: list[dict[str, Any]] = []
+    while used < budget_epochs:
+        trial = study.ask(distributions)
+        key = table.key(trial.params)
+        row = table.rows[key]  # KeyError would mean a proposal outside the table: a bug
+        proposals.append(dict(trial.params))
+        counts["trials"] += 1
+        counts["repeats"] += key in seen
+        seen.add(key)
+        state, ran = None, 0
+        for epoch, acc in enumerate(row.curve, start=1):
+            if used >= budget_epochs:
+                state = TrialState.FAIL
+                counts["cut"] += 1
+                break
+            used += 1
+            ran = epoch
+            trial.report(acc, epoch)
+            if epoch < table.epochs and trial.should_prune():
+                state = TrialState.PRUNED
+                counts["pruned"] += 1
+                break
+        else:
+            if row.diverged:  # the epoch after the last reported one hit a NaN loss: it is paid for too
+                if used >= budget_epochs:
+                    state = TrialState.FAIL
+                    counts["cut"] += 1
+                else:
+                    used += 1
+                    ran += 1
+                    state = TrialState.PRUNED
+                    counts["diverged"] += 1
+        trial_epochs.append(ran)
+        if state is None:
+            value = row.curve[-1]
+            study.tell(trial, value)
+            counts["complete"] += 1
+            if best is None or value > best:
+                best, best_number = value, trial.number
+                curve.append((used, value))
+                if epochs_to_target is None and value >= target:
+                    epochs_to_target = used
+        else:
+            study.tell(trial, state=state)
+    chosen = study.trials[best_number] if best_number is not None else None
+    chosen_row = table.rows[table.key(chosen.params)] if chosen is not None else None
+    return {
+        "seed": seed,
+        "epochs_used": used,
+        "best_val_accuracy": best,
+        "epochs_to_target": epochs_to_target,
+        "chosen_params": dict(chosen.params) if chosen is not None else None,
+        "chosen_test_accuracy": chosen_row.test_accuracy if chosen_row is not None else None,
+        "mean_epochs_per_trial": round(statistics.fmean(trial_epochs), 4) if trial_epochs else 0.0,
+        "curve": [list(p) for p in curve],
+        "proposals": proposals,
+        **counts,
+    }
+
+
+def anytime(runs: Sequence[Mapping[str, Any]], budget_epochs: int) -> dict[str, list[float | None]]:
+    """Best val accuracy at every cumulative epoch 1..budget, aggregated over seeds.
+
+    A seed contributes from its first completed trial on; ``n`` says how many seeds have a value.
+    """
+    per_seed = []
+    for run in runs:
+        values: list[float | None] = []
+        points = list(run["curve"])
+        i, current = 0, None
+        for e in range(1, budget_epochs + 1):
+            while i < len(points) and points[i][0] <= e:
+                current = points[i][1]
+                i += 1
+            values.append(current)
+        per_seed.append(values)
+    out: dict[str, list[Any]] = {"epochs": list(range(1, budget_epochs + 1)), "mean": [], "std": [], "min": [],
+                                 "max": [], "n": []}
+    for j in range(budget_epochs):
+        vals = [s[j] for s in per_seed if s[j] is not None]
+        out["n"].append(len(vals))
+        out["mean"].append(round(statistics.fmean(vals), 5) if vals else None)
+        out["std"].append(round(statistics.pstdev(vals), 5) if vals else None)
+        out["min"].append(min(vals) if vals else None)
+        out["max"].append(max(vals) if vals else None)
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.fmean(present), 5) if present else None
+
+
+def summarize(runs: Sequence[Mapping[str, Any]], budget_epochs: int) -> dict[str, Any]:
+    """Per-method figures over seeds."""
+    reached = [r["epochs_to_target"] for r in runs if r["epochs_to_target"] is not None]
+    censored = [r["epochs_to_target"] if r["epochs_to_target"] is not None else budget_epochs for r in runs]
+    return {
+        "best_val_accuracy_mean": _mean([r["best_val_accuracy"] for r in runs]),
+        "chosen_test_accuracy_mean": _mean([r["chosen_test_accuracy"] for r in runs]),
+        "chosen_test_accuracy_std": (
+            round(statistics.pstdev([r["chosen_test_accuracy"] for r in runs if r["chosen_test_accuracy"] is not None]),
+                  5)
+            if any(r["chosen_test_accuracy"] is not None for r in runs) else None
+        ),
+        "reached_target": len(reached),
+        "epochs_to_target_mean": round(statistics.fmean(censored), 3) if censored else None,
+        "censored": len(reached) < len(runs),
+        "trials_mean": _mean([r["trials"] for r in runs]),
+        "complete_mean": _mean([r["complete"] for r in runs]),
+        "mean_epochs_per_trial": _mean([r["mean_epochs_per_trial"] for r in runs]),
+    }
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def run_replays(
+    table: Table,
+    *,
+    seeds: int = 10,
+    budget_epochs: int | None = None,
+    methods: Sequence[Method] | None = None,
+) -> dict[str, Any]:
+    """Replay every method with seeds 0..seeds-1 against ``table``; the JSON-able result."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if budget_epochs is None:
+        budget_epochs = max(table.epochs, round(table.total_epochs * DEFAULT_BUDGET_FRACTION))
+    if budget_epochs < 1:
+        from sweep.service import ServiceError
+
+        raise ServiceError(f"--budget-epochs {budget_epochs}: must be >= 1")
+    methods = tuple(methods or default_methods(table.epochs))
+    best = table.best()
+    result: dict[str, Any] = {
+        "table": {
+            "study": table.name,
+            "grid": table.grid,
+            "grid_size": len(table.rows),
+            "epochs": table.epochs,
+            "total_epochs": table.total_epochs,
+            "best_val_accuracy": best.curve[-1],
+            "best_test_accuracy": best.test_accuracy,
+            "best_params": best.params,
+            "best_test_accuracy_any": max((r.test_accuracy for r in table.rows.values()
+                                           if r.test_accuracy is not None), default=None),
+            "diverged_rows": sum(r.diverged for r in table.rows.values()),
+        },
+        "budget_epochs": budget_epochs,
+        "seeds": seeds,
+        "tolerance": TOLERANCE,
+        "target_val_accuracy": round(best.curve[-1] - TOLERANCE, 6),
+        "methods": {},
+    }
+    for method in methods:
+        t0 = time.perf_counter()
+        runs = [replay(table, method, seed, budget_epochs) for seed in range(seeds)]
+        result["methods"][method.name] = {
+            "sampler": method.sampler,
+            "pruner": method.pruner,
+            "pruner_args": dict(method.pruner_args),
+            "summary": summarize(runs, budget_epochs),
+            "anytime": anytime(runs, budget_epochs),
+            "runs": runs,
+            "replay_s": round(time.perf_counter() - t0, 3),
+        }
+    base = result["methods"].get("random", {}).get("summary", {}).get("epochs_to_target_mean")
+    for entry in result["methods"].values():
+        mine = entry["summary"]["epochs_to_target_mean"]
+        entry["epochs_ratio_vs_random"] = round(mine / base, 4) if mine is not None and base else None
+    return result
+
+
+def anytime_figure(result: Mapping[str, Any]) -> Any:
+    """Plotly figure: mean best val accuracy vs cumulative epochs per method, min–max band over seeds.
+
+    Early on, the mean is over the seeds that have completed a trial (``anytime["n"]`` says how many).
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    palette = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
+    for i, (name, entry) in enumerate(result["methods"].items()):
+        curve = entry["anytime"]
+        color = palette[i % len(palette)]
+        xs = [x for x, m in zip(curve["epochs"], curve["mean"], strict=True) if m is not None]
+        lo = [v for v in curve["min"] if v is not None]
+        hi = [v for v in curve["max"] if v is not None]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
+                                 line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name))
+        fig.add_trace(go.Scatter(x=xs, y=[m for m in curve["mean"] if m is not None], mode="lines", name=name,
+                                 line={"color": color, "shape": "hv"}, legendgroup=name))
+    table = result["table"]
+    fig.add_hline(y=table["best_val_accuracy"], line_dash="dot", annotation_text="table best",
+                  annotation_position="top left")
+    fig.add_hline(y=result["target_val_accuracy"], line_dash="dash", line_color="gray",
+                  annotation_text=f"within {TOLERANCE * 100:.1f} points", annotation_position="bottom right")
+    fig.update_layout(
+        title=f"Anytime curves on table {table['study']!r} ({table['grid_size']} configs × {table['epochs']} epochs; "
+              f"{result['seeds']} seeds, band = min–max)",
+        xaxis_title="cumulative training epochs",
+        yaxis_title="best validation accuracy of a completed trial",
+        template="plotly_white",
+    )
+    return fig
+
+
+def write_figure(result: Mapping[str, Any], html_path: Path) -> list[str]:
+    """Write the anytime figure as HTML (and PNG when kaleido is installed); the paths written."""
+    fig = anytime_figure(result)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(html_path), include_plotlyjs=True)
+    written = [str(html_path)]
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return written
+    png = html_path.with_suffix(".png")
+    fig.write_image(str(png), width=1100, height=650)
+    return written + [str(png)]
+
+
+def _fmt(value: float | None, scale: float = 100.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def print_table(result: Mapping[str, Any], console: Any) -> None:
+    """The per-method summary as a rich table."""
+    from rich.table import Table as RichTable
+
+    t = result["table"]
+    rt = RichTable(
+        title=f"sweep replay on {t['study']!r}: {t['grid_size']} configs × {t['epochs']} epochs, budget "
+              f"{result['budget_epochs']} epochs, {result['seeds']} seeds; table best val "
+              f"{_fmt(t['best_val_accuracy'])} % (test {_fmt(t['best_test_accuracy'])} %)"
+    )
+    for col in ("method", "trials", "ep/trial", "best val %", "test % (chosen)", "reached", "ep to target",
+                "× random"):
+        rt.add_column(col, justify="left" if col == "method" else "right")
+    for name, entry in result["methods"].items():
+        s = entry["summary"]
+        to_target = "-" if s["epochs_to_target_mean"] is None else f"{s['epochs_to_target_mean']:.1f}"
+        if s["censored"]:
+            to_target = "≥" + to_target
+        ratio = entry.get("epochs_ratio_vs_random")
+        rt.add_row(
+            name,
+            f"{s['trials_mean']:.1f}",
+            f"{s['mean_epochs_per_trial']:.2f}",
+            _fmt(s["best_val_accuracy_mean"]),
+            f"{_fmt(s['chosen_test_accuracy_mean'])} ± {_fmt(s['chosen_test_accuracy_std'])}",
+            f"{s['reached_target']}/{result['seeds']}",
+            to_target,
+            "-" if ratio is None else f"{ratio:.2f}",
+        )
+    console.print(rt)
+
+
+def run_sweep_bench(
+    table_study: str | None,
+    *,
+    storage_url: str,
+    seeds: int = 10,
+    budget_epochs: int | None = None,
+    json_path: Path | None = None,
+    html_path: Path | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Load the table study, replay every method, print the table; save JSON and the figure.
+
+    The figure goes to ``html_path``, or beside ``json_path`` (same name, ``.html``) when only that is given.
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    table = load_table(table_study, storage_url)
+    result = run_replays(table, seeds=seeds, budget_epochs=budget_epochs)
+    print_table(result, console)
+    if html_path is None and json_path is not None:
+        html_path = Path(json_path).with_suffix(".html")
+    if html_path is not None:
+        result["figures"] = write_figure(result, Path(html_path))
+        console.print(f"anytime curves: {', '.join(result['figures'])}")
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: ``python -m sweep.bench.sweep``."""
+    from sweep.storage import DEFAULT_URL
+
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("table_study")
+    ap.add_argument("--storage", default=DEFAULT_URL)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--budget-epochs", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--html", type=Path, default=None, help="write the anytime-curve figure here")
+    args = ap.parse_args(argv)
+    run_sweep_bench(args.table_study, storage_url=args.storage, seeds=args.seeds, budget_epochs=args.budget_epochs,
+                    json_path=args.json, html_path=args.html)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

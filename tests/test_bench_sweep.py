@@ -1,0 +1,213 @@
+"""The sweep replay bench on a synthetic learning-curve table (optuna only: no torch, no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweep.bench.sweep import TOLERANCE, default_methods, load_table, replay, run_replays, run_sweep_bench
+from sweep.search import grid_space
+from sweep.service import FINGERPRINT_ATTR, SPEC_ATTR, ServiceError
+from sweep.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+LRS = [1e-3, 3e-3, 1e-2, 3e-2]
+BATCHES = [32, 64, 128]
+RAW_SPEC: dict[str, Any] = {
+    "name": "table-synth",
+    "n_trials": 108,
+    "epochs": EPOCHS,
+    "data": {"name": "synthetic", "subset": 200},
+    "model": {"weights": "none"},
+    "sampler": {"type": "grid"},
+    "pruner": {"type": "none"},
+    "params": {
+        "lr": {"type": "categorical", "choices": LRS},
+        "batch_size": {"type": "categorical", "choices": BATCHES},
+        "frozen_layers": {"type": "int", "low": 0, "high": 4, "step": 2},
+        "aug_strength": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.5},
+    },
+}
+DISTS: dict[str, Any] = {
+    "lr": CategoricalDistribution(LRS),
+    "batch_size": CategoricalDistribution(BATCHES),
+    "frozen_layers": IntDistribution(0, 4, step=2),
+    "aug_strength": FloatDistribution(0.0, 1.0, step=0.5),
+}
+
+
+def final_accuracy(p: dict[str, Any]) -> float:
+    """A known, smooth landscape: best near lr 3e-3, batch 64, nothing frozen, aug 0.5."""
+    acc = 0.80 - 0.08 * (math.log10(p["lr"]) + 2.5) ** 2 - 0.03 * p["frozen_layers"]
+    return acc - 0.06 * (p["aug_strength"] - 0.5) ** 2 - 0.01 * abs(math.log2(p["batch_size"] / 64))
+
+
+def curve(p: dict[str, Any]) -> list[float]:
+    """Validation accuracy per epoch: saturating towards the final value, faster with a larger lr."""
+    tau = 0.5 + 1e-3 / p["lr"]
+    final = final_accuracy(p)
+    return [round(0.1 + (final - 0.1) * (1 - math.exp(-e / tau)) / (1 - math.exp(-EPOCHS / tau)), 6)
+            for e in range(1, EPOCHS + 1)]
+
+
+def diverges(p: dict[str, Any]) -> bool:
+    return p["lr"] == 3e-2 and p["batch_size"] == 32 and p["frozen_layers"] == 0
+
+
+def make_table(url: str, *, drop: int = 0) -> str:
+    """Write the synthetic table study the way `sweep create` + grid workers would; its name."""
+    spec = parse_spec(RAW_SPEC)
+    study = optuna.create_study(storage=url, study_name=spec.name, direction="maximize")
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+    grid = grid_space(spec)
+    trials = []
+    points = [dict(zip(grid, values, strict=True)) for values in _product(list(grid.values()))]
+    for p in points[drop:]:
+        c = curve(p)
+        if diverges(p):
+            trials.append(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.PRUNED, value=c[1], params=p, distributions=DISTS,
+                intermediate_values={1: c[0], 2: c[1]}, user_attrs={"fail_reason": "diverged"},
+            ))
+            continue
+        trials.append(optuna.trial.create_trial(
+            value=c[-1], params=p, distributions=DISTS, intermediate_values=dict(enumerate(c, start=1)),
+            user_attrs={"test_accuracy": round(c[-1] - 0.01, 6), "epoch_seconds": [1.0] * EPOCHS},
+        ))
+    study.add_trials(trials)
+    return spec.name
+
+
+def _product(lists: list[list[Any]]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = [()]
+    for values in lists:
+        out = [prefix + (v,) for prefix in out for v in values]
+    return out
+
+
+@pytest.fixture(scope="module")
+def table_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('table') / 'table.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    make_table(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def result(table_url: str) -> dict[str, Any]:
+    return run_replays(load_table("table-synth", table_url), seeds=2, budget_epochs=60)
+
+
+def test_table_is_read_with_every_grid_point(table_url: str) -> None:
+    table = load_table("table-synth", table_url)
+    assert len(table.rows) == 108 and table.total_epochs == 108 * EPOCHS
+    assert sum(r.diverged for r in table.rows.values()) == 3
+    best = table.best()
+    assert best.params == {"lr": 3e-3, "batch_size": 64, "frozen_layers": 0, "aug_strength": 0.5}
+    assert best.curve[-1] == pytest.approx(final_accuracy(best.params), abs=1e-5)
+
+
+def test_every_proposal_is_a_table_row(table_url: str, result: dict[str, Any]) -> None:
+    table = load_table("table-synth", table_url)
+    assert set(result["methods"]) == {"random", "tpe", "tpe+median", "tpe+sha", "tpe+hyperband"}
+    for entry in result["methods"].values():
+        for run in entry["runs"]:
+            assert len(run["proposals"]) == run["trials"] > 0
+            for p in run["proposals"]:
+                assert table.key(p) in table.rows
+                assert all(p[name] in values for name, values in table.grid.items())
+
+
+def test_budget_is_respected(result: dict[str, Any]) -> None:
+    for entry in result["methods"].values():
+        for run in entry["runs"]:
+            assert run["epochs_used"] <= 60
+            assert all(epochs <= 60 for epochs, _ in run["curve"])
+            assert run["complete"] + run["pruned"] + run["diverged"] + run["cut"] == run["trials"]
+        assert len(entry["anytime"]["mean"]) == 60
+
+
+def test_pruned_methods_use_fewer_epochs_per_trial(result: dict[str, Any]) -> None:
+    methods = result["methods"]
+    for name in ("random", "tpe"):
+        assert methods[name]["summary"]["mean_epochs_per_trial"] > EPOCHS - 1
+        assert all(run["pruned"] == 0 for run in methods[name]["runs"])
+    for name in ("tpe+median", "tpe+sha", "tpe+hyperband"):
+        s = methods[name]["summary"]
+        assert s["mean_epochs_per_trial"] < methods["tpe"]["summary"]["mean_epochs_per_trial"], name
+        assert s["trials_mean"] > methods["tpe"]["summary"]["trials_mean"], name
+        assert sum(run["pruned"] for run in methods[name]["runs"]) > 0, name
+
+
+def test_figures_are_consistent(result: dict[str, Any]) -> None:
+    table = result["table"]
+    assert result["target_val_accuracy"] == pytest.approx(table["best_val_accuracy"] - TOLERANCE)
+    for entry in result["methods"].values():
+        for run in entry["runs"]:
+            if run["epochs_to_target"] is not None:
+                assert run["best_val_accuracy"] >= result["target_val_accuracy"]
+                assert run["epochs_to_target"] <= run["epochs_used"]
+            assert run["chosen_test_accuracy"] == pytest.approx(run["best_val_accuracy"] - 0.01)
+            values = [v for _, v in run["curve"]]
+            assert values == sorted(values) and values[-1] == run["best_val_accuracy"]
+    assert result["methods"]["random"]["epochs_ratio_vs_random"] == 1.0
+
+
+def test_replay_is_deterministic_for_a_seed(table_url: str) -> None:
+    table = load_table("table-synth", table_url)
+    for method in default_methods(EPOCHS):
+        assert replay(table, method, 1, 40) == replay(table, method, 1, 40)
+    assert replay(table, default_methods(EPOCHS)[1], 0, 40) != replay(table, default_methods(EPOCHS)[1], 1, 40)
+
+
+def test_run_sweep_bench_writes_json_and_html(table_url: str, tmp_path: Path) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    path = tmp_path / "bench" / "sweep.json"
+    res = run_sweep_bench("table-synth", storage_url=table_url, seeds=2, budget_epochs=30, json_path=path,
+                          console=Console(file=out, width=200))
+    data = json.loads(path.read_text())
+    assert data["budget_epochs"] == 30 and data["seeds"] == 2
+    assert set(data["table"]) >= {"study", "grid_size", "epochs", "best_val_accuracy", "best_test_accuracy"}
+    for entry in data["methods"].values():
+        assert {"summary", "anytime", "runs", "epochs_ratio_vs_random"} <= set(entry)
+        assert {"mean", "std", "min", "max", "n", "epochs"} <= set(entry["anytime"])
+        assert len(entry["runs"]) == 2
+        for run in entry["runs"]:
+            assert {"seed", "epochs_used", "best_val_accuracy", "epochs_to_target", "chosen_params",
+                    "chosen_test_accuracy", "curve"} <= set(run)
+    html = path.with_suffix(".html")
+    assert html.is_file() and "plotly" in html.read_text()[:5000].lower()
+    assert res["figures"][0] == str(html)
+    assert "tpe+hyperband" in out.getvalue()
+
+
+def test_default_budget_is_a_third_of_the_table(table_url: str) -> None:
+    res = run_replays(load_table("table-synth", table_url), seeds=1)
+    assert res["budget_epochs"] == 108 * EPOCHS // 3
+
+
+def test_unfinished_table_is_an_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'partial.db'}"
+    make_table(url, drop=5)
+    with pytest.raises(ServiceError, match="103 of 108 grid points"):
+        load_table("table-synth", url)
+
+
+@pytest.mark.parametrize("name", ["table-cpu", "table-gpu"])
+def test_table_specs_are_valid_grids(name: str) -> None:
+    spec = load_spec(name, studies_dir=ROOT / "studies")
+    assert spec.sampler.type == "grid" and spec.pruner.type == "none"
+    assert spec.n_trials == math.prod(len(v) for v in grid_space(spec).values())
+    assert set(spec.params) == {"lr", "batch_size", "frozen_layers", "aug_strength"}
