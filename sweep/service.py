@@ -301,20 +301,12 @@ def run_worker(
 
     # Pre-flight: data and weights are resolved here, on the worker; fail before taking a trial,
     # so no budget is burnt on trials that could never run.
-    from sweep.data import DataError, load_data
+    from sweep.data import DataError
     from sweep.model import WeightsError, build_model
 
     events.message(f"loading data {spec.data.name!r} from {spec.data.root!r}")
     try:
-        data = load_data(
-            spec.data.name,
-            spec.data.root,
-            val_fraction=spec.data.val_fraction,
-            seed=spec.seed,
-            resolution=spec.data.resolution,
-            subset=spec.data.subset,
-            cache_dir=_cache_dir(storage_url),
-        )
+        data = _load_spec_data(spec, storage_url)
         build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
     except (DataError, WeightsError) as exc:
         raise ServiceError(str(exc)) from None
@@ -456,6 +448,22 @@ def _environment() -> dict[str, str | None]:
     }
 
 
+def _load_spec_data(spec: StudySpec, storage_url: str) -> Any:
+    """The study's data on this machine (decoded once per machine into the cache)."""
+    from sweep.data import load_data
+
+    d = spec.data
+    return load_data(
+        d.name,
+        d.root,
+        val_fraction=d.val_fraction,
+        seed=spec.seed,
+        resolution=d.resolution,
+        subset=d.subset,
+        cache_dir=_cache_dir(storage_url),
+    )
+
+
 def _cache_dir(storage_url: str) -> Path:
     env = os.environ.get("SWEEP_CACHE_DIR")
     if env:
@@ -584,7 +592,7 @@ def rerun_trial(
     on_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, acc: None,
 ) -> RerunResult:
     """Train one trial's params again from scratch (same seed) without touching the study."""
-    from sweep.data import DataError, load_data
+    from sweep.data import DataError
     from sweep.model import WeightsError
     from sweep.objective import train_config, trial_seed
     from sweep.train import fit
@@ -607,15 +615,7 @@ def rerun_trial(
     params = {**spec.fixed_params(), **trial.params}
     original = trial.system_attrs.get(RETRY_KEY, trial.number)
     try:
-        data = load_data(
-            spec.data.name,
-            spec.data.root,
-            val_fraction=spec.data.val_fraction,
-            seed=spec.seed,
-            resolution=spec.data.resolution,
-            subset=spec.data.subset,
-            cache_dir=_cache_dir(storage_url),
-        )
+        data = _load_spec_data(spec, storage_url)
         config = train_config(spec, params, num_classes=data.num_classes, seed=trial_seed(spec, original))
         result = fit(config, data, device, on_epoch=lambda r, _ckpt: on_epoch(r.epoch, spec.epochs, r.val_accuracy))
     except (DataError, WeightsError) as exc:

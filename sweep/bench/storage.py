@@ -14,8 +14,9 @@ cluster from ``pg_url``, else a throwaway one from scripts/pg-test-cluster). Eac
 study that already holds ~100 trials and on one that holds ``big`` (5,000) trials, pre-filled in
 bulk. The TPE sampler's ask (+ 4 suggests) at ``big`` trials is timed too.
 
-``proposed`` is a prototype of the changes suggested for sweep/storage.py and sweep/service.py (see
-``ProposedRDBStorage`` and ``proposed_trial``), timed beside the other two so its gain is measured, not guessed.
+``proposed`` is a prototype of storage changes not adopted yet (``ProposedRDBStorage``: reports,
+attributes and heartbeats as one upsert each; PostgreSQL engine settings), timed beside the other two
+so its gain is measured, not guessed. Its budget decision is the real one (``_BudgetGate``).
 """
 
 from __future__ import annotations
@@ -352,38 +353,13 @@ def proposed_storage(url: str) -> optuna.storages.RDBStorage:
     return storage
 
 
-def proposed_next_trial(study: optuna.Study, spec: StudySpec, storage: Any, last_stale_check: list[float]) -> Any:
-    """``_next_trial`` with the stale check at most once per heartbeat interval and the budget as one query."""
-    from optuna.storages._rdb import models
-
-    from sweep.service import RETRY_KEY
-
-    now = time.monotonic()
-    if now - last_stale_check[0] >= (storage.get_heartbeat_interval() or 0):
-        optuna.storages.fail_stale_trials(study)
-        last_stale_check[0] = now
-    trials = models.TrialModel.__table__
-    attrs = models.TrialSystemAttributeModel.__table__
-    retry = sqlalchemy.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == RETRY_KEY)
-    query = sqlalchemy.select(
-        sqlalchemy.func.count().filter(~retry),
-        sqlalchemy.func.count().filter(trials.c.state == TrialState.WAITING),
-        sqlalchemy.func.count().filter(trials.c.state == TrialState.RUNNING),
-    ).where(trials.c.study_id == study._study_id)
-    with storage.engine.connect() as conn:
-        spent, waiting, running = conn.execute(query).one()
-    if waiting or spent < spec.n_trials:
-        return "run", study.ask()
-    return ("wait", None) if running else ("done", None)
-
-
 def proposed_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
     """One trial through the prototype: same lock, heartbeat and bookkeeping as ``sweep_trial``."""
-    last_stale_check = [-1e9]
+    gate = _BudgetGate(study, spec)
 
     def one() -> None:
         with budget_lock(storage, study.study_name):
-            decision, trial = proposed_next_trial(study, spec, storage, last_stale_check)
+            decision, trial = gate.next_trial()
         assert decision == "run" and trial is not None
         with _heartbeat(storage, trial._trial_id):
             _bookkeeping(study, trial)
