@@ -211,7 +211,11 @@ def worker(
     ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
-    """Pull trials from the study and run them until its budget is spent."""
+    """Pull trials from the study and run them until its budget is spent.
+
+    Without a GPU it trains on the CPU. Ctrl-C / SIGTERM: finish the current epoch, checkpoint,
+    hand the trial back (another worker resumes it) and exit 0; a second signal exits at once.
+    """
     gpu_list = list(gpu or [])
     if gpus is not None:
         if gpus != "all":
