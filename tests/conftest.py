@@ -113,3 +113,19 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def backend(storage_url: str) -> str:
     """``sqlite`` or ``postgresql``: which backend ``storage_url`` is on."""
     return "sqlite" if storage_url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("torch_one_thread")``).
+
+    On a shared CI machine two OpenMP threads that wait for each other's cores run several times
+    slower than one; results are the same either way. torch is imported here, not at the top, so
+    storage tests never load it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

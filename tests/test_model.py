@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,7 @@ from sweep.model import (
 )
 from sweep.train import TrainConfig, make_optimizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # One thread: on a shared CI machine two OpenMP threads that have to wait for each other's
-    # cores run several times slower than one; results are the same either way.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def unit_state(model: nn.Module, i: int) -> dict[str, torch.Tensor]:

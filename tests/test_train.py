@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,14 +31,7 @@ from sweep.train import (
 BASE = TrainConfig(epochs=2, lr=2e-3, batch_size=32, resolution=16, eval_batch_size=256, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # One thread: on a shared CI machine two OpenMP threads that have to wait for each other's
-    # cores run several times slower than one; results are the same either way.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

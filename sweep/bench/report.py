@@ -10,7 +10,6 @@ realistic params, learning curves, user attrs and states (~30% pruned, a few fai
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import tempfile
@@ -23,6 +22,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from sweep import report
+from sweep.bench import write_json
 
 EPOCHS = 12
 DISTRIBUTIONS: dict[str, Any] = {
@@ -163,9 +163,7 @@ def run_report_bench(
     table.add_row("file size", f"{result['size_mb']:.2f} MB  (budget 15 MB)")
     table.add_row("figures", str(len(figures)))
     console.print(table)
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
     return result
 
 

@@ -45,6 +45,7 @@ import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from sweep.bench import write_json
 from sweep.service import _BudgetGate, _heartbeat
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import budget_lock, mask_url, open_storage
@@ -675,9 +676,7 @@ def run_storage_bench(
             highlight=False,
         )
     console.print(f"load average {result['machine']['loadavg_1m']} on {result['machine']['cpus']} CPUs", style="dim")
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
     return result
 
 

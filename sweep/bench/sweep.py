@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -42,6 +41,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from sweep.bench import write_json
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
 
@@ -486,9 +486,7 @@ def run_sweep_bench(
     if html_path is not None:
         result["figures"] = write_figure(result, Path(html_path))
         console.print(f"anytime curves: {', '.join(result['figures'])}")
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, json_path)
     return result
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import platform
 import statistics
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sweep.bench import write_json
 from sweep.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, device_data, load_data
 from sweep.model import MAX_FROZEN, build_model, set_train_mode
 from sweep.train import (
@@ -344,9 +344,7 @@ def _header(
 
 
 def _write_json(result: dict, json_path: Path | None) -> None:
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
 
 
 def _with(config: TrainConfig, **changes: Any) -> TrainConfig:
