@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -25,6 +26,8 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
+
+from sweep.rdb import SweepRDBStorage
 
 DEFAULT_URL = "sqlite:///storage/sweep.db"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
@@ -97,18 +100,27 @@ def _begin_immediate(conn: Any) -> None:
     # pysqlite opens transactions lazily as DEFERRED; two workers that both read and then want to
     # write fail at once with "database is locked" (the busy timeout does not apply to a lock
     # upgrade). Taking the write lock at BEGIN makes them queue on the busy timeout instead.
+    # Read-only snapshots (sweep.rdb's reads) take no lock: WAL readers never block the writer.
     if getattr(conn.engine, "_sweep_immediate", False):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("sweep_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def _sqlite_engine_kwargs(path: Path) -> dict[str, Any]:
-    def connect() -> sqlite3.Connection:
-        con = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+class _SQLiteConnect:
+    """The engine's connection factory (a class, not a closure, so that a storage pickles)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         con.execute("PRAGMA busy_timeout = 60000")
         con.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; fsync at checkpoints only
         return con
 
-    return {"creator": connect}
+
+def _sqlite_engine_kwargs(path: Path) -> dict[str, Any]:
+    return {"creator": _SQLiteConnect(path)}
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -148,10 +160,19 @@ def open_storage(
         engine_kwargs = _sqlite_engine_kwargs(path)
     else:
         engine_kwargs = {
-            "pool_pre_ping": True,  # survive a database restart or an idle connection cut by a proxy
+            # No pool_pre_ping (a round trip before every call): sweep.rdb retries a call once on a
+            # connection found dead (database restart, connection cut by a proxy), and TCP keepalives
+            # notice a vanished server while a trial trains for minutes without a query.
             "pool_size": 2,
             "max_overflow": 4,
-            "connect_args": {"connect_timeout": 10},
+            "pool_recycle": 1800,
+            "connect_args": {
+                "connect_timeout": 10,
+                "keepalives": 1,
+                "keepalives_idle": 60,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
         }
     hb: dict[str, Any] = {}
     if heartbeat:
@@ -171,9 +192,7 @@ def open_storage(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
-            # Only sweep's own engines (and only after Optuna's schema set-up) take the write lock early.
-            storage.engine._sweep_immediate = path is not None  # type: ignore[attr-defined]
+                storage = SweepRDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
             return storage
         except (
             optuna.exceptions.StorageInternalError,
@@ -246,7 +265,6 @@ def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retry_key
     storage this is one indexed query instead of loading every trial under the budget lock, so
     the time the lock is held does not grow with the study.
     """
-    from optuna.storages._rdb import models
     from optuna.trial import TrialState
 
     engine = getattr(storage, "engine", None)
@@ -256,17 +274,24 @@ def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retry_key
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         running = sum(1 for t in trials if t.state == TrialState.RUNNING)
         return spent, waiting, running
+    with engine.connect().execution_options(sweep_read_only=True) as conn:
+        spent, waiting, running = conn.execute(_budget_query(retry_key), {"study_id": study_id}).one()
+    return int(spent), int(waiting), int(running)
+
+
+@functools.lru_cache(maxsize=8)
+def _budget_query(retry_key: str) -> Any:
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
     trials_t = models.TrialModel.__table__
     attrs_t = models.TrialSystemAttributeModel.__table__
     retry = sqlalchemy.exists().where(attrs_t.c.trial_id == trials_t.c.trial_id, attrs_t.c.key == retry_key)
-    query = sqlalchemy.select(
+    return sqlalchemy.select(
         sqlalchemy.func.count().filter(~retry),
         sqlalchemy.func.count().filter(trials_t.c.state == TrialState.WAITING),
         sqlalchemy.func.count().filter(trials_t.c.state == TrialState.RUNNING),
-    ).where(trials_t.c.study_id == study_id)
-    with engine.connect() as conn:
-        spent, waiting, running = conn.execute(query).one()
-    return int(spent), int(waiting), int(running)
+    ).where(trials_t.c.study_id == sqlalchemy.bindparam("study_id"))
 
 
 def retry_on_locked(fn: Callable[[], Any], attempts: int = 5) -> Any:

@@ -14,9 +14,8 @@ cluster from ``pg_url``, else a throwaway one from scripts/pg-test-cluster). Eac
 study that already holds ~100 trials and on one that holds ``big`` (5,000) trials, pre-filled in
 bulk. The TPE sampler's ask (+ 4 suggests) at ``big`` trials is timed too.
 
-``proposed`` is a prototype of storage changes not adopted yet (``ProposedRDBStorage``: reports,
-attributes and heartbeats as one upsert each; PostgreSQL engine settings), timed beside the other two
-so its gain is measured, not guessed. Its budget decision is the real one (``_BudgetGate``).
+sweep's storage is ``sweep.rdb.SweepRDBStorage`` (Optuna's schema, one Core statement per call);
+stock is Optuna's ``RDBStorage`` behind its default cache layer.
 """
 
 from __future__ import annotations
@@ -247,127 +246,6 @@ def tpe_ask_ms(study: optuna.Study, n: int = 5) -> float:
     return statistics.median(times)
 
 
-# --------------------------------------------------------------------------- prototype of the proposal
-
-
-class ProposedRDBStorage(optuna.storages.RDBStorage):
-    """RDBStorage whose hot writes (per-epoch reports, trial attrs, heartbeats) are one Core statement each.
-
-    Optuna's ORM path for ``trial.report`` is: session, SELECT trial, SELECT existing value, INSERT,
-    COMMIT (+ a pre-ping round trip). Here: one ``INSERT ... SELECT ... WHERE trial is unfinished
-    ON CONFLICT DO UPDATE``; only when it touches no row is the trial read, to raise what Optuna raises.
-    """
-
-    def _check_updatable(self, conn: Any, trial_id: int) -> None:
-        from optuna.storages._rdb import models
-
-        trials = models.TrialModel.__table__
-        state = conn.execute(sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar()
-        if state is None:
-            raise KeyError(f"No trial with trial_id {trial_id} exists.")
-        self.check_trial_is_updatable(trial_id, state)
-
-    def _upsert(self, table: Any, keys: list[str], values: dict[str, Any], trial_id: int) -> None:
-        from optuna.storages._rdb import models
-
-        trials = models.TrialModel.__table__
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        columns = ["trial_id", *values]
-        source = sqlalchemy.select(
-            sqlalchemy.literal(trial_id, trials.c.trial_id.type),
-            *(sqlalchemy.literal(v, table.c[k].type) for k, v in values.items()),
-        ).where(trials.c.trial_id == trial_id, trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]))
-        stmt = insert(table).from_select(columns, source)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c[k] for k in keys],
-            set_={k: stmt.excluded[k] for k in values if k not in keys},
-        )
-        with self.engine.begin() as conn:
-            if conn.execute(stmt).rowcount == 0:
-                self._check_updatable(conn, trial_id)
-
-    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        from optuna.storages._rdb import models
-
-        model = models.TrialIntermediateValueModel
-        stored, kind = model.intermediate_value_to_stored_repr(intermediate_value)
-        values = {"step": step, "intermediate_value": stored, "intermediate_value_type": kind}
-        self._upsert(model.__table__, ["trial_id", "step"], values, trial_id)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        from optuna.storages._rdb import models
-
-        values = {"key": key, "value_json": json.dumps(value)}
-        self._upsert(models.TrialUserAttributeModel.__table__, ["trial_id", "key"], values, trial_id)
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        from optuna.storages._rdb import models
-
-        beats = models.TrialHeartbeatModel.__table__
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(beats).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())  # the server's clock
-        stmt = stmt.on_conflict_do_update(index_elements=[beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()})
-        with self.engine.begin() as conn:
-            conn.execute(stmt)
-
-
-def proposed_engine_kwargs(base: optuna.storages.RDBStorage) -> dict[str, Any]:
-    """sweep's engine settings with the proposed PostgreSQL changes (SQLite unchanged)."""
-    if base.engine.dialect.name != "postgresql":
-        return dict(base.engine_kwargs)
-    return {
-        # pool_pre_ping costs a round trip per storage call (~25 per trial): recycle + keepalives instead.
-        "pool_recycle": 300,
-        "pool_size": 2,
-        "max_overflow": 4,
-        "connect_args": {
-            "connect_timeout": 10,
-            "keepalives": 1,
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-            # A commit no longer waits for the WAL flush: a crash of the *server* may lose the last
-            # ~0.6 s of commits (never corrupts); a lost trial update is caught by the heartbeat.
-            "options": "-c synchronous_commit=off",
-        },
-    }
-
-
-def proposed_storage(url: str) -> optuna.storages.RDBStorage:
-    """``open_storage(url, heartbeat=True)`` as it would be with the proposed changes."""
-    base = open_storage(url, heartbeat=True)
-    storage = ProposedRDBStorage(
-        base.url,
-        engine_kwargs=proposed_engine_kwargs(base),
-        heartbeat_interval=base.heartbeat_interval,
-        grace_period=base.grace_period,
-        heartbeat_stale_trial_callback=base.heartbeat_stale_trial_callback,
-    )
-    storage.engine._sweep_immediate = getattr(base.engine, "_sweep_immediate", False)  # type: ignore[attr-defined]
-    base.engine.dispose()
-    return storage
-
-
-def proposed_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
-    """One trial through the prototype: same lock, heartbeat and bookkeeping as ``sweep_trial``."""
-    gate = _BudgetGate(study, spec)
-
-    def one() -> None:
-        with budget_lock(storage, study.study_name):
-            decision, trial = gate.next_trial()
-        assert decision == "run" and trial is not None
-        with _heartbeat(storage, trial._trial_id):
-            _bookkeeping(study, trial)
-
-    return one
-
-
 # --------------------------------------------------------------------------- one backend
 
 
@@ -396,18 +274,10 @@ def _measure(variants: dict[str, Variant], *, trials: int, big: int, log: Callab
                 spread_ms=res["sweep"]["spread_ms"],
                 stock_spread_ms=res["stock"]["spread_ms"],
             )
-            if "proposed" in res:
-                out.update(
-                    proposed_ms_per_trial=round(res["proposed"]["ms"], 3),
-                    proposed_ratio_vs_stock=round(res["proposed"]["ms"] / stock, 3),
-                    proposed_cpu_ms_per_trial=round(res["proposed"]["cpu_ms"], 3),
-                )
         else:
             out[f"ms_per_trial_at_{big}"] = round(res["sweep"]["ms"], 3)
             out[f"stock_ms_per_trial_at_{big}"] = round(stock, 3)
             out[f"ratio_vs_stock_at_{big}"] = round(res["sweep"]["ms"] / stock, 3)
-            if "proposed" in res:
-                out[f"proposed_ms_per_trial_at_{big}"] = round(res["proposed"]["ms"], 3)
             out[f"tpe_ask_ms_at_{big}"] = round(tpe_ask_ms(made["sweep"][0]), 2)
     return out
 
@@ -417,15 +287,6 @@ def _sweep_variant(storage_for: Callable[[str], Any], name_for: Callable[[str], 
         storage = storage_for(tag)
         study = optuna.create_study(storage=storage, study_name=name_for(tag), direction="maximize", sampler=_random())
         return study, sweep_trial(study, storage, _spec(study.study_name))
-
-    return make
-
-
-def _proposed_variant(url_for: Callable[[str], str], name_for: Callable[[str], str]) -> Variant:
-    def make(tag: str) -> tuple[optuna.Study, Trial]:
-        storage = proposed_storage(url_for(tag))
-        study = optuna.create_study(storage=storage, study_name=name_for(tag), direction="maximize", sampler=_random())
-        return study, proposed_trial(study, storage, _spec(study.study_name))
 
     return make
 
@@ -450,7 +311,7 @@ def bench_memory(trials: int, big: int, log: Callable[[str], None]) -> dict[str,
 
 
 def bench_sqlite(trials: int, big: int, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """A SQLite file each: sweep's open_storage, the prototype, and a plain sqlite:/// URL."""
+    """A SQLite file each: sweep's open_storage and a plain sqlite:/// URL."""
 
     def url(kind: str) -> Callable[[str], str]:
         return lambda tag: f"sqlite:///{workdir / f'{kind}-{tag}.db'}"
@@ -458,17 +319,15 @@ def bench_sqlite(trials: int, big: int, workdir: Path, log: Callable[[str], None
     variants = {
         "sweep": _sweep_variant(lambda tag: open_storage(url("sweep")(tag), heartbeat=True), lambda tag: "sweep"),
         "stock": _stock_variant(url("stock"), lambda tag: "stock"),
-        "proposed": _proposed_variant(url("proposed"), lambda tag: "proposed"),
     }
     return _measure(variants, trials=trials, big=big, log=log, label="sqlite")
 
 
 def bench_postgresql(trials: int, big: int, url: str, run_id: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """One PostgreSQL worker: sweep's open_storage, the prototype and the plain URL, studies side by side."""
+    """One PostgreSQL worker: sweep's open_storage and the plain URL, studies side by side."""
     variants = {
         "sweep": _sweep_variant(lambda tag: open_storage(url, heartbeat=True), lambda tag: f"{run_id}-sweep-{tag}"),
         "stock": _stock_variant(lambda tag: _plain(url), lambda tag: f"{run_id}-stock-{tag}"),
-        "proposed": _proposed_variant(lambda tag: url, lambda tag: f"{run_id}-proposed-{tag}"),
     }
     return _measure(variants, trials=trials, big=big, log=log, label="postgresql")
 
@@ -488,10 +347,9 @@ def _concurrent_worker(kind: str, url: str, name: str, n: int, barrier: Any, que
                 study = optuna.load_study(study_name=name, storage=url, sampler=_random())
                 one = stock_trial(study)
             else:
-                storage = open_storage(url, heartbeat=True) if kind == "sweep" else proposed_storage(url)
+                storage = open_storage(url, heartbeat=True)
                 study = optuna.load_study(study_name=name, storage=storage, sampler=_random())
-                make = sweep_trial if kind == "sweep" else proposed_trial
-                one = make(study, storage, _spec(name))
+                one = sweep_trial(study, storage, _spec(name))
             one()  # connect, warm the trial cache
             barrier.wait(timeout=300)
             start = time.time()
@@ -537,7 +395,7 @@ def bench_postgresql_workers(
 ) -> dict[str, Any]:
     """``workers`` processes on one study each (own connection pools): per-trial latency and throughput."""
     per_worker = max(5, trials // workers)
-    kinds = ("sweep", "stock", "proposed")
+    kinds = ("sweep", "stock")
     names = {kind: f"{run_id}-{kind}-{workers}w" for kind in kinds}
     for kind, name in names.items():
         storage: Any = _plain(url) if kind == "stock" else open_storage(url)
@@ -552,11 +410,8 @@ def bench_postgresql_workers(
         "ms_per_trial": round(res["sweep"]["ms"], 3),
         "stock_ms_per_trial": round(stock, 3),
         "ratio_vs_stock": round(res["sweep"]["ms"] / stock, 3),
-        "proposed_ms_per_trial": round(res["proposed"]["ms"], 3),
-        "proposed_ratio_vs_stock": round(res["proposed"]["ms"] / stock, 3),
         "trials_per_s": round(res["sweep"]["throughput"], 2),
         "stock_trials_per_s": round(res["stock"]["throughput"], 2),
-        "proposed_trials_per_s": round(res["proposed"]["throughput"], 2),
     }
 
 
@@ -649,8 +504,6 @@ def run_storage_bench(
         "sweep": "ms_per_trial",
         "stock Optuna": "stock_ms_per_trial",
         "ratio": "ratio_vs_stock",
-        "proposed": "proposed_ms_per_trial",
-        "ratio ": "proposed_ratio_vs_stock",
         f"sweep @{big}": f"ms_per_trial_at_{big}",
         f"stock @{big}": f"stock_ms_per_trial_at_{big}",
         f"TPE ask @{big}": f"tpe_ask_ms_at_{big}",
@@ -671,8 +524,7 @@ def run_storage_bench(
     if "postgresql_8_workers" in result:
         r = result["postgresql_8_workers"]
         console.print(
-            f"postgresql, {r['workers']} workers: {r['trials_per_s']} trials/s "
-            f"(stock {r['stock_trials_per_s']}, proposed {r['proposed_trials_per_s']})",
+            f"postgresql, {r['workers']} workers: {r['trials_per_s']} trials/s (stock {r['stock_trials_per_s']})",
             highlight=False,
         )
     console.print(f"load average {result['machine']['loadavg_1m']} on {result['machine']['cpus']} CPUs", style="dim")

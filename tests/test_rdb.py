@@ -1,0 +1,253 @@
+"""sweep.rdb: the lean RDB storage writes and reads exactly what Optuna's own RDBStorage does.
+
+Every test runs on SQLite and on PostgreSQL. The reference is a stock ``optuna.storages.RDBStorage``
+opened on the same database, so both the rows written and the trials read back are compared.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.rdb import SweepRDBStorage
+from sweep.storage import open_storage, validate_url
+
+CTX = multiprocessing.get_context("fork")
+
+
+def _stock(url: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(validate_url(url))
+
+
+def _seeded() -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=1)
+
+
+def _script(study: optuna.Study) -> None:
+    """A bit of everything a worker and Optuna do to trials, including the unusual values."""
+    study.enqueue_trial({"lr": 0.01, "batch_size": 64}, user_attrs={"origin": "enqueued"})
+    for i in range(4):
+        trial = study.ask()  # the first pops the enqueued WAITING trial
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        trial.suggest_categorical("batch_size", [32, 64, 128])
+        trial.suggest_int("frozen_layers", 0, 5)
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)  # asked twice: same value, one row
+        trial.report(0.5, 1)
+        trial.report(float("nan") if i == 1 else 0.6, 2)
+        trial.report(float("inf") if i == 2 else 0.8, 3)
+        trial.set_user_attr("checkpoint", {"epoch": 3, "path": f"t{i}.pt"})
+        trial.set_user_attr("checkpoint", {"epoch": 3, "path": f"t{i}-final.pt"})
+        study._storage.set_trial_system_attr(trial._trial_id, "host", "node-1")
+        state = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE][i]
+        value = [0.8, None, None, float("inf")][i]
+        study.tell(trial, value, state=state)
+    running = study.ask()
+    running.suggest_float("lr", 1e-5, 1e-1, log=True)
+    running.report(0.1, 1)
+
+
+def _comparable(trial: FrozenTrial) -> dict[str, Any]:
+    out = {
+        "number": trial.number,
+        "state": trial.state,
+        "values": trial.values,
+        "params": trial.params,
+        "distributions": trial.distributions,
+        "user_attrs": trial.user_attrs,
+        "system_attrs": trial.system_attrs,
+        # NaN != NaN: compare its text
+        "intermediate": {k: repr(v) for k, v in trial.intermediate_values.items()},
+        "has_start": trial.datetime_start is not None,
+        "has_complete": trial.datetime_complete is not None,
+    }
+    return out
+
+
+def test_open_storage_is_the_lean_storage(storage_url: str) -> None:
+    assert isinstance(open_storage(storage_url), SweepRDBStorage)
+
+
+def test_same_trials_as_stock_optuna(storage_url: str) -> None:
+    ours = optuna.create_study(
+        storage=open_storage(storage_url), study_name="ours", direction="maximize", sampler=_seeded()
+    )
+    theirs = optuna.create_study(
+        storage=_stock(storage_url), study_name="theirs", direction="maximize", sampler=_seeded()
+    )
+    _script(ours)
+    _script(theirs)
+    stock_reader = _stock(storage_url)
+    sweep_reader = open_storage(storage_url)
+    ours_id = ours._study_id
+    theirs_id = theirs._study_id
+    expected = [_comparable(t) for t in stock_reader.get_all_trials(theirs_id)]
+    assert len(expected) == 5
+    assert expected[0]["user_attrs"]["origin"] == "enqueued" and expected[0]["params"]["lr"] == 0.01
+    # What our storage wrote, read by stock Optuna, and what our reader makes of either study.
+    assert [_comparable(t) for t in stock_reader.get_all_trials(ours_id)] == expected
+    assert [_comparable(t) for t in sweep_reader.get_all_trials(ours_id)] == expected
+    assert [_comparable(t) for t in sweep_reader.get_all_trials(theirs_id)] == expected
+    # Filters: states, and the incremental read Optuna's cache layer does.
+    assert [t.number for t in sweep_reader.get_all_trials(ours_id, states=(TrialState.COMPLETE,))] == [0, 3]
+    all_ids = [t._trial_id for t in stock_reader.get_all_trials(ours_id)]
+    got = sweep_reader._get_trials(ours_id, None, {all_ids[1]}, all_ids[2])
+    assert [t._trial_id for t in got] == [all_ids[1], all_ids[3], all_ids[4]]
+    # One trial, from the database and from the in-process mirror of a running trial.
+    for tid in all_ids:
+        assert _comparable(sweep_reader.get_trial(tid)) == _comparable(stock_reader.get_trial(tid))
+    running = ours._storage.get_trial(all_ids[-1])
+    assert _comparable(running) == _comparable(stock_reader.get_trial(all_ids[-1]))
+    assert running.datetime_start == stock_reader.get_trial(all_ids[-1]).datetime_start
+    assert math.isinf(sweep_reader.get_trial(all_ids[3]).value)
+
+
+def test_errors_are_optunas(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="errors")
+    trial = study.ask()
+    trial.suggest_int("k", 0, 5)
+    tid = trial._trial_id
+    with pytest.raises(ValueError, match="different distribution"):  # a parameter's distribution cannot change
+        storage.set_trial_param(tid, "k", 0.5, FloatDistribution(0, 1))
+    study.tell(trial, 1.0)
+    for write in (
+        lambda: storage.set_trial_intermediate_value(tid, 1, 0.5),
+        lambda: storage.set_trial_user_attr(tid, "a", 1),
+        lambda: storage.set_trial_system_attr(tid, "a", 1),
+        lambda: storage.set_trial_param(tid, "lr", 0.1, FloatDistribution(0, 1)),
+        lambda: storage.set_trial_state_values(tid, TrialState.FAIL),
+    ):
+        with pytest.raises(UpdateFinishedTrialError):
+            write()
+    assert storage.get_trial(tid).state == TrialState.COMPLETE
+    assert storage.get_trial(tid).intermediate_values == {}  # nothing half-written
+    missing = tid + 1000
+    for call in (
+        lambda: storage.get_trial(missing),
+        lambda: storage.set_trial_intermediate_value(missing, 1, 0.5),
+        lambda: storage.set_trial_user_attr(missing, "a", 1),
+        lambda: storage.set_trial_state_values(missing, TrialState.COMPLETE, [1.0]),
+        lambda: storage.get_all_trials(study._study_id + 1000),
+        lambda: storage.create_new_trial(study._study_id + 1000),
+    ):
+        with pytest.raises(KeyError):
+            call()
+
+
+def test_a_trial_failed_elsewhere_is_not_written(storage_url: str) -> None:
+    """A peer that fails our running trial (stale heartbeat) wins: our next write is refused."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="stolen")
+    trial = study.ask()
+    trial.report(0.5, 1)
+    _stock(storage_url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    with pytest.raises(UpdateFinishedTrialError):
+        trial.report(0.6, 2)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.6])
+    fresh = _stock(storage_url).get_trial(trial._trial_id)
+    assert fresh.state == TrialState.FAIL and fresh.values is None and fresh.intermediate_values == {1: 0.5}
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL  # the mirror let it go
+
+
+def test_waiting_trial_is_popped_once(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="pop")
+    study.enqueue_trial({"x": 1})
+    waiting = storage.get_all_trials(study._study_id, states=(TrialState.WAITING,))[0]
+    assert storage.set_trial_state_values(waiting._trial_id, TrialState.RUNNING) is True
+    assert open_storage(storage_url).set_trial_state_values(waiting._trial_id, TrialState.RUNNING) is False
+    assert storage.get_trial(waiting._trial_id).state == TrialState.RUNNING
+
+
+def _create_trials(url: str, n: int) -> None:
+    storage = open_storage(url)
+    study_id = storage.get_study_id_from_name("race")
+    for _ in range(n):
+        tid = storage.create_new_trial(study_id)
+        storage.set_trial_param(tid, "x", 1.0, IntDistribution(0, 5))
+        storage.set_trial_param(tid, "c", 0, CategoricalDistribution(["a", "b"]))
+        storage.set_trial_state_values(tid, TrialState.COMPLETE, [1.0])
+
+
+def test_trial_numbers_stay_unique_across_processes(storage_url: str) -> None:
+    optuna.create_study(storage=open_storage(storage_url), study_name="race")
+    procs = [CTX.Process(target=_create_trials, args=(storage_url, 15)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    trials = _stock(storage_url).get_all_trials(_stock(storage_url).get_study_id_from_name("race"))
+    assert sorted(t.number for t in trials) == list(range(60))
+    assert all(t.state == TrialState.COMPLETE and t.params == {"x": 1, "c": "a"} for t in trials)
+
+
+def test_heartbeat_is_the_database_clock(storage_url: str) -> None:
+    storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="beat")
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(trial._trial_id)  # the second updates the same row
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    import time
+
+    time.sleep(2.5)
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_pickles(storage_url: str) -> None:
+    import pickle
+
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="pickled")
+    study.ask().report(0.5, 1)
+    clone = pickle.loads(pickle.dumps(storage))
+    assert isinstance(clone, SweepRDBStorage)
+    assert [t.intermediate_values for t in clone.get_all_trials(study._study_id)] == [{1: 0.5}]
+
+
+def _cut_connections(url: str) -> int:
+    """Terminate every other connection to the database, as a restart or a proxy timeout would."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(validate_url(url))
+    with engine.connect() as conn:
+        killed = conn.execute(
+            sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    engine.dispose()
+    return int(killed)
+
+
+@pytest.mark.postgres
+def test_a_cut_connection_is_retried_not_fatal(pg_fresh_url: str) -> None:
+    """No pre-ping: the first call on a dead pooled connection is retried once on a fresh one."""
+    storage = open_storage(pg_fresh_url, heartbeat=True)
+    study = optuna.create_study(storage=storage, study_name="cut", direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    trial.report(0.5, 1)
+    assert _cut_connections(pg_fresh_url) >= 1
+    trial.report(0.6, 2)  # a write on a dead connection
+    storage.record_heartbeat(trial._trial_id)
+    assert _cut_connections(pg_fresh_url) >= 1
+    study.tell(trial, 0.6)  # a transaction on a dead connection
+    assert _cut_connections(pg_fresh_url) >= 1
+    assert [t.intermediate_values for t in storage.get_all_trials(study._study_id)] == [{1: 0.5, 2: 0.6}]
+    # The same cut breaks the next call of a stock storage without pre-ping: the test can fail.
+    stock = _stock(pg_fresh_url)
+    stock.get_all_trials(study._study_id)
+    assert _cut_connections(pg_fresh_url) >= 1
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        stock.get_all_trials(study._study_id)
