@@ -122,7 +122,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         lock at BEGIN, and the threads of one process (a worker and its heartbeat) queue on a Python
         lock first: SQLite's busy handler would sleep in steps of milliseconds instead. On PostgreSQL
         a read or a one-statement write runs in autocommit: no BEGIN/COMMIT round trips (under read
-        committed, separate statements never shared a snapshot anyway).
+        committed, separate statements never shared a snapshot anyway), and its commit does not wait
+        for the WAL flush (2.5-4 ms on an ordinary disk, the bulk of a stock Optuna trial's time).
         """
         sqlite = self.engine.dialect.name == "sqlite"
         if kind == "read":
@@ -137,7 +138,12 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 yield conn, None
         else:
             with self.engine.connect() as conn:
-                yield conn, conn.begin()
+                transaction = conn.begin()
+                # Connections commit asynchronously by default (sweep.storage); a transaction that
+                # creates or finishes a trial waits for its WAL flush, and with it for every earlier
+                # write of the trial (WAL order): once tell returns, the whole trial is durable.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+                yield conn, transaction
 
     def _run(self, kind: str, op: Callable[[Any], _T]) -> _T:
         """Run ``op(connection)`` as one unit of work; once more on a fresh connection if the first one
