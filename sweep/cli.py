@@ -560,6 +560,40 @@ def bench_sweep(
         )
 
 
+
+@bench_app.command("live")
+def bench_live(
+    table: Annotated[str | None, typer.Argument(help="The learning-curve table study the replay reads.")] = None,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated replay methods to run for real.")
+    ] = "random,tpe+hyperband",
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed, the same in the live run and its replay.")] = 0,
+    budget_epochs: Annotated[
+        int | None,
+        typer.Option("--budget-epochs", min=1, help="Epochs per method (default: 12 full trials' worth)."),
+    ] = None,
+    live_storage: Annotated[
+        str | None, typer.Option("--live-storage", help="Where the live studies go (default: a new SQLite file).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N for the live training.")] = "cpu",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Run replay methods for real (real training) at one seed and compare with their replayed curves."""
+    from sweep.bench.live import run_live_check
+
+    with _user_errors():
+        run_live_check(
+            table,
+            storage_url=storage,
+            live_storage_url=live_storage,
+            methods=[m for m in methods.split(",") if m],
+            seed=seed,
+            budget_epochs=budget_epochs,
+            device=device,
+            json_path=json_path,
+        )
+
 def main() -> None:  # pragma: no cover - console-script entry point
     """Entry point used by ``python -m sweep``."""
     app(prog_name="sweep")

@@ -46,8 +46,8 @@ def live_run(
     """Run ``method`` for real until ``budget_epochs`` epochs are trained; the replay's figures."""
     from sweep.objective import Progress, StopFlag
     from sweep.search import build_pruner, build_sampler
-    from sweep.service import SPEC_ATTR, _BudgetGate, _load_spec_data, _TrialRunner
-    from sweep.storage import artifact_store, budget_lock, open_storage
+    from sweep.service import SPEC_ATTR, ServiceError, _BudgetGate, _load_spec_data, _TrialRunner
+    from sweep.storage import artifact_store, budget_lock, mask_url, open_storage
 
     spec = replay_spec(table, method, seed, budget_epochs)
     # The sampler is built from this spec (TPE's start-up count comes from n_trials, as in the replay);
@@ -57,6 +57,15 @@ def live_run(
     name = spec.name
     spec = dataclasses.replace(spec, n_trials=budget_epochs)
     storage = open_storage(storage_url, heartbeat=True)
+    if name in {s.study_name for s in storage.get_all_studies()}:
+        # Already run into this database (e.g. while the table was still being built): read it back.
+        study = optuna.load_study(study_name=name, storage=storage)
+        if study.user_attrs.get("live_budget_epochs") != budget_epochs:
+            raise ServiceError(
+                f"{mask_url(storage_url)} already holds {name!r} for another budget; use another --live-storage"
+            )
+        log(f"  {name}: already run in {mask_url(storage_url)}; reading it back")
+        return summarize_live(table, study, budget_epochs, float(study.user_attrs.get("live_seconds", 0.0)))
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     data = _load_spec_data(spec, storage_url)
@@ -85,6 +94,8 @@ def live_run(
         state, value, reason = runner.run(trial, None)
         log(f"  {method.name} trial {trial.number}: {state} {value if value is not None else ''} {reason or ''}")
     seconds = time.perf_counter() - started
+    study.set_user_attr("live_seconds", round(seconds, 1))
+    study.set_user_attr("live_budget_epochs", budget_epochs)  # last: marks the run as finished
     return summarize_live(table, study, budget_epochs, seconds)
 
 
@@ -101,9 +112,9 @@ def summarize_live(table: Table, study: optuna.Study, budget_epochs: int, second
         counts["trials"] += 1
         ran = len(t.intermediate_values)
         used += ran
-        row = table.rows[table.key(params)]
+        row = table.rows.get(table.key(params))
         for epoch, acc in t.intermediate_values.items():
-            if epoch <= len(row.curve):
+            if row is not None and epoch <= len(row.curve):
                 gaps.append(abs(acc - row.curve[epoch - 1]))
         if t.state == TrialState.COMPLETE:
             counts["complete"] += 1
@@ -165,7 +176,9 @@ def run_live_check(
     by_name = {m.name: m for m in default_methods(table.epochs)}
     unknown = [m for m in methods if m not in by_name]
     if unknown:
-        raise SystemExit(f"--methods {unknown[0]!r}: choose from {', '.join(by_name)}")
+        from sweep.service import ServiceError
+
+        raise ServiceError(f"--methods {unknown[0]!r}: choose from {', '.join(by_name)}")
     if live_storage_url is None:  # live studies reuse the replay's names: a fresh database each run
         import tempfile
 

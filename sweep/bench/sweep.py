@@ -116,11 +116,12 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def table_from_study(study: optuna.Study, spec: StudySpec) -> Table:
+def table_from_study(study: optuna.Study, spec: StudySpec, *, complete: bool = True) -> Table:
     """Read a table study: one row per grid point (the newest finished trial wins).
 
     Rows are COMPLETE trials with every epoch, or trials pruned because the loss diverged. Raises
-    ServiceError when a grid point has no such trial yet (the table is not finished).
+    ServiceError when a grid point has no such trial yet (the table is not finished), unless
+    ``complete`` is False (the live check can start training while the table is still being built).
     """
     from sweep.service import ServiceError
 
@@ -143,7 +144,7 @@ def table_from_study(study: optuna.Study, spec: StudySpec) -> Table:
             continue  # pruned by a pruner: the table spec should not have one
         rows[table.key(t.params)] = row
     size = math.prod(len(v) for v in grid.values())
-    if len(rows) < size:
+    if complete and len(rows) < size:
         raise ServiceError(
             f"table {study.study_name!r} has {len(rows)} of {size} grid points finished; "
             "run its workers until every config has trained all epochs"
@@ -151,7 +152,7 @@ def table_from_study(study: optuna.Study, spec: StudySpec) -> Table:
     return dataclasses.replace(table, rows=rows)
 
 
-def load_table(table_study: str | None, storage_url: str) -> Table:
+def load_table(table_study: str | None, storage_url: str, *, complete: bool = True) -> Table:
     """Open the table study read-only from ``storage_url`` and read it."""
     from sweep.service import load_spec_of, open_read_only, resolve_study_name
 
@@ -159,7 +160,7 @@ def load_table(table_study: str | None, storage_url: str) -> Table:
     name = resolve_study_name(storage, table_study, storage_url)
     spec = load_spec_of(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
-    return table_from_study(study, spec)
+    return table_from_study(study, spec, complete=complete)
 
 
 # --------------------------------------------------------------------------- the replay
