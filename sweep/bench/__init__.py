@@ -14,3 +14,37 @@ def write_json(result: dict[str, Any], json_path: str | Path | None) -> None:
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def write_png(fig: Any, html_path: Path, *, width: int = 1100, height: int = 650) -> Path | None:
+    """A PNG of a plotly figure beside its HTML: kaleido when installed, else a headless Chromium
+    screenshot of the HTML (Debian's ``chromium``); None when neither is available or it fails."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    png = html_path.with_suffix(".png")
+    try:
+        import kaleido  # noqa: F401
+
+        fig.write_image(str(png), width=width, height=height)
+        return png
+    except Exception:  # noqa: BLE001 - kaleido missing, or without a browser of its own: try Chromium
+        pass
+    browser = os.environ.get("SWEEP_CHROMIUM") or shutil.which("chromium") or shutil.which("google-chrome")
+    if not browser:
+        return None
+    with tempfile.TemporaryDirectory(prefix="sweep-png-") as profile:
+        done = subprocess.run(
+            [
+                browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--no-first-run", f"--user-data-dir={profile}", "--hide-scrollbars",
+                f"--window-size={width},{height}", "--virtual-time-budget=10000",
+                f"--screenshot={png}", html_path.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    return png if done.returncode == 0 and png.exists() and png.stat().st_size > 0 else None

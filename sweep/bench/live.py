@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep.bench import write_json
+from sweep.bench import write_json, write_png
 from sweep.bench.sweep import Method, Table, default_methods, load_table, replay, replay_spec
 
 DEFAULT_METHODS = ("random", "tpe+hyperband")
@@ -213,7 +213,7 @@ def run_live_check(
 
 
 def write_figure(result: dict[str, Any], html_path: Path) -> list[str]:
-    """Live (solid) and replayed (dashed) anytime curves per method, as HTML (+ PNG with kaleido)."""
+    """Live (solid) and replayed (dashed) anytime curves per method, as HTML (+ PNG where possible)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -239,16 +239,12 @@ def write_figure(result: dict[str, Any], html_path: Path) -> list[str]:
         xaxis_title="cumulative training epochs",
         yaxis_title="best validation accuracy of a completed trial",
         template="plotly_white",
+        height=620,
     )
     html_path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(html_path), include_plotlyjs=True)
-    written = [str(html_path)]
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        return written
-    fig.write_image(str(html_path.with_suffix(".png")), width=1100, height=650)
-    return written + [str(html_path.with_suffix(".png"))]
+    png = write_png(fig, html_path)
+    return [str(html_path)] + ([str(png)] if png is not None else [])
 
 
 def main(argv: list[str] | None = None) -> int:

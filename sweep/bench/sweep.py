@@ -41,7 +41,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import write_json
+from sweep.bench import write_json, write_png
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
 
@@ -407,23 +407,18 @@ def anytime_figure(result: Mapping[str, Any]) -> Any:
         xaxis_title="cumulative training epochs",
         yaxis_title="best validation accuracy of a completed trial",
         template="plotly_white",
+        height=620,
     )
     return fig
 
 
 def write_figure(result: Mapping[str, Any], html_path: Path) -> list[str]:
-    """Write the anytime figure as HTML (and PNG when kaleido is installed); the paths written."""
+    """Write the anytime figure as HTML, and as PNG when kaleido or Chromium is there; the paths written."""
     fig = anytime_figure(result)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(html_path), include_plotlyjs=True)
-    written = [str(html_path)]
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        return written
-    png = html_path.with_suffix(".png")
-    fig.write_image(str(png), width=1100, height=650)
-    return written + [str(png)]
+    png = write_png(fig, html_path)
+    return [str(html_path)] + ([str(png)] if png is not None else [])
 
 
 def _fmt(value: float | None, scale: float = 100.0, digits: int = 2) -> str:
