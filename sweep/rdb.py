@@ -118,7 +118,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         """A connection for one unit of work, and the transaction to commit (None: nothing to commit).
 
         ``kind``: "read" (a snapshot; on SQLite a deferred transaction, never the write lock), "write"
-        (one statement) or "txn" (several statements, atomic). On SQLite every write takes the write
+        (one statement), "txn" (several statements, atomic) or "durable" (a "txn" whose commit waits
+        for the disk on PostgreSQL: the trial state changes). On SQLite every write takes the write
         lock at BEGIN, and the threads of one process (a worker and its heartbeat) queue on a Python
         lock first: SQLite's busy handler would sleep in steps of milliseconds instead. On PostgreSQL
         a read or a one-statement write runs in autocommit: no BEGIN/COMMIT round trips (under read
@@ -139,10 +140,12 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         else:
             with self.engine.connect() as conn:
                 transaction = conn.begin()
-                # Connections commit asynchronously by default (sweep.storage); a transaction that
-                # creates or finishes a trial waits for its WAL flush, and with it for every earlier
-                # write of the trial (WAL order): once tell returns, the whole trial is durable.
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+                if kind == "durable":
+                    # Connections commit asynchronously by default (sweep.storage). A state change (a
+                    # worker taking a WAITING trial, a trial's end) waits for its WAL flush, and with
+                    # it for every earlier write of the trial (WAL order): once tell returns, the
+                    # whole trial is on disk. A trial lost before that is failed and retried.
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
                 yield conn, transaction
 
     def _run(self, kind: str, op: Callable[[Any], _T]) -> _T:
@@ -163,7 +166,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                         transaction.commit()
                     return result
             except sqlalchemy.exc.DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated or (committing and kind == "txn"):
+                if attempt == 2 or not exc.connection_invalidated or (committing and kind != "write"):
                     raise
         raise AssertionError("unreachable")
 
@@ -388,7 +391,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             return True
 
         try:
-            if not self._run("txn", write):
+            if not self._run("durable", write):
                 return False
         except sqlalchemy.exc.IntegrityError:
             return False

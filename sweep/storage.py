@@ -168,10 +168,9 @@ def open_storage(
             "pool_recycle": 1800,
             "connect_args": {
                 "connect_timeout": 10,
-                # Reports, attributes and heartbeats commit without waiting for the WAL flush; a trial's
-                # creation and its end (sweep.rdb) wait, and flush everything before them with them.
-                # A PostgreSQL crash (not a worker crash) can lose at most the last ~0.6 s of reports of
-                # running trials; the trial itself, its params and every finished result are durable.
+                # Writes commit without waiting for the WAL flush, except a trial's state changes
+                # (sweep.rdb), which flush everything before them with them. A PostgreSQL crash (not a
+                # worker crash) can lose the last ~0.6 s of writes to running trials, never a result.
                 "options": "-c synchronous_commit=off",
                 "keepalives": 1,
                 "keepalives_idle": 60,
