@@ -64,6 +64,25 @@ def _distribution(text: str) -> distributions.BaseDistribution:
     return distributions.json_to_distribution(text)
 
 
+def _copy(trial: FrozenTrial) -> FrozenTrial:
+    """An independent copy of a trial (Optuna mutates the one it is handed); only the attribute values,
+    which may be nested JSON, need a deep copy: everything else is immutable scalars."""
+    return FrozenTrial(
+        number=trial.number,
+        state=trial.state,
+        value=None,
+        values=list(trial.values) if trial.values is not None else None,
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_complete,
+        params=dict(trial.params),
+        distributions=dict(trial.distributions),
+        user_attrs=copy.deepcopy(trial.user_attrs),
+        system_attrs=copy.deepcopy(trial.system_attrs),
+        intermediate_values=dict(trial.intermediate_values),
+        trial_id=trial._trial_id,
+    )
+
+
 def _utc_now() -> dt.datetime:
     """Now as Optuna's RDB schema stores it: naive UTC."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -254,14 +273,20 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 lock = lock.with_for_update()
             if conn.execute(lock).scalar() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            number = conn.execute(
+            # number = trials already in the study, counted and inserted in one statement.
+            count = (
                 sqlalchemy.select(sqlalchemy.func.count()).select_from(_trials).where(_trials.c.study_id == study_id)
-            ).scalar_one()
-            trial_id = conn.execute(
-                sqlalchemy.insert(_trials).values(
-                    number=number, study_id=study_id, state=TrialState.RUNNING, datetime_start=now
-                )
-            ).inserted_primary_key[0]
+            ).scalar_subquery()
+            insert = sqlalchemy.insert(_trials).from_select(
+                ["number", "study_id", "state", "datetime_start"],
+                sqlalchemy.select(
+                    count,
+                    sqlalchemy.literal(study_id, _trials.c.study_id.type),
+                    sqlalchemy.literal(TrialState.RUNNING, _trials.c.state.type),
+                    sqlalchemy.literal(now, _trials.c.datetime_start.type),
+                ),
+            )
+            trial_id, number = conn.execute(insert.returning(_trials.c.trial_id, _trials.c.number)).one()
             return number, trial_id
 
         number, trial_id = self._run("txn", create)
@@ -279,7 +304,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             intermediate_values={},
             trial_id=trial_id,
         )
-        self._remember(copy.deepcopy(trial))
+        self._remember(_copy(trial))
         return trial
 
     def _set_trial_param(
@@ -415,7 +440,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         with self._mirror_lock:
             trial = self._mirror.get(trial_id)
             if trial is not None:
-                return copy.deepcopy(trial)
+                return _copy(trial)
         found = self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id))
         if not found:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
@@ -452,7 +477,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         return self._run("read", read)
 
     def _read_trials(self, conn: Any, where: Any) -> list[FrozenTrial]:
-        """Every trial matching ``where`` with its params, values, reports and attributes: 6 selects."""
+        """Every trial matching ``where`` with its params, values, reports and attributes (1 + 5 selects)."""
         rows = conn.execute(
             sqlalchemy.select(
                 _trials.c.trial_id,
@@ -466,30 +491,46 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         ).all()
         if not rows:
             return []
-        ids = sqlalchemy.select(_trials.c.trial_id).where(where).scalar_subquery()
-        if len(rows) == 1:  # the common single-trial read: skip the subquery
-            ids = sqlalchemy.literal(rows[0].trial_id)  # type: ignore[assignment]
+        # A finished trial never changes again: one this process ran (mirrored, same state) needs no
+        # child queries. In a worker's incremental read that is usually its own previous trial.
+        trials: dict[int, FrozenTrial] = {}
         built: dict[int, FrozenTrial] = {}
-        for r in rows:
-            built[r.trial_id] = FrozenTrial(
-                number=r.number,
-                state=r.state,
-                value=None,
-                values=None,
-                datetime_start=_local(r.datetime_start),
-                datetime_complete=_local(r.datetime_complete),
-                params={},
-                distributions={},
-                user_attrs={},
-                system_attrs={},
-                intermediate_values={},
-                trial_id=r.trial_id,
-            )
+        with self._mirror_lock:
+            for r in rows:
+                known = self._mirror.get(r.trial_id)
+                if known is not None and known.state == r.state and r.state.is_finished():
+                    trials[r.trial_id] = _copy(known)
+                else:
+                    trials[r.trial_id] = built[r.trial_id] = FrozenTrial(
+                        number=r.number,
+                        state=r.state,
+                        value=None,
+                        values=None,
+                        datetime_start=_local(r.datetime_start),
+                        datetime_complete=_local(r.datetime_complete),
+                        params={},
+                        distributions={},
+                        user_attrs={},
+                        system_attrs={},
+                        intermediate_values={},
+                        trial_id=r.trial_id,
+                    )
+        if built:
+            self._read_children(conn, where, built, every=len(built) == len(rows))
+        return list(trials.values())
+
+    def _read_children(self, conn: Any, where: Any, built: dict[int, FrozenTrial], *, every: bool) -> None:
+        """Fill ``built`` (trial id → trial) with its params, values, reports and attributes: 5 selects."""
+        if len(built) == 1:  # the common single-trial read
+            match: Any = lambda table: table.c.trial_id == next(iter(built))  # noqa: E731
+        elif every:  # every trial of ``where``: a subquery, not thousands of bound ids
+            ids = sqlalchemy.select(_trials.c.trial_id).where(where).scalar_subquery()
+            match = lambda table: table.c.trial_id.in_(ids)  # noqa: E731
+        else:
+            match = lambda table: table.c.trial_id.in_(list(built))  # noqa: E731
 
         def children(table: sqlalchemy.Table, *cols: Any, order: Any = None) -> Any:
-            stmt = sqlalchemy.select(table.c.trial_id, *cols).where(
-                table.c.trial_id.in_(ids) if len(rows) > 1 else table.c.trial_id == ids
-            )
+            stmt = sqlalchemy.select(table.c.trial_id, *cols).where(match(table))
             return conn.execute(stmt.order_by(order) if order is not None else stmt)
 
         # On PostgreSQL (read committed) a child row of a trial created after the first select can
@@ -520,7 +561,6 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             for tid, key, text in children(table, table.c.key, table.c.value_json):
                 if (trial := built.get(tid)) is not None:
                     getattr(trial, attr)[key] = json.loads(text)
-        return list(built.values())
 
     # ------------------------------------------------------------------ heartbeat
 
