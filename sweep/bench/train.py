@@ -257,6 +257,8 @@ def run_train_bench(
     seed_workers: int = 2,
     cache_dir: str | Path | None = None,
     data_only: bool = False,
+    stem: str = "imagenet",
+    compile: bool = False,
 ) -> dict:
     """Measure and print images/s of the tutorial pipeline and of this engine; returns the figures.
 
@@ -273,7 +275,8 @@ def run_train_bench(
         data = load_data("synthetic", "", val_fraction=0.1, seed=0, subset=subset)
         source = f"synthetic (subset {subset})"
     config = TrainConfig(arch=arch, num_classes=data.num_classes, batch_size=batch_size, aug_strength=0.5,
-                         resolution=data.resolution, eval_batch_size=max(batch_size, 512))
+                         resolution=data.resolution, eval_batch_size=max(batch_size, 512), stem=stem,
+                         compile=compile)
     say = _printer(console)
     say(f"train bench: {arch}, batch {batch_size}, {steps} timed steps, {data.resolution} px, {source}, "
         f"device {dev}, {torch.get_num_threads()} threads")
@@ -321,6 +324,12 @@ def run_train_bench(
         "cached_features_ratio": cached_train / engine_train,
         "seconds": time.perf_counter() - t_all,
     }
+    result["stem"], result["compile"] = stem, compile
+    if dev.type == "cuda" and stem == "cifar" and arch == "resnet18" and data.resolution == 32:
+        # ~3.3 GFLOP per training image (CIFAR-stem ResNet-18, 32 px) at ~790 TFLOP/s bf16 (H200).
+        result["bound_images_per_s"] = H200_BOUND_IMAGES_PER_S
+        result["bound_fraction"] = engine_train / H200_BOUND_IMAGES_PER_S
+        say(f"engine at {result['bound_fraction']:.1%} of the {H200_BOUND_IMAGES_PER_S:,} img/s H200 bf16 bound")
     _report(result, console, say)
     _write_json(result, json_path)
     return result
@@ -341,6 +350,9 @@ def _header(
         "data": source,
         "seed_dataloader_workers": seed_workers,
     }
+
+
+H200_BOUND_IMAGES_PER_S = 237_000
 
 
 def _write_json(result: dict, json_path: Path | None) -> None:
@@ -410,12 +422,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed-workers", type=int, default=2, help="DataLoader workers of the tutorial pipeline")
     p.add_argument("--data-only", action="store_true", help="only the data pipelines, no training")
+    p.add_argument("--stem", default="imagenet", choices=("imagenet", "cifar"), help="ResNet stem of both pipelines")
+    p.add_argument("--compile", action="store_true", help="torch.compile the engine's model (CUDA)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     run_train_bench(args.device, steps=args.steps, batch_size=args.batch_size, json_path=args.json,
                     data_root=args.data_root, subset=args.subset, arch=args.arch, seed_workers=args.seed_workers,
-                    data_only=args.data_only)
+                    data_only=args.data_only, stem=args.stem, compile=args.compile)
 
 
 if __name__ == "__main__":
