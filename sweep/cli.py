@@ -7,6 +7,7 @@ fix print one line on stderr and exit with code 2 — never a traceback.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import signal
@@ -464,6 +465,13 @@ def rerun(
 # --------------------------------------------------------------------------- bench
 
 
+class Stem(enum.StrEnum):
+    """ResNet stems ``sweep bench train`` can measure."""
+
+    imagenet = "imagenet"
+    cifar = "cifar"
+
+
 @bench_app.command("train")
 def bench_train(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
@@ -476,6 +484,12 @@ def bench_train(
     arch: Annotated[str, typer.Option("--arch", help="resnet18, resnet34 or resnet50.")] = "resnet18",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    stem: Annotated[
+        Stem, typer.Option("--stem", help="ResNet stem of both pipelines (cifar: 3x3 stride 1, no max-pool).")
+    ] = Stem.imagenet,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the engine's model (used on CUDA).")
+    ] = False,
 ) -> None:
     """Images/s of the article's DataLoader+PIL loop against this engine, in one run."""
     from sweep.bench.train import run_train_bench
@@ -493,6 +507,8 @@ def bench_train(
         subset=subset,
         arch=arch,
         console=console,
+        stem=stem.value,
+        compile=compile_model,
     )
 
 
