@@ -6,15 +6,20 @@ CPU per trial on a small machine). ``SweepRDBStorage`` keeps Optuna's tables (so
 and ``optuna.load_study`` read the same database) and overrides only the calls a worker makes per
 trial:
 
-- every write is one short transaction of one or two SQLAlchemy Core statements, guarded in SQL by the
-  trial still being unfinished (``INSERT ... SELECT ... WHERE state IN (RUNNING, WAITING)`` with an
-  upsert); only when that touches no row is the trial read, to raise what Optuna raises;
-- trial reads (``_get_trials``, which Optuna's own cache layer calls) are a handful of Core selects and
-  build ``FrozenTrial`` objects directly, in one snapshot (on SQLite a deferred read transaction, so
-  readers never take the write lock);
-- a trial this process created and is running is mirrored in memory, write-through: ``get_trial`` on it
-  (Optuna calls it when a trial starts and twice in ``tell``) needs no query. Only the owner writes a
-  running trial; another process can only fail it as stale, which the next write detects in SQL.
+- every write is one statement (or a short transaction of two or three), built once and executed with
+  bound parameters, guarded in SQL by the trial still being unfinished (``INSERT ... SELECT ...
+  WHERE state IN (RUNNING, WAITING)`` with an upsert); only when that touches no row is the trial
+  read, to raise what Optuna raises;
+- trial reads (``_get_trials``, which Optuna's own cache layer calls) are Core selects that build
+  ``FrozenTrial`` objects directly (on SQLite in a deferred read transaction: readers never take the
+  write lock);
+- a trial this process created is mirrored in memory, write-through: ``get_trial`` on it (Optuna
+  calls it when a trial starts and twice in ``tell``) needs no query, nor does re-reading it once
+  finished. Only the owner writes a running trial; another process can only fail it as stale, which
+  the next write detects in SQL;
+- on PostgreSQL, reads and one-statement writes run in autocommit, only state changes wait for the
+  WAL flush (``storage/README.md``: what a database crash can lose), and instead of a pre-ping per
+  call a call on a dead connection is retried once (``_run``).
 
 Everything not on the per-trial path (studies, templates from retries, stale-trial detection) is
 Optuna's own code.
@@ -49,8 +54,6 @@ _inter = models.TrialIntermediateValueModel.__table__
 _user = models.TrialUserAttributeModel.__table__
 _system = models.TrialSystemAttributeModel.__table__
 _beats = models.TrialHeartbeatModel.__table__
-_ValueType = models.TrialValueModel.TrialValueType
-_InterType = models.TrialIntermediateValueModel.TrialIntermediateValueType
 
 
 def _unfinished() -> Any:
