@@ -246,7 +246,7 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return
-    engine = getattr(storage, "engine", None)
+    engine = getattr(storage, "autocommit_engine", None) or getattr(storage, "engine", None)
     if engine is not None and engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
         # A session-level lock needs no transaction: autocommit saves the BEGIN/COMMIT round trips.
@@ -271,7 +271,8 @@ def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retry_key
     from optuna.trial import TrialState
 
     # A study's storage is Optuna's cache layer around the RDB storage: the engine is the backend's.
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "autocommit_engine", None) or getattr(backend, "engine", None)
     if engine is None:
         trials = storage.get_all_trials(study_id, deepcopy=False)
         spent = sum(1 for t in trials if retry_key not in t.system_attrs)
