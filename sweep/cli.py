@@ -38,6 +38,7 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 err_console = Console(stderr=True)
 
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")]
 StorageOpt = Annotated[
     str,
     typer.Option(
@@ -483,7 +484,7 @@ def bench_train(
     subset: Annotated[int, typer.Option("--subset", min=100, help="Training images used from the data.")] = 5000,
     arch: Annotated[str, typer.Option("--arch", help="resnet18, resnet34 or resnet50.")] = "resnet18",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    json_path: JsonOpt = None,
     stem: Annotated[
         Stem, typer.Option("--stem", help="ResNet stem of both pipelines (cifar: 3x3 stride 1, no max-pool).")
     ] = Stem.imagenet,
@@ -524,7 +525,7 @@ def bench_storage(
             help="PostgreSQL URL to measure (default: start a throwaway cluster).",
         ),
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    json_path: JsonOpt = None,
 ) -> None:
     """Per-trial orchestration overhead on memory, SQLite and PostgreSQL against stock Optuna."""
     from sweep.bench.storage import run_storage_bench
@@ -536,7 +537,7 @@ def bench_storage(
 def bench_report(
     n_trials: Annotated[int, typer.Option("--n-trials", min=1, help="Trials in the synthetic study.")] = 10_000,
     output: Annotated[Path | None, typer.Option("--output", help="Where to write the HTML.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    json_path: JsonOpt = None,
 ) -> None:
     """Time the report on a synthetic study of many trials."""
     from sweep.bench.report import run_report_bench
@@ -555,7 +556,7 @@ def bench_sweep(
         int | None,
         typer.Option("--budget-epochs", min=1, help="Epochs per replay (default: a third of the table's epochs)."),
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    json_path: JsonOpt = None,
     html_path: Annotated[
         Path | None, typer.Option("--html", help="Anytime-curve figure (default: beside --json).")
     ] = None,
@@ -592,7 +593,7 @@ def bench_live(
         str | None, typer.Option("--live-storage", help="Where the live studies go (default: a new SQLite file).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N for the live training.")] = "cpu",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    json_path: JsonOpt = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Run replay methods for real (real training) at one seed and compare with their replayed curves."""

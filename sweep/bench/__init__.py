@@ -48,3 +48,11 @@ def write_png(fig: Any, html_path: Path, *, width: int = 1100, height: int = 650
             check=False,
         )
     return png if done.returncode == 0 and png.exists() and png.stat().st_size > 0 else None
+
+
+def save_figure(fig: Any, html_path: Path) -> list[str]:
+    """Write a plotly figure as self-contained HTML, and as PNG beside it when possible; the paths written."""
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(html_path), include_plotlyjs=True)
+    png = write_png(fig, html_path)
+    return [str(html_path)] + ([str(png)] if png is not None else [])

@@ -27,8 +27,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep.bench import write_json, write_png
-from sweep.bench.sweep import Method, Table, default_methods, load_table, replay, replay_spec
+from sweep.bench import save_figure, write_json
+from sweep.bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
 
 DEFAULT_METHODS = ("random", "tpe+hyperband")
 
@@ -62,10 +62,11 @@ def live_run(
         study = optuna.load_study(study_name=name, storage=storage)
         if study.user_attrs.get("live_budget_epochs") != budget_epochs:
             raise ServiceError(
-                f"{mask_url(storage_url)} already holds {name!r} for another budget; use another --live-storage"
+                f"{mask_url(storage_url)} already holds {name!r}, unfinished or for another budget; "
+                "use another --live-storage"
             )
         log(f"  {name}: already run in {mask_url(storage_url)}; reading it back")
-        return summarize_live(table, study, budget_epochs, float(study.user_attrs.get("live_seconds", 0.0)))
+        return summarize_live(table, study, float(study.user_attrs.get("live_seconds", 0.0)))
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     data = _load_spec_data(spec, storage_url)
@@ -96,12 +97,12 @@ def live_run(
     seconds = time.perf_counter() - started
     study.set_user_attr("live_seconds", round(seconds, 1))
     study.set_user_attr("live_budget_epochs", budget_epochs)  # last: marks the run as finished
-    return summarize_live(table, study, budget_epochs, seconds)
+    return summarize_live(table, study, seconds)
 
 
-def summarize_live(table: Table, study: optuna.Study, budget_epochs: int, seconds: float) -> dict[str, Any]:
+def summarize_live(table: Table, study: optuna.Study, seconds: float) -> dict[str, Any]:
     """The replay's per-run figures, computed from a live study (trials ran one after another)."""
-    target = table.best().curve[-1] - 0.005
+    target = table.best().curve[-1] - TOLERANCE
     used, best, curve, to_target = 0, None, [], None
     proposals, gaps, counts = [], [], {"trials": 0, "complete": 0, "pruned": 0, "cut": 0}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -241,10 +242,7 @@ def write_figure(result: dict[str, Any], html_path: Path) -> list[str]:
         template="plotly_white",
         height=620,
     )
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(html_path), include_plotlyjs=True)
-    png = write_png(fig, html_path)
-    return [str(html_path)] + ([str(png)] if png is not None else [])
+    return save_figure(fig, html_path)
 
 
 def main(argv: list[str] | None = None) -> int:

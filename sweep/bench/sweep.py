@@ -41,7 +41,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import write_json, write_png
+from sweep.bench import save_figure, write_json
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
 
@@ -414,11 +414,7 @@ def anytime_figure(result: Mapping[str, Any]) -> Any:
 
 def write_figure(result: Mapping[str, Any], html_path: Path) -> list[str]:
     """Write the anytime figure as HTML, and as PNG when kaleido or Chromium is there; the paths written."""
-    fig = anytime_figure(result)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(html_path), include_plotlyjs=True)
-    png = write_png(fig, html_path)
-    return [str(html_path)] + ([str(png)] if png is not None else [])
+    return save_figure(anytime_figure(result), html_path)
 
 
 def _fmt(value: float | None, scale: float = 100.0, digits: int = 2) -> str:
