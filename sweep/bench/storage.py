@@ -12,7 +12,8 @@ with a plain URL), timed in the same process, in alternating rounds, so machine 
 Backends: in-memory, SQLite file, PostgreSQL with 1 and with 8 concurrent worker processes (the
 cluster from ``pg_url``, else a throwaway one from scripts/pg-test-cluster). Each is measured on a
 study that already holds ~100 trials and on one that holds ``big`` (5,000) trials, pre-filled in
-bulk. The TPE sampler's ask (+ 4 suggests) at ``big`` trials is timed too.
+bulk. The TPE sampler's ask (+ 4 suggests) at ``big`` trials is timed too: sweep's (incremental,
+``sweep.tpe``) against Optuna's ``TPESampler`` on the same study.
 
 sweep's storage is ``sweep.rdb.SweepRDBStorage`` (Optuna's schema, one Core statement per call);
 stock is Optuna's ``RDBStorage`` behind its default cache layer.
@@ -45,6 +46,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from sweep.bench import write_json
+from sweep.search import _FeasibilityAwareTPE
 from sweep.service import _BudgetGate, _heartbeat
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import budget_lock, mask_url, open_storage
@@ -230,20 +232,31 @@ def compare(runs: dict[str, Trial], trials: int, rounds: int = 5, warmup: int = 
     }
 
 
-def tpe_ask_ms(study: optuna.Study, n: int = 5) -> float:
-    """Median ms of a TPE ask + 4 suggests on this study (the trials are then told, not left running)."""
-    sampler = study.sampler
-    study.sampler = optuna.samplers.TPESampler(seed=0)
-    times = []
+def tpe_ask_ms(study: optuna.Study, n: int = 7) -> dict[str, float]:
+    """Median ms of a TPE ask + 4 suggests on this study: sweep's sampler and stock ``TPESampler``.
+
+    Alternating asks, each told at once (nothing left running), same seed. sweep's is the worker's
+    own (``build_sampler``: incremental, same proposals); its first ask, which reads every finished
+    trial once into its columns, is reported on its own (``first``).
+    """
+    samplers = {"sweep": _FeasibilityAwareTPE(seed=0), "stock": optuna.samplers.TPESampler(seed=0)}
+    times: dict[str, list[float]] = {key: [] for key in samplers}
+    original = study.sampler
     try:
-        for _ in range(n):
-            start = time.perf_counter()
-            trial = study.ask(DISTRIBUTIONS)
-            times.append((time.perf_counter() - start) * 1000)
-            study.tell(trial, 0.5)
+        for _ in range(n + 1):
+            for key, sampler in samplers.items():
+                study.sampler = sampler
+                start = time.perf_counter()
+                trial = study.ask(DISTRIBUTIONS)
+                times[key].append((time.perf_counter() - start) * 1000)
+                study.tell(trial, 0.5)
     finally:
-        study.sampler = sampler
-    return statistics.median(times)
+        study.sampler = original
+    return {
+        "sweep": statistics.median(times["sweep"][1:]),
+        "sweep_first": times["sweep"][0],
+        "stock": statistics.median(times["stock"][1:]),
+    }
 
 
 # --------------------------------------------------------------------------- one backend
@@ -278,7 +291,10 @@ def _measure(variants: dict[str, Variant], *, trials: int, big: int, log: Callab
             out[f"ms_per_trial_at_{big}"] = round(res["sweep"]["ms"], 3)
             out[f"stock_ms_per_trial_at_{big}"] = round(stock, 3)
             out[f"ratio_vs_stock_at_{big}"] = round(res["sweep"]["ms"] / stock, 3)
-            out[f"tpe_ask_ms_at_{big}"] = round(tpe_ask_ms(made["sweep"][0]), 2)
+            ask = tpe_ask_ms(made["sweep"][0])
+            out[f"tpe_ask_ms_at_{big}"] = round(ask["sweep"], 2)
+            out[f"tpe_first_ask_ms_at_{big}"] = round(ask["sweep_first"], 2)
+            out[f"stock_tpe_ask_ms_at_{big}"] = round(ask["stock"], 2)
     return out
 
 
@@ -507,6 +523,7 @@ def run_storage_bench(
         f"sweep @{big}": f"ms_per_trial_at_{big}",
         f"stock @{big}": f"stock_ms_per_trial_at_{big}",
         f"TPE ask @{big}": f"tpe_ask_ms_at_{big}",
+        f"stock TPE @{big}": f"stock_tpe_ask_ms_at_{big}",
     }
     table.add_column("backend")
     for col in columns:
