@@ -45,6 +45,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 _T = TypeVar("_T")
 _MIRROR_SIZE = 256  # trials kept in memory; a running trial evicted early is simply read from the database
+# States in which a mirrored trial is exactly what the database holds, children included (_read_trials).
+_MIRROR_EXACT = frozenset({TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
 
 _trials = models.TrialModel.__table__
 _studies = models.StudyModel.__table__
@@ -114,6 +116,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._write_lock = threading.Lock()
         self.autocommit_engine = self.engine
+        self._held: Any = None  # the main thread's autocommit connection (PostgreSQL), see _connection
         if self.engine.dialect.name == "postgresql":
             # Reads and one-statement writes: a pool of autocommit connections. Such a connection never
             # holds a transaction, so it is handed back without the pool's reset (a ROLLBACK round
@@ -129,6 +132,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         state.pop("_statements", None)
         state.pop("_write_lock", None)
         state.pop("autocommit_engine", None)
+        state.pop("_held", None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -164,9 +168,23 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         elif sqlite:
             with self._write_lock, self.engine.connect() as conn:
                 yield conn, conn.begin()
-        elif kind in ("read", "write"):
-            with self.autocommit_engine.connect() as conn:
+        elif kind in ("read", "write") and threading.current_thread() is not threading.main_thread():
+            with self.autocommit_engine.connect() as conn:  # a heartbeat thread: from the pool
                 yield conn, None
+        elif kind in ("read", "write"):
+            # The worker's own thread keeps one autocommit connection checked out: a pool checkout
+            # and check-in per statement cost as much as the statement's round trip. Dropped on any
+            # error (a dead connection is then replaced by _run's retry).
+            conn = self._held
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._held = self.autocommit_engine.connect()
+            try:
+                yield conn, None
+            except BaseException:
+                self._held = None
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
         else:
             with self.engine.connect() as conn:
                 transaction = conn.begin()
@@ -502,14 +520,16 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         ).all()
         if not rows:
             return []
-        # A finished trial never changes again: one this process ran (mirrored, same state) needs no
-        # child queries. In a worker's incremental read that is usually its own previous trial.
+        # A trial this process runs or ran (mirrored, same state) needs no child queries: a finished
+        # trial never changes again, and only its own worker writes a running trial's params, values,
+        # reports and attributes (a peer can only fail it, which changes the state read here). In a
+        # worker's incremental reads these are usually the only trials: its current and previous one.
         trials: dict[int, FrozenTrial] = {}
         built: dict[int, FrozenTrial] = {}
         with self._mirror_lock:
             for r in rows:
                 known = self._mirror.get(r.trial_id)
-                if known is not None and known.state == r.state and r.state.is_finished():
+                if known is not None and known.state == r.state and r.state in _MIRROR_EXACT:
                     trials[r.trial_id] = _copy(known)
                 else:
                     trials[r.trial_id] = built[r.trial_id] = FrozenTrial(

@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
@@ -102,6 +103,14 @@ def test_same_trials_as_stock_optuna(storage_url: str) -> None:
     # One trial, from the database and from the in-process mirror of a running trial.
     for tid in all_ids:
         assert _comparable(sweep_reader.get_trial(tid)) == _comparable(stock_reader.get_trial(tid))
+    # The owner reads its own trials (the running one too) from its mirror: the same trials, and
+    # one select of the trials' rows instead of six.
+    owner = ours._storage._backend
+    statements: list[str] = []
+    engine = owner.autocommit_engine
+    sqlalchemy.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert [_comparable(t) for t in owner.get_all_trials(ours_id)] == expected
+    assert [s for s in statements if s != "BEGIN"] == statements[-1:] and "FROM trials" in statements[-1]
     running = ours._storage.get_trial(all_ids[-1])
     assert _comparable(running) == _comparable(stock_reader.get_trial(all_ids[-1]))
     assert running.datetime_start == stock_reader.get_trial(all_ids[-1]).datetime_start
@@ -155,6 +164,19 @@ def test_a_trial_failed_elsewhere_is_not_written(storage_url: str) -> None:
     fresh = _stock(storage_url).get_trial(trial._trial_id)
     assert fresh.state == TrialState.FAIL and fresh.values is None and fresh.intermediate_values == {1: 0.5}
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL  # the mirror let it go
+    (read,) = storage.get_all_trials(study._study_id)
+    assert read.state == TrialState.FAIL and read.intermediate_values == {1: 0.5}
+
+
+def test_a_trial_failed_elsewhere_is_read_as_failed(storage_url: str) -> None:
+    """The owner's mirror of its running trial never hides a peer's state change."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="stolen-read")
+    trial = study.ask()
+    trial.report(0.5, 1)
+    _stock(storage_url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    (read,) = study._storage._backend.get_all_trials(study._study_id)
+    assert read.state == TrialState.FAIL and read.intermediate_values == {1: 0.5}
 
 
 def test_waiting_trial_is_popped_once(storage_url: str) -> None:
