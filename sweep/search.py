@@ -42,11 +42,13 @@ class _WithInfeasibleFailures:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[Any]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
         if states is None or TrialState.COMPLETE not in states:
-            return trials
-        failed = self._study._get_trials(deepcopy=deepcopy, states=(TrialState.FAIL,), use_cache=use_cache)
-        extra = [t for t in failed if t.params and any(v > 0 for v in t.constraints.values())]
+            return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        # One read of every trial, split here: a second filtered read costs as much as the first.
+        every = self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)
+        trials = [t for t in every if t.state in states]
+        fail = TrialState.FAIL
+        extra = [t for t in every if t.state == fail and t.params and any(v > 0 for v in t.constraints.values())]
         return trials + extra if extra else trials
 
 

@@ -72,14 +72,18 @@ class _TrialColumns:
         # (param name, distribution) -> (internal value of every row, whether the row has the param)
         self._params: dict[tuple[str, BaseDistribution], tuple[np.ndarray, np.ndarray]] = {}
 
-    def rows(self, trials: list[FrozenTrial], maximize: bool) -> tuple[np.ndarray, list[FrozenTrial]]:
-        """Row of each finished trial (appending those seen for the first time), and the running ones."""
+    def rows(self, trials: list[FrozenTrial], maximize: bool, skip: int) -> tuple[np.ndarray, list[FrozenTrial]]:
+        """Row of each finished trial (appending those seen for the first time), and the running ones
+        except trial number ``skip`` (the trial being sampled)."""
         row_of = self.row_of
         rows: list[int] = []
         running: list[FrozenTrial] = []
         for trial in trials:
-            row = row_of.get(trial.number)
+            number = trial.number
+            row = row_of.get(number)
             if row is None:
+                if number == skip:
+                    continue
                 if trial.state == TrialState.RUNNING:
                     running.append(trial)
                     continue
@@ -187,7 +191,6 @@ class IncrementalTPESampler(TPESampler):
         if self._constant_liar:
             states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING]
             trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
-            trials = [t for t in trials if t.number != trial.number]
         else:
             trials = study._get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED], use_cache=True)
         cols = self._columns
@@ -195,7 +198,7 @@ class IncrementalTPESampler(TPESampler):
             self._columns = _TrialColumns(study._storage, study._study_id)
         cols = self._columns
         maximize = study.direction == StudyDirection.MAXIMIZE
-        rows, running = cols.rows(trials, maximize)
+        rows, running = cols.rows(trials, maximize, skip=trial.number)
 
         if self._gamma is None:
             self._gamma = _tpe.default_gamma
