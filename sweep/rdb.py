@@ -33,6 +33,7 @@ import datetime as dt
 import functools
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -117,6 +118,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._write_lock = threading.Lock()
         self.autocommit_engine = self.engine
         self._held: Any = None  # the main thread's autocommit connection (PostgreSQL), see _connection
+        self._held_since = 0.0
         if self.engine.dialect.name == "postgresql":
             # Reads and one-statement writes: a pool of autocommit connections. Such a connection never
             # holds a transaction, so it is handed back without the pool's reset (a ROLLBACK round
@@ -176,14 +178,17 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             # and check-in per statement cost as much as the statement's round trip. Dropped on any
             # error (a dead connection is then replaced by _run's retry).
             conn = self._held
+            recycle = self.engine_kwargs.get("pool_recycle", -1)
+            if conn is not None and recycle > 0 and time.monotonic() - self._held_since > recycle:
+                self._release_held()  # as the pool would recycle it (proxies that drop old connections)
+                conn = None
             if conn is None or conn.closed or conn.invalidated:
                 conn = self._held = self.autocommit_engine.connect()
+                self._held_since = time.monotonic()
             try:
                 yield conn, None
             except BaseException:
-                self._held = None
-                with contextlib.suppress(Exception):
-                    conn.close()
+                self._release_held()
                 raise
         else:
             with self.engine.connect() as conn:
@@ -195,6 +200,20 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                     # whole trial is on disk. A trial lost before that is failed and retried.
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
                 yield conn, transaction
+
+    def _release_held(self) -> None:
+        conn, self._held = self._held, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Give every database connection back: for a process that opens storages repeatedly
+        (``sweep report --watch``); a worker keeps its storage for its lifetime."""
+        self._release_held()
+        if self.autocommit_engine is not self.engine:
+            self.autocommit_engine.dispose()
+        self.engine.dispose()
 
     def _run(self, kind: str, op: Callable[[Any], _T]) -> _T:
         """Run ``op(connection)`` as one unit of work; once more on a fresh connection if the first one

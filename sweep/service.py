@@ -497,14 +497,18 @@ def write_report(
     from sweep import report
 
     storage = open_read_only(storage_url)
-    if not names:
-        names = [resolve_study_name(storage, None, storage_url)]
-    names = [resolve_study_name(storage, n, storage_url) for n in names]
-    studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
-    out = Path(output) if output else default_report_path(names, storage_url)
-    return report.write_report(
-        studies, out, storage_label=mask_url(storage_url), plotlyjs=plotlyjs, refresh_s=refresh_s
-    )
+    try:
+        if not names:
+            names = [resolve_study_name(storage, None, storage_url)]
+        names = [resolve_study_name(storage, n, storage_url) for n in names]
+        studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
+        out = Path(output) if output else default_report_path(names, storage_url)
+        return report.write_report(
+            studies, out, storage_label=mask_url(storage_url), plotlyjs=plotlyjs, refresh_s=refresh_s
+        )
+    finally:
+        if hasattr(storage, "close"):  # --watch opens a storage per refresh: no connection left behind
+            storage.close()
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ tie-breaking, same kernels, same random draws; tests/test_tpe.py compares them t
 Running trials (Optuna 5's default constant liar counts other workers' current trials as "bad") are
 few and still changing: they are converted afresh on every ask, as TPE does. Where the incremental
 path does not apply (several objectives, a parameter value TPE itself would reject, an Optuna whose
-TPE internals differ) it defers to ``TPESampler`` unchanged.
+TPE internals differ) it defers to ``TPESampler`` for that ask. Sampling from several threads
+(``study.optimize(n_jobs=N)``) is serialised on a lock; pickling drops the columns.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _COMPLETE, _PRUNED, _FAIL = 0, 1, 2
+_MAX_PARAM_COLUMNS = 64  # (name, distribution) columns kept; a space that keeps changing starts afresh
 _STATE_CODE = {TrialState.COMPLETE: _COMPLETE, TrialState.PRUNED: _PRUNED, TrialState.FAIL: _FAIL}
 # What this module reads of Optuna's TPE; if a future Optuna renames any of it, stock TPE runs instead.
 _MODULE_NEEDS = ("default_gamma", "_get_infeasible_trial_score", "_get_pruned_trial_score")
@@ -70,7 +73,7 @@ class _TrialColumns:
         self._arrays: dict[str, np.ndarray] = {}
         self._n_arrays = 0
         # (param name, distribution) -> (internal value of every row, whether the row has the param)
-        self._params: dict[tuple[str, BaseDistribution], tuple[np.ndarray, np.ndarray]] = {}
+        self._params: dict[tuple[str, BaseDistribution], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def rows(self, trials: list[FrozenTrial], maximize: bool, skip: int) -> tuple[np.ndarray, list[FrozenTrial]]:
         """Row of each finished trial (appending those seen for the first time), and the running ones
@@ -123,33 +126,37 @@ class _TrialColumns:
             arr = self._arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
         return arr
 
-    def param(self, name: str, dist: BaseDistribution) -> tuple[np.ndarray, np.ndarray]:
-        """Internal representation of ``name`` under ``dist`` for every row, and where it is present."""
-        values, present = self._params.get((name, dist), (None, None))
-        done = 0 if values is None else len(values)
-        if done < len(self.trials):
-            categorical = type(dist).__name__ == "CategoricalDistribution"
-            new_vals, new_present = [], []
-            for trial in self.trials[done:]:
-                params = trial.params
-                if name in params:
-                    try:
-                        new_vals.append(dist.to_internal_repr(params[name]))
-                    except ValueError:  # e.g. a value outside today's choices: let TPE decide
-                        raise _Fallback from None
-                    new_present.append(True)
-                else:
-                    new_vals.append(0)
-                    new_present.append(False)
+    def param(self, name: str, dist: BaseDistribution) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For every row: the internal representation of ``name`` under ``dist``, whether the row has
+        the param, and whether its value is one ``dist`` rejects (TPE raises only if it uses that row)."""
+        key = (name, dist)
+        cached = self._params.get(key)
+        if cached is None:
+            if len(self._params) >= _MAX_PARAM_COLUMNS:
+                self._params.clear()
             # Optuna builds these arrays with np.asarray of the Python values: int for categorical
             # indices, float otherwise; keep the same dtype so the kernels see identical input.
-            add = np.asarray(new_vals, dtype=np.int64 if categorical else np.float64)
-            add_present = np.asarray(new_present, dtype=bool)
-            values = add if values is None else np.concatenate([values, add])
-            present = add_present if present is None else np.concatenate([present, add_present])
-            self._params[(name, dist)] = (values, present)
-        assert values is not None and present is not None
-        return values, present
+            dtype = np.int64 if type(dist).__name__ == "CategoricalDistribution" else np.float64
+            cached = (np.empty(0, dtype=dtype), np.empty(0, dtype=bool), np.empty(0, dtype=bool))
+        values, present, bad = cached
+        if len(values) < len(self.trials):
+            new_vals, new_present, new_bad = [], [], []
+            for trial in self.trials[len(values) :]:
+                params = trial.params
+                value, has, rejected = 0, name in params, False
+                if has:
+                    try:
+                        value = dist.to_internal_repr(params[name])
+                    except ValueError:  # e.g. a value outside today's choices
+                        value, rejected = 0, True
+                new_vals.append(value)
+                new_present.append(has)
+                new_bad.append(rejected)
+            values = np.concatenate([values, np.asarray(new_vals, dtype=values.dtype)])
+            present = np.concatenate([present, np.asarray(new_present, dtype=bool)])
+            bad = np.concatenate([bad, np.asarray(new_bad, dtype=bool)])
+        self._params[key] = (values, present, bad)
+        return values, present, bad
 
 
 class _Direction:
@@ -168,7 +175,22 @@ def _stable_first(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 class IncrementalTPESampler(TPESampler):
     """``TPESampler`` with the per-trial work kept between asks; same proposals, see module doc."""
 
-    _columns: _TrialColumns | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._columns: _TrialColumns | None = None
+        # study.optimize(n_jobs=N) samples from several threads with one sampler.
+        self._columns_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The columns hold the storage and its trials: a copy of the sampler rebuilds its own.
+        state = self.__dict__.copy()
+        state["_columns"] = None
+        del state["_columns_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._columns_lock = threading.Lock()
 
     def _incremental_applies(self, study: Study) -> bool:
         ok = all(hasattr(_tpe, n) for n in _MODULE_NEEDS) and all(hasattr(self, n) for n in _SAMPLER_NEEDS)
@@ -178,9 +200,9 @@ class IncrementalTPESampler(TPESampler):
         if not self._incremental_applies(study):
             return super()._sample(study, trial, search_space)
         try:
-            return self._sample_incremental(study, trial, search_space)
-        except _Fallback:
-            self._columns = None
+            with self._columns_lock:
+                return self._sample_incremental(study, trial, search_space)
+        except _Fallback:  # nothing was half-added to the columns: they stay for the next ask
             return super()._sample(study, trial, search_space)
 
     def _sample_incremental(
@@ -255,10 +277,12 @@ class IncrementalTPESampler(TPESampler):
         trials that have every parameter of the space, in trial-number order."""
         columns = {name: cols.param(name, dist) for name, dist in search_space.items()}
         keep = np.ones(len(rows), dtype=bool)
-        for _, present in columns.values():
+        for _, present, _ in columns.values():
             keep &= present[rows]
         kept = rows[keep]
-        observations = {name: values[kept] for name, (values, _) in columns.items()}
+        if any(bad[kept].any() for _, _, bad in columns.values()):
+            raise _Fallback  # TPE converts this trial's value and raises; let it say so itself
+        observations = {name: values[kept] for name, (values, _, _) in columns.items()}
         numbers = cols.array("number")[kept]
         if running:
             # Few (one per other worker) and still changing: converted afresh, as TPE does.

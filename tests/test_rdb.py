@@ -273,3 +273,22 @@ def test_a_cut_connection_is_retried_not_fatal(pg_fresh_url: str) -> None:
     assert _cut_connections(pg_fresh_url) >= 1
     with pytest.raises(optuna.exceptions.StorageInternalError):
         stock.get_all_trials(study._study_id)
+
+
+def test_held_connection_is_recycled_and_closed(storage_url: str) -> None:
+    """PostgreSQL: the worker thread's held connection is replaced after pool_recycle, and close()
+    gives every connection back (a storage opened per `report --watch` refresh leaves none)."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="held")
+    study.ask()
+    postgres = storage.engine.dialect.name == "postgresql"
+    held = storage._held
+    assert (held is not None) == postgres
+    if postgres:
+        storage._held_since -= storage.engine_kwargs["pool_recycle"] + 1
+        storage.get_all_trials(study._study_id)
+        assert storage._held is not held and held.closed
+    storage.close()
+    assert storage._held is None
+    assert storage.autocommit_engine.pool.checkedout() == 0 and storage.engine.pool.checkedout() == 0
+    assert len(storage.get_all_trials(study._study_id)) == 1  # still usable: connects again

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+import pickle
+import sys
 from typing import Any
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep.search import _FeasibilityAwareTPE
 from sweep.tpe import IncrementalTPESampler
+
+TPE = optuna.samplers.TPESampler
 
 SPACE: dict[str, Any] = {
     "lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -123,9 +127,73 @@ def test_incremental_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls["stock"] > 0  # several objectives: Optuna's own path
 
 
-def test_new_study_resets_columns() -> None:
+def test_sampler_reused_on_a_second_study_matches() -> None:
+    """Columns belong to one study: a sampler moved to another study (same trial numbers) starts afresh."""
+    ours, stock = (
+        IncrementalTPESampler(seed=0, n_startup_trials=2),
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+    )
+    for direction in ("maximize", "minimize"):
+        assert _run(ours, direction, 25, conditional=False) == _run(stock, direction, 25, conditional=False)
+
+
+def test_no_startup_trials_samples_from_the_prior_like_tpe() -> None:
+    for kw in ({"constant_liar": True}, {"constant_liar": False}):
+        ours = _run(IncrementalTPESampler(seed=2, n_startup_trials=0, **kw), "maximize", 12, conditional=True)
+        stock = _run(optuna.samplers.TPESampler(seed=2, n_startup_trials=0, **kw), "maximize", 12, conditional=True)
+        assert ours == stock
+
+
+def test_values_tpe_rejects() -> None:
+    """A stored value outside today's choices: skipped like TPE where the trial lacks another param,
+    TPE's own error where it would be used."""
+    space = {"batch_size": CategoricalDistribution([32, 64]), "lr": FloatDistribution(1e-5, 1e-1, log=True)}
+    old = CategoricalDistribution([32, 64, 512])
+
+    def study_with(trials: list[FrozenTrial], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.add_trials(trials)
+        return study
+
+    base = [
+        optuna.trial.create_trial(params={"batch_size": b, "lr": 10.0**-k}, distributions=space, value=float(k))
+        for k, b in zip(range(1, 5), [32, 64, 32, 64], strict=True)
+    ]
+    lacking = optuna.trial.create_trial(params={"batch_size": 512}, distributions={"batch_size": old}, value=9.0)
+    full = optuna.trial.create_trial(
+        params={"batch_size": 512, "lr": 0.01}, distributions={"batch_size": old, "lr": space["lr"]}, value=9.0
+    )
+
+    def sample(trials: list[FrozenTrial], sampler: TPE) -> dict[str, Any]:
+        # A two-parameter space straight to _sample: where a trial lacking one of them is skipped.
+        study = study_with(trials, sampler)
+        trial = study._storage.get_trial(study.ask()._trial_id)
+        return sampler._sample(study, trial, space)
+
+    kw = {"seed": 0, "n_startup_trials": 2}
+    ours = sample([*base, lacking], IncrementalTPESampler(**kw))
+    assert ours == sample([*base, lacking], optuna.samplers.TPESampler(**kw))
+    for sampler in (IncrementalTPESampler(**kw), optuna.samplers.TPESampler(**kw)):
+        with pytest.raises(ValueError, match="512"):
+            sample([*base, full], sampler)
+
+
+def test_threads_share_one_sampler() -> None:
+    """study.optimize(n_jobs=N) samples from N threads with one sampler: no trial may fail for it."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to expose races
+    try:
+        study = optuna.create_study(sampler=IncrementalTPESampler(seed=0, n_startup_trials=5))
+        study.optimize(lambda t: t.suggest_float("x", -3, 3) ** 2 + t.suggest_int("k", 0, 4), n_trials=300, n_jobs=8)
+    finally:
+        sys.setswitchinterval(switch)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 300
+
+
+def test_pickled_sampler_leaves_its_columns_behind() -> None:
     sampler = IncrementalTPESampler(seed=0, n_startup_trials=2)
-    _run(sampler, "maximize", 15, conditional=False)
-    first = sampler._columns
-    _run(sampler, "maximize", 15, conditional=False)
-    assert sampler._columns is not first
+    _run(sampler, "maximize", 30, conditional=False)
+    assert sampler._columns is not None
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert copy._columns is None
+    _run(copy, "maximize", 10, conditional=False)  # and it still samples
