@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _COMPLETE, _PRUNED, _FAIL = 0, 1, 2
+_LOCK_CREATION = threading.Lock()
 _MAX_PARAM_COLUMNS = 64  # (name, distribution) columns kept; a space that keeps changing starts afresh
 _STATE_CODE = {TrialState.COMPLETE: _COMPLETE, TrialState.PRUNED: _PRUNED, TrialState.FAIL: _FAIL}
 # What this module reads of Optuna's TPE; if a future Optuna renames any of it, stock TPE runs instead.
@@ -175,22 +176,23 @@ def _stable_first(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 class IncrementalTPESampler(TPESampler):
     """``TPESampler`` with the per-trial work kept between asks; same proposals, see module doc."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._columns: _TrialColumns | None = None
-        # study.optimize(n_jobs=N) samples from several threads with one sampler.
-        self._columns_lock = threading.Lock()
+    # No __init__ of its own: sweep validates spec arguments against TPESampler's signature.
+    _columns: _TrialColumns | None = None
+
+    def _lock(self) -> threading.Lock:
+        """This sampler's lock: study.optimize(n_jobs=N) samples from several threads at once."""
+        lock = self.__dict__.get("_columns_lock")
+        if lock is None:
+            with _LOCK_CREATION:
+                lock = self.__dict__.setdefault("_columns_lock", threading.Lock())
+        return lock
 
     def __getstate__(self) -> dict[str, Any]:
         # The columns hold the storage and its trials: a copy of the sampler rebuilds its own.
         state = self.__dict__.copy()
-        state["_columns"] = None
-        del state["_columns_lock"]
+        state.pop("_columns", None)
+        state.pop("_columns_lock", None)
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._columns_lock = threading.Lock()
 
     def _incremental_applies(self, study: Study) -> bool:
         ok = all(hasattr(_tpe, n) for n in _MODULE_NEEDS) and all(hasattr(self, n) for n in _SAMPLER_NEEDS)
@@ -200,7 +202,7 @@ class IncrementalTPESampler(TPESampler):
         if not self._incremental_applies(study):
             return super()._sample(study, trial, search_space)
         try:
-            with self._columns_lock:
+            with self._lock():
                 return self._sample_incremental(study, trial, search_space)
         except _Fallback:  # nothing was half-added to the columns: they stay for the next ask
             return super()._sample(study, trial, search_space)
