@@ -73,7 +73,7 @@ class _TrialColumns:
         self.infeasible: list[float] = []  # sum of violated constraints (> 0: infeasible)
         self._arrays: dict[str, np.ndarray] = {}
         self._n_arrays = 0
-        # (param name, distribution) -> (internal value of every row, whether the row has the param)
+        # (param name, distribution) -> per row: internal value, has the param, value rejected by dist
         self._params: dict[tuple[str, BaseDistribution], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def rows(self, trials: list[FrozenTrial], maximize: bool, skip: int) -> tuple[np.ndarray, list[FrozenTrial]]:
