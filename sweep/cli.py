@@ -513,6 +513,35 @@ def bench_train(
     )
 
 
+@bench_app.command("pretrain")
+def bench_pretrain(
+    data_root: Annotated[
+        Path, typer.Option("--data-root", help="CIFAR-10 as an ImageFolder (train/ and test/), e.g. the JPEGs.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", help="The backbone state dict to write (.pt; metadata beside it as .json).")
+    ] = Path("benchmarks/backbones/resnet18-cifar5.pt"),
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW peak learning rate.")] = 2e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, order and augmentation.")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
+) -> None:
+    """Pretrain a ResNet-18 (CIFAR stem) on airplane, automobile, bird, cat, deer: the backbone the
+    fine-tune table starts from. Resumes from OUTPUT.ckpt when run again."""
+    from sweep.bench.pretrain import Recipe, pretrain
+    from sweep.data import DataError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        pretrain(data_root, output, recipe=Recipe(epochs=epochs, lr=lr, seed=seed),
+                 log=lambda line: console.print(line, highlight=False))
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+
+
 @bench_app.command("storage")
 def bench_storage(
     trials: Annotated[int, typer.Option("--trials", min=10, help="Trials timed per backend.")] = 200,

@@ -74,12 +74,14 @@ def load_data(
     resolution: int = 32,
     subset: int | None = None,
     cache_dir: str | Path | None = None,
+    classes: Sequence[str] | None = None,
 ) -> DataBundle:
     """Load a data set as a :class:`DataBundle`, decoding images at most once per cache directory.
 
     The validation split is carved out of the training images (stratified, deterministic in
     ``seed``); the test split is never touched. ``subset`` keeps that many training images
-    (stratified, the same for every seed) before the split; None keeps all.
+    (stratified, the same for every seed) before the split; None keeps all. ``classes`` keeps only
+    those classes (train and test), labelled in the order given; None keeps every class.
     """
     if name not in DATASETS:
         raise DataError(f"data.name={name!r}: unknown data set; choose one of {', '.join(DATASETS)}")
@@ -97,25 +99,30 @@ def load_data(
         raise DataError(f"data.subset={subset!r}: must be an integer >= 2, or empty for all images")
 
     if name == "synthetic":
-        n_train = subset if subset is not None else SYNTHETIC_DEFAULT_SIZE
+        n_train = subset if subset is not None and classes is None else SYNTHETIC_DEFAULT_SIZE
         train_x, train_y = make_synthetic(n_train, resolution, split="train")
         test_x, test_y = make_synthetic(max(n_train // 4, 10), resolution, split="test")
-        classes = SYNTHETIC_CLASSES
+        names = SYNTHETIC_CLASSES
         train_hash, test_hash = _content_hash(train_x, train_y), _content_hash(test_x, test_y)
     else:
-        if cache_dir is None:
-            cache_dir = os.environ.get("SWEEP_CACHE_DIR", DEFAULT_CACHE_DIR)
-        cache = Path(cache_dir)
-        train = _cached_split(name, Path(root), "train", resolution, subset, cache)
-        test = _cached_split(name, Path(root), "test", resolution, None, cache)
-        if train["classes"] != test["classes"]:
+        # With a class filter the whole split is cached once and the subset taken after filtering.
+        train = load_split(name, root, "train", resolution=resolution, cache_dir=cache_dir,
+                           subset=subset if classes is None else None)
+        test = load_split(name, root, "test", resolution=resolution, cache_dir=cache_dir)
+        if train.classes != test.classes:
             raise DataError(
-                f"data.root={str(root)!r}: train classes {train['classes']} differ from test classes "
-                f"{test['classes']}; both folders need the same class sub-folders"
+                f"data.root={str(root)!r}: train classes {list(train.classes)} differ from test classes "
+                f"{list(test.classes)}; both folders need the same class sub-folders"
             )
-        train_x, train_y, test_x, test_y = train["x"], train["y"], test["x"], test["y"]
-        classes = tuple(train["classes"])
-        train_hash, test_hash = train["hash"], test["hash"]
+        train_x, train_y, test_x, test_y = train.x, train.y, test.x, test.y
+        names = train.classes
+        train_hash, test_hash = train.hash, test.hash
+    if classes is not None:
+        (train_x, train_y), (test_x, test_y) = (select_classes(x, y, names, classes)
+                                                for x, y in ((train_x, train_y), (test_x, test_y)))
+        keep = _stratified_subset(train_y, subset)
+        train_x, train_y = train_x[keep], train_y[keep]
+        names = tuple(classes)
 
     train_idx, val_idx = _split_indices(train_y, val_fraction, seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -123,7 +130,9 @@ def load_data(
             f"data.val_fraction={val_fraction}: leaves {len(train_idx)} training and {len(val_idx)} "
             f"validation images out of {len(train_y)}; use more images or a different fraction"
         )
-    key = f"{name}|{train_hash}|{test_hash}|{resolution}|{val_fraction!r}|{seed}|{','.join(classes)}"
+    key = f"{name}|{train_hash}|{test_hash}|{resolution}|{val_fraction!r}|{seed}|{','.join(names)}"
+    if classes is not None:
+        key += f"|{subset}"  # the subset is taken here, after the split's content hash
     return DataBundle(
         train_x=train_x[train_idx],
         train_y=train_y[train_idx],
@@ -131,9 +140,48 @@ def load_data(
         val_y=train_y[val_idx],
         test_x=test_x,
         test_y=test_y,
-        classes=classes,
+        classes=names,
         fingerprint=hashlib.blake2b(key.encode(), digest_size=8).hexdigest(),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split of a data set: uint8 ``[N, 3, R, R]`` images, int64 labels, class names, content hash."""
+
+    x: Tensor
+    y: Tensor
+    classes: tuple[str, ...]
+    hash: str
+
+
+def load_split(
+    name: str, root: str | Path, split: str, *, resolution: int = 32, subset: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> Split:
+    """The "train" or "test" split of an image data set (cifar10 or imagefolder), through the cache."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("SWEEP_CACHE_DIR", DEFAULT_CACHE_DIR)
+    entry = _cached_split(name, Path(root), split, resolution, subset, Path(cache_dir))
+    return Split(x=entry["x"], y=entry["y"], classes=tuple(entry["classes"]), hash=entry["hash"])
+
+
+def select_classes(
+    x: Tensor, y: Tensor, names: Sequence[str], classes: Sequence[str]
+) -> tuple[Tensor, Tensor]:
+    """The images of ``classes`` (names from ``names``), relabelled 0..len(classes)-1 in that order."""
+    unknown = [c for c in classes if c not in names]
+    if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise DataError(
+            f"data.classes={list(classes)!r}: need two or more distinct classes of this data set "
+            f"({', '.join(names)})"
+        )
+    relabel = torch.full((len(names),), -1, dtype=torch.int64)
+    for i, c in enumerate(classes):
+        relabel[names.index(c)] = i
+    new_y = relabel[y]
+    keep = torch.nonzero(new_y >= 0).squeeze(1)
+    return x[keep], new_y[keep]
 
 
 def check_data(name: str, root: str | Path) -> str | None:

@@ -135,6 +135,7 @@ def train_config(spec: StudySpec, params: dict[str, Any], *, num_classes: int, s
         resolution=int(params["resolution"]),
         eval_batch_size=spec.train.eval_batch_size,
         compile=spec.train.compile,
+        precision=spec.train.precision,
     )
 
 
@@ -167,7 +168,9 @@ def run_trial(
     the trial is checkpointed after every epoch and a retried trial resumes from its predecessor's
     last checkpoint (same params, same seed, the epoch counter continues).
     """
-    from sweep.train import Diverged, fit
+    import torch
+
+    from sweep.train import Diverged, fit, resolve_precision
 
     progress = progress or Progress()
     params = suggest_params(trial, spec)
@@ -189,9 +192,8 @@ def run_trial(
     trial.set_user_attr("device", device)
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("data_fingerprint", data.fingerprint)
+    trial.set_user_attr("precision", resolve_precision(torch.device(device), config.precision, config.stem))
     if device.startswith("cuda"):
-        import torch
-
         trial.set_user_attr("gpu_name", torch.cuda.get_device_name(torch.device(device)))
     progress.trial_started(trial.number, {k: params[k] for k in spec.params})
     if resumed_epoch:

@@ -461,6 +461,7 @@ def _load_spec_data(spec: StudySpec, storage_url: str) -> Any:
         resolution=d.resolution,
         subset=d.subset,
         cache_dir=_cache_dir(storage_url),
+        classes=d.classes,
     )
 
 

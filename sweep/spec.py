@@ -28,6 +28,10 @@ STEMS = ("imagenet", "cifar")
 SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("median", "successive-halving", "hyperband", "none")
 PARAM_TYPES = ("float", "int", "categorical")
+# "auto": bf16 autocast (+ channels_last) on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX)
+# for the CIFAR stem, where it trains ~3x faster than fp32 at the same accuracy (BENCHMARKS.md);
+# fp32 elsewhere (sweep.train.resolve_precision says why).
+PRECISIONS = ("auto", "bf16", "fp32")
 # Must equal len(sweep.model.UNITS) (stem, layer1..layer4); spec.py cannot import torch to ask.
 MAX_FROZEN = 5
 
@@ -74,6 +78,7 @@ class DataSpec:
     val_fraction: float = 0.1
     resolution: int = 32
     subset: int | None = None
+    classes: tuple[str, ...] | None = None  # keep only these classes, labelled in this order
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class TrainSpec:
     resolution: int = TRAIN_DEFAULTS["resolution"]
     eval_batch_size: int = 1024
     compile: bool = False
+    precision: str = "auto"  # PRECISIONS; each trial records what it used (user attr "precision")
     checkpoint_every: int = 1  # epochs between checkpoints (0 = never); a retry resumes from the last
 
 
@@ -305,6 +311,13 @@ def _bool(value: Any, fld: str) -> bool:
     return value
 
 
+def _classes(value: Any) -> tuple[str, ...]:
+    ok = isinstance(value, list) and all(isinstance(c, str) and c for c in value)
+    if not ok or len(value) < 2 or len(set(value)) != len(value):
+        raise SpecError("data.classes", value, "must be an array of two or more distinct class names")
+    return tuple(value)
+
+
 def _check_hparam(name: str, value: Any, fld: str) -> Any:
     """Validate one value of a trainable hyperparameter (fixed or a categorical choice)."""
     if name == "lr":
@@ -383,6 +396,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         ),
         resolution=_int(d.get("resolution", DataSpec.resolution), "data.resolution", low=8, high=1024),
         subset=None if subset is None else _int(subset, "data.subset", low=20),
+        classes=_classes(d["classes"]) if "classes" in d else None,
     )
 
     m = _table(raw, "model")
@@ -399,6 +413,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         **fixed,
         eval_batch_size=_int(t.get("eval_batch_size", TrainSpec.eval_batch_size), "train.eval_batch_size", low=1),
         compile=_bool(t.get("compile", TrainSpec.compile), "train.compile"),
+        precision=_str(t.get("precision", TrainSpec.precision), "train.precision", PRECISIONS),
         checkpoint_every=_int(t.get("checkpoint_every", TrainSpec.checkpoint_every), "train.checkpoint_every", low=0),
     )
 
@@ -442,6 +457,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
 def spec_from_dict(stored: Mapping[str, Any]) -> StudySpec:
     """Rebuild the StudySpec a study stores (its ``to_dict()``), validating it again."""
     raw = copy.deepcopy(dict(stored))
-    if raw.get("data", {}).get("subset", 0) is None:  # to_dict() writes None; TOML has no null
-        del raw["data"]["subset"]
+    for key in ("subset", "classes"):  # to_dict() writes None; TOML has no null
+        if key in raw.get("data", {}) and raw["data"][key] is None:
+            del raw["data"][key]
     return parse_spec(raw)

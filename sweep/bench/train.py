@@ -4,8 +4,10 @@ Same model, data, device, batch size and number of steps for both. The "seed" pi
 tutorial recipe: a Dataset of PIL images, RandomCrop(32, padding=4) + RandomHorizontalFlip +
 ToTensor + Normalize per sample, a torchvision DataLoader, fp32, every layer trained. The engine is
 ``sweep.train``: uint8 data resident on the device, batched augmentation, device settings of
-``fit`` (bf16 + channels_last on CUDA). Also measured: both data pipelines alone, and what freezing
-buys (k=0 vs k=MAX_FROZEN, and training the head on cached features when there is no augmentation).
+``fit`` (bf16 + channels_last on CUDA and on CPUs with native bf16). On a CPU also
+``cpu_bf16_ratio``: the engine's CIFAR-stem step in bf16 + channels_last over the same step in
+fp32. Also measured: both data pipelines alone, and what freezing buys (k=0 vs k=MAX_FROZEN, and
+training the head on cached features when there is no augmentation).
 
 Pipelines take turns in windows of 5 steps and each reports its median window, so background load
 hits all of them alike. On a small shared CPU machine ``--threads 1`` gives steadier figures: two
@@ -37,12 +39,15 @@ from sweep.train import (
     TrainConfig,
     compute_features,
     configure_device,
+    cpu_has_native_bf16,
     make_optimizer,
     make_scheduler,
     make_transform,
     prepare_model,
+    resolve_precision,
     tensor_batches,
     train_one_epoch,
+    use_channels_last,
 )
 
 
@@ -171,9 +176,10 @@ def _data_rates(
 
 
 def _engine_transform(config: TrainConfig, device: torch.device) -> Callable[[Tensor], Tensor]:
+    channels_last = use_channels_last(device, configure_device(device, config.precision, config.stem))
     return make_transform(config.resolution, aug_strength=config.aug_strength,
                           generator=torch.Generator(device=device).manual_seed(1),
-                          channels_last=device.type == "cuda")
+                          channels_last=channels_last)
 
 
 def _engine_data_runner(data: DataBundle, config: TrainConfig, device: torch.device) -> Runner:
@@ -194,9 +200,9 @@ def _engine_data_runner(data: DataBundle, config: TrainConfig, device: torch.dev
 
 def _engine_runner(data: DataBundle, config: TrainConfig, device: torch.device, steps: int) -> Runner:
     """Training steps of ``sweep.train`` for ``config`` (prefix under no_grad when frozen)."""
-    amp_dtype = configure_device(device)
+    amp_dtype = configure_device(device, config.precision, config.stem)
     torch.manual_seed(config.seed)
-    model, prefix, rest = prepare_model(config, device)
+    model, prefix, rest = prepare_model(config, device, channels_last=use_channels_last(device, amp_dtype))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, 10 * steps)
     dd = device_data(data, device)
@@ -219,13 +225,14 @@ def _time_cached(
     data: DataBundle, config: TrainConfig, device: torch.device, steps: int, warmup: int, window: int
 ) -> tuple[float, float]:
     """(feature extraction images/s, head training images/s on cached features), k=MAX_FROZEN, aug=0."""
-    amp_dtype = configure_device(device)
+    amp_dtype = configure_device(device, config.precision, config.stem)
+    channels_last = use_channels_last(device, amp_dtype)
     torch.manual_seed(config.seed)
-    model, prefix, rest = prepare_model(config, device)
+    model, prefix, rest = prepare_model(config, device, channels_last=channels_last)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, 10 * (steps + warmup))
     dd = device_data(data, device)
-    transform = make_transform(config.resolution, channels_last=device.type == "cuda")
+    transform = make_transform(config.resolution, channels_last=channels_last)
     _sync(device)
     t0 = time.perf_counter()
     feats = compute_features(prefix, dd.train_x, batch_size=config.eval_batch_size, device=device,
@@ -303,6 +310,11 @@ def run_train_bench(
         "engine": _engine_runner(data, config, dev, steps + warmup),
         "frozen": _engine_runner(data, frozen, dev, steps + warmup),
     }
+    if dev.type == "cpu":
+        # bf16 (+ channels_last) against fp32 on the CIFAR stem, where a CPU's bf16 units pay.
+        cifar = _with(config, stem="cifar")
+        runs["cpu_fp32"] = _engine_runner(data, _with(cifar, precision="fp32"), dev, steps + warmup)
+        runs["cpu_bf16"] = _engine_runner(data, _with(cifar, precision="bf16"), dev, steps + warmup)
     for run in runs.values():
         run(warmup)  # first calls: worker start-up, allocator, oneDNN/cuDNN kernel choice
     train_ips = _interleaved(runs, steps, batch_size, window)
@@ -325,6 +337,14 @@ def run_train_bench(
         "seconds": time.perf_counter() - t_all,
     }
     result["stem"], result["compile"] = stem, compile
+    result["engine_precision"] = resolve_precision(dev, config.precision, config.stem)
+    if dev.type == "cpu":
+        result["cpu_native_bf16"] = cpu_has_native_bf16()
+        result["cpu_fp32_cifar_images_per_s"] = train_ips["cpu_fp32"]
+        result["cpu_bf16_cifar_images_per_s"] = train_ips["cpu_bf16"]
+        result["cpu_bf16_ratio"] = train_ips["cpu_bf16"] / train_ips["cpu_fp32"]
+        say(f"CIFAR stem, k=0: bf16 + channels_last {train_ips['cpu_bf16']:,.1f} img/s, fp32 "
+            f"{train_ips['cpu_fp32']:,.1f} img/s: cpu_bf16_ratio x{result['cpu_bf16_ratio']:.2f}")
     if dev.type == "cuda" and stem == "cifar" and arch == "resnet18" and data.resolution == 32:
         # ~3.3 GFLOP per training image (CIFAR-stem ResNet-18, 32 px) at ~790 TFLOP/s bf16 (H200).
         result["bound_images_per_s"] = H200_BOUND_IMAGES_PER_S
