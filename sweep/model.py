@@ -7,6 +7,8 @@ the first k units, so k=0 trains everything and k=MAX_FROZEN=5 trains only the c
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from pathlib import Path
 
@@ -122,6 +124,25 @@ def _file_state(weights: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise WeightsError(f"model.weights={weights!r}: file holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def weights_sha256(weights: str) -> str | None:
+    """SHA-256 of a weights file (how results name the backbone they started from); None for
+    "imagenet" and "none". Hashed once per file version per process."""
+    if weights in ("imagenet", "none"):
+        return None
+    path = Path(weights).expanduser().resolve()
+    st = path.stat()
+    return _sha256(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_weights(weights: str) -> str | None:

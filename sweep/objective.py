@@ -170,6 +170,7 @@ def run_trial(
     """
     import torch
 
+    from sweep.model import weights_sha256
     from sweep.train import Diverged, fit, resolve_precision
 
     progress = progress or Progress()
@@ -193,6 +194,8 @@ def run_trial(
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("data_fingerprint", data.fingerprint)
     trial.set_user_attr("precision", resolve_precision(torch.device(device), config.precision, config.stem))
+    if (sha := weights_sha256(config.weights)) is not None:
+        trial.set_user_attr("weights_sha256", sha)  # results name a backbone file by its content
     if device.startswith("cuda"):
         trial.set_user_attr("gpu_name", torch.cuda.get_device_name(torch.device(device)))
     progress.trial_started(trial.number, {k: params[k] for k in spec.params})

@@ -455,3 +455,32 @@ def test_cifar10_from_local_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert again.fingerprint == d.fingerprint
     small = load_data("cifar10", tmp_path / "data", resolution=16, subset=50, **kw)
     assert small.train_x.shape[1:] == (3, 16, 16) and len(small.train_y) + len(small.val_y) == 50
+
+
+# --------------------------------------------------------------------------------------- class filter
+
+
+def test_classes_keeps_those_classes_labelled_in_the_given_order(folder: Path, tmp_path: Path) -> None:
+    d = load_data("imagefolder", folder, val_fraction=0.25, seed=0, resolution=8, cache_dir=tmp_path / "c",
+                  classes=["dog", "bird"])
+    assert d.classes == ("dog", "bird") and d.num_classes == 2
+    assert len(d.train_y) + len(d.val_y) == 16 and len(d.test_y) == 4
+    for x, y in ((d.train_x, d.train_y), (d.test_x, d.test_y)):
+        for img, label in zip(x, y, strict=True):
+            want = torch.tensor(COLOURS[d.classes[label]], dtype=torch.float32)
+            assert (img.float().mean(dim=(1, 2)) - want).abs().max() < 8
+    every = load_data("imagefolder", folder, val_fraction=0.25, seed=0, resolution=8, cache_dir=tmp_path / "c")
+    assert every.fingerprint != d.fingerprint
+
+
+def test_classes_then_subset_is_stratified_over_the_kept_classes(folder: Path, tmp_path: Path) -> None:
+    d = load_data("imagefolder", folder, val_fraction=0.5, seed=0, resolution=8, cache_dir=tmp_path / "c",
+                  classes=["cat", "dog"], subset=10)
+    assert torch.bincount(torch.cat([d.train_y, d.val_y])).tolist() == [5, 5]
+
+
+def test_unknown_class_is_one_line(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data.classes=\['cat', 'cow'\].*bird, cat, dog") as e:
+        load_data("imagefolder", folder, val_fraction=0.25, seed=0, resolution=8, cache_dir=tmp_path / "c",
+                  classes=["cat", "cow"])
+    assert "\n" not in str(e.value)

@@ -142,3 +142,17 @@ def test_max_frozen_matches_model_units() -> None:
     from sweep.model import UNITS
 
     assert MAX_FROZEN == len(UNITS)
+
+
+def test_precision_and_classes_keys() -> None:
+    spec = parse_spec({"name": "p", "train": {"precision": "bf16"}, "data": {"classes": ["dog", "cat"]}})
+    assert spec.train.precision == "bf16" and spec.data.classes == ("dog", "cat")
+    assert spec_from_dict(spec.to_dict()) == spec
+    default = parse_spec({"name": "p"})
+    assert default.train.precision == "auto" and default.data.classes is None
+    assert spec_from_dict(default.to_dict()) == default
+    with pytest.raises(SpecError, match=r"train.precision = 'fp16': must be one of auto, bf16, fp32"):
+        parse_spec({"name": "p", "train": {"precision": "fp16"}})
+    for bad in (["dog"], ["dog", "dog"], "dog", ["dog", 3]):
+        with pytest.raises(SpecError, match="data.classes"):
+            parse_spec({"name": "p", "data": {"classes": bad}})

@@ -213,3 +213,35 @@ def test_train_bench_smoke(tmp_path: Path) -> None:
                 "frozen_saving_ratio", "device"):
         assert key in out and saved[key] == out[key]
     assert out["engine_images_per_s"] > 0 and out["device"] == "cpu"
+
+
+# ------------------------------------------------------------------------------------------- precision
+
+
+def test_auto_precision_is_bf16_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: True)
+    assert train_mod.resolve_precision(cpu, "auto", "cifar") == "bf16"
+    assert train_mod.resolve_precision(cpu, "auto", "imagenet") == "fp32"  # overhead-bound; see docstring
+    assert train_mod.resolve_precision(cuda, "auto", "imagenet") == "bf16"
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: False)
+    assert train_mod.resolve_precision(cpu, "auto", "cifar") == "fp32"  # emulated bf16 is slower
+    assert train_mod.resolve_precision(cpu, "bf16", "imagenet") == "bf16"  # explicit wins
+    assert train_mod.resolve_precision(cuda, "fp32", "cifar") == "fp32"
+    with pytest.raises(ValueError, match="train.precision='fp16'"):
+        train_mod.resolve_precision(cpu, "fp16")
+    with pytest.raises(ValueError, match="train.precision"):
+        replace(BASE, precision="half")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_fit_trains_in_the_precision_it_reports(data: DataBundle, precision: str) -> None:
+    seen: list[dict] = []
+    config = replace(BASE, epochs=1, stem="cifar", precision=precision, frozen_layers=2, aug_strength=0.0)
+    result = fit(config, data, "cpu", on_epoch=lambda r, ck: seen.append(ck()))
+    assert result.precision == precision
+    weight = seen[0]["model"]["layer3.0.conv1.weight"]
+    # bf16 autocast runs with channels_last weights (what oneDNN's bf16 convolutions want)
+    assert weight.is_contiguous(memory_format=torch.channels_last) == (precision == "bf16")
+    assert weight.dtype == torch.float32  # autocast: the weights stay fp32
+    assert result.val_accuracy > 0.2

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sweep.data import DataBundle, load_split, select_classes
+from sweep.model import weights_sha256
 from sweep.train import EpochResult, TrainConfig, fit, resolve_precision
 
 SOURCE_CLASSES = ("airplane", "automobile", "bird", "cat", "deer")
@@ -62,14 +63,6 @@ def source_bundle(root: str | Path, classes: tuple[str, ...], *, cache_dir: str 
         train_x=train_x, train_y=train_y, val_x=test_x, val_y=test_y, test_x=test_x, test_y=test_y,
         classes=tuple(classes), fingerprint=hashlib.blake2b(key.encode(), digest_size=8).hexdigest(),
     )
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -133,7 +126,7 @@ def pretrain(
     _atomic_torch_save(to_bf16(backbone), output)
     meta = {
         "file": output.name,
-        "sha256": sha256_file(output),
+        "sha256": weights_sha256(str(output)),
         "arch": "resnet18",
         "stem": "cifar",
         "classes": list(classes),
