@@ -589,6 +589,11 @@ def bench_sweep(
     html_path: Annotated[
         Path | None, typer.Option("--html", help="Anytime-curve figure (default: beside --json).")
     ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option("--tolerance", min=0.0, help="Target: within this many points of the table best (default: "
+                     "the table's noise floor, the binomial s.e. of its best on its validation images; else 0.5)."),
+    ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
@@ -603,6 +608,7 @@ def bench_sweep(
             json_path=json_path,
             html_path=html_path,
             console=console,
+            tolerance=None if tolerance is None else tolerance / 100,
         )
 
 

@@ -193,6 +193,8 @@ def run_trial(
     trial.set_user_attr("device", device)
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("data_fingerprint", data.fingerprint)
+    trial.set_user_attr("train_images", len(data.train_y))
+    trial.set_user_attr("val_images", len(data.val_y))  # the noise floor of its accuracy
     trial.set_user_attr("precision", resolve_precision(torch.device(device), config.precision, config.stem))
     if (sha := weights_sha256(config.weights)) is not None:
         trial.set_user_attr("weights_sha256", sha)  # results name a backbone file by its content

@@ -11,7 +11,15 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweep.bench.sweep import TOLERANCE, default_methods, load_table, replay, run_replays, run_sweep_bench
+from sweep.bench.sweep import (
+    TOLERANCE,
+    default_methods,
+    load_table,
+    replay,
+    run_replays,
+    run_sweep_bench,
+    spearman,
+)
 from sweep.search import grid_space
 from sweep.service import FINGERPRINT_ATTR, SPEC_ATTR, ServiceError
 from sweep.spec import load_spec, parse_spec
@@ -61,7 +69,7 @@ def diverges(p: dict[str, Any]) -> bool:
     return p["lr"] == 3e-2 and p["batch_size"] == 32 and p["frozen_layers"] == 0
 
 
-def make_table(url: str, *, drop: int = 0) -> str:
+def make_table(url: str, *, drop: int = 0, attrs: dict[str, Any] | None = None) -> str:
     """Write the synthetic table study the way `sweep create` + grid workers would; its name."""
     spec = parse_spec(RAW_SPEC)
     study = optuna.create_study(storage=url, study_name=spec.name, direction="maximize")
@@ -80,7 +88,7 @@ def make_table(url: str, *, drop: int = 0) -> str:
             continue
         trials.append(optuna.trial.create_trial(
             value=c[-1], params=p, distributions=DISTS, intermediate_values=dict(enumerate(c, start=1)),
-            user_attrs={"test_accuracy": round(c[-1] - 0.01, 6), "epoch_seconds": [1.0] * EPOCHS},
+            user_attrs={"test_accuracy": round(c[-1] - 0.01, 6), "epoch_seconds": [1.0] * EPOCHS, **(attrs or {})},
         ))
     study.add_trials(trials)
     return spec.name
@@ -117,7 +125,8 @@ def test_table_is_read_with_every_grid_point(table_url: str) -> None:
 
 def test_every_proposal_is_a_table_row(table_url: str, result: dict[str, Any]) -> None:
     table = load_table("table-synth", table_url)
-    assert set(result["methods"]) == {"random", "tpe", "tpe+median", "tpe+sha", "tpe+hyperband"}
+    assert set(result["methods"]) == {"random", "tpe", "tpe+median", "tpe+sha", "tpe+hyperband", "tpe+median(w3)",
+                                      "tpe+sha(min2)", "tpe+hyperband(min2)"}
     for entry in result["methods"].values():
         for run in entry["runs"]:
             assert len(run["proposals"]) == run["trials"] > 0
@@ -140,7 +149,7 @@ def test_pruned_methods_use_fewer_epochs_per_trial(result: dict[str, Any]) -> No
     for name in ("random", "tpe"):
         assert methods[name]["summary"]["mean_epochs_per_trial"] > EPOCHS - 1
         assert all(run["pruned"] == 0 for run in methods[name]["runs"])
-    for name in ("tpe+median", "tpe+sha", "tpe+hyperband"):
+    for name in ("tpe+median", "tpe+sha", "tpe+hyperband", "tpe+sha(min2)", "tpe+hyperband(min2)"):
         s = methods[name]["summary"]
         assert s["mean_epochs_per_trial"] < methods["tpe"]["summary"]["mean_epochs_per_trial"], name
         assert s["trials_mean"] > methods["tpe"]["summary"]["trials_mean"], name
@@ -159,6 +168,32 @@ def test_figures_are_consistent(result: dict[str, Any]) -> None:
             values = [v for _, v in run["curve"]]
             assert values == sorted(values) and values[-1] == run["best_val_accuracy"]
     assert result["methods"]["random"]["epochs_ratio_vs_random"] == 1.0
+    for key in ("epochs_ratio_vs_random", "best_val", "chosen_test"):
+        assert set(result[key]) == set(result["methods"])
+    assert result["chosen_test"]["tpe"] == result["methods"]["tpe"]["summary"]["chosen_test_accuracy_mean"]
+    assert len(table["configs"]) == 108 and table["validation_images"] is None and table["noise_floor"] is None
+
+
+def test_target_is_the_noise_floor_when_the_table_says_its_validation_size(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'floor.db'}"
+    make_table(url, attrs={"val_images": 400, "weights_sha256": "ab" * 32})
+    table = load_table("table-synth", url)
+    assert table.val_images == 400 and table.weights_sha256 == "ab" * 32
+    p = table.best().curve[-1]
+    assert table.noise_floor() == pytest.approx(math.sqrt(p * (1 - p) / 400))
+    res = run_replays(table, seeds=1, budget_epochs=30)
+    assert res["tolerance"] == pytest.approx(table.noise_floor(), abs=1e-6) and res["tolerance"] > TOLERANCE
+    assert res["table"]["weights_sha256"] == "ab" * 32 and res["table"]["validation_images"] == 400
+    assert run_replays(table, seeds=1, budget_epochs=30, tolerance=0.001)["tolerance"] == 0.001
+    rho = res["table"]["epoch_spearman"]
+    assert len(rho) == EPOCHS and rho[-1] == 1.0 and all(-1 <= r <= 1 for r in rho)
+
+
+def test_spearman() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties share their mean rank
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
 def test_replay_is_deterministic_for_a_seed(table_url: str) -> None:
@@ -205,7 +240,7 @@ def test_unfinished_table_is_an_error(tmp_path: Path) -> None:
         load_table("table-synth", url)
 
 
-@pytest.mark.parametrize("name", ["table-cpu", "table-gpu"])
+@pytest.mark.parametrize("name", ["table-cpu", "table-gpu", "table-finetune"])
 def test_table_specs_are_valid_grids(name: str) -> None:
     spec = load_spec(name, studies_dir=ROOT / "studies")
     assert spec.sampler.type == "grid" and spec.pruner.type == "none"

@@ -39,6 +39,7 @@ def test_budget_is_exact_and_values_are_validation_accuracy(url: str, tmp_path: 
         assert t.user_attrs["host"] and t.user_attrs["device"] == "cpu" and t.user_attrs["duration_s"] > 0
         assert t.user_attrs["data_fingerprint"]
         assert t.user_attrs["precision"] == "fp32"  # the ImageNet stem trains in fp32 on a CPU
+        assert t.user_attrs["val_images"] > 0 and t.user_attrs["train_images"] > 0
         assert t.user_attrs["environment"]["torch"] == torch.__version__
         assert 0 <= t.user_attrs["test_accuracy"] <= 1
 
