@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sweep.spec import PRECISIONS
 from sweep.storage import DEFAULT_URL
 
 app = typer.Typer(
@@ -430,12 +431,20 @@ def list_(storage: StorageOpt = DEFAULT_URL) -> None:
 # --------------------------------------------------------------------------- rerun
 
 
+# What a training run computes in: the choices of the spec key train.precision (sweep.spec owns them).
+Precision = enum.StrEnum("Precision", {p: p for p in PRECISIONS})
+
+
 @app.command()
 def rerun(
     study: Annotated[str, typer.Argument(help="Study name.")],
     trial: Annotated[int, typer.Argument(help="Trial number (as shown in the report and `sweep status`).")],
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option("--precision", help="Override the study's train.precision, e.g. fp32 to check a bf16 trial."),
+    ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Train one trial's params again from scratch (same seed) and compare with the stored values.
@@ -448,13 +457,14 @@ def rerun(
         console.print(f"epoch {epoch}/{epochs}: val_acc={acc:.4f}", highlight=False)
 
     with _user_errors():
-        r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show)
+        r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show,
+                        precision=precision.value if precision is not None else None)
     table = Table(
         title=f"study {r.study}, trial {r.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())
     )
     table.add_column("epoch")
-    table.add_column("stored val acc")
-    table.add_column("rerun val acc")
+    table.add_column(f"stored val acc ({r.stored_precision or '?'})")
+    table.add_column(f"rerun val acc ({r.new_precision})")
     for i in range(max(len(r.stored_curve), len(r.new_curve))):
         old = f"{r.stored_curve[i]:.4f}" if i < len(r.stored_curve) else "-"
         new = f"{r.new_curve[i]:.4f}" if i < len(r.new_curve) else "-"

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -585,6 +585,8 @@ class RerunResult:
     new_curve: tuple[float, ...]
     stored_test: float | None
     new_test: float
+    stored_precision: str | None = None  # what the trial trained in ("bf16"/"fp32"; None before it was recorded)
+    new_precision: str = "fp32"
 
 
 def rerun_trial(
@@ -595,8 +597,13 @@ def rerun_trial(
     device: str = "auto",
     threads: int | None = None,
     on_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, acc: None,
+    precision: str | None = None,
 ) -> RerunResult:
-    """Train one trial's params again from scratch (same seed) without touching the study."""
+    """Train one trial's params again from scratch (same seed) without touching the study.
+
+    ``precision`` ("auto", "bf16", "fp32") overrides the study's ``train.precision``: the same trial
+    in both precisions shows what bf16 costs in accuracy.
+    """
     from sweep.data import DataError
     from sweep.model import WeightsError
     from sweep.objective import train_config, trial_seed
@@ -622,6 +629,8 @@ def rerun_trial(
     try:
         data = _load_spec_data(spec, storage_url)
         config = train_config(spec, params, num_classes=data.num_classes, seed=trial_seed(spec, original))
+        if precision is not None:
+            config = replace(config, precision=precision)
         result = fit(config, data, device, on_epoch=lambda r, _ckpt: on_epoch(r.epoch, spec.epochs, r.val_accuracy))
     except (DataError, WeightsError) as exc:
         raise ServiceError(str(exc)) from None
@@ -634,4 +643,6 @@ def rerun_trial(
         tuple(h.val_accuracy for h in result.history),
         trial.user_attrs.get("test_accuracy"),
         result.test_accuracy,
+        trial.user_attrs.get("precision"),
+        result.precision,
     )

@@ -74,9 +74,11 @@ def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
     rerun = rerun_trial("tiny", 0, storage_url="sqlite:///storage/sweep.db", device="cpu")
     assert rerun.params == first.params
     assert rerun.new_curve == pytest.approx(rerun.stored_curve, abs=1e-6)
-    result = runner.invoke(app, ["rerun", "tiny", "0", "--device", "cpu"])
-    assert result.exit_code == 0 and "stored val acc" in result.output
+    assert rerun.stored_precision == rerun.new_precision == "fp32"
+    result = runner.invoke(app, ["rerun", "tiny", "0", "--device", "cpu", "--precision", "fp32"])
+    assert result.exit_code == 0 and "stored val acc (fp32)" in result.output and "rerun val acc (fp32)" in result.output
     assert runner.invoke(app, ["rerun", "tiny", "7"]).exit_code == 2
+    assert runner.invoke(app, ["rerun", "tiny", "0", "--precision", "fp16"]).exit_code == 2
 
 
 def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> None:
