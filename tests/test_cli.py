@@ -76,7 +76,8 @@ def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
     assert rerun.new_curve == pytest.approx(rerun.stored_curve, abs=1e-6)
     assert rerun.stored_precision == rerun.new_precision == "fp32"
     result = runner.invoke(app, ["rerun", "tiny", "0", "--device", "cpu", "--precision", "fp32"])
-    assert result.exit_code == 0 and "stored val acc (fp32)" in result.output and "rerun val acc (fp32)" in result.output
+    assert result.exit_code == 0, result.output
+    assert "stored val acc (fp32)" in result.output and "rerun val acc (fp32)" in result.output
     assert runner.invoke(app, ["rerun", "tiny", "7"]).exit_code == 2
     assert runner.invoke(app, ["rerun", "tiny", "0", "--precision", "fp16"]).exit_code == 2
 
