@@ -384,3 +384,20 @@ def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(
     resumed: list[dict] = []
     fit(config, tiny, "cpu", on_epoch=lambda r, ck: resumed.append(ck()), resume=got[0])
     assert resumed[-1]["scaler"] == got[-1]["scaler"]
+
+
+def test_train_bench_baseline_runs_with_its_own_backend_flags(tiny: DataBundle) -> None:
+    from sweep.bench import train as bench
+
+    stock = bench._backend_flags()
+    seen: list[tuple[bool, bool, bool]] = []
+    baseline = bench._under(stock, lambda n: seen.append(bench._backend_flags()))
+    try:
+        train_mod.configure_device(torch.device("cuda"))  # what the engine does to the whole process
+        engine = bench._backend_flags()
+        baseline(1)
+        assert seen == [stock] and bench._backend_flags() == engine != stock
+    finally:
+        bench._set_backend_flags(stock)
+    loader = bench._article_loader(tiny, 16, 1, torch.device("cpu"))
+    assert loader.persistent_workers  # no re-fork of the workers at an epoch boundary inside a timed window
