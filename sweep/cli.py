@@ -269,19 +269,20 @@ def worker(
             artifacts=artifacts,
         )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
-    how = "stopped" if summary.stopped else "done"
+    how = "stopped" if summary.stopped else "lost its GPU" if summary.device_lost else "done"
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
+    if summary.device_lost:
+        from sweep.workers import EXIT_DEVICE_LOST
+
+        raise typer.Exit(EXIT_DEVICE_LOST)  # a fresh process gets a fresh CUDA context: restart me
 
 
 def _visible_gpus() -> list[int]:
-    # Count through NVML so CUDA itself is not initialised here: a later CUDA_VISIBLE_DEVICES
-    # (one pinned GPU) must still take effect when training starts in this process.
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    import torch
+    from sweep.workers import visible_gpus
 
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return visible_gpus()
 
 
 def _supervise(

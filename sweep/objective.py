@@ -32,6 +32,20 @@ class StopRequested(Exception):
     """Raised at an epoch boundary after SIGTERM/SIGINT: the trial goes back to the queue."""
 
 
+class DeviceLost(Exception):
+    """The process's CUDA context is broken (device-side assert, illegal memory access, ...).
+
+    Every later CUDA call in this process fails too, so the worker must stop taking trials and exit
+    for its supervisor to restart it with a fresh context. ``hand_back``: the trial goes back to the
+    queue (not counted against the budget); False when it already broke a context once before,
+    which makes it the likelier culprit than the GPU: it then fails for good.
+    """
+
+    def __init__(self, message: str, *, hand_back: bool) -> None:
+        super().__init__(message)
+        self.hand_back = hand_back
+
+
 @dataclass
 class Progress:
     """Callbacks the worker's display implements; every one is optional."""
@@ -144,10 +158,32 @@ def trial_seed(spec: StudySpec, number: int) -> int:
     return spec.seed * 100_003 + number
 
 
+# cuDNN and cuBLAS report a failed workspace or handle allocation in their own words.
+_OOM_MARKERS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
+# CUDA's sticky errors: after one of these the context is unusable until the process exits.
+_DEVICE_LOST_MARKERS = (
+    "device-side assert",
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "uncorrectable ecc error",
+    "hardware stack error",
+    "invalid program counter",
+)
+DEVICE_LOST_ATTR = "device_lost"
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or any(m in text for m in _OOM_MARKERS)
+
+
+def _is_device_lost(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(m in text for m in _DEVICE_LOST_MARKERS)
 
 
 def run_trial(
@@ -163,8 +199,9 @@ def run_trial(
 ) -> float:
     """Run one trial to the end; return its final validation accuracy.
 
-    Raises optuna.TrialPruned (pruned or diverged), StopRequested (graceful stop) and re-raises any
-    other error after recording ``fail_reason`` and ``traceback`` on the trial. With an artifact store,
+    Raises optuna.TrialPruned (pruned or diverged), StopRequested (graceful stop), DeviceLost (broken
+    CUDA context) and re-raises any other error after recording ``fail_reason`` and ``traceback`` on
+    the trial. With an artifact store,
     the trial is checkpointed after every epoch and a retried trial resumes from its predecessor's
     last checkpoint (same params, same seed, the epoch counter continues).
     """
@@ -241,10 +278,18 @@ def run_trial(
         finish("stopped")
         raise
     except Exception as exc:
+        # Classify and record only: memory is freed by the caller once this exception (whose
+        # traceback holds fit's model and optimizer) has been handled and dropped.
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        if _is_device_lost(exc):
+            # Keep the checkpoint: a handed-back trial resumes from it on a healthy worker.
+            lost = int(trial.user_attrs.get(DEVICE_LOST_ATTR) or 0) + 1
+            trial.set_user_attr(DEVICE_LOST_ATTR, lost)
+            finish("device")
+            raise DeviceLost(str(exc).splitlines()[0][:200], hand_back=lost == 1) from exc
         checkpoints.discard()
         oom = _is_oom(exc)
         finish("oom" if oom else "error")
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
         if oom:
             # Optuna 5 constraint: samplers treat this region as infeasible from now on.
             trial.set_constraint("oom", 1.0)

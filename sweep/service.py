@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep.objective import Progress, StopFlag, StopRequested, run_trial
+from sweep.objective import DeviceLost, Progress, StopFlag, StopRequested, run_trial
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
@@ -177,6 +177,8 @@ class WorkerSummary:
     device: str
     states: Counter[str] = field(default_factory=Counter)
     stopped: bool = False
+    # The CUDA context broke (see objective.DeviceLost): the process must exit and be restarted.
+    device_lost: str | None = None
 
     @property
     def trials(self) -> int:
@@ -351,13 +353,28 @@ def run_worker(
             trial.set_user_attr("retry_of", original)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("environment", environment)
-        state, value, reason = runner.run(trial, original)
-        summary.states[state] += 1
-        events.trial_finished(trial.number, state, value, reason)
-        if reason == "stopped":
+        outcome = runner.run(trial, original)
+        summary.states[outcome.state] += 1
+        events.trial_finished(trial.number, outcome.state, outcome.value, outcome.reason)
+        if outcome.reason == "stopped":
             summary.stopped = True
             break
+        if outcome.device_lost:
+            summary.device_lost = outcome.reason
+            events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
+            break
     return summary
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended, as told to the storage."""
+
+    state: str  # COMPLETE, PRUNED, FAIL
+    value: float | None = None
+    reason: str | None = None  # why it was pruned or failed
+    oom: bool = False
+    device_lost: bool = False
 
 
 @dataclass
@@ -373,8 +390,26 @@ class _TrialRunner:
     storage: Any
     artifacts: Any
 
-    def run(self, trial: optuna.Trial, original: int | None) -> tuple[str, float | None, str | None]:
-        """(state, value, reason). Every ending is told to the storage: no result is ever lost."""
+    def run(self, trial: optuna.Trial, original: int | None) -> TrialOutcome:
+        """Run one trial; every ending is told to the storage: no result is ever lost."""
+        outcome = self._run(trial, original)
+        if outcome.oom:
+            # Here, after the exception has been handled and dropped: inside the except block its
+            # traceback still held the failed trial's model, optimizer state and activations, so
+            # nothing could be freed, and the next trial (or a sibling process on the GPU) would
+            # see less free memory and fall back to host data or OOM on parameters that fit.
+            from sweep.train import clear_caches
+
+            clear_caches()
+        return outcome
+
+    def _hand_back(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """Re-queue a FAILed trial's params as WAITING (not counted twice; it resumes from its checkpoint)."""
+        callback = self.storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(self.study, frozen)
+
+    def _run(self, trial: optuna.Trial, original: int | None) -> TrialOutcome:
         study = self.study
 
         def tell(**kwargs: Any) -> Any:
@@ -394,31 +429,27 @@ class _TrialRunner:
                 )
             except optuna.TrialPruned as exc:
                 tell(state=TrialState.PRUNED)
-                return "PRUNED", None, "diverged" if str(exc).startswith("diverged") else None
+                return TrialOutcome("PRUNED", reason="diverged" if str(exc).startswith("diverged") else None)
             except StopRequested:
+                # Hand the trial back; the retry resumes from the checkpoint this epoch left.
+                self._hand_back(tell(state=TrialState.FAIL))
+                return TrialOutcome("FAIL", reason="stopped")
+            except DeviceLost as exc:
                 frozen = tell(state=TrialState.FAIL)
-                # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
-                # retry resumes from the checkpoint this epoch left.
-                callback = self.storage.get_heartbeat_stale_trial_callback()
-                if callback is not None:
-                    callback(study, frozen)
-                return "FAIL", None, "stopped"
+                if exc.hand_back:
+                    self._hand_back(frozen)
+                how = "handed back" if exc.hand_back else "second broken context: failed for good"
+                return TrialOutcome("FAIL", reason=f"device lost, {how}: {exc}", device_lost=True)
             except KeyboardInterrupt:
                 tell(state=TrialState.FAIL)
                 raise
             except Exception as exc:
                 tell(state=TrialState.FAIL)
-                oom = trial.user_attrs.get("fail_reason") == "oom"
-                if oom and self.device.startswith("cuda"):
-                    from sweep.train import clear_caches
-
-                    clear_caches()  # drop cached data/compiled models too, then give memory back
-                    import torch
-
-                    torch.cuda.empty_cache()
-                return "FAIL", None, "oom" if oom else f"error: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}"
+                if trial.user_attrs.get("fail_reason") == "oom":
+                    return TrialOutcome("FAIL", reason="oom", oom=True)
+                return TrialOutcome("FAIL", reason=f"error: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}")
         tell(values=value)
-        return "COMPLETE", value, None
+        return TrialOutcome("COMPLETE", value=value)
 
 
 def _environment() -> dict[str, str | None]:

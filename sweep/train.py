@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -117,7 +118,7 @@ class FitResult:
     history: tuple[EpochResult, ...]
     val_accuracy: float  # after the last epoch
     test_accuracy: float  # evaluated once, after the last epoch
-    precision: str = "fp32"  # what the run computed in: "bf16" or "fp32"
+    precision: str = "fp32"  # what the run computed in: "bf16", "fp16" or "fp32"
 
 
 OnEpoch = Callable[[EpochResult, Callable[[], dict]], None]
@@ -144,19 +145,22 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(device: torch.device, precision: str = "auto", stem: str = "imagenet") -> str:
-    """"bf16" or "fp32": what a run with ``precision`` computes in on ``device``.
+    """"bf16", "fp16" or "fp32": what a run with ``precision`` computes in on ``device``.
 
-    "auto" is bf16 on CUDA, and on a CPU with native bf16 for the CIFAR stem, where it trains ~3x
-    faster than fp32. The ImageNet stem at CIFAR sizes is overhead-bound on a CPU (bf16 gains
-    nothing), and oneDNN's bf16 backward of a strided 3x3 conv on a 1x1 input (ImageNet stem under
-    32 px) returns garbage weight gradients, so "auto" keeps it in fp32. Emulated bf16 is slower
-    than fp32: "auto" is fp32 there. An explicit "bf16"/"fp32" is taken as it is.
+    "auto" is bf16 on CUDA (fp16 with a GradScaler before Ampere, where bf16 is emulated), and on
+    a CPU with native bf16 for the CIFAR stem, where it trains ~3x faster than fp32. The ImageNet
+    stem at CIFAR sizes is overhead-bound on a CPU (bf16 gains nothing), and oneDNN's bf16 backward
+    of a strided 3x3 conv on a 1x1 input (ImageNet stem under 32 px) returns garbage weight
+    gradients, so "auto" keeps it in fp32. Emulated bf16 is slower than fp32: "auto" is fp32 there.
+    An explicit "fp32" is taken as it is, and so is "bf16" off CUDA.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" or (device.type == "cpu" and stem == "cifar" and cpu_has_native_bf16()):
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":  # "bf16" or "auto": half precision, bf16 where the GPU has it natively
+        return precision_name(cuda_amp_dtype())
+    if precision == "bf16" or (device.type == "cpu" and stem == "cifar" and cpu_has_native_bf16()):
         return "bf16"
     return "fp32"
 
@@ -167,12 +171,28 @@ def configure_device(device: torch.device, precision: str = "auto", stem: str = 
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return torch.bfloat16 if resolve_precision(device, precision, stem) == "bf16" else None
+    return _AMP_DTYPES[resolve_precision(device, precision, stem)]
+
+
+_AMP_DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """What a run with autocast dtype ``amp_dtype`` computes in: "bf16", "fp16" or "fp32"."""
+    return {v: k for k, v in _AMP_DTYPES.items()}[amp_dtype]
 
 
 def use_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
     """channels_last is what cuDNN and oneDNN's bf16 convolutions want; fp32 on a CPU gains little."""
     return device.type == "cuda" or amp_dtype is not None
+
+
+def cuda_amp_dtype() -> torch.dtype:
+    """bf16 where the GPU has it natively (Ampere and later), else fp16 (trained with a GradScaler).
+
+    Before Ampere bf16 is emulated: slower than fp32. fp16's narrow range needs loss scaling instead.
+    """
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 # ------------------------------------------------------------------------------------------ components
@@ -253,9 +273,32 @@ def make_transform(
 def tensor_batches(
     x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches of tensors that already live on the device (e.g. cached features)."""
+    """Shuffled batches of ``x`` (e.g. cached features, on the device) and labels ``y``.
+
+    ``y`` may live elsewhere: when the data set stays in pinned host memory its labels are there
+    while the features are on the GPU, so they are copied to x's device once per epoch (a few
+    hundred KB) rather than gathered with an index from another device.
+    """
+    y = y.to(x.device, non_blocking=True)
     for idx in batch_indices(len(y), batch_size, generator, device=x.device):
-        yield x.index_select(0, idx), y.index_select(0, idx)  # row copies; x[idx] is far slower on CPU
+        yield select_rows(x, idx), y.index_select(0, idx)
+
+
+def select_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` along dim 0 as row copies, keeping a channels_last layout.
+
+    ``index_select`` copies whole rows (``x[idx]`` is far slower on CPU) but returns a contiguous
+    tensor, so channels_last features would come back NCHW and cuDNN would transpose every batch;
+    gathering the NHWC view instead returns channels_last.
+    """
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+    return x.index_select(0, idx)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    """Laid out NHWC (and not also NCHW, as tensors with 1x1 maps or one channel are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------- train, evaluate
@@ -271,13 +314,15 @@ def train_one_epoch(
     prefix: nn.Module | None = None,
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     check_every: int = 50,
 ) -> float:
     """One pass over ``batches`` (inputs, labels on the device); returns the mean training loss.
 
     ``model`` is what gets gradients; ``prefix`` (the frozen units, if any) runs before it under
     ``no_grad``. The loss is summed on the device and checked for NaN/inf only every
-    ``check_every`` steps and at the end, so the device is not synchronised each step.
+    ``check_every`` steps and at the end, so the device is not synchronised each step. ``scaler``
+    (fp16 autocast) scales the loss and skips the steps whose gradients overflowed.
     """
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     device = next(model.parameters()).device
@@ -291,8 +336,13 @@ def train_one_epoch(
                     inputs = prefix(inputs)
             loss = criterion(model(inputs), yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if scheduler is not None:
             scheduler.step()
         total += loss.detach().float()
@@ -349,15 +399,28 @@ def compute_features(
 ) -> Tensor:
     """``prefix(transform(x))`` for a whole split, batch by batch, kept on ``device``.
 
-    no_grad rather than inference_mode: the result is an input to a training graph later.
+    no_grad rather than inference_mode: the result is an input to a training graph later. The
+    output is allocated once, in the first batch's memory format (channels_last on CUDA), and
+    filled batch by batch: a list of batches joined by ``torch.cat`` would need twice the memory.
     """
     prefix.eval()
-    outs = []
+    out: Tensor | None = None
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
-            outs.append(prefix(transform(xb)))
-    return torch.cat(outs)
+            fb = prefix(transform(xb))
+        if out is None:
+            out = _empty_rows(fb, len(x))
+        out[start:start + len(fb)] = fb
+    if out is None:
+        raise ValueError("compute_features: no images")
+    return out
+
+
+def _empty_rows(like: Tensor, n: int) -> Tensor:
+    """An uninitialised ``[n, *like.shape[1:]]`` tensor with like's dtype, device and memory format."""
+    fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+    return torch.empty((n, *like.shape[1:]), dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
 # ------------------------------------------------------------------------------------------------- fit
@@ -401,14 +464,22 @@ def fit(
     dd = device_data(data, device)
     total_steps = config.epochs * steps_per_epoch(len(data.train_y), config.batch_size)
     scheduler = make_scheduler(optimizer, total_steps)
+    # fp16 (GPUs without native bf16) needs loss scaling; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     perm_gen = torch.Generator().manual_seed(config.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    # The augmentation generator lives on the device and is reseeded at every epoch (see
+    # _aug_seed) instead of being checkpointed: a CUDA generator's state (16 bytes of Philox seed and
+    # offset) and a CPU one's (5 KB of Mersenne twister) cannot be restored on the other device
+    # type, and a trial handed back by a GPU worker may resume on a CPU worker or the reverse.
+    aug_gen = torch.Generator(device=device)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        match_param_layout(optimizer)
         scheduler.load_state_dict(resume["scheduler"])
         perm_gen.set_state(resume["rng"]["perm"])
-        aug_gen.set_state(resume["rng"]["aug"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
 
     train_tf = make_transform(config.resolution, aug_strength=config.aug_strength, generator=aug_gen,
                               channels_last=channels_last)
@@ -423,13 +494,14 @@ def fit(
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
+        aug_gen.manual_seed(_aug_seed(config.seed, epoch))
         set_train_mode(model, k)
         if features is not None:
             train_x, val_x = features
             loss = train_one_epoch(
                 rest, optimizer, scheduler,
                 tensor_batches(train_x, dd.train_y, config.batch_size, perm_gen),
-                label_smoothing=config.label_smoothing, amp_dtype=amp_dtype,
+                label_smoothing=config.label_smoothing, amp_dtype=amp_dtype, scaler=scaler,
             )
             val_acc = evaluate(rest, val_x, dd.val_y, batch_size=config.eval_batch_size, device=device,
                                amp_dtype=amp_dtype)
@@ -437,7 +509,7 @@ def fit(
             loss = train_one_epoch(
                 rest, optimizer, scheduler, dd.train_batches(config.batch_size, perm_gen),
                 transform=train_tf, prefix=prefix if k > 0 else None, label_smoothing=config.label_smoothing,
-                amp_dtype=amp_dtype,
+                amp_dtype=amp_dtype, scaler=scaler,
             )
             val_acc = evaluate(full, dd.val_x, dd.val_y, batch_size=config.eval_batch_size, device=device,
                                transform=eval_tf, amp_dtype=amp_dtype)
@@ -448,9 +520,7 @@ def fit(
             snapshot = tuple(history)
 
             def checkpoint(epoch: int = epoch + 1, snapshot: tuple[EpochResult, ...] = snapshot) -> dict:
-                return _checkpoint(
-                    config, data, model, optimizer, scheduler, perm_gen, aug_gen, epoch, snapshot
-                )
+                return _checkpoint(config, data, model, optimizer, scheduler, scaler, perm_gen, epoch, snapshot)
 
             on_epoch(result, checkpoint)
 
@@ -459,7 +529,12 @@ def fit(
                         transform=eval_tf, amp_dtype=amp_dtype)
     val_final = history[-1].val_accuracy if history else float("nan")
     return FitResult(history=tuple(history), val_accuracy=val_final, test_accuracy=test_acc,
-                     precision="fp32" if amp_dtype is None else "bf16")
+                     precision=precision_name(amp_dtype))
+
+
+def _aug_seed(seed: int, epoch: int) -> int:
+    """Seed of the augmentation generator for ``epoch`` (0-based) of a run seeded ``seed``."""
+    return (seed + 1) * 1_000_003 + epoch
 
 
 def _cached_features(
@@ -467,10 +542,13 @@ def _cached_features(
     transform: Callable[[Tensor], Tensor], amp_dtype: torch.dtype | None,
 ) -> tuple[Tensor, Tensor] | None:
     """(train, val) prefix outputs, or None when they would not fit the memory budget."""
+    # The size probe runs the uncompiled prefix: a batch of one would be one more compiled graph
+    # (dynamo specialises size-1 dimensions) used exactly once.
+    eager = getattr(prefix, "_orig_mod", prefix)
     with torch.no_grad():
-        prefix.eval()
+        eager.eval()
         with _autocast(device, amp_dtype):
-            probe = prefix(transform(dd.train_x[:1].to(device)))
+            probe = eager(transform(dd.train_x[:1].to(device)))
     n = len(dd.train_y) + len(dd.val_y)
     need = n * probe.numel() * probe.element_size()
     budget = FEATURE_CACHE_MAX_BYTES
@@ -489,13 +567,38 @@ def _cached_features(
 # torch.compile is slow to warm up, so a worker keeps one compiled model per shape of network and
 # loads each trial's fresh weights into it instead of compiling a new one.
 _COMPILED: dict[tuple, tuple[nn.Module, nn.Module, nn.Module]] = {}
+# The backend of torch.compile ("eager" or a counting backend lets the CPU tests trace without codegen).
+COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
+# Graphs one compiled unit may hold before dynamo gives up on it and runs it eagerly. A unit sees
+# train (grad) and eval (no_grad, inference_mode) modes, each at a static batch size first and a
+# dynamic one after the first other size (automatic dynamic shapes): 6 graphs; the rest is margin.
+RECOMPILE_LIMIT = 12
+
+
+def compile_unit(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)`` with recompiles counted for this module alone.
+
+    Every compiled nn.Sequential runs the same code object (Sequential.forward), and by default its
+    compiled entries share one recompile_limit (8): the prefixes and rests of all frozen-k variants,
+    in all modes and batch sizes, would count against it together, and after a few trials the next
+    variants would silently run uncompiled. ``isolate_recompiles`` gives each unit its own count.
+    """
+    return torch.compile(module, backend=COMPILE_BACKEND, isolate_recompiles=True,
+                         recompile_limit=RECOMPILE_LIMIT)
 
 
 def clear_caches() -> None:
     """Drop the per-process caches (device-resident data, compiled models) and free their memory,
-    e.g. after a CUDA out-of-memory error or before switching to a very different study."""
-    _COMPILED.clear()
+    e.g. after a CUDA out-of-memory error or before switching to a very different study.
+
+    Call it outside any ``except`` block: while an exception is being handled its traceback keeps
+    the failed run's frames, and with them its model, optimizer state and activations, alive.
+    """
+    if _COMPILED:
+        _COMPILED.clear()
+        torch._dynamo.reset()  # the code caches of the dropped modules, whose regions are never used again
     clear_device_cache()
+    gc.collect()  # modules and autograd graphs can sit in reference cycles
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -520,7 +623,7 @@ def prepare_model(
         if key not in _COMPILED:
             model = fresh.to(device, memory_format=memory_format)
             prefix, rest = split_model(model, k)
-            _COMPILED[key] = (model, torch.compile(prefix) if k > 0 else prefix, torch.compile(rest))
+            _COMPILED[key] = (model, compile_unit(prefix) if k > 0 else prefix, compile_unit(rest))
         model, prefix, rest = _COMPILED[key]
         model.load_state_dict(fresh.state_dict())
     else:
@@ -536,9 +639,12 @@ def prepare_model(
 
 
 def _to_cpu(obj: Any) -> Any:
-    """Deep copy with every tensor cloned to the CPU (the live ones keep changing after this)."""
+    """Deep copy with every tensor cloned to the CPU (the live ones keep changing after this).
+
+    Tensors are stored contiguous (NCHW), whatever the layout of the device that wrote them.
+    """
     if isinstance(obj, Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -546,10 +652,25 @@ def _to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every optimizer state tensor its parameter's memory layout (after ``load_state_dict``).
+
+    ``load_state_dict`` moves state to the parameter's device and dtype but keeps the strides it was
+    saved with: moments saved NCHW meet channels_last parameters on CUDA (whose fused AdamW refuses
+    them) or the reverse on a CPU, whose fused AdamW then pairs the wrong elements without a word.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for name, value in state.items():
+                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def _checkpoint(
     config: TrainConfig, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, perm_gen: torch.Generator, aug_gen: torch.Generator,
-    epoch: int, history: tuple[EpochResult, ...],
+    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
+    perm_gen: torch.Generator, epoch: int, history: tuple[EpochResult, ...],
 ) -> dict:
     sched = scheduler.state_dict()
     # LambdaLR stores callable objects by their __dict__; keep plain values so weights_only loads work.
@@ -563,7 +684,9 @@ def _checkpoint(
         "optimizer": _to_cpu(optimizer.state_dict()),
         "scheduler": _to_cpu(sched),
         "history": [asdict(r) for r in history],
-        "rng": {"perm": perm_gen.get_state(), "aug": aug_gen.get_state().cpu()},
+        # No augmentation state: its generator is reseeded from (seed, epoch) at every epoch.
+        "rng": {"perm": perm_gen.get_state()},
+        "scaler": scaler.state_dict() if scaler is not None else None,
     }
 
 

@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+# Exit code of a worker whose CUDA context broke (EX_TEMPFAIL): the supervisor restarts it.
+EXIT_DEVICE_LOST = 75
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -34,6 +37,30 @@ def physical_gpu(index: int) -> str:
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     entries = [e.strip() for e in inherited.split(",") if e.strip()]
     return entries[index] if index < len(entries) else str(index)
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the GPUs this process sees, counted without initialising CUDA in it.
+
+    A later CUDA_VISIBLE_DEVICES (one pinned GPU) must still take effect when training starts in
+    this process, and CUDA reads it once, at initialisation. NVML counts without initialising CUDA;
+    where NVML is unavailable torch would fall back to cudaGetDeviceCount, which does initialise
+    it (``--gpu 1`` would then train on GPU 0), so the count is taken in a child process instead.
+    """
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    if not torch.cuda._is_compiled():
+        return []
+    n = torch.cuda._device_count_nvml()
+    if n < 0:
+        code = "import torch; print(torch.cuda.device_count())"
+        try:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            n = int(out.stdout.strip().splitlines()[-1])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            n = 0
+    return list(range(n))
 
 
 def gpu_slots(gpus: Sequence[int], per_gpu: int) -> list[Slot]:
@@ -100,11 +127,14 @@ def supervise(
                     results[label] = code
                     continue
                 restarts[label] += 1
+                why = f"exited with code {code}"
+                if code == EXIT_DEVICE_LOST:
+                    why += " (its CUDA context broke; a new process gets a new one)"
                 if restarts[label] > max_restarts:
-                    log(f"[{label}] exited with code {code} {restarts[label]} times; giving up on it")
+                    log(f"[{label}] {why}, {restarts[label]} times; giving up on it")
                     results[label] = code
                     continue
-                log(f"[{label}] exited with code {code}; restarting ({restarts[label]}/{max_restarts})")
+                log(f"[{label}] {why}; restarting ({restarts[label]}/{max_restarts})")
                 start(by_label[label])
             time.sleep(0.2)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ from helpers import write_tiny_spec
 from optuna.trial import TrialState
 
 import sweep.train
+from sweep.objective import _is_oom
 from sweep.service import create_study, run_worker
 
 
@@ -118,3 +120,69 @@ def test_other_errors_fail_with_traceback_and_worker_continues(
     for t in study.trials:
         assert t.user_attrs["fail_reason"] == "error"
         assert "something broke" in t.user_attrs["traceback"]
+
+
+def test_after_an_oom_the_failed_model_is_freed_before_the_caches_are_cleared(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = _create(url, tmp_path, n_trials=2, epochs=1)
+    real_fit, real_clear = sweep.train.fit, sweep.train.clear_caches
+    models: list[weakref.ref[torch.nn.Module]] = []
+    alive_at_clear: list[bool] = []
+
+    def fit_that_ooms(*args: object, **kwargs: object) -> object:
+        if not models:
+            model = torch.nn.Linear(64, 64)  # what the traceback's frames would keep on the GPU
+            models.append(weakref.ref(model))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    def clear_caches() -> None:
+        alive_at_clear.append(models[0]() is not None)
+        real_clear()
+
+    monkeypatch.setattr(sweep.train, "fit", fit_that_ooms)
+    monkeypatch.setattr(sweep.train, "clear_caches", clear_caches)
+    summary = run_worker("tiny", storage_url=url, device="cpu")
+    assert alive_at_clear == [False]  # cleared once, after the failed trial's model was gone
+    assert summary.states == {"FAIL": 1, "COMPLETE": 1}
+    assert study.trials[0].user_attrs["fail_reason"] == "oom"
+
+
+@pytest.mark.parametrize(
+    ("message", "oom"),
+    [("CUDA out of memory. Tried to allocate 20.00 MiB", True),
+     ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
+     ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+     ("CUDA error: an illegal memory access was encountered", False),
+     ("mat1 and mat2 shapes cannot be multiplied", False)],
+)
+def test_oom_is_recognised_in_cudnn_and_cublas_words(message: str, oom: bool) -> None:
+    assert _is_oom(RuntimeError(message)) == oom
+
+
+def test_a_broken_cuda_context_hands_the_trial_back_and_stops_the_worker(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = _create(url, tmp_path, n_trials=2, epochs=1)
+    calls = []
+
+    def broken_gpu(*args: object, **kwargs: object) -> object:  # every CUDA call fails from now on
+        calls.append(1)
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(sweep.train, "fit", broken_gpu)
+    summary = run_worker("tiny", storage_url=url, device="cpu")
+    assert calls == [1] and summary.trials == 1  # no second trial taken
+    assert summary.device_lost and "illegal memory access" in summary.device_lost
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "device"
+    assert retry.state == TrialState.WAITING and retry.params == first.params  # not counted
+    # The retry breaks a (fresh) context again: it is the likelier culprit and fails for good.
+    summary = run_worker("tiny", storage_url=url, device="cpu")
+    assert summary.device_lost and len(study.trials) == 2
+    assert study.trials[1].state == TrialState.FAIL and "failed_trial" in study.trials[1].system_attrs
+    monkeypatch.undo()
+    # The trial that failed for good has spent one of the two; the handed-back attempt spent none.
+    assert run_worker("tiny", storage_url=url, device="cpu").trials == 1
+    assert [t.state for t in study.trials[2:]] == [TrialState.COMPLETE]

@@ -223,7 +223,10 @@ def test_auto_precision_is_bf16_only_where_it_pays(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: True)
     assert train_mod.resolve_precision(cpu, "auto", "cifar") == "bf16"
     assert train_mod.resolve_precision(cpu, "auto", "imagenet") == "fp32"  # overhead-bound; see docstring
+    monkeypatch.setattr(train_mod, "cuda_amp_dtype", lambda: torch.bfloat16)
     assert train_mod.resolve_precision(cuda, "auto", "imagenet") == "bf16"
+    monkeypatch.setattr(train_mod, "cuda_amp_dtype", lambda: torch.float16)  # before Ampere
+    assert train_mod.resolve_precision(cuda, "bf16", "cifar") == "fp16"
     monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: False)
     assert train_mod.resolve_precision(cpu, "auto", "cifar") == "fp32"  # emulated bf16 is slower
     assert train_mod.resolve_precision(cpu, "bf16", "imagenet") == "bf16"  # explicit wins
@@ -235,13 +238,211 @@ def test_auto_precision_is_bf16_only_where_it_pays(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_fit_trains_in_the_precision_it_reports(data: DataBundle, precision: str) -> None:
-    seen: list[dict] = []
+def test_fit_trains_in_the_precision_it_reports(
+    data: DataBundle, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[nn.Module] = []
+    real = train_mod.prepare_model
+
+    def spy(*args: object, **kwargs: object) -> tuple[nn.Module, nn.Module, nn.Module]:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        built.append(out[0])
+        return out
+
+    monkeypatch.setattr(train_mod, "prepare_model", spy)
     config = replace(BASE, epochs=1, stem="cifar", precision=precision, frozen_layers=2, aug_strength=0.0)
-    result = fit(config, data, "cpu", on_epoch=lambda r, ck: seen.append(ck()))
+    result = fit(config, data, "cpu")
     assert result.precision == precision
-    weight = seen[0]["model"]["layer3.0.conv1.weight"]
+    weight = built[0].layer3[0].conv1.weight
     # bf16 autocast runs with channels_last weights (what oneDNN's bf16 convolutions want)
     assert weight.is_contiguous(memory_format=torch.channels_last) == (precision == "bf16")
     assert weight.dtype == torch.float32  # autocast: the weights stay fp32
     assert result.val_accuracy > 0.2
+
+
+# ------------------------------------------------------------------ the CUDA path, exercised on the CPU
+
+
+@pytest.fixture(scope="module")
+def tiny() -> DataBundle:
+    """48 train / 16 val images of 8 px: for runs whose cost is per graph or per step, not per image."""
+    return load_data("synthetic", "", val_fraction=0.25, seed=0, resolution=8, subset=64)
+
+
+TINY = TrainConfig(epochs=1, lr=2e-3, batch_size=16, resolution=8, eval_batch_size=32, seed=0, aug_strength=0.0)
+
+
+def test_compiled_units_keep_compiling_across_trials(tiny: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten trials of different k and batch size: every unit stays compiled and graphs are reused."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", counter)
+    monkeypatch.setattr(train_mod, "_COMPILED", {})
+    # Exactly what one unit needs (see RECOMPILE_LIMIT), so that graphs counted across units would overflow.
+    monkeypatch.setattr(train_mod, "RECOMPILE_LIMIT", 6)
+    # Hitting a recompile limit (and falling back to eager with a mere warning) is an error here.
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    trials = [(0, 16), (2, 16), (5, 8), (1, 16), (3, 8), (4, 16), (2, 8), (0, 8), (5, 16), (3, 16)]
+
+    def trial(k: int, batch: int) -> int:
+        """Graphs compiled by one trial; odd k augment (prefix every step), even k use cached features."""
+        before = counter.frame_count
+        config = replace(TINY, compile=True, frozen_layers=k, batch_size=batch, aug_strength=0.5 * (k % 2))
+        fit(config, tiny, "cpu")
+        return counter.frame_count - before
+
+    compiles = [trial(k, batch) for k, batch in trials]
+    # A new variant compiles its graphs; a variant seen before re-traces each of its two units (prefix,
+    # rest) at most once, for a new batch size (automatic dynamic shapes), and not at all for one seen.
+    first_seen = [i for i, (k, _) in enumerate(trials) if k not in [kk for kk, _ in trials[:i]]]
+    assert all(compiles[i] > 0 for i in first_seen), compiles
+    assert all(compiles[i] <= 2 for i in range(len(trials)) if i not in first_seen), compiles
+    assert max(compiles) <= 2 * train_mod.RECOMPILE_LIMIT
+    assert trial(3, 16) == 0  # an 11th trial runs on graphs compiled before
+    torch._dynamo.reset()
+
+
+def test_labels_follow_the_features_to_their_device(tiny: DataBundle) -> None:
+    # Features on one device, labels in (pinned) host memory: as on a GPU when the data set stays
+    # on the host. The meta device stands in for CUDA: a cross-device index_select fails the same way.
+    feats = torch.empty((len(tiny.train_y), 4, 2, 2), device="meta")
+    batches = list(train_mod.tensor_batches(feats, tiny.train_y, 16, torch.Generator().manual_seed(0)))
+    assert len(batches) == 3
+    assert all(xb.device == yb.device == feats.device and len(yb) == 16 for xb, yb in batches)
+
+
+def test_cached_features_stay_channels_last_and_are_filled_in_place(
+    tiny: DataBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model("resnet18", weights="none", num_classes=10).to(memory_format=torch.channels_last)
+    prefix, _rest = split_model(model, 2)
+    transform = train_mod.make_transform(8, channels_last=True)
+
+    def no_cat(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("torch.cat needs the whole cache twice at its peak")
+
+    monkeypatch.setattr(torch, "cat", no_cat)
+    feats = train_mod.compute_features(prefix, tiny.train_x, batch_size=20, device=torch.device("cpu"),
+                                       transform=transform)
+    monkeypatch.undo()
+    assert feats.shape[0] == len(tiny.train_x) and feats.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = prefix.eval()(transform(tiny.train_x))
+    torch.testing.assert_close(feats, expected)
+    idx = torch.tensor([5, 0, 17])
+    rows = train_mod.select_rows(feats, idx)
+    assert rows.is_contiguous(memory_format=torch.channels_last) and not rows.is_contiguous()
+    torch.testing.assert_close(rows, feats[idx])
+
+
+def _channels_last_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make fit lay out its model channels_last on the CPU, as it does on CUDA."""
+    real = train_mod.prepare_model
+
+    def prepare(*args: object, **kwargs: object) -> tuple[nn.Module, nn.Module, nn.Module]:
+        model, prefix, rest = real(*args, **kwargs)  # type: ignore[arg-type]
+        model.to(memory_format=torch.channels_last)  # in place: prefix and rest share its modules
+        return model, prefix, rest
+
+    monkeypatch.setattr(train_mod, "prepare_model", prepare)
+
+
+def _as_written_on_cuda(ckpt: dict) -> dict:
+    """A CPU checkpoint as a CUDA worker would have written it before: 16-byte Philox generator state,
+    model and AdamW moments in the channels_last strides of its parameters."""
+    def layout(v: object) -> object:
+        if isinstance(v, torch.Tensor) and v.dim() == 4:
+            return v.contiguous(memory_format=torch.channels_last)
+        if isinstance(v, dict):
+            return {k: layout(x) for k, x in v.items()}
+        return v
+
+    out = {**ckpt, "model": layout(ckpt["model"]), "optimizer": layout(ckpt["optimizer"])}
+    return out | {"rng": {**ckpt["rng"], "aug": torch.zeros(16, dtype=torch.uint8)}}
+
+
+def _final_weights(config: TrainConfig, data: DataBundle, resume: dict | None = None) -> dict:
+    got: list[dict] = []
+    fit(config, data, "cpu", on_epoch=lambda r, ck: got.append(ck()), resume=resume)
+    return got[-1]["model"]
+
+
+def test_resume_across_device_types(data: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(BASE, frozen_layers=3, aug_strength=0.75)
+    first: list[dict] = []
+    fit(replace(config, epochs=1), data, "cpu", on_epoch=lambda r, ck: first.append(roundtrip(ck())))
+    cpu_ckpt = {**first[0], "config": {**first[0]["config"], "epochs": config.epochs}}
+    cpu_ckpt["rng"] = {**cpu_ckpt["rng"], "aug": torch.zeros(5056, dtype=torch.uint8)}  # a CPU generator's
+    cuda_ckpt = roundtrip(_as_written_on_cuda(cpu_ckpt))
+    # Either checkpoint resumed with NCHW parameters (the CPU) and with channels_last ones (as on
+    # CUDA) continues the same run exactly: a generator state of the other device type is not needed.
+    for layout in ("nchw", "channels_last"):
+        if layout == "channels_last":
+            _channels_last_model(monkeypatch)
+        from_cpu = _final_weights(config, data, cpu_ckpt)
+        from_cuda = _final_weights(config, data, cuda_ckpt)
+        for key, value in from_cpu.items():
+            torch.testing.assert_close(from_cuda[key], value, msg=f"{layout}: {key}", rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("saved_as", [torch.contiguous_format, torch.channels_last])
+def test_optimizer_state_takes_its_parameters_layout(saved_as: torch.memory_format) -> None:
+    # CUDA's fused AdamW refuses moments whose strides differ from their parameter's.
+    live_as = torch.channels_last if saved_as == torch.contiguous_format else torch.contiguous_format
+    model = build_model("resnet18", weights="none", num_classes=10).to(memory_format=saved_as)
+    opt = make_optimizer(model, BASE)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    saved = roundtrip(opt.state_dict())
+    model.to(memory_format=live_as)
+    fresh = make_optimizer(model, BASE)
+    fresh.load_state_dict(saved)
+    train_mod.match_param_layout(fresh)
+    conv = model.conv1.weight
+    assert conv.is_contiguous(memory_format=live_as)
+    for p in model.parameters():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert fresh.state[p][name].stride() == p.stride(), name
+    torch.testing.assert_close(fresh.state[conv]["exp_avg"], opt.state[conv]["exp_avg"])
+
+
+def test_cuda_amp_dtype_is_fp16_before_ampere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert train_mod.cuda_amp_dtype() == torch.float16  # emulated bf16 only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert train_mod.cuda_amp_dtype() == torch.bfloat16
+
+
+def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(
+    tiny: DataBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_mod, "configure_device", lambda device, precision, stem: torch.float16)
+    config = replace(TINY, epochs=2, frozen_layers=5)  # head on cached features: fp16 on a CPU is slow
+    got: list[dict] = []
+    result = fit(config, tiny, "cpu", on_epoch=lambda r, ck: got.append(roundtrip(ck())))
+    assert all(math.isfinite(r.train_loss) for r in result.history)
+    steps = len(tiny.train_y) // config.batch_size
+    assert [ck["scaler"]["_growth_tracker"] for ck in got] == [steps, 2 * steps]  # one update per step
+    resumed: list[dict] = []
+    fit(config, tiny, "cpu", on_epoch=lambda r, ck: resumed.append(ck()), resume=got[0])
+    assert resumed[-1]["scaler"] == got[-1]["scaler"]
+
+
+def test_train_bench_baseline_runs_with_its_own_backend_flags(tiny: DataBundle) -> None:
+    from sweep.bench import train as bench
+
+    stock = bench._backend_flags()
+    seen: list[tuple[bool, bool, bool]] = []
+    baseline = bench._under(stock, lambda n: seen.append(bench._backend_flags()))
+    try:
+        train_mod.configure_device(torch.device("cuda"))  # what the engine does to the whole process
+        engine = bench._backend_flags()
+        baseline(1)
+        assert seen == [stock] and bench._backend_flags() == engine != stock
+    finally:
+        bench._set_backend_flags(stock)
+    loader = bench._article_loader(tiny, 16, 1, torch.device("cpu"))
+    assert loader.persistent_workers  # no re-fork of the workers at an epoch boundary inside a timed window

@@ -129,3 +129,39 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> N
     assert sorted(retried[0].intermediate_values) == [1, 2]
     counted = [t for t in trials if "failed_trial" not in t.system_attrs]
     assert len(counted) == 2 and all(t.state.is_finished() for t in trials)
+
+
+# Loaded by every child worker of the test below (PYTHONPATH): the first child's "GPU" breaks for good.
+BROKEN_GPU = '''
+import os, pathlib
+marker = pathlib.Path(os.environ["BROKEN_ONCE"])
+if not marker.exists():
+    marker.write_text("broken")
+    import sweep.train
+
+    def fit(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    sweep.train.fit = fit
+'''
+
+
+def test_supervisor_restarts_a_worker_whose_cuda_context_broke(tmp_path: Path) -> None:
+    from sweep.workers import Slot, supervise
+
+    _create(tmp_path, n_trials=2, epochs=1)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(BROKEN_GPU)
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{hooks}:{root}", "BROKEN_ONCE": str(tmp_path / "broken"), "CUDA_VISIBLE_DEVICES": "",
+           **{k: v for k, v in _env(tmp_path).items() if k.startswith("SWEEP_")}}
+    logged: list[str] = []
+    code = supervise([Slot("gpu0", "cpu", env)], lambda slot: ["worker", "tiny", "--threads", "1"],
+                     log=logged.append)
+    assert code == 0, logged
+    assert len(logged) == 1 and "CUDA context broke" in logged[0] and "restarting (1/3)" in logged[0]
+    trials = _study(tmp_path).trials
+    # The broken worker took one trial and handed it back; the restarted one ran the budget of two.
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"] == "device" and trials[1].user_attrs["retry_of"] == 0

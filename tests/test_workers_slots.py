@@ -26,3 +26,19 @@ def test_cpu_slots_hide_gpus() -> None:
     slots = cpu_slots(3)
     assert [s.label for s in slots] == ["cpu0", "cpu1", "cpu2"]
     assert all(s.env["CUDA_VISIBLE_DEVICES"] == "" and s.device == "cpu" for s in slots)
+
+
+def test_gpus_are_counted_without_initialising_cuda_when_nvml_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cudaGetDeviceCount would initialise CUDA here, before `--gpu 1` sets CUDA_VISIBLE_DEVICES.
+    import torch
+
+    from sweep.workers import visible_gpus
+
+    def init_cuda() -> int:
+        raise AssertionError("CUDA initialised in the process that pins a GPU afterwards")
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: -1)
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", init_cuda, raising=False)
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
+    assert visible_gpus() == []  # counted by a child process: this machine has no GPU

@@ -92,8 +92,9 @@ def live_run(
         with budget_lock(storage, name):
             decision, trial = gate.next_trial()
         assert decision == "run" and trial is not None
-        state, value, reason = runner.run(trial, None)
-        log(f"  {method.name} trial {trial.number}: {state} {value if value is not None else ''} {reason or ''}")
+        out = runner.run(trial, None)
+        log(f"  {method.name} trial {trial.number}: {out.state} {'' if out.value is None else out.value} "
+            f"{out.reason or ''}")
     seconds = time.perf_counter() - started
     study.set_user_attr("live_seconds", round(seconds, 1))
     study.set_user_attr("live_budget_epochs", budget_epochs)  # last: marks the run as finished

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sweep import train as train_mod
 from sweep.bench import write_json
 from sweep.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, device_data, load_data
 from sweep.model import MAX_FROZEN, build_model, set_train_mode
@@ -83,9 +84,11 @@ def _article_loader(data: DataBundle, batch_size: int, workers: int, device: tor
     ])
     images = data.train_x.permute(0, 2, 3, 1).contiguous().numpy()
     ds = ArticleDataset(images, data.train_y.numpy(), transform)
+    # persistent_workers: the batches are drawn endlessly, so the timed windows cross epochs; without
+    # it every epoch boundary would fork the workers again inside a timed window.
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
 
 
@@ -95,6 +98,35 @@ def _forever(batches: Callable[[], Any]) -> Iterator[Any]:
 
 
 Runner = Callable[[int], None]  # runs n steps, synchronised at the end
+
+BackendFlags = tuple[bool, bool, bool]  # cudnn.benchmark, TF32 matmuls, TF32 convolutions
+
+
+def _backend_flags() -> BackendFlags:
+    b = torch.backends
+    return b.cudnn.benchmark, b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+
+
+def _set_backend_flags(flags: BackendFlags) -> None:
+    b = torch.backends
+    b.cudnn.benchmark, b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = flags
+
+
+def _under(flags: BackendFlags, run: Runner) -> Runner:
+    """``run`` with the process-wide backend flags set to ``flags`` while it runs.
+
+    The engine turns on cudnn.benchmark and TF32 for the whole process (``configure_device``); the
+    tutorial's pipeline must be timed with the flags it would have on its own.
+    """
+    def wrapped(n: int) -> None:
+        saved = _backend_flags()
+        _set_backend_flags(flags)
+        try:
+            run(n)
+        finally:
+            _set_backend_flags(saved)
+
+    return wrapped
 
 
 def _interleaved(runs: dict[str, Runner], steps: int, batch_size: int, window: int) -> dict[str, float]:
@@ -275,6 +307,7 @@ def run_train_bench(
     setting for it). ``data_only``: measure only the two data pipelines (seconds instead of a minute).
     """
     dev = torch.device(device)
+    stock_flags = _backend_flags()  # before the engine's configure_device changes them
     if data_root is not None:
         data = load_data("imagefolder", data_root, val_fraction=0.1, seed=0, subset=subset, cache_dir=cache_dir)
         source = f"imagefolder:{data_root} (subset {subset})"
@@ -306,7 +339,7 @@ def run_train_bench(
     seed_batches, close = _article_batches(data, config, dev, seed_workers)
     frozen = _with(config, frozen_layers=MAX_FROZEN)
     runs = {
-        "seed": _article_train_runner(seed_batches, config, dev),
+        "seed": _under(stock_flags, _article_train_runner(seed_batches, config, dev)),
         "engine": _engine_runner(data, config, dev, steps + warmup),
         "frozen": _engine_runner(data, frozen, dev, steps + warmup),
     }
@@ -444,9 +477,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-only", action="store_true", help="only the data pipelines, no training")
     p.add_argument("--stem", default="imagenet", choices=("imagenet", "cifar"), help="ResNet stem of both pipelines")
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's model (CUDA)")
+    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; eager: a dry run)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_backend:
+        train_mod.COMPILE_BACKEND = args.compile_backend
     run_train_bench(args.device, steps=args.steps, batch_size=args.batch_size, json_path=args.json,
                     data_root=args.data_root, subset=args.subset, arch=args.arch, seed_workers=args.seed_workers,
                     data_only=args.data_only, stem=args.stem, compile=args.compile)
