@@ -805,6 +805,7 @@ def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]
         "params": dict(trial.params),
         "val_accuracy": trial.value,
         "test_accuracy": trial.user_attrs.get("test_accuracy"),
+        "trained_precision": trial.user_attrs.get("precision"),  # bf16: the export runs in fp32
         "environment": env,  # library versions and git commit of the worker that trained it
         "git_commit": env.get("git_commit"),
         **extra,
