@@ -397,6 +397,8 @@ def status(
         )
         return
     table = Table(title=f"study {st.name}", show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
     done = sum(n for s, n in st.states.items() if s in ("COMPLETE", "PRUNED", "FAIL"))
     table.add_row("state", st.state.value)
     table.add_row("trials", f"{done} finished of {st.n_trials} budgeted")

@@ -200,3 +200,35 @@ def test_predict_console_script_reports_unreadable_files_and_classifies_the_rest
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 3 and any("missing.png: no such file" in e for e in errors)
     assert any("notes.txt" in e for e in errors) and any("broken.png" in e for e in errors)
+
+
+def test_status_json_names_kept_models_and_cost(swept: Sweep) -> None:
+    result = runner.invoke(app, ["status", "tiny", "--json", "--storage", swept.url])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    kept = kept_models(swept.study.user_attrs)
+    assert [k["trial"] for k in status["kept_models"]] == [k.trial for k in kept]
+    assert all(Path(k["path"]).is_file() for k in status["kept_models"])
+    cost = status["cost"]
+    assert cost["unit"] == "seconds" and len(cost["trials"]) == 3
+    assert cost["best"]["trial"] == _best(swept).number and cost["pareto"]
+    front = [p for p in cost["trials"] if p["trial"] in cost["pareto"]]
+    assert front[-1]["val_accuracy"] == cost["best"]["val_accuracy"]  # the front ends at the best accuracy
+    assert all(p["compute_s"] > 0 and p["epochs"] == 2 for p in cost["trials"])
+    table = runner.invoke(app, ["status", "tiny", "--storage", swept.url])
+    assert "kept models" in table.output and "Pareto front" in table.output
+
+
+def test_rerun_export_gives_a_trial_without_kept_model_its_model(swept: Sweep, tmp_path: Path) -> None:
+    kept = {k.trial for k in kept_models(swept.study.user_attrs)}
+    (number,) = {0, 1, 2} - kept
+    trial = swept.study.trials[number]
+    result = runner.invoke(app, ["rerun", "tiny", str(number), "--device", "cpu", "--export", str(tmp_path / "m"),
+                                 "--storage", swept.url])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    # On a CPU the retrained model is the trial's model: the same validation accuracy.
+    assert card["retrained"] is True and card["trial"] == number and card["val_accuracy"] == trial.value
+    assert (tmp_path / "m" / "model.pt2").is_file() and (tmp_path / "m" / "state_dict.pt").is_file()
+    again = runner.invoke(app, ["rerun", "tiny", str(number), "--export", str(tmp_path / "m"), "--storage", swept.url])
+    assert again.exit_code == 2 and "already exists" in again.output
