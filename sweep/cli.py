@@ -450,12 +450,12 @@ def list_(storage: StorageOpt = DEFAULT_URL) -> None:
         console.print("no studies yet; create one: sweep create SPEC")
         return
     table = Table(title="studies")
-    for col in ("study", "budget", "trials", "best val acc", "best params"):
+    for col in ("study", "state", "budget", "trials", "best val acc", "best params"):
         table.add_column(col)
     for st in statuses:
         best = f"{st.best_value:.4f}" if st.best_value is not None else "-"
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in st.best_params.items())
-        table.add_row(st.name, str(st.n_trials), _state_cell(st.states) or "-", best, params)
+        table.add_row(st.name, st.state.value, str(st.n_trials), _state_cell(st.states) or "-", best, params)
     console.print(table)
 
 

@@ -50,6 +50,15 @@ def test_commands_change_state_and_budget_and_refuse_bad_input(tmp_path: Path) -
     assert code == 0 and "budget 2 -> 5" in out
     status = json.loads(_cli(url, "status", "tiny", "--json")[1])
     assert status["state"] == "running" and status["n_trials"] == 5
+    code, out = _cli(url, "list")
+    assert code == 0 and re.search(r"tiny\s*│\s*running\s*│\s*5", out)
+
+
+def test_help_of_the_new_commands() -> None:
+    for command in ("pause", "resume", "extend", "export", "predict"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, result.output
+    assert "--wait" in runner.invoke(app, ["worker", "--help"]).output
 
 
 def test_state_of_counts_retries_once_and_running_or_queued_trials() -> None:
