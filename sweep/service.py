@@ -460,8 +460,11 @@ class _TrialRunner:
         tell(values=value)
         if self.artifacts is not None and self.spec.checkpoint.keep_best > 0:
             # After the tell: the top K are read from the database (see sweep.kept).
-            retry_on_locked(lambda: reconcile(self.storage, study._study_id, study.study_name, self.artifacts,
-                                              self.spec.checkpoint.keep_best))
+            try:
+                retry_on_locked(lambda: reconcile(self.storage, study._study_id, study.study_name, self.artifacts,
+                                                  self.spec.checkpoint.keep_best))
+            except Exception as exc:  # noqa: BLE001 - the result is told; the next completion reconciles
+                self.progress.message(f"trial {trial.number}: kept models not updated ({type(exc).__name__}: {exc})")
         return "COMPLETE", value, None
 
 
