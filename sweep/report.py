@@ -1011,8 +1011,8 @@ def _kept(s: StudyData) -> str:
     if not s.kept:
         return '<h3>Kept models</h3><p class="note kept">none (checkpoint.keep_best = 0, or no trial completed)</p>'
     rows = "".join(f"<tr><td>#{k.trial}</td><td>{_acc(k.value)}</td><td><code>{_esc(k.path or k.artifact_id)}</code>"
-                   f"</td><td><code>sweep export {_shell_quote(s.name)} --trial {k.trial} --output DIR</code></td></tr>"
-                   for k in s.kept)
+                   f"</td><td><code>{_esc(f'sweep export {_shell_quote(s.name)} --trial {k.trial} --output DIR')}"
+                   "</code></td></tr>" for k in s.kept)
     return f'<h3>Kept models</h3><table class="kv kept">{rows}</table>'
 
 

@@ -8,6 +8,7 @@ CLI, the tests and a notebook can all drive the same code. Errors a user can fix
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import tempfile
 import threading
@@ -253,6 +254,15 @@ def _heartbeat(
         thread.join(timeout=5)
 
 
+class Decision(enum.StrEnum):
+    """What the budget gate tells a worker (equal to its plain string value)."""
+
+    RUN = "run"  # a trial was taken
+    WAIT = "wait"  # budget spent, but a running trial may still come back for a retry
+    DONE = "done"  # budget spent, nothing running
+    PAUSED = "paused"  # `sweep pause`: no trial is handed out
+
+
 class _BudgetGate:
     """Decides, under the budget lock, whether this worker may take another trial."""
 
@@ -263,8 +273,8 @@ class _BudgetGate:
         self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
         self.last_stale_check = float("-inf")
 
-    def next_trial(self) -> tuple[str, optuna.Trial | None]:
-        """('run', trial) / ('wait', None) / ('done', None) / ('paused', None)."""
+    def next_trial(self) -> tuple[Decision, optuna.Trial | None]:
+        """(RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
         now = time.monotonic()
         # Stale trials only appear after a grace period of several heartbeats: checking once per
         # heartbeat interval finds them as early, at a fraction of the cost per trial.
@@ -273,18 +283,18 @@ class _BudgetGate:
             self.last_stale_check = now
         attrs = self.storage.get_study_user_attrs(self.study._study_id)  # pause and budget: read fresh
         if control.is_paused(attrs):
-            return "paused", None
+            return Decision.PAUSED, None
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
         if waiting or spent < control.budget(attrs, self.spec.n_trials):
-            return "run", self.study.ask()
+            return Decision.RUN, self.study.ask()
         if running:
             # Budget spent, but a running trial may still die and come back for a retry.
             self.last_stale_check = float("-inf")
-            return "wait", None
-        return "done", None
+            return Decision.WAIT, None
+        return Decision.DONE, None
 
 
-def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[str, optuna.Trial | None]:
+def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[Decision, optuna.Trial | None]:
     """One budget decision with a fresh stale-trial check (call under ``budget_lock``)."""
     return _BudgetGate(study, spec).next_trial()
 
@@ -359,15 +369,15 @@ def run_worker(
             break
         with budget_lock(storage, name):
             decision, trial = retry_on_locked(gate.next_trial)
-        if decision == "done":
+        if decision == Decision.DONE:
             break
-        if decision == "paused":
+        if decision == Decision.PAUSED:
             summary.paused = True
             if not wait_paused:
                 events.message("study paused: no new trials until `sweep resume`; exiting")
                 break
-        if decision in ("paused", "wait"):
-            why = ("study paused: waiting for `sweep resume`" if decision == "paused"
+        if decision in (Decision.PAUSED, Decision.WAIT):
+            why = ("study paused: waiting for `sweep resume`" if decision == Decision.PAUSED
                    else "budget reached; waiting for trials still running on other workers")
             if why != said:
                 events.message(why)

@@ -265,6 +265,7 @@ def test_user_strings_are_escaped() -> None:
         _trial(TrialState.FAIL, [], params={"lr": 1e-4}, fail_reason=evil_reason, traceback='x"><img src=y>'),
     ])
     study.set_user_attr("spec", {"name": XSS, "note": "</pre><img src=x onerror=alert(2)>"})
+    study.set_user_attr("kept_models", [{"trial": 1, "value": 0.6, "artifact_id": "a", "path": "<img src=z>"}])
     page = report.render_html(report.gather([study], storage_label="<i>db</i>"))
     for bad in (XSS, "<img", "<b>h", "<i>db", "alert(3)</script>"):
         assert bad not in page
