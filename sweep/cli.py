@@ -212,6 +212,9 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="While the study is paused (sweep pause), stay and poll instead of exiting.")
+    ] = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Pull trials from the study and run them until its budget is spent.
@@ -234,7 +237,7 @@ def worker(
             raise _fail(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
     slots_needed = len(gpu_list) * per_gpu if gpu_list else (workers if device in ("auto", "cpu") else 1)
     if slots_needed > 1:
-        _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage, artifacts)
+        _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage, artifacts, wait)
         return
     if gpu_list:  # one GPU: pin it in this very process; CUDA was only counted via NVML, not started
         from sweep.workers import physical_gpu
@@ -267,9 +270,11 @@ def worker(
             stop=stop,
             events=events,
             artifacts=artifacts,
+            wait_paused=wait,
         )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
-    how = "stopped" if summary.stopped else "lost its GPU" if summary.device_lost else "done"
+    how = ("stopped" if summary.stopped else "lost its GPU" if summary.device_lost
+           else "paused" if summary.paused else "done")
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
@@ -294,6 +299,7 @@ def _supervise(
     threads: int | None,
     storage: str,
     artifacts: str | None,
+    wait: bool = False,
 ) -> None:
     from sweep.workers import Slot, cpu_slots, gpu_slots, supervise
 
@@ -308,6 +314,7 @@ def _supervise(
             + ["--device", slot.device, "--storage", storage, "--threads", str(threads)]
         )
         args += ["--artifacts", artifacts] if artifacts else []
+        args += ["--wait"] if wait else []
         return args + (["--n-trials", str(n_trials)] if n_trials else [])
 
     console.print(f"starting {len(slots)} worker processes: {', '.join(s.label for s in slots)}")
@@ -385,12 +392,18 @@ def status(
                     "best_params": st.best_params,
                     "best_number": st.best_number,
                     "running": [{k: v for k, v in r.items() if k != "started"} for r in st.running],
+                    "state": st.state.value,
+                    "kept_models": [k.to_json() for k in st.kept],
+                    "cost": st.cost.to_json() if st.cost is not None else None,
                 }
             )
         )
         return
     table = Table(title=f"study {st.name}", show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
     done = sum(n for s, n in st.states.items() if s in ("COMPLETE", "PRUNED", "FAIL"))
+    table.add_row("state", st.state.value)
     table.add_row("trials", f"{done} finished of {st.n_trials} budgeted")
     table.add_row("by state", _state_cell(st.states) or "none yet")
     table.add_row(
@@ -398,6 +411,11 @@ def status(
     )
     for k, v in st.best_params.items():
         table.add_row(f"  {k}", _fmt(v))
+    _cost_rows(table, st.cost)
+    kept = f"{len(st.kept)} (sweep export {st.name} --trial N --output DIR)" if st.kept else "none"
+    table.add_row("kept models", kept)
+    for k in st.kept:
+        table.add_row(f"  trial {k.trial}", f"{k.value:.4f}  {k.path or k.artifact_id}")
     console.print(table)
     if st.running:
         run = Table(title="running")
@@ -407,6 +425,21 @@ def status(
             acc = f"{r['last_acc']:.4f}" if r["last_acc"] is not None else "-"
             run.add_row(str(r["number"]), str(r["host"]), str(r["device"]), str(r["epoch"]), acc)
         console.print(run)
+
+
+def _cost_rows(table: Table, cost: Any) -> None:
+    """Best trial's compute and the cheapest trial within one point of it."""
+    if cost is None or cost.best is None:
+        return
+    best, cheap = cost.best, cost.cheapest_near_best
+    table.add_row("best's compute", f"{best.compute_s:.1f} {cost.unit} ({best.epoch_s:.2f} per epoch)")
+    if cheap is not None and cheap.number != best.number:
+        table.add_row(
+            "cheapest within 1 pt",
+            f"trial {cheap.number}: {cheap.value:.4f}, frozen_layers={cheap.frozen_layers}, "
+            f"{cheap.compute_s:.1f} {cost.unit}, {cost.speedup:.2f}x faster",
+        )
+    table.add_row("Pareto front", ", ".join(f"#{r.number}" for r in cost.pareto))
 
 
 @app.command("list")
@@ -420,12 +453,12 @@ def list_(storage: StorageOpt = DEFAULT_URL) -> None:
         console.print("no studies yet; create one: sweep create SPEC")
         return
     table = Table(title="studies")
-    for col in ("study", "budget", "trials", "best val acc", "best params"):
+    for col in ("study", "state", "budget", "trials", "best val acc", "best params"):
         table.add_column(col)
     for st in statuses:
         best = f"{st.best_value:.4f}" if st.best_value is not None else "-"
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in st.best_params.items())
-        table.add_row(st.name, str(st.n_trials), _state_cell(st.states) or "-", best, params)
+        table.add_row(st.name, st.state.value, str(st.n_trials), _state_cell(st.states) or "-", best, params)
     console.print(table)
 
 
@@ -446,6 +479,10 @@ def rerun(
         Precision | None,
         typer.Option("--precision", help="Override the study's train.precision, e.g. fp32 to check a bf16 trial."),
     ] = None,
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Also write the retrained model here, as `sweep export` does.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the export files in an existing folder.")] = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Train one trial's params again from scratch (same seed) and compare with the stored values.
@@ -459,7 +496,7 @@ def rerun(
 
     with _user_errors():
         r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show,
-                        precision=precision.value if precision is not None else None)
+                        precision=precision.value if precision is not None else None, export=export, force=force)
     table = Table(
         title=f"study {r.study}, trial {r.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())
     )
@@ -472,6 +509,125 @@ def rerun(
         table.add_row(str(i + 1), old, new)
     table.add_row("test", f"{r.stored_test:.4f}" if r.stored_test is not None else "-", f"{r.new_test:.4f}")
     console.print(table)
+    if export is not None:
+        console.print(f"retrained model exported to {export.resolve()}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- export / predict
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write model.pt2, state_dict.pt, "
+                                         "model.json into (must not exist, unless --force).")],
+    trial: Annotated[
+        int | None, typer.Option("--trial", min=0, help="Trial number (default: the best trial).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the export files in an existing folder.")] = False,
+    artifacts: Annotated[
+        str | None,
+        typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
+                     help="The folder the workers stored models in (default: storage/artifacts)."),
+    ] = None,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Export a kept model: a torch.export program, a torchvision state dict and model.json."""
+    from sweep.service import export_trial
+
+    with _user_errors():
+        r = export_trial(study, trial, output, storage_url=storage, artifacts=artifacts, force=force)
+    console.print(f"trial {r.number} of {r.study} (val acc {r.value:.4f}) exported to {output.resolve()}: "
+                  + ", ".join(p.name for p in r.files), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="A folder written by `sweep export`.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files or folders (searched recursively).")],
+    top: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes shown per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
+) -> None:
+    """Classify images with an exported model: the top classes per image.
+
+    A file that is not a readable image gets a line on stderr; the others are still classified and
+    the command exits with code 1 at the end.
+    """
+    from sweep.export import Prediction
+    from sweep.service import predict as run_predict
+
+    with _user_errors():
+        results = run_predict(model_dir, inputs, k=top, threads=threads)
+    bad = [r for r in results if not isinstance(r, Prediction)]
+    good = [r for r in results if isinstance(r, Prediction)]
+    for r in bad:
+        err_console.print(f"[bold red]error:[/] {escape(r.path)}: {escape(r.reason)}", highlight=False,
+                          soft_wrap=True)
+    if as_json:
+        print(json.dumps([{"path": r.path, "top": [{"class": c, "probability": p} for c, p in r.top]}
+                          for r in good], indent=2))
+    else:
+        table = Table(title=f"{len(good)} images")
+        table.add_column("image")
+        for i in range(1, top + 1):
+            table.add_column(f"top-{i}" if top > 1 else "class")
+        for r in good:
+            table.add_row(escape(r.path), *(f"{escape(c)} {p:.3f}" for c, p in r.top))
+        console.print(table)
+    if bad:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- pause / resume / extend
+
+
+def _said(r: Any, what: str) -> None:
+    console.print(f"study {r.study}: {what}; now {r.state.value}, budget {r.n_trials} trials", highlight=False)
+
+
+@app.command()
+def pause(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """No worker takes a new trial; running trials finish their epoch, checkpoint and go back to the queue.
+
+    Workers then exit 0 (`sweep worker --wait`: they stay and poll until `sweep resume`).
+    """
+    from sweep.service import pause_study
+
+    with _user_errors():
+        r = pause_study(storage, study)
+    _said(r, f"paused ({r.running} running trials hand themselves back after their current epoch)")
+
+
+@app.command()
+def resume(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Hand trials out again; a handed-back trial resumes from its checkpoint. Start workers if none wait."""
+    from sweep.service import resume_study
+
+    with _user_errors():
+        r = resume_study(storage, study)
+    _said(r, "resumed")
+
+
+@app.command()
+def extend(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    n_trials: Annotated[int, typer.Option("--n-trials", min=1, help="The new trial budget of the whole study.")],
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Set a new trial budget (never below the trials already finished, running or queued)."""
+    from sweep.service import extend_study
+
+    with _user_errors():
+        r = extend_study(storage, study, n_trials)
+    before = r.previous_n_trials if r.previous_n_trials is not None else r.n_trials
+    _said(r, f"budget {before} -> {r.n_trials}")
 
 
 # --------------------------------------------------------------------------- bench

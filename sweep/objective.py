@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from sweep.kept import FINAL_MODEL_ATTR
 from sweep.search import suggest_params
 from sweep.spec import StudySpec
 
@@ -123,6 +124,28 @@ class Checkpoints:
             self.trial.set_user_attr(self.ATTR, None)
             self.current = None
 
+    def store_final(self, payload: dict) -> dict[str, Any] | None:
+        """Upload a completed trial's final model and record it on the trial (``final_model``).
+
+        Recorded before the trial is told COMPLETE, so a completed trial never lacks its model;
+        ``sweep.kept.reconcile`` removes it again unless the trial is among the study's best.
+        Returns the record, or None without a store.
+        """
+        if self.store is None:
+            return None
+        import torch
+        from optuna.artifacts import upload_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"trial{self.trial.number}-final.pt")
+            torch.save(payload, path)
+            artifact_id = upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
+        base = getattr(self.store, "_base_path", None)  # FileSystemArtifactStore: say where the file is
+        where = os.path.abspath(os.path.join(base, artifact_id)) if base else None
+        record = {"artifact_id": artifact_id, "path": where}
+        self.trial.set_user_attr(FINAL_MODEL_ATTR, record)
+        return record
+
     def _remove(self, ckpt: dict[str, Any] | None) -> None:
         if self.store is not None and ckpt:
             with contextlib.suppress(Exception):  # already gone (another retry cleaned up)
@@ -221,7 +244,7 @@ def run_trial(
     resumed_epoch = int(resume["epoch"]) if resume is not None else 0
     # A retry inherits its predecessor's attributes: keep the per-epoch history, drop the failure.
     epoch_seconds: list[float] = list(trial.user_attrs.get("epoch_seconds", []))[:resumed_epoch]
-    for stale in ("fail_reason", "traceback", "test_accuracy"):
+    for stale in ("fail_reason", "traceback", "test_accuracy", FINAL_MODEL_ATTR):
         if stale in trial.user_attrs:
             trial.set_user_attr(stale, None)
     if original_number is not None:
@@ -242,6 +265,9 @@ def run_trial(
         progress.message(f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial "
                          f"{original_number})")
 
+    keep = checkpoints.store is not None and spec.checkpoint.keep_best > 0
+    final: dict[str, Any] = {}
+
     def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
         epoch_seconds.append(result.seconds)
         trial.report(result.val_accuracy, result.epoch)
@@ -249,6 +275,8 @@ def run_trial(
         trial.set_user_attr("epoch_seconds", list(epoch_seconds))
         progress.epoch_done(trial.number, result.epoch, spec.epochs, result.val_accuracy, result.seconds)
         if result.epoch >= spec.epochs:
+            if keep:
+                final["model"] = checkpoint()["model"]  # CPU copies of the final weights
             return  # all epochs done: pruning now would save nothing and hide a finished result
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
@@ -297,4 +325,31 @@ def run_trial(
     checkpoints.discard()
     finish()
     trial.set_user_attr("test_accuracy", result.test_accuracy)
+    if "model" in final:
+        try:
+            checkpoints.store_final(final_model_payload(final["model"], config, data))
+        except Exception as exc:  # noqa: BLE001 - a full disk must not cost the trial its result
+            progress.message(f"trial {trial.number}: final model not stored ({type(exc).__name__}: {exc})")
     return result.val_accuracy
+
+
+FINAL_MODEL_FORMAT = 1
+
+
+def final_model_payload(state: dict, config: TrainConfig, data: DataBundle) -> dict[str, Any]:
+    """What a kept model file holds: the weights and everything ``sweep export`` needs to describe them
+    (plain values and CPU tensors: loadable with ``weights_only=True``)."""
+    import dataclasses
+
+    from sweep.data import IMAGENET_MEAN, IMAGENET_STD
+
+    return {
+        "format": FINAL_MODEL_FORMAT,
+        "model": state,
+        "config": dataclasses.asdict(config),
+        "classes": list(data.classes),
+        "data_resolution": data.resolution,
+        "data_fingerprint": data.fingerprint,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }

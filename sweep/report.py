@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from sweep import control
+from sweep.kept import KeptModel, kept_models
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -48,6 +51,8 @@ MAX_PARCOORDS = 2500
 GL_THRESHOLD = 1000
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 PLOTLYJS_MODES = ("inline", "cdn")
+# "Within one point" of the best trial: one percentage point of validation accuracy.
+NEAR_BEST = 0.01
 
 
 # --------------------------------------------------------------------------- data
@@ -72,6 +77,70 @@ class TrialRow:
     epoch_s: float | None = None  # this trial's mean seconds per epoch, when it recorded them
     retry_of: int | None = None
     error: str = ""  # last line of the traceback, if any
+    compute_s: float | None = None  # seconds of all its epochs (resumed ones too): what it cost
+    frozen_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    """Accuracy against compute over the completed trials that recorded their epoch times.
+
+    ``unit`` is GPU-seconds when every such trial ran on a GPU (one GPU per trial), else seconds.
+    ``pareto``: trials no other trial beats on both accuracy and cost, cheapest first.
+    ``cheapest_near_best``: the cheapest trial within NEAR_BEST of the best; ``speedup`` = the best
+    trial's compute / its compute.
+    """
+
+    unit: str
+    trials: tuple[TrialRow, ...]
+    pareto: tuple[TrialRow, ...]
+    best: TrialRow | None
+    cheapest_near_best: TrialRow | None
+    speedup: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        def point(r: TrialRow | None) -> dict[str, Any] | None:
+            if r is None:
+                return None
+            return {"trial": r.number, "val_accuracy": r.value, "compute_s": r.compute_s, "epoch_s": r.epoch_s,
+                    "epochs": r.epochs, "frozen_layers": r.frozen_layers, "device": r.device}
+
+        return {
+            "unit": self.unit,
+            "trials": [point(r) for r in self.trials],
+            "pareto": [r.number for r in self.pareto],
+            "best": point(self.best),
+            "cheapest_within_one_point": point(self.cheapest_near_best),
+            "speedup": self.speedup,
+        }
+
+
+def cost_summary(rows: Sequence[TrialRow]) -> CostSummary:
+    """The accuracy/cost trade-off of a study's completed trials."""
+    done = sorted((r for r in rows if r.state == "COMPLETE" and r.value is not None and r.compute_s),
+                  key=lambda r: (r.compute_s, -(r.value or 0.0), r.number))
+    unit = "GPU-seconds" if done and all(r.device.startswith("cuda") for r in done) else "seconds"
+    pareto: list[TrialRow] = []
+    for r in done:  # cheapest first: a trial is on the front when it beats every cheaper one
+        if not pareto or (r.value or 0.0) > (pareto[-1].value or 0.0):
+            pareto.append(r)
+    best = max(done, key=lambda r: (r.value or 0.0, -r.number), default=None)
+    cheap = None
+    if best is not None:
+        cheap = next(r for r in done if (r.value or 0.0) >= (best.value or 0.0) - NEAR_BEST - 1e-12)
+    speedup = (best.compute_s or 0.0) / cheap.compute_s if best and cheap and cheap.compute_s else None
+    return CostSummary(unit, tuple(done), tuple(pareto), best, cheap, speedup)
+
+
+def cost_summary_of(study: str, trials: Sequence[FrozenTrial], spec: Mapping[str, Any]) -> CostSummary:
+    """``cost_summary`` straight from a study's trials (for ``sweep status``)."""
+    return cost_summary([_row(study, t, _fixed_frozen(spec)) for t in trials])
+
+
+def _fixed_frozen(spec: Mapping[str, Any]) -> int | None:
+    train = spec.get("train") if isinstance(spec, Mapping) else None
+    value = train.get("frozen_layers") if isinstance(train, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -92,6 +161,10 @@ class StudyData:
     planned_epochs: int | None = None
     param_types: dict[str, str] = field(default_factory=dict)  # float | log | int | categorical
     importance_note: str = ""  # why importances are missing, when they are
+    state: control.SweepState = control.SweepState.RUNNING
+    n_trials: int | None = None  # the budget (`sweep extend` may have changed the spec's)
+    kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept, best first
+    cost: CostSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -135,17 +208,19 @@ def _last_line(text: Any) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _row(study: str, t: FrozenTrial) -> TrialRow:
+def _row(study: str, t: FrozenTrial, fixed_frozen: int | None = None) -> TrialRow:
     attrs = t.user_attrs
     curve = tuple(float(v) for _, v in sorted(t.intermediate_values.items()))
     epochs_run = attrs.get("epochs_run")
     epochs = int(epochs_run) if isinstance(epochs_run, (int, float)) and not isinstance(epochs_run, bool) \
         else len(curve)
     secs = attrs.get("epoch_seconds")
-    epoch_s = None
+    epoch_s = compute_s = None
     if isinstance(secs, (list, tuple)):
         good = [s for s in (_finite(x) for x in secs) if s is not None and math.isfinite(s)]
         epoch_s = sum(good) / len(good) if good else None
+        compute_s = sum(good) if good else None
+    frozen = t.params.get("frozen_layers", fixed_frozen)
     test = _finite(attrs.get("test_accuracy"))
     retry = attrs.get("retry_of")
     device = str(attrs.get("device") or "")
@@ -167,6 +242,8 @@ def _row(study: str, t: FrozenTrial) -> TrialRow:
         epoch_s=epoch_s,
         retry_of=retry if isinstance(retry, int) and not isinstance(retry, bool) else None,
         error=_last_line(attrs.get("traceback")),
+        compute_s=compute_s,
+        frozen_layers=frozen if isinstance(frozen, int) and not isinstance(frozen, bool) else None,
     )
 
 
@@ -240,7 +317,7 @@ def _study_data(study: optuna.Study, *, importances: bool) -> StudyData:
     spec = study.user_attrs.get("spec")
     spec = dict(spec) if isinstance(spec, Mapping) else {}
     frozen = study.get_trials(deepcopy=False)
-    rows = tuple(sorted((_row(name, t) for t in frozen), key=lambda r: r.number))
+    rows = tuple(sorted((_row(name, t, _fixed_frozen(spec)) for t in frozen), key=lambda r: r.number))
     counts = {s: 0 for s in STATE_ORDER}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -300,7 +377,17 @@ def _study_data(study: optuna.Study, *, importances: bool) -> StudyData:
         planned_epochs=planned,
         param_types=_param_types(frozen),
         importance_note=note,
+        **_control_fields(study, spec, frozen),
+        cost=cost_summary(rows),
     )
+
+
+def _control_fields(study: optuna.Study, spec: Mapping[str, Any], trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    attrs = study.user_attrs
+    planned = spec.get("n_trials")
+    budget = control.budget(attrs, planned if isinstance(planned, int) and not isinstance(planned, bool) else 0)
+    return {"state": control.state_of(attrs, budget, trials), "n_trials": budget or None,
+            "kept": kept_models(attrs)}
 
 
 def gather(
@@ -687,6 +774,40 @@ def _heatmap(data: ReportData, s: StudyData) -> go.Figure | None:
     return fig
 
 
+def _cost(data: ReportData) -> go.Figure | None:
+    """Validation accuracy against compute per completed trial, the Pareto front drawn as a step line."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    units = set()
+    for i, s in enumerate(data.studies):
+        c = s.cost
+        if c is None or not c.trials:
+            continue
+        units.add(c.unit)
+        text = [f"trial #{r.number}<br>{_dur(r.compute_s)} total, {_dur(r.epoch_s)}/epoch × {r.epochs}"
+                f"<br>{_hover_params(r.params)}" for r in c.trials]
+        fig.add_trace(_scatter(len(c.trials))(
+            x=[round(r.compute_s or 0.0, 3) for r in c.trials], y=[_num(r.value or 0.0) for r in c.trials],
+            mode="markers", name=_label(data, s, "trials"), legendgroup=str(i), text=text,
+            marker={"color": [r.frozen_layers if r.frozen_layers is not None else -1 for r in c.trials],
+                    "colorscale": "Viridis", "cmin": 0, "cmax": 5, "size": 7,
+                    "showscale": i == 0, "colorbar": {"title": "frozen layers"}},
+            hovertemplate="%{y:.4f}<br>%{text}<extra></extra>",
+        ))
+        fig.add_trace(go.Scatter(
+            x=[round(r.compute_s or 0.0, 3) for r in c.pareto], y=[_num(r.value or 0.0) for r in c.pareto],
+            mode="lines+markers", name=_label(data, s, "Pareto front"), legendgroup=str(i),
+            line={"color": _color(i), "width": 2, "shape": "hv"}, hoverinfo="skip",
+        ))
+    if not fig.data:
+        return None
+    unit = units.pop() if len(units) == 1 else "seconds"
+    fig.update_layout(xaxis_title=f"compute per trial ({unit}, all epochs)", yaxis_title="validation accuracy",
+                      xaxis_type="log")
+    return fig
+
+
 def build_figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     """The report's plots, in page order, as (title, figure); titles are already HTML-escaped."""
     figs: list[tuple[str, go.Figure | None]] = [("Optimization history", _history(data))]
@@ -696,6 +817,7 @@ def build_figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     figs.append(("Parallel coordinates" + (f" ({note})" if note else ""), par))
     figs.append(("Parameter importances", _importance_fig(data)))
     figs.append(("Slice plots", _slices(data)))
+    figs.append(("Accuracy against cost", _cost(data)))
     for s in data.studies:
         title = "Best accuracy by lr × frozen_layers"
         figs.append((f"{title}: {_esc(s.name)}" if len(data.studies) > 1 else title, _heatmap(data, s)))
@@ -831,6 +953,8 @@ def _study_header(s: StudyData, multi: bool) -> str:
         _stat(_acc(s.best.value) if s.best else "–", "best validation accuracy"),
         _stat(_esc(s.spec.get("epochs", s.planned_epochs or "?")), "epochs per trial (planned)"),
         _stat(_esc(s.direction), "direction"),
+        _stat(f'<span class="sweep-state">{_esc(s.state.value)}</span>', "sweep state"),
+        _stat(str(s.n_trials) if s.n_trials else "?", "trial budget"),
     ])
     spec = _esc(json.dumps(s.spec, indent=2, default=str)) if s.spec else "(no spec stored in the study)"
     title = f"<h2>Study <span class=name>{_esc(s.name)}</span></h2>" if multi else ""
@@ -857,8 +981,40 @@ def _best_card(s: StudyData, multi: bool) -> str:
     cmd = f"sweep rerun {_shell_quote(s.name)} {b.number}"
     return (f'<section class="card best"><h2>{head}</h2><div class="grid">'
             f'<div><h3>Parameters</h3><table class="kv">{params}</table></div>'
-            f'<div><h3>Result</h3><table class="kv">{facts}</table></div></div>'
+            f'<div><h3>Result</h3><table class="kv">{facts}</table></div>'
+            f"{_cheapest(s)}</div>{_kept(s)}"
             f"<h3>Rerun it</h3><code class=rerun>{_esc(cmd)}</code></section>")
+
+
+def _cheapest(s: StudyData) -> str:
+    """The cheapest trial within one point of the best, beside it."""
+    c = s.cost
+    if c is None or c.cheapest_near_best is None or c.best is None:
+        return ""
+    r = c.cheapest_near_best
+    if r.number == c.best.number:
+        note = "the best trial is also the cheapest within one point of it"
+        return f'<div class="cheapest"><h3>Cheapest within one point</h3><p class="note">{note}</p></div>'
+    kv = [
+        ("trial", f"#{r.number}"),
+        ("validation accuracy", f"{_acc(r.value)} ({(r.value or 0.0) - (c.best.value or 0.0):+.4f})"),
+        ("frozen layers", "–" if r.frozen_layers is None else str(r.frozen_layers)),
+        ("compute", f"{_dur(r.compute_s)} vs {_dur(c.best.compute_s)} ({c.unit})"),
+        ("speed-up", f"{c.speedup:.2f}×" if c.speedup else "–"),
+    ]
+    facts = "".join(f"<tr><td>{k}</td><td>{_esc(v)}</td></tr>" for k, v in kv)
+    return f'<div class="cheapest"><h3>Cheapest within one point</h3><table class="kv">{facts}</table></div>'
+
+
+def _kept(s: StudyData) -> str:
+    """Which trials have a kept model, and where (``sweep export`` reads them)."""
+    if not s.kept:
+        return '<h3>Kept models</h3><p class="note kept">none (checkpoint.keep_best = 0, or no trial completed)</p>'
+    rows = "".join(f"<tr><td>#{k.trial}</td><td>{_acc(k.value)}</td><td><code>{_esc(k.path or k.artifact_id)}</code>"
+                   f"</td><td><code>{_esc(f'sweep export {_shell_quote(s.name)} --trial {k.trial} --output DIR')}"
+                   "</code></td></tr>" for k in s.kept)
+    return f'<h3>Kept models</h3><table class="kv kept">{rows}</table>'
+
 
 
 def _cell(text: str, sort: Any = None, cls: str = "", title: str = "") -> str:

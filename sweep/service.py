@@ -8,7 +8,9 @@ CLI, the tests and a notebook can all drive the same code. Errors a user can fix
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -19,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from sweep import control
+from sweep.control import RETRY_KEY, SweepState
+from sweep.kept import KeptModel, kept_models, reconcile
 from sweep.objective import DeviceLost, Progress, StopFlag, StopRequested, run_trial
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
@@ -37,9 +42,6 @@ from sweep.storage import (
 
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "spec_fingerprint"
-# Trials that are re-runs of a dead worker's trial carry this system attribute (set by Optuna's
-# RetryHeartbeatStaleTrialCallback); they do not count against the budget a second time.
-RETRY_KEY = "failed_trial"
 
 
 class ServiceError(RuntimeError):
@@ -106,7 +108,7 @@ def create_study(
     try:
         study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        existing = _stored_spec_dict(storage, spec.name)
+        existing = _resolved_again(_stored_spec_dict(storage, spec.name))
         if existing == resolved:
             return CreateResult(spec.name, created=False, spec=spec)
         where = ", ".join(_diff_keys(existing, resolved)[:6]) or "the spec"
@@ -123,6 +125,17 @@ def create_study(
             optuna.delete_study(study_name=spec.name, storage=storage)
         raise
     return CreateResult(spec.name, created=True, spec=spec, warnings=tuple(_local_warnings(spec)))
+
+
+def _resolved_again(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec with today's defaults filled in: a study made before a new spec key existed
+    (e.g. ``checkpoint.keep_best``) still equals the same spec created again."""
+    from sweep.spec import SpecError
+
+    try:
+        return spec_from_dict(stored).to_dict()
+    except SpecError:
+        return stored
 
 
 def _stored_spec_dict(storage: optuna.storages.BaseStorage, name: str, wait_s: float = 5.0) -> dict[str, Any]:
@@ -179,6 +192,7 @@ class WorkerSummary:
     stopped: bool = False
     # The CUDA context broke (see objective.DeviceLost): the process must exit and be restarted.
     device_lost: str | None = None
+    paused: bool = False  # the study was paused while this worker ran
 
     @property
     def trials(self) -> int:
@@ -213,8 +227,12 @@ def resolve_device(device: str, gpus: Sequence[int] = ()) -> str:
 
 
 @contextlib.contextmanager
-def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[None]:
-    """Beat for a running trial, so a worker that dies (kill -9, power) is noticed by its peers."""
+def _heartbeat(
+    storage: optuna.storages.RDBStorage, trial_id: int, on_beat: Callable[[], None] = lambda: None
+) -> Iterator[None]:
+    """Beat for a running trial, so a worker that dies (kill -9, power) is noticed by its peers.
+
+    ``on_beat`` runs after every beat (the pause check of a running trial)."""
     interval = storage.get_heartbeat_interval()
     if not interval:
         yield
@@ -225,6 +243,8 @@ def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[N
         while not done.is_set():
             with contextlib.suppress(Exception):  # a missed beat is retried; grace covers several
                 storage.record_heartbeat(trial_id)
+            with contextlib.suppress(Exception):  # a missed check is made on the next beat
+                on_beat()
             done.wait(interval)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
@@ -234,6 +254,15 @@ def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[N
     finally:
         done.set()
         thread.join(timeout=5)
+
+
+class Decision(enum.StrEnum):
+    """What the budget gate tells a worker (equal to its plain string value)."""
+
+    RUN = "run"  # a trial was taken
+    WAIT = "wait"  # budget spent, but a running trial may still come back for a retry
+    DONE = "done"  # budget spent, nothing running
+    PAUSED = "paused"  # `sweep pause`: no trial is handed out
 
 
 class _BudgetGate:
@@ -246,25 +275,28 @@ class _BudgetGate:
         self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
         self.last_stale_check = float("-inf")
 
-    def next_trial(self) -> tuple[str, optuna.Trial | None]:
-        """('run', trial) / ('wait', None) / ('done', None)."""
+    def next_trial(self) -> tuple[Decision, optuna.Trial | None]:
+        """(RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
         now = time.monotonic()
         # Stale trials only appear after a grace period of several heartbeats: checking once per
         # heartbeat interval finds them as early, at a fraction of the cost per trial.
         if now - self.last_stale_check >= self.interval:
             optuna.storages.fail_stale_trials(self.study)
             self.last_stale_check = now
+        attrs = self.storage.get_study_user_attrs(self.study._study_id)  # pause and budget: read fresh
+        if control.is_paused(attrs):
+            return Decision.PAUSED, None
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
-        if waiting or spent < self.spec.n_trials:
-            return "run", self.study.ask()
+        if waiting or spent < control.budget(attrs, self.spec.n_trials):
+            return Decision.RUN, self.study.ask()
         if running:
             # Budget spent, but a running trial may still die and come back for a retry.
             self.last_stale_check = float("-inf")
-            return "wait", None
-        return "done", None
+            return Decision.WAIT, None
+        return Decision.DONE, None
 
 
-def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[str, optuna.Trial | None]:
+def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[Decision, optuna.Trial | None]:
     """One budget decision with a fresh stale-trial check (call under ``budget_lock``)."""
     return _BudgetGate(study, spec).next_trial()
 
@@ -282,10 +314,13 @@ def run_worker(
     wait_s: float = 30.0,
     poll_s: float = 5.0,
     artifacts: str | None = None,
+    wait_paused: bool = False,
 ) -> WorkerSummary:
     """Pull trials until the study's budget is spent (or ``n_trials`` for this worker).
 
-    ``artifacts`` is where epoch checkpoints go (see ``sweep.storage.artifact_store``).
+    ``artifacts`` is where epoch checkpoints go (see ``sweep.storage.artifact_store``). While the
+    study is paused (``sweep pause``) the worker hands its trial back after the current epoch and
+    returns, or with ``wait_paused`` polls every ``poll_s`` until ``sweep resume``.
     """
     _quiet_optuna()
     events = events or WorkerEvents()
@@ -329,23 +364,31 @@ def run_worker(
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     runner = _TrialRunner(study, spec, data, device, stop, progress, storage, store)
     environment = _environment()
-    said_waiting = False
+    said = ""  # the last waiting message: said once per wait
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
             summary.stopped = True
             break
         with budget_lock(storage, name):
             decision, trial = retry_on_locked(gate.next_trial)
-        if decision == "done":
+        if decision == Decision.DONE:
             break
-        if decision == "wait":
-            if not said_waiting:
-                events.message("budget reached; waiting for trials still running on other workers")
-                said_waiting = True
+        if decision == Decision.PAUSED:
+            summary.paused = True
+            if not wait_paused:
+                events.message("study paused: no new trials until `sweep resume`; exiting")
+                break
+        if decision in (Decision.PAUSED, Decision.WAIT):
+            why = ("study paused: waiting for `sweep resume`" if decision == Decision.PAUSED
+                   else "budget reached; waiting for trials still running on other workers")
+            if why != said:
+                events.message(why)
+                said = why
             if stop.event.wait(poll_s):
                 summary.stopped = True
                 break
             continue
+        said = ""
         assert trial is not None
         system_attrs = storage.get_trial_system_attrs(trial._trial_id)
         original = system_attrs.get(RETRY_KEY)
@@ -354,8 +397,10 @@ def run_worker(
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("environment", environment)
         outcome = runner.run(trial, original)
-        summary.states[outcome.state] += 1
         events.trial_finished(trial.number, outcome.state, outcome.value, outcome.reason)
+        if outcome.reason == "paused":  # handed back (not counted): the gate now says paused
+            continue
+        summary.states[outcome.state] += 1
         if outcome.reason == "stopped":
             summary.stopped = True
             break
@@ -401,6 +446,8 @@ class _TrialRunner:
             from sweep.train import clear_caches
 
             clear_caches()
+        if outcome.state == "COMPLETE":
+            self._keep_best(trial)
         return outcome
 
     def _hand_back(self, frozen: optuna.trial.FrozenTrial) -> None:
@@ -409,20 +456,37 @@ class _TrialRunner:
         if callback is not None:
             callback(self.study, frozen)
 
+    def _keep_best(self, trial: optuna.Trial) -> None:
+        if self.artifacts is None or self.spec.checkpoint.keep_best <= 0:
+            return
+        study = self.study
+        # After the tell: the top K are read from the database (see sweep.kept).
+        try:
+            retry_on_locked(lambda: reconcile(self.storage, study._study_id, study.study_name, self.artifacts,
+                                              self.spec.checkpoint.keep_best))
+        except Exception as exc:  # noqa: BLE001 - the result is told; the next completion reconciles
+            self.progress.message(f"trial {trial.number}: kept models not updated ({type(exc).__name__}: {exc})")
+
     def _run(self, trial: optuna.Trial, original: int | None) -> TrialOutcome:
         study = self.study
 
         def tell(**kwargs: Any) -> Any:
             return retry_on_locked(lambda: study.tell(trial, **kwargs))
 
-        with _heartbeat(self.storage, trial._trial_id):
+        pause = StopFlag()
+
+        def check_pause() -> None:
+            if control.is_paused(self.storage.get_study_user_attrs(study._study_id)):
+                pause.set()
+
+        with _heartbeat(self.storage, trial._trial_id, on_beat=check_pause):
             try:
                 value = run_trial(
                     trial,
                     self.spec,
                     self.data,
                     self.device,
-                    stop=self.stop,
+                    stop=_StopOrPause(event=self.stop.event, pause=pause),
                     progress=self.progress,
                     original_number=original,
                     artifacts=self.artifacts,
@@ -431,9 +495,12 @@ class _TrialRunner:
                 tell(state=TrialState.PRUNED)
                 return TrialOutcome("PRUNED", reason="diverged" if str(exc).startswith("diverged") else None)
             except StopRequested:
-                # Hand the trial back; the retry resumes from the checkpoint this epoch left.
-                self._hand_back(tell(state=TrialState.FAIL))
-                return TrialOutcome("FAIL", reason="stopped")
+                frozen = tell(state=TrialState.FAIL)
+                # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
+                # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
+                # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
+                _HAND_BACK(study, frozen)
+                return TrialOutcome("FAIL", reason="stopped" if self.stop.is_set() else "paused")
             except DeviceLost as exc:
                 frozen = tell(state=TrialState.FAIL)
                 if exc.hand_back:
@@ -450,6 +517,21 @@ class _TrialRunner:
                 return TrialOutcome("FAIL", reason=f"error: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}")
         tell(values=value)
         return TrialOutcome("COMPLETE", value=value)
+
+
+with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    _HAND_BACK = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
+
+
+@dataclass
+class _StopOrPause(StopFlag):
+    """The worker's stop flag (signals) or this trial's pause flag (``sweep pause`` seen on a beat)."""
+
+    pause: StopFlag = field(default_factory=StopFlag)
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or self.pause.is_set()
 
 
 def _environment() -> dict[str, str | None]:
@@ -554,6 +636,9 @@ class StudyStatus:
     best_params: dict[str, Any]
     best_number: int | None
     running: tuple[dict[str, Any], ...]
+    state: SweepState = SweepState.RUNNING
+    kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept (best first)
+    cost: Any = None  # sweep.report.CostSummary: accuracy against compute
 
 
 def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus:
@@ -563,8 +648,11 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
     states = Counter(t.state.name for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(complete, key=lambda t: t.value) if complete else None
+    from sweep.report import cost_summary_of
+
+    attrs = study.user_attrs
     try:
-        budget = int(study.user_attrs.get(SPEC_ATTR, {}).get("n_trials", 0))
+        budget = control.budget(attrs, int(attrs.get(SPEC_ATTR, {}).get("n_trials", 0)))
     except (TypeError, ValueError):
         budget = 0
     running = tuple(
@@ -587,6 +675,9 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         best_params=dict(best.params) if best else {},
         best_number=best.number if best else None,
         running=running,
+        state=control.state_of(attrs, budget, trials),
+        kept=kept_models(attrs),
+        cost=cost_summary_of(name, trials, attrs.get(SPEC_ATTR, {})),
     )
 
 
@@ -600,6 +691,210 @@ def status_of(storage_url: str, name: str | None) -> StudyStatus:
     """Status of one study (or the only one)."""
     storage = open_read_only(storage_url)
     return study_status(storage, resolve_study_name(storage, name, storage_url))
+
+
+# --------------------------------------------------------------------------- pause / resume / extend
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """What a control command changed."""
+
+    study: str
+    state: SweepState
+    n_trials: int
+    previous_n_trials: int | None = None  # `extend`: the budget before
+    running: int = 0  # trials running when the command was given
+
+
+def _control(
+    storage_url: str, name: str | None, change: Callable[[Any, int, str, dict[str, Any]], None]
+) -> ControlResult:
+    """Run ``change(storage, study_id, study, attrs)`` under the study's budget lock; say where it stands."""
+    _quiet_optuna()
+    storage = open_storage(storage_url, create=False)
+    study = resolve_study_name(storage, name, storage_url)
+    spec = load_spec_of(storage, study)
+    study_id = storage.get_study_id_from_name(study)
+    with budget_lock(storage, study):  # workers decide under it: they see the change whole, or not at all
+        attrs = storage.get_study_user_attrs(study_id)
+        before = control.budget(attrs, spec.n_trials)
+        change(storage, study_id, study, attrs)
+        attrs = storage.get_study_user_attrs(study_id)
+        spent, waiting, running = budget_counts(storage, study_id, RETRY_KEY)
+    after = control.budget(attrs, spec.n_trials)
+    state = control.sweep_state(control.is_paused(attrs), after, spent, waiting + running)
+    return ControlResult(study, state, after, before if before != after else None, running)
+
+
+def pause_study(storage_url: str, name: str | None) -> ControlResult:
+    """No worker takes a new trial; running trials hand themselves back after their current epoch."""
+
+    def change(storage: Any, study_id: int, study: str, attrs: dict[str, Any]) -> None:
+        if control.is_paused(attrs):
+            raise ServiceError(f"study {study!r} is already paused; resume it: sweep resume {study}")
+        storage.set_study_user_attr(study_id, control.CONTROL_ATTR, SweepState.PAUSED.value)
+
+    return _control(storage_url, name, change)
+
+
+def resume_study(storage_url: str, name: str | None) -> ControlResult:
+    """Hand trials out again (handed-back trials first, each resuming from its checkpoint)."""
+
+    def change(storage: Any, study_id: int, study: str, attrs: dict[str, Any]) -> None:
+        if not control.is_paused(attrs):
+            raise ServiceError(f"study {study!r} is not paused; nothing to resume")
+        storage.set_study_user_attr(study_id, control.CONTROL_ATTR, SweepState.RUNNING.value)
+
+    return _control(storage_url, name, change)
+
+
+def extend_study(storage_url: str, name: str | None, n_trials: int) -> ControlResult:
+    """Set a new trial budget; never below the trials already finished, running or queued."""
+
+    def change(storage: Any, study_id: int, study: str, attrs: dict[str, Any]) -> None:
+        spent = budget_counts(storage, study_id, RETRY_KEY)[0]
+        if n_trials < spent:
+            raise ServiceError(
+                f"--n-trials {n_trials}: {spent} trials of {study!r} are already finished, running or queued; "
+                f"give at least {spent}"
+            )
+        storage.set_study_user_attr(study_id, control.BUDGET_ATTR, n_trials)
+
+    return _control(storage_url, name, change)
+
+
+# --------------------------------------------------------------------------- export / predict
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``sweep export`` wrote."""
+
+    study: str
+    number: int
+    value: float
+    files: tuple[Path, ...]
+
+
+def _trial_to_export(study: optuna.Study, number: int | None) -> FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if not complete:
+            raise ServiceError(f"study {study.study_name!r} has no completed trial yet; nothing to export")
+        return max(complete, key=lambda t: (t.value, -t.number))
+    by_number = {t.number: t for t in trials}
+    if number not in by_number:
+        raise ServiceError(f"--trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}")
+    trial = by_number[number]
+    if trial.state != TrialState.COMPLETE:
+        raise ServiceError(
+            f"--trial {number}: it did not complete (state {trial.state.name.lower()}); only completed "
+            "trials have final weights"
+        )
+    return trial
+
+
+def export_trial(
+    study_name: str | None,
+    number: int | None,
+    output: str | Path,
+    *,
+    storage_url: str,
+    artifacts: str | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write a kept model (default: the best trial's) as model.pt2, state_dict.pt and model.json."""
+    from sweep.export import ExportError
+
+    out = Path(output)
+    if out.exists() and not force:  # before any work: nothing is read or written
+        raise ServiceError(f"--output {out}: already exists; choose a new folder or pass --force")
+    storage = open_read_only(storage_url)
+    name = resolve_study_name(storage, study_name, storage_url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    trial = _trial_to_export(study, number)
+    kept = {k.trial: k for k in kept_models(study.user_attrs)}
+    if trial.number not in kept:
+        shown = ", ".join(map(str, sorted(kept))) or "none yet"
+        raise ServiceError(
+            f"trial {trial.number} has no kept model (the study keeps its best "
+            f"{load_spec_of(storage, name).checkpoint.keep_best}: trials {shown}); train it again and export "
+            f"that: sweep rerun {name} {trial.number} --export {out}"
+        )
+    payload = _download_model(artifact_store(storage_url, artifacts), kept[trial.number])
+    try:
+        files = _write_export(payload, _card(name, trial), out, force=force)
+    except ExportError as exc:
+        raise ServiceError(str(exc)) from None
+    return ExportResult(name, trial.number, float(trial.value or 0.0), tuple(files))
+
+
+def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
+    import torch
+    from optuna.artifacts import download_artifact
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.pt")
+        try:
+            download_artifact(artifact_store=store, file_path=path, artifact_id=kept.artifact_id)
+        except Exception:  # noqa: BLE001 - not found, unreadable: the same advice
+            where = getattr(store, "_base_path", "the artifact store")
+            raise ServiceError(
+                f"the kept model of trial {kept.trial} ({kept.artifact_id}) is not in {where}; pass the "
+                "folder the workers stored it in: --artifacts DIR (or SWEEP_ARTIFACTS)"
+            ) from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]:
+    """The trial's record in model.json (the model's own facts come from its file)."""
+    if trial is None:
+        return {"study": study, **extra}
+    env = dict(trial.user_attrs.get("environment") or {})
+    return {
+        "study": study,
+        "trial": trial.number,
+        "params": dict(trial.params),
+        "val_accuracy": trial.value,
+        "test_accuracy": trial.user_attrs.get("test_accuracy"),
+        "trained_precision": trial.user_attrs.get("precision"),  # bf16: the export runs in fp32
+        "environment": env,  # library versions and git commit of the worker that trained it
+        "git_commit": env.get("git_commit"),
+        **extra,
+    }
+
+
+def _write_export(payload: dict[str, Any], record: dict[str, Any], out: Path, *, force: bool) -> list[Path]:
+    import torch
+    import torchvision
+
+    import sweep
+    from sweep.export import export_model, model_card
+
+    card = {**model_card(payload), **record}
+    card["data_fingerprint"] = payload.get("data_fingerprint")
+    card["exported_with"] = {"sweep": sweep.__version__, "torch": torch.__version__,
+                             "torchvision": torchvision.__version__}
+    return export_model(payload, card, out, force=force)
+
+
+def predict(
+    folder: str | Path, inputs: Sequence[str], *, k: int = 5, threads: int | None = None
+) -> list[Any]:
+    """Top-``k`` classes of every image under ``inputs`` with an export (sweep.export.Prediction /
+    Unreadable per input file, in order)."""
+    from sweep.export import ExportError, predict_files
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        return predict_files(Path(folder), inputs, k=k)
+    except ExportError as exc:
+        raise ServiceError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- rerun
@@ -629,17 +924,23 @@ def rerun_trial(
     threads: int | None = None,
     on_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, acc: None,
     precision: str | None = None,
+    export: str | Path | None = None,
+    force: bool = False,
 ) -> RerunResult:
     """Train one trial's params again from scratch (same seed) without touching the study.
 
     ``precision`` ("auto", "bf16", "fp32") overrides the study's ``train.precision``: the same trial
-    in both precisions shows what bf16 costs in accuracy.
+    in both precisions shows what bf16 costs in accuracy. ``export``: a folder to write the
+    retrained model to, as ``sweep export`` does.
     """
     from sweep.data import DataError
+    from sweep.export import ExportError
     from sweep.model import WeightsError
-    from sweep.objective import train_config, trial_seed
+    from sweep.objective import final_model_payload, train_config, trial_seed
     from sweep.train import fit
 
+    if export is not None and Path(export).exists() and not force:
+        raise ServiceError(f"--export {export}: already exists; choose a new folder or pass --force")
     storage = open_read_only(storage_url)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
@@ -662,8 +963,20 @@ def rerun_trial(
         config = train_config(spec, params, num_classes=data.num_classes, seed=trial_seed(spec, original))
         if precision is not None:
             config = replace(config, precision=precision)
-        result = fit(config, data, device, on_epoch=lambda r, _ckpt: on_epoch(r.epoch, spec.epochs, r.val_accuracy))
-    except (DataError, WeightsError) as exc:
+        final: dict[str, Any] = {}
+
+        def epoch_done(r: Any, checkpoint: Callable[[], dict]) -> None:
+            if export is not None and r.epoch == spec.epochs:
+                final["model"] = checkpoint()["model"]
+            on_epoch(r.epoch, spec.epochs, r.val_accuracy)
+
+        result = fit(config, data, device, on_epoch=epoch_done)
+        if export is not None:
+            record = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
+                           environment=_environment(), retrained=True)
+            record["git_commit"] = record["environment"].get("git_commit")
+            _write_export(final_model_payload(final["model"], config, data), record, Path(export), force=force)
+    except (DataError, WeightsError, ExportError) as exc:
         raise ServiceError(str(exc)) from None
     stored = tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
     return RerunResult(

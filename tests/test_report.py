@@ -182,7 +182,8 @@ def test_empty_study_renders() -> None:
 def test_figures_and_heatmap_only_with_lr_and_frozen_layers() -> None:
     titles = [t for t, _ in report.build_figures(report.gather([_small()]))]
     assert titles == ["Optimization history", "Learning curves", "Parallel coordinates",
-                      "Parameter importances", "Slice plots", "Best accuracy by lr × frozen_layers"]
+                      "Parameter importances", "Slice plots", "Accuracy against cost",
+                      "Best accuracy by lr × frozen_layers"]
     lr_only = _study("lr", [_trial(TrialState.COMPLETE, [0.5], params={"lr": lr}) for lr in (1e-4, 1e-3)])
     titles = [t for t, _ in report.build_figures(report.gather([lr_only]))]
     assert not any(t.startswith("Best accuracy by lr") for t in titles)
@@ -201,6 +202,46 @@ def test_learning_curves_pruned_and_completed_styles(monkeypatch: pytest.MonkeyP
     best = data.studies[0].best
     assert best is not None and any(tr.name == f"best: trial #{best.number}" for tr in curves.data)
     assert "20 of" in next(t for t in figs if t.startswith("Learning curves"))
+
+
+def _costly() -> optuna.Study:
+    """Five completed trials on GPUs: value, seconds per epoch (4 epochs each), frozen layers."""
+    specs = [(0.90, 10.0, 0), (0.895, 4.0, 3), (0.85, 2.0, 5), (0.80, 5.0, 2), (0.70, 1.0, 5)]
+    return _study("cost", [
+        _trial(TrialState.COMPLETE, [v], epochs_run=4, epoch_seconds=[s] * 4, device="cuda:0",
+               params={"lr": 1e-3, "batch_size": 64, "frozen_layers": k, "aug_strength": 0.5})
+        for v, s, k in specs
+    ])
+
+
+def test_cost_pareto_front_and_cheapest_trial_within_one_point() -> None:
+    (s,) = report.gather([_costly()]).studies
+    c = s.cost
+    assert c is not None and c.unit == "GPU-seconds"
+    assert [r.compute_s for r in c.trials] == [4.0, 8.0, 16.0, 20.0, 40.0]  # cheapest first
+    assert [r.number for r in c.pareto] == [4, 2, 1, 0]  # trial 3 (0.80 for 20 s) is beaten by trial 1
+    assert c.best is not None and c.best.number == 0
+    # 0.895 is within one point of 0.90; 0.85 is not. 40 s against 16 s: 2.5x faster, 3 layers frozen.
+    assert c.cheapest_near_best is not None and c.cheapest_near_best.number == 1
+    assert c.cheapest_near_best.frozen_layers == 3 and c.speedup == pytest.approx(2.5)
+    as_json = c.to_json()
+    assert as_json["pareto"] == [4, 2, 1, 0] and as_json["cheapest_within_one_point"]["trial"] == 1
+    assert as_json["best"]["epoch_s"] == pytest.approx(10.0) and as_json["speedup"] == pytest.approx(2.5)
+
+
+def test_page_shows_cost_kept_models_and_sweep_state() -> None:
+    study = _costly()
+    study.set_user_attr("kept_models", [{"trial": 0, "value": 0.9, "artifact_id": "abc", "path": "/art/abc"}])
+    study.set_user_attr("control", "paused")
+    (s,) = (data := report.gather([study])).studies
+    assert s.state.value == "paused" and [k.trial for k in s.kept] == [0]
+    page = report.render_html(data)
+    assert "Accuracy against cost" in page and "Cheapest within one point" in page and "2.50×" in page
+    assert "/art/abc" in page and "sweep export cost --trial 0 --output DIR" in page
+    assert '<span class="sweep-state">paused</span>' in page
+    fig = dict(report.build_figures(data))["Accuracy against cost"]
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert list(front.x) == [4.0, 8.0, 16.0, 40.0] and "GPU-seconds" in fig.layout.xaxis.title.text
 
 
 def test_multi_study_overlay() -> None:
@@ -224,6 +265,7 @@ def test_user_strings_are_escaped() -> None:
         _trial(TrialState.FAIL, [], params={"lr": 1e-4}, fail_reason=evil_reason, traceback='x"><img src=y>'),
     ])
     study.set_user_attr("spec", {"name": XSS, "note": "</pre><img src=x onerror=alert(2)>"})
+    study.set_user_attr("kept_models", [{"trial": 1, "value": 0.6, "artifact_id": "a", "path": "<img src=z>"}])
     page = report.render_html(report.gather([study], storage_label="<i>db</i>"))
     for bad in (XSS, "<img", "<b>h", "<i>db", "alert(3)</script>"):
         assert bad not in page
@@ -270,7 +312,7 @@ def test_report_bench_small(tmp_path: Path) -> None:
     console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
     result = run_report_bench(300, json_path=tmp_path / "b.json", output=tmp_path / "r.html", console=console)
     assert json.loads((tmp_path / "b.json").read_text()) == result
-    assert result["n_trials"] == 300 and result["size_mb"] > 4 and result["n_figures"] == 6
+    assert result["n_trials"] == 300 and result["size_mb"] > 4 and result["n_figures"] == 7
     assert {"gather_s", "render_s", "total_s"} <= set(result)
     (s,) = report.gather([synthetic_study(300)], importances=False).studies
     assert 0.2 < s.state_counts["PRUNED"] / 300 < 0.4

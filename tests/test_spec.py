@@ -156,3 +156,14 @@ def test_precision_and_classes_keys() -> None:
     for bad in (["dog"], ["dog", "dog"], "dog", ["dog", 3]):
         with pytest.raises(SpecError, match="data.classes"):
             parse_spec({"name": "p", "data": {"classes": bad}})
+
+
+def test_checkpoint_keep_best() -> None:
+    spec = load_spec("demo", studies_dir=STUDIES)
+    assert spec.checkpoint.keep_best == 3
+    assert load_spec("demo", studies_dir=STUDIES, overrides=["checkpoint.keep_best=0"]).checkpoint.keep_best == 0
+    with pytest.raises(SpecError, match=r"checkpoint.keep_best = -1: must be an integer in \[0, 1000\]"):
+        load_spec("demo", studies_dir=STUDIES, overrides=["checkpoint.keep_best=-1"])
+    with pytest.raises(SpecError, match="checkpoint.every = 2: unknown key; allowed: keep_best"):
+        load_spec("demo", studies_dir=STUDIES, overrides=["checkpoint.every=2"])
+    assert spec_from_dict(spec.to_dict()) == spec

@@ -103,7 +103,10 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
     assert f"trial 1 epoch {done}/3" not in out and f"trial 1 epoch {done + 1}/3" in out
     assert trials[1].user_attrs["fail_reason"] is None and len(trials[1].user_attrs["epoch_seconds"]) == 3
     assert trials[1].user_attrs["checkpoint"] is None  # removed once the trial completed
-    assert not any((tmp_path / "artifacts").iterdir())  # beside the database
+    # Beside the database: only the completed trial's final model, kept (checkpoint.keep_best = 3).
+    kept = _study(tmp_path).user_attrs["kept_models"]
+    assert [k["trial"] for k in kept] == [1]
+    assert [p.name for p in (tmp_path / "artifacts").iterdir()] == [kept[0]["artifact_id"]]
 
 
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> None:

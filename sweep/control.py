@@ -1,0 +1,59 @@
+"""Sweep controls kept in the database: pause, resume and a budget changed after ``sweep create``.
+
+Two study user attributes carry them, so every worker on every machine sees them without any other
+channel: ``control`` ("paused" or "running") and ``n_trials`` (the budget ``sweep extend`` set;
+without it the spec's). Workers read them where they decide anyway: under the budget lock before
+taking a trial, and on every heartbeat of a running trial (which then stops after its epoch and
+goes back to the queue). No torch here: ``sweep status`` and the report read this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+CONTROL_ATTR = "control"
+BUDGET_ATTR = "n_trials"
+# Re-runs of a handed-back or dead worker's trial carry this system attribute (Optuna's
+# RetryHeartbeatStaleTrialCallback sets it); they do not count against the budget a second time.
+RETRY_KEY = "failed_trial"
+
+
+class SweepState(enum.StrEnum):
+    """Where a study stands, as ``sweep status`` and the report show it."""
+
+    RUNNING = "running"  # trials left in the budget, or still running / queued
+    PAUSED = "paused"  # `sweep pause`: no trial is handed out until `sweep resume`
+    FINISHED = "finished"  # budget spent and nothing running or queued
+
+
+def is_paused(study_attrs: Mapping[str, Any]) -> bool:
+    """Whether ``sweep pause`` is in force."""
+    return study_attrs.get(CONTROL_ATTR) == SweepState.PAUSED.value
+
+
+def budget(study_attrs: Mapping[str, Any], spec_n_trials: int) -> int:
+    """The study's trial budget: what ``sweep extend`` set, else the spec's ``n_trials``."""
+    value = study_attrs.get(BUDGET_ATTR)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return spec_n_trials
+
+
+def sweep_state(paused: bool, budget_n: int, counted: int, active: int) -> SweepState:
+    """``counted``: trials that count against the budget; ``active``: trials running or queued."""
+    if paused:
+        return SweepState.PAUSED
+    return SweepState.FINISHED if counted >= budget_n and active == 0 else SweepState.RUNNING
+
+
+def state_of(study_attrs: Mapping[str, Any], spec_n_trials: int, trials: Iterable[FrozenTrial]) -> SweepState:
+    """The state of a study from its attributes and trials (what the report and status read)."""
+    counted = active = 0
+    for t in trials:
+        counted += RETRY_KEY not in t.system_attrs
+        active += t.state in (TrialState.RUNNING, TrialState.WAITING)
+    return sweep_state(is_paused(study_attrs), budget(study_attrs, spec_n_trials), counted, active)

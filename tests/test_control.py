@@ -1,0 +1,122 @@
+"""pause / resume / extend through the database: the commands, and real worker processes obeying them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import write_tiny_spec
+from optuna.trial import TrialState
+from test_workers import SWEEP, _create, _env, _study, _sweep, _wait_for
+from typer.testing import CliRunner
+
+from sweep.cli import app
+from sweep.control import SweepState, state_of
+from sweep.service import create_study
+
+runner = CliRunner()
+
+
+def _cli(url: str, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*args, "--storage", url])
+    return result.exit_code, result.output.replace("\n", "")
+
+
+def test_commands_change_state_and_budget_and_refuse_bad_input(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    write_tiny_spec(tmp_path, n_trials=2)
+    create_study("tiny", storage_url=url, studies_dir=tmp_path / "studies")
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert _cli(url, "resume", "tiny") == (2, "error: study 'tiny' is not paused; nothing to resume")
+    code, out = _cli(url, "pause", "tiny")
+    assert code == 0 and "now paused" in out
+    assert _cli(url, "pause", "tiny") == (2, "error: study 'tiny' is already paused; resume it: sweep resume tiny")
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "paused"
+    code, out = _cli(url, "resume", "tiny")
+    assert code == 0 and "now running" in out
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5))
+    status = json.loads(_cli(url, "status", "tiny", "--json")[1])
+    assert status["state"] == "finished" and status["n_trials"] == 2
+    code, out = _cli(url, "extend", "tiny", "--n-trials", "1")
+    assert code == 2 and "--n-trials 1: 2 trials of 'tiny' are already finished, running or queued" in out
+    assert _cli(url, "extend", "tiny", "--n-trials", "0")[0] == 2
+    assert _cli(url, "extend", "nope", "--n-trials", "5")[0] == 2
+    code, out = _cli(url, "extend", "tiny", "--n-trials", "5")
+    assert code == 0 and "budget 2 -> 5" in out
+    status = json.loads(_cli(url, "status", "tiny", "--json")[1])
+    assert status["state"] == "running" and status["n_trials"] == 5
+    code, out = _cli(url, "list")
+    assert code == 0 and re.search(r"tiny\s*│\s*running\s*│\s*5", out)
+
+
+def test_help_of_the_new_commands() -> None:
+    for command in ("pause", "resume", "extend", "export", "predict"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, result.output
+    assert "--wait" in runner.invoke(app, ["worker", "--help"]).output
+
+
+def test_state_of_counts_retries_once_and_running_or_queued_trials() -> None:
+    def t(state: TrialState, **system: object) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(state=state, value=0.1 if state == TrialState.COMPLETE else None,
+                                         system_attrs=system)
+
+    done = [t(TrialState.COMPLETE), t(TrialState.FAIL)]
+    assert state_of({}, 2, done) == SweepState.FINISHED
+    assert state_of({}, 2, [*done, t(TrialState.WAITING, failed_trial=1)]) == SweepState.RUNNING
+    assert state_of({"n_trials": 3}, 2, done) == SweepState.RUNNING
+    assert state_of({"control": "paused"}, 2, done) == SweepState.PAUSED
+
+
+@pytest.mark.slow
+def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> None:
+    fast = {"SWEEP_HEARTBEAT_INTERVAL": "1"}
+    _create(tmp_path, "data.subset=800", n_trials=3, epochs=6)
+    workers = [_sweep(tmp_path, "worker", "--threads", "1", **fast) for _ in range(2)]
+    outputs = [_wait_for(w, "epoch 1/6") for w in workers]  # both are training
+    paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=_env(tmp_path), text=True,
+                            capture_output=True)
+    assert paused.returncode == 0, paused.stderr
+    for i, w in enumerate(workers):
+        outputs[i] += w.communicate(timeout=300)[0]
+        assert w.returncode == 0, outputs[i]
+        assert "study paused: no new trials until `sweep resume`; exiting" in outputs[i]
+    trials = _study(tmp_path).trials
+    # Both trials went back to the queue after the epoch in flight, each with its checkpoint.
+    handed_back = [t for t in trials if t.state == TrialState.FAIL]
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(handed_back) == 2 and len(queued) == 2 and not [t for t in trials if t.state.name == "RUNNING"]
+    assert all(t.user_attrs["fail_reason"] == "stopped" for t in handed_back)
+    assert all(t.user_attrs["checkpoint"]["epoch"] == t.user_attrs["epochs_run"] for t in queued)
+
+    # A worker that waits while paused; the budget grows by one; resume: it finishes the study.
+    waiter = _sweep(tmp_path, "worker", "--threads", "1", "--wait", **fast)
+    outputs.append(_wait_for(waiter, "waiting for `sweep resume`"))
+    for command in (["extend", "tiny", "--n-trials", "4"], ["resume", "tiny"]):
+        done = subprocess.run([str(SWEEP), *command], cwd=tmp_path, env=_env(tmp_path), text=True,
+                              capture_output=True)
+        assert done.returncode == 0, done.stderr
+    outputs[-1] += waiter.communicate(timeout=600)[0]
+    assert waiter.returncode == 0, outputs[-1]
+
+    trials = _study(tmp_path).trials
+    counted = [t for t in trials if "failed_trial" not in t.system_attrs]
+    assert len(counted) == 4  # the budget, exactly: hand-backs are not counted twice
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and all(sorted(t.intermediate_values) == list(range(1, 7)) for t in complete)
+    by_number = {t.number: t for t in trials}
+    for t in complete:
+        if "retry_of" in t.user_attrs:
+            before = by_number[t.user_attrs["retry_of"]]
+            assert t.user_attrs["resumed_from_epoch"] == before.user_attrs["epochs_run"] >= 1
+    # No epoch was trained twice: 4 trials × 6 epochs, counted over every worker's output.
+    epochs = re.findall(r"trial \d+ epoch \d/6", "".join(outputs))
+    assert len(epochs) == 4 * 6, epochs
+    status = json.loads(subprocess.run([str(SWEEP), "status", "tiny", "--json"], cwd=tmp_path, env=_env(tmp_path),
+                                       text=True, capture_output=True, check=True).stdout)
+    assert status["state"] == "finished" and status["n_trials"] == 4
