@@ -1,0 +1,117 @@
+"""``StorageSupplier`` for sweep: Optuna's test storages, replaced by ``SweepRDBStorage`` as sweep opens it.
+
+Optuna's own suite gets its storages from ``optuna.testing.storages.StorageSupplier`` (which also needs
+fakeredis and grpc). The vendored tests here import this module instead: the same context manager and
+mode lists, whose modes are ``SweepRDBStorage`` (plain, and inside Optuna's ``_CachedStorage`` as
+``optuna.create_study`` wraps it) on SQLite and on PostgreSQL, plus ``stock_*`` modes: Optuna's own
+``RDBStorage`` on the same databases, the baseline (``SWEEP_CONFORMANCE_STOCK=1``).
+
+Each use starts from an empty database: on SQLite a fresh file, on PostgreSQL the session's conformance
+database with every table emptied (sequences restarted) and every other connection to it ended, which
+costs a few milliseconds instead of creating a database or a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import BaseStorage
+
+from sweep.rdb import SweepRDBStorage
+from sweep.storage import open_storage, storage_engine_kwargs, validate_url
+
+SQLITE_MODES = ["sweep_sqlite", "cached_sweep_sqlite"]
+POSTGRES_MODES = ["sweep_postgresql", "cached_sweep_postgresql"]
+STOCK_MODES = ["stock_sqlite", "cached_stock_sqlite", "stock_postgresql", "cached_stock_postgresql"]
+# The baseline modes run on request only: they test Optuna, not sweep.
+STORAGE_MODES: list[str] = SQLITE_MODES + POSTGRES_MODES
+if os.environ.get("SWEEP_CONFORMANCE_STOCK"):
+    STORAGE_MODES += STOCK_MODES
+# Optuna's STORAGE_MODES_HEARTBEAT is its two SQLite RDB modes; here every RDB mode.
+STORAGE_MODES_HEARTBEAT = STORAGE_MODES
+
+# Set for the session by conftest.py (the cluster of tests/conftest.py's ``pg_url``).
+PG_URL: str | None = None
+_pg_ready: set[str] = set()
+
+
+def is_postgres(mode: str) -> bool:
+    return mode.endswith("postgresql")
+
+
+def empty_postgres_database(url: str) -> None:
+    """Empty every table of the conformance database (which its first storage created), end every
+    other connection to it (storages a test left open), and restart the id sequences."""
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            tables = [
+                row[0]
+                for row in conn.exec_driver_sql(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                    "AND tablename NOT IN ('alembic_version', 'version_info')"
+                )
+            ]
+            if tables:
+                names = ", ".join(f'"{t}"' for t in tables)
+                conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        engine.dispose()
+
+
+class StorageSupplier(AbstractContextManager[Any]):
+    """``with StorageSupplier(mode, **rdb_kwargs) as storage``: as Optuna's, for sweep's modes."""
+
+    def __init__(self, storage_specifier: str, **kwargs: Any) -> None:
+        self.storage_specifier = storage_specifier
+        self.extra_args = kwargs
+        self.tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self.rdb: optuna.storages.RDBStorage | None = None
+
+    def url(self) -> str:
+        if is_postgres(self.storage_specifier):
+            if PG_URL is None:
+                raise RuntimeError("no PostgreSQL conformance database (conftest.py sets PG_URL)")
+            empty_postgres_database(PG_URL)
+            return PG_URL
+        self.tempdir = tempfile.TemporaryDirectory(prefix="sweep-conformance-")
+        return f"sqlite:///{Path(self.tempdir.name) / 'optuna.db'}"
+
+    def __enter__(self) -> BaseStorage:
+        mode = self.storage_specifier
+        url = self.url()
+        if "stock" in mode:  # Optuna's storage as Optuna's own tests open it
+            self.rdb = optuna.storages.RDBStorage(validate_url(url), **self.extra_args)
+        elif self.extra_args:
+            # open_storage's own arguments (heartbeat on or off, its retry callback) are sweep's
+            # choices; Optuna's tests pass RDBStorage's: the same storage class and engine, their kwargs.
+            self.rdb = SweepRDBStorage(
+                validate_url(url), engine_kwargs=storage_engine_kwargs(validate_url(url)), **self.extra_args
+            )
+        else:
+            self.rdb = open_storage(url)
+        return optuna.storages._CachedStorage(self.rdb) if mode.startswith("cached") else self.rdb
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if isinstance(self.rdb, SweepRDBStorage):
+            self.rdb.close()
+        elif self.rdb is not None:
+            self.rdb.engine.dispose()
+        if self.tempdir is not None:
+            self.tempdir.cleanup()
