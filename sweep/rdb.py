@@ -91,8 +91,14 @@ def _unsupported_reason() -> str | None:
         missing = [c for c in columns if table is None or c not in table.c]
         if missing:
             return f"Optuna {optuna.__version__}'s {model} lacks {', '.join(missing)}"
+    from optuna.storages._rdb import storage as rdb_storage
+
+    manager = getattr(rdb_storage, "_VersionManager", None)
+    if manager is None:
+        return f"Optuna {optuna.__version__} has no _VersionManager"
     for owner, names in (
         (optuna.storages.RDBStorage, _RDB_STORAGE_NEEDS),
+        (manager, ("check_table_schema_compatibility", "get_current_version")),
         (rdb_models.TrialValueModel, ("value_to_stored_repr", "stored_repr_to_value")),
         (
             rdb_models.TrialIntermediateValueModel,
@@ -109,6 +115,7 @@ def _unsupported_reason() -> str | None:
 UNSUPPORTED = _unsupported_reason()
 if UNSUPPORTED is None:
     from optuna.storages._rdb import models
+    from optuna.storages._rdb import storage as _rdb_storage
 
     _trials = models.TrialModel.__table__
     _studies = models.StudyModel.__table__
@@ -222,6 +229,11 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         # SQLite write transactions take the write lock at BEGIN (sweep.storage's begin hook); set only
         # after Optuna's schema set-up in __init__, which runs its own transactions.
         self.engine._sweep_immediate = self.engine.dialect.name == "sqlite"  # type: ignore[attr-defined]
+        # Optuna's schema-version checks, which also run outside the storage's own methods (Optuna's
+        # tests hold a session open around one), read without the write lock.
+        manager = getattr(self, "_version_manager", None)
+        if manager is not None and type(manager) is _rdb_storage._VersionManager:
+            self._version_manager = _LockFreeVersionManager(self.url, self.engine, self.scoped_session)
         self._mirror: OrderedDict[int, _Mirrored] = OrderedDict()
         self._mirror_lock = threading.Lock()
         self._statements: dict[tuple[Any, ...], Any] = {}
@@ -821,3 +833,50 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             self._statements[("heartbeat",)] = stmt
         if self._run("write", lambda conn: conn.execute(stmt, {"trial_id": trial_id}).first()) is None:
             self._forget(trial_id)
+
+
+# Optuna's read-only ORM methods, inherited as they are, but run with _READ_ONLY set: on SQLite their
+# sessions begin DEFERRED (no write lock). Every other inherited method writes, or may, and begins
+# IMMEDIATE.
+_ORM_READS = (
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "get_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+)
+
+
+def _lock_free(name: str, owner: type = optuna.storages.RDBStorage) -> Callable[..., Any]:
+    inherited = getattr(owner, name)
+
+    @functools.wraps(inherited)
+    def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _READ_ONLY.set(True)
+        try:
+            return inherited(self, *args, **kwargs)
+        finally:
+            _READ_ONLY.reset(token)
+
+    return read
+
+
+if UNSUPPORTED is None:
+
+    class _LockFreeVersionManager(_rdb_storage._VersionManager):
+        """Optuna's schema-version manager whose read-only checks begin DEFERRED on SQLite."""
+
+    for _name in ("check_table_schema_compatibility", "get_current_version"):
+        setattr(_LockFreeVersionManager, _name, _lock_free(_name, _rdb_storage._VersionManager))
+
+for _name in _ORM_READS:
+    if _name not in vars(SweepRDBStorage) and hasattr(optuna.storages.RDBStorage, _name):  # never wrap ours
+        setattr(SweepRDBStorage, _name, _lock_free(_name))

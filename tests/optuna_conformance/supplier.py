@@ -27,8 +27,10 @@ from optuna.storages import BaseStorage
 from sweep.rdb import SweepRDBStorage
 from sweep.storage import open_storage, storage_engine_kwargs, validate_url
 
-SQLITE_MODES = ["sweep_sqlite", "cached_sweep_sqlite"]
-POSTGRES_MODES = ["sweep_postgresql", "cached_sweep_postgresql"]
+# Optuna's own names for its SQLite modes ("sqlite", "cached_sqlite"), so that its tests that name
+# them, or skip on them, do the same here; they are SweepRDBStorage.
+SQLITE_MODES = ["sqlite", "cached_sqlite"]
+POSTGRES_MODES = ["postgresql", "cached_postgresql"]
 STOCK_MODES = ["stock_sqlite", "cached_stock_sqlite", "stock_postgresql", "cached_stock_postgresql"]
 # The baseline modes run on request only: they test Optuna, not sweep.
 STORAGE_MODES: list[str] = SQLITE_MODES + POSTGRES_MODES
@@ -36,10 +38,11 @@ if os.environ.get("SWEEP_CONFORMANCE_STOCK"):
     STORAGE_MODES += STOCK_MODES
 # Optuna's STORAGE_MODES_HEARTBEAT is its two SQLite RDB modes; here every RDB mode.
 STORAGE_MODES_HEARTBEAT = STORAGE_MODES
+UNCACHED_MODES = [m for m in STORAGE_MODES if not m.startswith("cached")]
 
 # Set for the session by conftest.py (the cluster of tests/conftest.py's ``pg_url``).
 PG_URL: str | None = None
-_pg_ready: set[str] = set()
+_SCRATCH = tempfile.TemporaryDirectory(prefix="sweep-conformance-")  # removed at exit
 
 
 def is_postgres(mode: str) -> bool:
@@ -70,6 +73,16 @@ def empty_postgres_database(url: str) -> None:
         engine.dispose()
 
 
+def sweep_rdb_storage(url: str, engine_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> SweepRDBStorage:
+    """``SweepRDBStorage(url, ...)`` with sweep's engine arguments (caller's ones on top), for Optuna's
+    tests that construct ``RDBStorage(url, ...)`` themselves. An in-memory SQLite database becomes a
+    temporary file (sweep opens files only), removed when the test process exits."""
+    if url == "sqlite:///:memory:":
+        url = f"sqlite:///{Path(tempfile.mkdtemp(dir=_SCRATCH.name)) / 'memory.db'}"
+    base = storage_engine_kwargs(url) if url.startswith(("sqlite", "postgresql+psycopg")) else {}
+    return SweepRDBStorage(url, engine_kwargs={**base, **(engine_kwargs or {})}, **kwargs)
+
+
 class StorageSupplier(AbstractContextManager[Any]):
     """``with StorageSupplier(mode, **rdb_kwargs) as storage``: as Optuna's, for sweep's modes."""
 
@@ -96,9 +109,7 @@ class StorageSupplier(AbstractContextManager[Any]):
         elif self.extra_args:
             # open_storage's own arguments (heartbeat on or off, its retry callback) are sweep's
             # choices; Optuna's tests pass RDBStorage's: the same storage class and engine, their kwargs.
-            self.rdb = SweepRDBStorage(
-                validate_url(url), engine_kwargs=storage_engine_kwargs(validate_url(url)), **self.extra_args
-            )
+            self.rdb = sweep_rdb_storage(validate_url(url), **self.extra_args)
         else:
             self.rdb = open_storage(url)
         return optuna.storages._CachedStorage(self.rdb) if mode.startswith("cached") else self.rdb

@@ -1,9 +1,6 @@
-# Vendored from Optuna (https://github.com/optuna/optuna), tests/storages_tests/test_storages.py at commit 1d8ce7bb6f3c
-# (5.0.0.dev, the newest snapshot of the repository available here; sweep runs it against the installed
-# Optuna 5.0.0). Copyright (c) 2018 Preferred Networks, Inc., MIT licence: see LICENSE.optuna beside
-# this file. Changes for sweep, and only these: storages from ./supplier.py
-# (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; test_get_storage dropped
-# (it tests optuna.storages.get_storage, not a storage); the two _get_trials tests run on uncached mode.
+# Vendored from Optuna (https://github.com/optuna/optuna) tests/storages_tests/test_storages.py, commit 1d8ce7bb6f3c
+# (version 5.0.0.dev) by scripts/vendor-optuna-tests. Copyright (c) 2018 Preferred Networks, Inc.,
+# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; test_get_storage dropped (optuna.storages.get_storage, not a storage); the two _get_trials tests run on every uncached mode, not on SQLite only.
 from __future__ import annotations
 
 from collections.abc import Generator
@@ -12,7 +9,6 @@ import pickle
 import pytest
 from pytest import FixtureRequest
 
-import optuna
 from optuna.storages import _CachedStorage
 from optuna.storages import BaseStorage
 from optuna.storages import GrpcStorageProxy
@@ -21,9 +17,9 @@ from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalRedisBackend
 from optuna.study._study_direction import StudyDirection
 from optuna.testing.pytest_storages import StorageTestCase
-
 from .supplier import STORAGE_MODES
 from .supplier import StorageSupplier
+from .supplier import UNCACHED_MODES
 
 
 @pytest.fixture(params=STORAGE_MODES)
@@ -47,7 +43,9 @@ class TestStorage(StorageTestCase):
         assert {s._study_id for s in frozen_studies} == {study_id, study_id3}
 
     @pytest.mark.parametrize("param_names", [["a", "b"], ["b", "a"]])
-    def test_get_all_trials_params_order(self, storage: BaseStorage, param_names: list[str]) -> None:
+    def test_get_all_trials_params_order(
+        self, storage: BaseStorage, param_names: list[str]
+    ) -> None:
         # We don't actually require that all storages to preserve the order of parameters,
         # but all current implementations except for GrpcStorageProxy do, so we test this property.
         if isinstance(storage, GrpcStorageProxy):
@@ -56,7 +54,9 @@ class TestStorage(StorageTestCase):
         super().test_get_all_trials_params_order(storage, param_names)
 
     def test_pickle_storage(self, storage: BaseStorage) -> None:
-        if isinstance(storage, JournalStorage) and isinstance(storage._backend, JournalRedisBackend):
+        if isinstance(storage, JournalStorage) and isinstance(
+            storage._backend, JournalRedisBackend
+        ):
             pytest.skip("The `fakeredis` does not support multi instances.")
 
         study_id = storage.create_new_study(directions=[StudyDirection.MINIMIZE])
@@ -77,7 +77,7 @@ class TestStorage(StorageTestCase):
             assert storage._version_manager != restored_storage._version_manager
 
 
-@pytest.mark.parametrize("storage_mode", [m for m in STORAGE_MODES if not m.startswith("cached")])
+@pytest.mark.parametrize("storage_mode", UNCACHED_MODES)
 def test_get_trials_included_trial_ids(storage_mode: str) -> None:
 
     with StorageSupplier(storage_mode) as storage:
@@ -106,7 +106,7 @@ def test_get_trials_included_trial_ids(storage_mode: str) -> None:
         assert len(trials) == 1
 
 
-@pytest.mark.parametrize("storage_mode", [m for m in STORAGE_MODES if not m.startswith("cached")])
+@pytest.mark.parametrize("storage_mode", UNCACHED_MODES)
 def test_get_trials_trial_id_greater_than(storage_mode: str) -> None:
 
     with StorageSupplier(storage_mode) as storage:
@@ -115,8 +115,12 @@ def test_get_trials_trial_id_greater_than(storage_mode: str) -> None:
 
         storage.create_new_trial(study_id)
 
-        trials = storage._get_trials(study_id, states=None, included_trial_ids=set(), trial_id_greater_than=-1)
+        trials = storage._get_trials(
+            study_id, states=None, included_trial_ids=set(), trial_id_greater_than=-1
+        )
         assert len(trials) == 1
 
-        trials = storage._get_trials(study_id, states=None, included_trial_ids=set(), trial_id_greater_than=500001)
+        trials = storage._get_trials(
+            study_id, states=None, included_trial_ids=set(), trial_id_greater_than=500001
+        )
         assert len(trials) == 0
