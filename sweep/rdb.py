@@ -156,12 +156,20 @@ def _distribution(text: str) -> distributions.BaseDistribution:
     return distributions.json_to_distribution(text)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes of one's own: nested JSON values deep-copied, scalars (most attributes) as they are."""
+    return {k: v if isinstance(v, _SCALARS) else copy.deepcopy(v) for k, v in attrs.items()}
+
+
 def _copy(trial: FrozenTrial, deep: bool = True) -> FrozenTrial:
     """An independent copy of a trial (Optuna mutates the one it is handed); only the attribute values,
     which may be nested JSON, need a deep copy: everything else is immutable scalars. ``deep=False``
     (a ``deepcopy=False`` read, whose caller promises not to mutate) shares those values: the mirror
     replaces an attribute's value on a write, never changes it in place."""
-    attrs = copy.deepcopy if deep else dict
+    attrs = _own_attrs if deep else dict
     return FrozenTrial(
         number=trial.number,
         state=trial.state,
@@ -679,8 +687,11 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         included_trial_ids: set[int],
         trial_id_greater_than: int,
         *,
-        deepcopy: bool = True,
+        deepcopy: bool = False,
     ) -> list[FrozenTrial]:
+        # deepcopy: whether trials served from the mirror get their own attribute values. Optuna's
+        # cache layer calls this without it: it keeps what it is given (never mutating it) and copies
+        # on its own for a deepcopy=True read; the uncached get_all_trials passes its deepcopy.
         # Same contract as Optuna's: trials with id > trial_id_greater_than, plus the included ids
         # (the caller's unfinished trials) that are not above it.
         included = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)

@@ -1,9 +1,8 @@
-"""Session set-up of Optuna's conformance tests: one PostgreSQL database for all of them (emptied per
-test by ``supplier.StorageSupplier``), and the ``postgres`` mark on every test that runs on it."""
+"""Session set-up of Optuna's conformance tests: the PostgreSQL cluster for the supplier's databases
+(emptied per test by ``supplier.StorageSupplier``), and the ``postgres`` mark on every test that runs on it."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -25,19 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def conformance_pg_url(pg_url: str) -> Iterator[str]:
-    """A database of its own on the session's cluster (tests/conftest.py), dropped at the end."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"sweep_conformance_{uuid.uuid4().hex[:8]}"
-    libpq = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(libpq, autocommit=True, connect_timeout=10) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """The session's cluster (tests/conftest.py); the supplier's databases on it are dropped at the end."""
+    yield pg_url
+    supplier.drop_postgres_databases(pg_url)
 
 
 @pytest.fixture(autouse=True)

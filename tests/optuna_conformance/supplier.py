@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage
+from sqlalchemy.engine import make_url
 
 from sweep.rdb import SweepRDBStorage
 from sweep.storage import open_storage, storage_engine_kwargs, validate_url
@@ -40,13 +41,39 @@ if os.environ.get("SWEEP_CONFORMANCE_STOCK"):
 STORAGE_MODES_HEARTBEAT = STORAGE_MODES
 UNCACHED_MODES = [m for m in STORAGE_MODES if not m.startswith("cached")]
 
-# Set for the session by conftest.py (the cluster of tests/conftest.py's ``pg_url``).
+# Set for the session by conftest.py: the cluster of tests/conftest.py's ``pg_url``. Each storage
+# supplied at the same time (Optuna's copy_study tests use two) gets a database of its own, created on
+# first use and then reused by later tests (emptied); conftest.py drops them at the end.
 PG_URL: str | None = None
+PG_DATABASES: list[str] = []
+_pg_in_use: set[str] = set()
 _SCRATCH = tempfile.TemporaryDirectory(prefix="sweep-conformance-")  # removed at exit
 
 
 def is_postgres(mode: str) -> bool:
     return mode.endswith("postgresql")
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _create_postgres_database(cluster_url: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(_libpq(cluster_url), autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_postgres_databases(cluster_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_libpq(cluster_url), autocommit=True, connect_timeout=10) as admin:
+        for name in PG_DATABASES:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    PG_DATABASES.clear()
 
 
 def empty_postgres_database(url: str) -> None:
@@ -91,13 +118,21 @@ class StorageSupplier(AbstractContextManager[Any]):
         self.extra_args = kwargs
         self.tempdir: tempfile.TemporaryDirectory[str] | None = None
         self.rdb: optuna.storages.RDBStorage | None = None
+        self.database: str | None = None
 
     def url(self) -> str:
         if is_postgres(self.storage_specifier):
             if PG_URL is None:
-                raise RuntimeError("no PostgreSQL conformance database (conftest.py sets PG_URL)")
-            empty_postgres_database(PG_URL)
-            return PG_URL
+                raise RuntimeError("no PostgreSQL cluster for the conformance tests (conftest.py sets PG_URL)")
+            free = [db for db in PG_DATABASES if db not in _pg_in_use]
+            if not free:
+                free.append(_create_postgres_database(PG_URL, f"sweep_conformance_{os.getpid()}_{len(PG_DATABASES)}"))
+                PG_DATABASES.append(free[0])
+            self.database = free[0]
+            _pg_in_use.add(self.database)
+            url = make_url(PG_URL).set(database=self.database).render_as_string(hide_password=False)
+            empty_postgres_database(url)
+            return url
         self.tempdir = tempfile.TemporaryDirectory(prefix="sweep-conformance-")
         return f"sqlite:///{Path(self.tempdir.name) / 'optuna.db'}"
 
@@ -126,3 +161,4 @@ class StorageSupplier(AbstractContextManager[Any]):
             self.rdb.engine.dispose()
         if self.tempdir is not None:
             self.tempdir.cleanup()
+        _pg_in_use.discard(self.database or "")
