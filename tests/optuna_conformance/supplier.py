@@ -37,8 +37,6 @@ STOCK_MODES = ["stock_sqlite", "cached_stock_sqlite", "stock_postgresql", "cache
 STORAGE_MODES: list[str] = SQLITE_MODES + POSTGRES_MODES
 if os.environ.get("SWEEP_CONFORMANCE_STOCK"):
     STORAGE_MODES += STOCK_MODES
-# Optuna's STORAGE_MODES_HEARTBEAT is its two SQLite RDB modes; here every RDB mode.
-STORAGE_MODES_HEARTBEAT = STORAGE_MODES
 UNCACHED_MODES = [m for m in STORAGE_MODES if not m.startswith("cached")]
 
 # Set for the session by conftest.py: the cluster of tests/conftest.py's ``pg_url``. Each storage

@@ -1,6 +1,6 @@
 # Vendored from Optuna (https://github.com/optuna/optuna) tests/storages_tests/test_heartbeat.py, commit 1d8ce7bb6f3c
 # (version 5.0.0.dev) by scripts/vendor-optuna-tests. Copyright (c) 2018 Preferred Networks, Inc.,
-# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; the racing peers of test_fail_stale_trials_with_race_condition are SweepRDBStorage too.
+# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; the racing peers of test_fail_stale_trials_with_race_condition are SweepRDBStorage too; run on the uncached modes only (a study wraps them in Optuna's cache layer itself).
 from __future__ import annotations
 
 import itertools
@@ -20,7 +20,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._callbacks import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from .supplier import STORAGE_MODES_HEARTBEAT
+from .supplier import UNCACHED_MODES as STORAGE_MODES_HEARTBEAT
 from .supplier import StorageSupplier
 from .supplier import sweep_rdb_storage
 from optuna.testing.threading import _TestableThread

@@ -1,6 +1,6 @@
 # Vendored from Optuna (https://github.com/optuna/optuna) tests/study_tests/test_study.py, commit 1d8ce7bb6f3c
 # (version 5.0.0.dev) by scripts/vendor-optuna-tests. Copyright (c) 2018 Preferred Networks, Inc.,
-# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages.
+# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; run on the uncached modes only (a study wraps them in Optuna's cache layer itself).
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,7 +44,7 @@ from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.study.study import _SYSTEM_ATTR_METRIC_NAMES
 from optuna.testing.objectives import fail_objective
 from optuna.testing.objectives import pruned_objective
-from ..supplier import STORAGE_MODES
+from ..supplier import UNCACHED_MODES as STORAGE_MODES
 from ..supplier import StorageSupplier
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
