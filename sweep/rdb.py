@@ -16,13 +16,17 @@ trial:
 - a trial this process created is mirrored in memory, write-through: ``get_trial`` on it (Optuna
   calls it when a trial starts and twice in ``tell``) needs no query, nor does re-reading it once
   finished. Only the owner writes a running trial; another process can only fail it as stale, which
-  the next write detects in SQL;
+  the owner's next write or heartbeat detects in SQL (storage/README.md: the storage contract). A
+  mirrored trial is served only while its row is the same (study, number, start): SQLite hands the ids
+  of deleted trials out again;
 - on PostgreSQL, reads and one-statement writes run in autocommit, only state changes wait for the
   WAL flush (``storage/README.md``: what a database crash can lose), and instead of a pre-ping per
   call a call on a dead connection is retried once (``_run``).
 
 Everything not on the per-trial path (studies, templates from retries, stale-trial detection) is
-Optuna's own code.
+Optuna's own code; its read-only calls begin without SQLite's write lock. Database errors are Optuna's
+``StorageInternalError``. Built on Optuna's internals of the releases in ``TESTED_OPTUNA``: on any other
+Optuna, ``UNSUPPORTED`` says why in one line and sweep.storage opens Optuna's own RDBStorage instead.
 """
 
 from __future__ import annotations
