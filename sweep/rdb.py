@@ -16,22 +16,29 @@ trial:
 - a trial this process created is mirrored in memory, write-through: ``get_trial`` on it (Optuna
   calls it when a trial starts and twice in ``tell``) needs no query, nor does re-reading it once
   finished. Only the owner writes a running trial; another process can only fail it as stale, which
-  the next write detects in SQL;
+  the owner's next write or heartbeat detects in SQL (storage/README.md: the storage contract). A
+  mirrored trial is served only while its row is the same (study, number, start): SQLite hands the ids
+  of deleted trials out again;
 - on PostgreSQL, reads and one-statement writes run in autocommit, only state changes wait for the
   WAL flush (``storage/README.md``: what a database crash can lose), and instead of a pre-ping per
   call a call on a dead connection is retried once (``_run``).
 
 Everything not on the per-trial path (studies, templates from retries, stale-trial detection) is
-Optuna's own code.
+Optuna's own code; its read-only calls begin without SQLite's write lock. Database errors are Optuna's
+``StorageInternalError``. Built on Optuna's internals of the releases in ``TESTED_OPTUNA``: on any other
+Optuna, ``UNSUPPORTED`` says why in one line and sweep.storage opens Optuna's own RDBStorage instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
+import dataclasses
 import datetime as dt
 import functools
 import json
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -41,22 +48,105 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 from optuna import distributions
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 _T = TypeVar("_T")
 _MIRROR_SIZE = 256  # trials kept in memory; a running trial evicted early is simply read from the database
 # States in which a mirrored trial is exactly what the database holds, children included (_read_trials).
 _MIRROR_EXACT = frozenset({TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
+# Bound ids per IN list: under SQLite's variable limit (32,766 since 3.32, 999 before) and PostgreSQL's
+# 65,535 parameters per statement, with room for the other parameters of the query.
+_IN_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
 
-_trials = models.TrialModel.__table__
-_studies = models.StudyModel.__table__
-_params = models.TrialParamModel.__table__
-_values = models.TrialValueModel.__table__
-_inter = models.TrialIntermediateValueModel.__table__
-_user = models.TrialUserAttributeModel.__table__
-_system = models.TrialSystemAttributeModel.__table__
-_beats = models.TrialHeartbeatModel.__table__
+# The Optuna releases this module was written and tested against (pyproject pins the same range): it
+# overrides RDBStorage's private methods and writes its tables directly, so a new minor may change
+# what it relies on without any API saying so.
+TESTED_OPTUNA = ((5, 0), (5, 1))
+# Optuna internals used below, checked at import so that a different Optuna is refused in one line
+# (sweep.storage then falls back to Optuna's own RDBStorage) instead of failing in the middle of a sweep.
+_RDB_STORAGE_NEEDS = ("_get_trials", "_create_new_trial", "_set_trial_param", "check_trial_is_updatable")
+_MODEL_NEEDS = {
+    "TrialModel": ("trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"),
+    "StudyModel": ("study_id",),
+    "TrialParamModel": ("trial_id", "param_id", "param_name", "param_value", "distribution_json"),
+    "TrialValueModel": ("trial_id", "objective", "value", "value_type"),
+    "TrialIntermediateValueModel": ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
+    "TrialUserAttributeModel": ("trial_id", "key", "value_json"),
+    "TrialSystemAttributeModel": ("trial_id", "key", "value_json"),
+    "TrialHeartbeatModel": ("trial_id", "heartbeat"),
+}
+
+
+def _unsupported_reason() -> str | None:
+    """Why this Optuna cannot run under SweepRDBStorage (None: it can)."""
+    try:
+        release = tuple(int(x) for x in optuna.__version__.split(".")[:2])
+    except ValueError:
+        return f"cannot read Optuna's version {optuna.__version__!r}"
+    if not TESTED_OPTUNA[0] <= release < TESTED_OPTUNA[1]:
+        low, high = (".".join(map(str, v)) for v in TESTED_OPTUNA)
+        return f"it was tested with Optuna >={low},<{high}, not {optuna.__version__}"
+    try:
+        from optuna.storages._rdb import models as rdb_models
+    except ImportError as exc:
+        return f"Optuna {optuna.__version__} has no optuna.storages._rdb.models ({exc})"
+    for model, columns in _MODEL_NEEDS.items():
+        table = getattr(getattr(rdb_models, model, None), "__table__", None)
+        missing = [c for c in columns if table is None or c not in table.c]
+        if missing:
+            return f"Optuna {optuna.__version__}'s {model} lacks {', '.join(missing)}"
+    from optuna.storages._rdb import storage as rdb_storage
+
+    manager = getattr(rdb_storage, "_VersionManager", None)
+    if manager is None:
+        return f"Optuna {optuna.__version__} has no _VersionManager"
+    for owner, names in (
+        (optuna.storages.RDBStorage, _RDB_STORAGE_NEEDS),
+        (manager, ("check_table_schema_compatibility", "get_current_version")),
+        (rdb_models.TrialValueModel, ("value_to_stored_repr", "stored_repr_to_value")),
+        (
+            rdb_models.TrialIntermediateValueModel,
+            ("intermediate_value_to_stored_repr", "stored_repr_to_intermediate_value"),
+        ),
+    ):
+        missing = [n for n in names if not hasattr(owner, n)]
+        if missing:
+            return f"Optuna {optuna.__version__}'s {owner.__name__} lacks {', '.join(missing)}"
+    return None
+
+
+# None when the lean storage can run; else why not, in one line (sweep.storage falls back on it).
+UNSUPPORTED = _unsupported_reason()
+if UNSUPPORTED is None:
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb import storage as _rdb_storage
+
+    _trials = models.TrialModel.__table__
+    _studies = models.StudyModel.__table__
+    _params = models.TrialParamModel.__table__
+    _values = models.TrialValueModel.__table__
+    _inter = models.TrialIntermediateValueModel.__table__
+    _user = models.TrialUserAttributeModel.__table__
+    _system = models.TrialSystemAttributeModel.__table__
+    _beats = models.TrialHeartbeatModel.__table__
+
+# Set while an inherited read-only ORM method runs: its SQLite transaction then begins DEFERRED and
+# takes no write lock (_begin_immediate). Such a method may hold its session open while it opens a
+# second connection (Optuna's check_table_schema_compatibility): with BEGIN IMMEDIATE on both, it
+# would wait for itself until the busy timeout.
+_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sweep_rdb_read_only", default=False)
+
+
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "begin")
+def _begin_immediate(conn: Any) -> None:
+    # pysqlite opens transactions lazily as DEFERRED; two workers that both read and then want to
+    # write fail at once with "database is locked" (the busy timeout does not apply to a lock
+    # upgrade). Taking the write lock at BEGIN makes writers queue on the busy timeout instead.
+    # Reads (sweep.rdb's own, inherited read-only methods, sweep.storage's budget query) begin
+    # DEFERRED: WAL readers never block the writer nor wait for it.
+    if getattr(conn.engine, "_sweep_immediate", False):
+        read_only = conn.get_execution_options().get("sweep_read_only", False) or _READ_ONLY.get()
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _unfinished() -> Any:
@@ -70,9 +160,20 @@ def _distribution(text: str) -> distributions.BaseDistribution:
     return distributions.json_to_distribution(text)
 
 
-def _copy(trial: FrozenTrial) -> FrozenTrial:
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes of one's own: nested JSON values deep-copied, scalars (most attributes) as they are."""
+    return {k: v if isinstance(v, _SCALARS) else copy.deepcopy(v) for k, v in attrs.items()}
+
+
+def _copy(trial: FrozenTrial, deep: bool = True) -> FrozenTrial:
     """An independent copy of a trial (Optuna mutates the one it is handed); only the attribute values,
-    which may be nested JSON, need a deep copy: everything else is immutable scalars."""
+    which may be nested JSON, need a deep copy: everything else is immutable scalars. ``deep=False``
+    (a ``deepcopy=False`` read, whose caller promises not to mutate) shares those values: the mirror
+    replaces an attribute's value on a write, never changes it in place."""
+    attrs = _own_attrs if deep else dict
     return FrozenTrial(
         number=trial.number,
         state=trial.state,
@@ -82,8 +183,8 @@ def _copy(trial: FrozenTrial) -> FrozenTrial:
         datetime_complete=trial.datetime_complete,
         params=dict(trial.params),
         distributions=dict(trial.distributions),
-        user_attrs=copy.deepcopy(trial.user_attrs),
-        system_attrs=copy.deepcopy(trial.system_attrs),
+        user_attrs=attrs(trial.user_attrs),
+        system_attrs=attrs(trial.system_attrs),
         intermediate_values=dict(trial.intermediate_values),
         trial_id=trial._trial_id,
     )
@@ -101,6 +202,34 @@ def _local(utc: dt.datetime | None) -> dt.datetime | None:
     return utc.replace(tzinfo=dt.UTC).astimezone().replace(tzinfo=None)
 
 
+@dataclasses.dataclass(slots=True)
+class _Mirrored:
+    """A trial mirrored in memory, and what identifies its row: SQLite reuses the ids of deleted trials
+    (and studies), so a trial id alone may name another study's trial since; the start time (naive UTC,
+    microseconds) tells them apart."""
+
+    study_id: int
+    number: int
+    start: dt.datetime | None
+    trial: FrozenTrial
+
+    def is_row(self, row: Any) -> bool:
+        return (
+            row.study_id == self.study_id
+            and row.number == self.number
+            and row.datetime_start == self.start
+            and row.state == self.trial.state
+        )
+
+
+def _fault(exc: sqlalchemy.exc.SQLAlchemyError) -> optuna.exceptions.StorageInternalError:
+    """A database error as Optuna's RDBStorage raises it (the one type callers of either storage catch)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return optuna.exceptions.StorageInternalError(
+        f"the database refused a storage call: {reason[0] if reason else type(exc).__name__}"
+    )
+
+
 class SweepRDBStorage(optuna.storages.RDBStorage):
     """``RDBStorage`` whose per-trial calls are single Core statements (see the module docstring)."""
 
@@ -112,7 +241,12 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         # SQLite write transactions take the write lock at BEGIN (sweep.storage's begin hook); set only
         # after Optuna's schema set-up in __init__, which runs its own transactions.
         self.engine._sweep_immediate = self.engine.dialect.name == "sqlite"  # type: ignore[attr-defined]
-        self._mirror: OrderedDict[int, FrozenTrial] = OrderedDict()
+        # Optuna's schema-version checks, which also run outside the storage's own methods (Optuna's
+        # tests hold a session open around one), read without the write lock.
+        manager = getattr(self, "_version_manager", None)
+        if manager is not None and type(manager) is _rdb_storage._VersionManager:
+            self._version_manager = _LockFreeVersionManager(self.url, self.engine, self.scoped_session)
+        self._mirror: OrderedDict[int, _Mirrored] = OrderedDict()
         self._mirror_lock = threading.Lock()
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._write_lock = threading.Lock()
@@ -232,35 +366,64 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                         committing = True
                         transaction.commit()
                     return result
+            except sqlalchemy.exc.IntegrityError:
+                raise  # as Optuna's sessions do: callers tell a lost race from a fault
             except sqlalchemy.exc.DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated or (committing and kind != "write"):
-                    raise
+                    raise _fault(exc) from exc
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                raise _fault(exc) from exc
         raise AssertionError("unreachable")
 
     def _raise_if_not_updatable(self, conn: Any, trial_id: int) -> None:
-        state = conn.execute(sqlalchemy.select(_trials.c.state).where(_trials.c.trial_id == trial_id)).scalar()
-        if state is None:
+        """Raise what Optuna raises for a write to ``trial_id`` that its guard refused."""
+        row = conn.execute(
+            sqlalchemy.select(_trials.c.study_id, _trials.c.number, _trials.c.state, _trials.c.datetime_start).where(
+                _trials.c.trial_id == trial_id
+            )
+        ).first()
+        with self._mirror_lock:
+            known = self._mirror.get(trial_id)
+        replaced = (
+            known is not None
+            and row is not None
+            and (row.study_id, row.number, row.datetime_start)
+            != (
+                known.study_id,
+                known.number,
+                known.start,
+            )
+        )
+        if row is None or replaced:
+            # Our trial is gone (its study deleted); its id may already be another study's trial.
             self._forget(trial_id)
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
-        if state.is_finished():
+        if row.state.is_finished():
             self._forget(trial_id)
-        self.check_trial_is_updatable(trial_id, state)
+        self.check_trial_is_updatable(trial_id, row.state)
 
     def _upsert_statement(
-        self, table: sqlalchemy.Table, keys: tuple[str, ...], columns: tuple[str, ...], update: bool
+        self, table: sqlalchemy.Table, keys: tuple[str, ...], columns: tuple[str, ...], update: bool, mine: bool
     ) -> Any:
         """``INSERT INTO table SELECT :values WHERE the trial is unfinished ON CONFLICT ...``, built once.
 
         Built once per shape and executed with bound parameters, so SQLAlchemy compiles it once too
-        (constructing the statement per call cost more than running it).
+        (constructing the statement per call cost more than running it). ``mine``: the trial is
+        mirrored, and the guard also matches its start time, so that a write never lands in another
+        study's trial that reuses the id of ours after a deletion.
         """
-        cache_key = (table.name, keys, columns, update)
+        cache_key = (table.name, keys, columns, update, mine)
         stmt = self._statements.get(cache_key)
         if stmt is None:
             trial_id = sqlalchemy.bindparam("trial_id", type_=_trials.c.trial_id.type)
+            guard = [_trials.c.trial_id == trial_id, _unfinished()]
+            if mine:
+                guard.append(
+                    _trials.c.datetime_start == sqlalchemy.bindparam("_start", type_=_trials.c.datetime_start.type)
+                )
             source = sqlalchemy.select(
                 trial_id, *(sqlalchemy.bindparam(c, type_=table.c[c].type) for c in columns)
-            ).where(_trials.c.trial_id == trial_id, _unfinished())
+            ).where(*guard)
             stmt = self._insert(table).from_select(["trial_id", *columns], source)
             if update:
                 stmt = stmt.on_conflict_do_update(
@@ -285,13 +448,17 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         update: bool = True,
     ) -> None:
         """Insert (or update on conflict) a child row of an unfinished trial, in one statement."""
-        stmt = self._upsert_statement(table, keys, tuple(values), update)
-        if conn.execute(stmt, {"trial_id": trial_id, **values}).first() is None:
+        start = self._mirrored_start(trial_id)
+        stmt = self._upsert_statement(table, keys, tuple(values), update, start is not None)
+        params = (
+            {"trial_id": trial_id, **values} if start is None else {"trial_id": trial_id, "_start": start, **values}
+        )
+        if conn.execute(stmt, params).first() is None:
             self._raise_if_not_updatable(conn, trial_id)
 
-    def _remember(self, trial: FrozenTrial) -> None:
+    def _remember(self, study_id: int, start: dt.datetime | None, trial: FrozenTrial) -> None:
         with self._mirror_lock:
-            self._mirror[trial._trial_id] = trial
+            self._mirror[trial._trial_id] = _Mirrored(study_id, trial.number, start, trial)
             self._mirror.move_to_end(trial._trial_id)
             while len(self._mirror) > _MIRROR_SIZE:
                 self._mirror.popitem(last=False)
@@ -300,12 +467,23 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         with self._mirror_lock:
             self._mirror.pop(trial_id, None)
 
+    def _mirrored_start(self, trial_id: int) -> dt.datetime | None:
+        with self._mirror_lock:
+            known = self._mirror.get(trial_id)
+            return known.start if known is not None else None
+
     def _mirrored(self, trial_id: int, update: Any) -> None:
         """Apply ``update(frozen_trial)`` to the mirrored copy of a trial, if there is one."""
         with self._mirror_lock:
-            trial = self._mirror.get(trial_id)
-            if trial is not None:
-                update(trial)
+            known = self._mirror.get(trial_id)
+            if known is not None:
+                update(known.trial)
+
+    def delete_study(self, study_id: int) -> None:
+        super().delete_study(study_id)
+        with self._mirror_lock:  # its trials are gone, and SQLite will hand their ids out again
+            for trial_id in [i for i, known in self._mirror.items() if known.study_id == study_id]:
+                del self._mirror[trial_id]
 
     # ------------------------------------------------------------------ trials: create, params
 
@@ -352,7 +530,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             intermediate_values={},
             trial_id=trial_id,
         )
-        self._remember(_copy(trial))
+        self._remember(study_id, now, _copy(trial))
         return trial
 
     def _set_trial_param(
@@ -387,7 +565,12 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 if stored is not None:
                     previous = _distribution(stored)
             if previous is not None:
-                distributions.check_distribution_compatibility(previous, distribution)
+                try:
+                    distributions.check_distribution_compatibility(previous, distribution)
+                except ValueError:
+                    # Optuna checks the trial first: a finished (or missing) trial is that error.
+                    self._raise_if_not_updatable(conn, trial_id)
+                    raise
             self._guarded_upsert(conn, _params, ("trial_id", "param_name"), values, trial_id, update=False)
 
         self._run("write" if previous_distribution is not None else "txn", write)
@@ -433,8 +616,10 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             self._forget(trial_id)
             return super().set_trial_state_values(trial_id, state, values)
         now = _utc_now()
+        won: list[int] = []
 
         def write(conn: Any) -> bool:
+            won.clear()  # a retried transaction starts over
             if state == TrialState.RUNNING:  # popping a WAITING trial: exactly one worker may win it
                 update = (
                     sqlalchemy.update(_trials)
@@ -442,14 +627,15 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                     .values(state=state, datetime_start=now)
                 )
             else:
-                update = (
-                    sqlalchemy.update(_trials)
-                    .where(_trials.c.trial_id == trial_id, _unfinished())
-                    .values(state=state, datetime_complete=now)
-                )
-            if conn.execute(update).rowcount == 0:
+                guard = [_trials.c.trial_id == trial_id, _unfinished()]
+                if (start := self._mirrored_start(trial_id)) is not None:
+                    guard.append(_trials.c.datetime_start == start)  # ours, not a reused id (_Mirrored)
+                update = sqlalchemy.update(_trials).where(*guard).values(state=state, datetime_complete=now)
+            popped = conn.execute(update.returning(_trials.c.study_id)).first()
+            if popped is None:
                 self._raise_if_not_updatable(conn, trial_id)
                 return False  # RUNNING asked of a trial that is not WAITING (another worker took it)
+            won.append(popped.study_id)
             for objective, value in enumerate(values or ()):
                 stored, kind = models.TrialValueModel.value_to_stored_repr(value)
                 stmt = self._insert(_values).values(
@@ -470,7 +656,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             return False
         if state == TrialState.RUNNING:  # a popped WAITING trial is now this process's: mirror it
             for trial in self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id)):
-                self._remember(trial)
+                if trial.state == TrialState.RUNNING:
+                    self._remember(won[0], now, trial)
             return True
 
         def finish(trial: FrozenTrial) -> None:
@@ -485,10 +672,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
     # ------------------------------------------------------------------ reads
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
+        # This process's running trial, from memory: only its owner writes it (a peer's FAIL shows at
+        # the owner's next write or heartbeat, which then drop it from the mirror). Any other trial
+        # is read, a mirrored finished one with one select (_read_trials: still the same row?).
         with self._mirror_lock:
-            trial = self._mirror.get(trial_id)
-            if trial is not None:
-                return _copy(trial)
+            known = self._mirror.get(trial_id)
+            if known is not None and known.trial.state == TrialState.RUNNING:
+                return _copy(known.trial)
         found = self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id))
         if not found:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
@@ -500,7 +690,12 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         states: Container[TrialState] | None,
         included_trial_ids: set[int],
         trial_id_greater_than: int,
+        *,
+        deepcopy: bool = False,
     ) -> list[FrozenTrial]:
+        # deepcopy: whether trials served from the mirror get their own attribute values. Optuna's
+        # cache layer calls this without it: it keeps what it is given (never mutating it) and copies
+        # on its own for a deepcopy=True read; the uncached get_all_trials passes its deepcopy.
         # Same contract as Optuna's: trials with id > trial_id_greater_than, plus the included ids
         # (the caller's unfinished trials) that are not above it.
         included = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)
@@ -508,12 +703,27 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         if states is not None:
             assert isinstance(states, Iterable)
             where.append(_trials.c.state.in_(list(states)))
+        # One select, or (more included ids than one IN list may bind) one per chunk of ids: the
+        # chunks are disjoint, so their trials are only merged back into id order.
+        selections = [sqlalchemy.and_(*where)]
         if trial_id_greater_than > -1:
             newer = _trials.c.trial_id > trial_id_greater_than
-            where.append(sqlalchemy.or_(newer, _trials.c.trial_id.in_(included)) if included else newer)
+            if len(included) <= _IN_CHUNK:
+                selections = [
+                    sqlalchemy.and_(
+                        *where, sqlalchemy.or_(newer, _trials.c.trial_id.in_(included)) if included else newer
+                    )
+                ]
+            else:
+                selections = [sqlalchemy.and_(*where, newer)] + [
+                    sqlalchemy.and_(*where, _trials.c.trial_id.in_(included[i : i + _IN_CHUNK]))
+                    for i in range(0, len(included), _IN_CHUNK)
+                ]
 
         def read(conn: Any) -> list[FrozenTrial]:
-            trials = self._read_trials(conn, sqlalchemy.and_(*where))
+            trials = [t for selection in selections for t in self._read_trials(conn, selection, deep=deepcopy)]
+            if len(selections) > 1:
+                trials.sort(key=lambda t: t._trial_id)
             # Optuna raises for an unknown study; only an empty answer needs the extra query to tell.
             if not trials and conn.execute(select_study, {"study_id": study_id}).first() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
@@ -524,11 +734,17 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         )
         return self._run("read", read)
 
-    def _read_trials(self, conn: Any, where: Any) -> list[FrozenTrial]:
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(study_id, states, set(), -1, deepcopy=deepcopy)
+
+    def _read_trials(self, conn: Any, where: Any, *, deep: bool = True) -> list[FrozenTrial]:
         """Every trial matching ``where`` with its params, values, reports and attributes (1 + 5 selects)."""
         rows = conn.execute(
             sqlalchemy.select(
                 _trials.c.trial_id,
+                _trials.c.study_id,
                 _trials.c.number,
                 _trials.c.state,
                 _trials.c.datetime_start,
@@ -548,8 +764,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         with self._mirror_lock:
             for r in rows:
                 known = self._mirror.get(r.trial_id)
-                if known is not None and known.state == r.state and r.state in _MIRROR_EXACT:
-                    trials[r.trial_id] = _copy(known)
+                if known is not None and known.is_row(r) and r.state in _MIRROR_EXACT:
+                    trials[r.trial_id] = _copy(known.trial, deep)
                 else:
                     trials[r.trial_id] = built[r.trial_id] = FrozenTrial(
                         number=r.number,
@@ -573,7 +789,9 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         """Fill ``built`` (trial id → trial) with its params, values, reports and attributes: 5 selects."""
         if len(built) == 1:  # the common single-trial read
             match: Any = lambda table: table.c.trial_id == next(iter(built))  # noqa: E731
-        elif every:  # every trial of ``where``: a subquery, not thousands of bound ids
+        elif every or len(built) > _IN_CHUNK:
+            # Every trial of ``where`` (or more than one IN list may bind: the children of every trial
+            # of ``where`` are read, and those of trials not in ``built`` skipped): a subquery.
             ids = sqlalchemy.select(_trials.c.trial_id).where(where).scalar_subquery()
             match = lambda table: table.c.trial_id.in_(ids)  # noqa: E731
         else:
@@ -615,7 +833,65 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
     # ------------------------------------------------------------------ heartbeat
 
     def record_heartbeat(self, trial_id: int) -> None:
-        # The database's clock, as Optuna's stale check compares against it.
-        stmt = self._insert(_beats).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
-        stmt = stmt.on_conflict_do_update(index_elements=[_beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()})
-        self._run("write", lambda conn: conn.execute(stmt))
+        # The database's clock, as Optuna's stale check compares against it. Only an unfinished trial
+        # beats: a beat that finds the trial finished (a peer failed it as stale) or gone drops it
+        # from the mirror, so the owner's next read shows the peer's FAIL (Optuna's own storage would
+        # have let this beat through, and its reads were never served from memory).
+        stmt = self._statements.get(("heartbeat",))
+        if stmt is None:
+            trial = sqlalchemy.bindparam("trial_id", type_=_trials.c.trial_id.type)
+            source = sqlalchemy.select(trial, sqlalchemy.func.now()).where(_trials.c.trial_id == trial, _unfinished())
+            stmt = self._insert(_beats).from_select(["trial_id", "heartbeat"], source)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[_beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()}
+            ).returning(_beats.c.trial_id)
+            self._statements[("heartbeat",)] = stmt
+        if self._run("write", lambda conn: conn.execute(stmt, {"trial_id": trial_id}).first()) is None:
+            self._forget(trial_id)
+
+
+# Optuna's read-only ORM methods, inherited as they are, but run with _READ_ONLY set: on SQLite their
+# sessions begin DEFERRED (no write lock). Every other inherited method writes, or may, and begins
+# IMMEDIATE.
+_ORM_READS = (
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "get_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+)
+
+
+def _lock_free(name: str, owner: type = optuna.storages.RDBStorage) -> Callable[..., Any]:
+    inherited = getattr(owner, name)
+
+    @functools.wraps(inherited)
+    def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _READ_ONLY.set(True)
+        try:
+            return inherited(self, *args, **kwargs)
+        finally:
+            _READ_ONLY.reset(token)
+
+    return read
+
+
+if UNSUPPORTED is None:
+
+    class _LockFreeVersionManager(_rdb_storage._VersionManager):
+        """Optuna's schema-version manager whose read-only checks begin DEFERRED on SQLite."""
+
+    for _name in ("check_table_schema_compatibility", "get_current_version"):
+        setattr(_LockFreeVersionManager, _name, _lock_free(_name, _rdb_storage._VersionManager))
+
+for _name in _ORM_READS:
+    if _name not in vars(SweepRDBStorage) and hasattr(optuna.storages.RDBStorage, _name):  # never wrap ours
+        setattr(SweepRDBStorage, _name, _lock_free(_name))

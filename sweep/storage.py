@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -23,10 +24,10 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from sweep import rdb
 from sweep.rdb import SweepRDBStorage
 
 DEFAULT_URL = "sqlite:///storage/sweep.db"
@@ -95,22 +96,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database) if parsed.drivername == "sqlite" and parsed.database else None
 
 
-@event.listens_for(Engine, "begin")
-def _begin_immediate(conn: Any) -> None:
-    # pysqlite opens transactions lazily as DEFERRED; two workers that both read and then want to
-    # write fail at once with "database is locked" (the busy timeout does not apply to a lock
-    # upgrade). Taking the write lock at BEGIN makes them queue on the busy timeout instead.
-    # Read-only snapshots (sweep.rdb's reads) take no lock: WAL readers never block the writer.
-    if getattr(conn.engine, "_sweep_immediate", False):
-        read_only = conn.get_execution_options().get("sweep_read_only", False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
 class _SQLiteConnect:
     """The engine's connection factory (a class, not a closure, so that a storage pickles)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        # Equal for the same file: a pickled storage's engine_kwargs equal the original's, as Optuna's do.
+        return isinstance(other, _SQLiteConnect) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
 
     def __call__(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -133,6 +130,49 @@ def _prepare_sqlite(path: Path) -> None:
         con.close()
 
 
+def storage_engine_kwargs(sa_url: str) -> dict[str, Any]:
+    """The SQLAlchemy engine arguments sweep opens ``sa_url`` (a validated URL) with; a SQLite file is
+    created in WAL mode first. Exposed so that Optuna's conformance tests build the storage sweep runs."""
+    path = sqlite_path(sa_url)
+    if path is not None:
+        _prepare_sqlite(path)
+        return _sqlite_engine_kwargs(path)
+    return {
+        # No pool_pre_ping (a round trip before every call): sweep.rdb retries a call once on a
+        # connection found dead (database restart, connection cut by a proxy), and TCP keepalives
+        # notice a vanished server while a trial trains for minutes without a query.
+        "pool_size": 2,
+        "max_overflow": 4,
+        "pool_recycle": 1800,
+        "connect_args": {
+            "connect_timeout": 10,
+            # Writes commit without waiting for the WAL flush, except a trial's state changes
+            # (sweep.rdb), which flush everything before them with them. A PostgreSQL crash (not a
+            # worker crash) can lose the last ~0.6 s of writes to running trials, never a result.
+            "options": "-c synchronous_commit=off",
+            "keepalives": 1,
+            "keepalives_idle": 60,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        },
+    }
+
+
+def _stock_storage(sa_url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """Optuna's own RDBStorage, with Optuna's engine defaults, for an Optuna sweep.rdb was not built on:
+    slower, but every call is Optuna's. Said once per process, on one line."""
+    global _fallback_said
+    if not _fallback_said:
+        _fallback_said = True
+        _log.warning("sweep: using Optuna's own RDBStorage (slower): sweep.rdb cannot run: %s", rdb.UNSUPPORTED)
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite_path(sa_url) else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(sa_url, engine_kwargs=kwargs, **heartbeat)
+
+
+_log = logging.getLogger("sweep.storage")
+_fallback_said = False
+
+
 def open_storage(
     url: str,
     *,
@@ -151,33 +191,10 @@ def open_storage(
     ``create=False`` refuses to create a missing SQLite file (read-only commands).
     """
     sa_url = validate_url(url)
-    engine_kwargs: dict[str, Any]
     path = sqlite_path(sa_url)
-    if path is not None:
-        if not path.exists() and not create:
-            raise StorageError(f"no sweep database at {path}; create a study first: sweep create SPEC")
-        _prepare_sqlite(path)
-        engine_kwargs = _sqlite_engine_kwargs(path)
-    else:
-        engine_kwargs = {
-            # No pool_pre_ping (a round trip before every call): sweep.rdb retries a call once on a
-            # connection found dead (database restart, connection cut by a proxy), and TCP keepalives
-            # notice a vanished server while a trial trains for minutes without a query.
-            "pool_size": 2,
-            "max_overflow": 4,
-            "pool_recycle": 1800,
-            "connect_args": {
-                "connect_timeout": 10,
-                # Writes commit without waiting for the WAL flush, except a trial's state changes
-                # (sweep.rdb), which flush everything before them with them. A PostgreSQL crash (not a
-                # worker crash) can lose the last ~0.6 s of writes to running trials, never a result.
-                "options": "-c synchronous_commit=off",
-                "keepalives": 1,
-                "keepalives_idle": 60,
-                "keepalives_interval": 10,
-                "keepalives_count": 3,
-            },
-        }
+    if path is not None and not path.exists() and not create:
+        raise StorageError(f"no sweep database at {path}; create a study first: sweep create SPEC")
+    engine_kwargs = storage_engine_kwargs(sa_url)
     hb: dict[str, Any] = {}
     if heartbeat:
         hb = {
@@ -196,8 +213,9 @@ def open_storage(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = SweepRDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
-            return storage
+                if rdb.UNSUPPORTED is None:
+                    return SweepRDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
+                return _stock_storage(sa_url, hb)
         except (
             optuna.exceptions.StorageInternalError,
             sqlalchemy.exc.OperationalError,

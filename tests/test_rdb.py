@@ -282,3 +282,112 @@ def test_held_connection_is_recycled_and_closed(storage_url: str) -> None:
     assert storage._held is None
     assert storage.autocommit_engine.pool.checkedout() == 0 and storage.engine.pool.checkedout() == 0
     assert len(storage.get_all_trials(study._study_id)) == 1  # still usable: connects again
+
+
+# ---------------------------------------------------------------- the contract where it differs from Optuna's
+# (storage/README.md, "The storage contract"; every other behaviour is pinned by tests/optuna_conformance)
+
+
+def test_a_peer_fail_shows_at_the_owners_next_heartbeat(storage_url: str) -> None:
+    """The owner serves its running trial from memory; a peer's FAIL (stale-heartbeat check) shows at
+    the owner's next heartbeat (or write: test_a_trial_failed_elsewhere_is_not_written)."""
+    storage = open_storage(storage_url, heartbeat=True)
+    study = optuna.create_study(storage=storage, study_name="beaten")
+    trial = study.ask()
+    _stock(storage_url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING  # memory: not yet
+    storage.record_heartbeat(trial._trial_id)
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+
+
+def test_a_peers_attribute_on_our_running_trial_is_not_seen_by_us(storage_url: str) -> None:
+    """Deviation: a peer may write a trial another process runs (Optuna allows it, sweep never does);
+    everyone but the owner sees it at once, the owner not through its mirrored copy."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="peer-attr")
+    trial = study.ask()
+    _stock(storage_url).set_trial_user_attr(trial._trial_id, "peer", 1)
+    assert _stock(storage_url).get_trial(trial._trial_id).user_attrs == {"peer": 1}
+    assert open_storage(storage_url).get_trial(trial._trial_id).user_attrs == {"peer": 1}
+    assert storage.get_trial(trial._trial_id).user_attrs == {}
+
+
+def test_a_deleted_study_leaves_no_trial_behind(storage_url: str) -> None:
+    """Trials of a deleted study are never answered from memory, nor is a trial that reuses their id
+    (SQLite hands out deleted ids again) answered with the deleted one's data, nor written by its owner."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="gone")
+    done = study.ask()
+    done.suggest_int("k", 0, 5)
+    study.tell(done, 1.0)
+    running = study.ask()
+    running.report(0.5, 1)
+    storage.delete_study(study._study_id)
+    for tid in (done._trial_id, running._trial_id):
+        with pytest.raises(KeyError):
+            storage.get_trial(tid)
+    # Another process deletes a study whose trials we ran and creates trials that may reuse their ids.
+    ours = open_storage(storage_url)
+    study = optuna.create_study(storage=ours, study_name="ours")
+    finished = study.ask()
+    finished.suggest_int("k", 0, 5)
+    study.tell(finished, 1.0)
+    mine = study.ask()
+    peer = _stock(storage_url)
+    peer.delete_study(study._study_id)
+    other = peer.create_new_study([optuna.study.StudyDirection.MINIMIZE], "other")
+    reused = [peer.create_new_trial(other) for _ in range(2)]
+    for tid in (finished._trial_id, mine._trial_id):
+        if tid in reused:  # the row is another study's trial: read as it is
+            assert ours.get_trial(tid).params == {} and ours.get_trial(tid).state == TrialState.RUNNING
+    with pytest.raises(KeyError):  # our trial is gone: a write to it never lands in the other study's
+        ours.set_trial_intermediate_value(mine._trial_id, 1, 0.5)
+    assert all(peer.get_trial(t).intermediate_values == {} for t in reused)
+
+
+def test_database_errors_are_storage_internal_errors(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="faults")
+    trial = study.ask()
+    # Optuna's schema limits keys to 2048 characters: PostgreSQL refuses a longer one, SQLite stores it.
+    if storage.engine.dialect.name == "postgresql":
+        with pytest.raises(optuna.exceptions.StorageInternalError):
+            storage.set_trial_user_attr(trial._trial_id, "k" * 3000, 1)
+    broken = open_storage(storage_url)
+    broken._run("write", lambda conn: conn.exec_driver_sql("DROP TABLE trial_user_attributes"))
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # a fault, not a raw SQLAlchemy error
+        storage.set_trial_user_attr(trial._trial_id, "a", 1)
+
+
+def test_deepcopy_false_shares_attribute_values(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="shallow")
+    trial = study.ask()
+    trial.set_user_attr("nested", {"a": [1]})
+    deep = storage.get_all_trials(study._study_id)[0].user_attrs["nested"]
+    shallow = storage.get_all_trials(study._study_id, deepcopy=False)[0].user_attrs["nested"]
+    assert shallow is storage.get_all_trials(study._study_id, deepcopy=False)[0].user_attrs["nested"]
+    assert deep is not shallow and deep == shallow
+
+
+def test_an_untested_optuna_falls_back_to_optunas_storage(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rdb.py overrides Optuna internals: on an Optuna outside the tested range (or lacking them) sweep
+    says so on one line and runs Optuna's own RDBStorage, never a traceback in the middle of a sweep."""
+    from sweep import rdb, storage
+
+    monkeypatch.setattr(optuna, "__version__", "5.1.0")
+    reason = rdb._unsupported_reason()
+    assert reason is not None and "5.1.0" in reason and "\n" not in reason
+    monkeypatch.setattr(rdb, "UNSUPPORTED", reason)
+    monkeypatch.setattr(storage, "_fallback_said", False)
+    with caplog.at_level("WARNING", logger="sweep.storage"):
+        first, second = open_storage(storage_url), open_storage(storage_url)
+    assert type(first) is optuna.storages.RDBStorage and type(second) is optuna.storages.RDBStorage
+    assert [r.getMessage() for r in caplog.records] == [
+        f"sweep: using Optuna's own RDBStorage (slower): sweep.rdb cannot run: {reason}"
+    ]
+    study = optuna.create_study(storage=first, study_name="stock")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(second.get_all_trials(study._study_id)) == 2
