@@ -71,6 +71,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the backbone from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
