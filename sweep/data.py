@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("cifar10", "imagefolder", "synthetic")
+from sweep.errors import SpecError
+from sweep.spec import DATASETS, check
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CACHE_DIR = "storage/cache"
 SYNTHETIC_DEFAULT_SIZE = 2000
-MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 # The subset is a property of the data, not of a trial: a fixed seed keeps it identical for every
 # trial (so its decoded images can be cached once), while `seed` only moves the validation split.
 _SUBSET_SEED = 0
@@ -83,20 +84,14 @@ def load_data(
     (stratified, the same for every seed) before the split; None keeps all. ``classes`` keeps only
     those classes (train and test), labelled in the order given; None keeps every class.
     """
-    if name not in DATASETS:
-        raise DataError(f"data.name={name!r}: unknown data set; choose one of {', '.join(DATASETS)}")
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or not (
-        MIN_RESOLUTION <= resolution <= MAX_RESOLUTION
-    ):
-        raise DataError(
-            f"data.resolution={resolution!r}: must be an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
-        )
-    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
-        raise DataError(f"data.val_fraction={val_fraction!r}: must be a number strictly between 0 and 1")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"seed={seed!r}: must be an integer")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 2):
-        raise DataError(f"data.subset={subset!r}: must be an integer >= 2, or empty for all images")
+    try:  # the spec's rules (sweep.spec.SETTINGS), for callers that did not come through a spec
+        for key, value in (("data.name", name), ("data.resolution", resolution),
+                           ("data.val_fraction", val_fraction), ("seed", seed)):
+            check(key, value)
+        if subset is not None:
+            check("data.subset", subset)
+    except SpecError as e:
+        raise DataError(e.terse()) from None
 
     if name == "synthetic":
         n_train = subset if subset is not None and classes is None else SYNTHETIC_DEFAULT_SIZE
