@@ -465,3 +465,9 @@ def test_cdn_page_offline_says_plotly_is_missing(browser: Any, tmp_path: Path) -
     assert "plotly.js is not loaded" in view.page.inner_text("#fig-0")
     assert len(view.column("#")) == 6  # the table still works
     view.page.close()
+
+
+def test_cli_plotlyjs_choices_are_the_pages() -> None:
+    from sweep.cli import PlotlyJS
+
+    assert tuple(m.value for m in PlotlyJS) == report.page.PLOTLYJS_MODES
