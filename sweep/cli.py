@@ -11,7 +11,6 @@ import enum
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sweep.show import short
 from sweep.spec import PRECISIONS
 from sweep.storage import DEFAULT_URL
 
@@ -135,7 +135,7 @@ class _WorkerDisplay:
         console.print(f"{self.prefix}{escape(text)}", highlight=False, soft_wrap=True)
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "no searched params"
+        shown = ", ".join(f"{k}={short(v)}" for k, v in params.items()) or "no searched params"
         self.message(f"trial {number} started: {shown}")
         if self.task is not None:
             self.progress.remove_task(self.task)
@@ -159,10 +159,6 @@ class _WorkerDisplay:
         if why:
             text += f" ({why})"
         console.print(f"{self.prefix}{text}", highlight=False, soft_wrap=True)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
@@ -325,6 +321,11 @@ def _supervise(
 # --------------------------------------------------------------------------- report
 
 
+# How the report carries plotly.js: sweep.report.page.PLOTLYJS_MODES (not imported here: it loads Optuna;
+# tests/test_report.py holds the two equal).
+PlotlyJS = enum.StrEnum("PlotlyJS", {m: m for m in ("inline", "cdn")})
+
+
 @app.command()
 def report(
     studies: Annotated[list[str] | None, typer.Argument(help="Studies to compare (default: the only one).")] = None,
@@ -332,8 +333,8 @@ def report(
         Path | None, typer.Option("--output", "-o", help="HTML file (default: storage/reports/<study>.html).")
     ] = None,
     plotlyjs: Annotated[
-        str, typer.Option("--plotlyjs", help="inline = opens offline (~5 MB); cdn = small file, needs internet.")
-    ] = "inline",
+        PlotlyJS, typer.Option("--plotlyjs", help="inline = opens offline (~5 MB); cdn = small file, needs internet.")
+    ] = PlotlyJS.inline,
     watch: Annotated[
         float | None, typer.Option("--watch", min=1, help="Rewrite the report every SECONDS until Ctrl-C.")
     ] = None,
@@ -342,15 +343,13 @@ def report(
     """Write a self-contained HTML dashboard comparing the trials of one or more studies."""
     from sweep.service import write_report
 
-    if plotlyjs not in ("inline", "cdn"):
-        raise _fail(f"--plotlyjs {plotlyjs!r}: expected inline or cdn")
     while True:
         with _user_errors():
             path = write_report(
                 studies or [],
                 storage_url=storage,
                 output=output,
-                plotlyjs=plotlyjs,
+                plotlyjs=plotlyjs.value,
                 refresh_s=int(watch) if watch else None,
             )
         console.print(f"report written: {path.resolve()}", highlight=False, soft_wrap=True)
@@ -410,7 +409,7 @@ def status(
         "best val acc", f"{st.best_value:.4f} (trial {st.best_number})" if st.best_value is not None else "none yet"
     )
     for k, v in st.best_params.items():
-        table.add_row(f"  {k}", _fmt(v))
+        table.add_row(f"  {k}", short(v))
     _cost_rows(table, st.cost)
     kept = f"{len(st.kept)} (sweep export {st.name} --trial N --output DIR)" if st.kept else "none"
     table.add_row("kept models", kept)
@@ -457,7 +456,7 @@ def list_(storage: StorageOpt = DEFAULT_URL) -> None:
         table.add_column(col)
     for st in statuses:
         best = f"{st.best_value:.4f}" if st.best_value is not None else "-"
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in st.best_params.items())
+        params = ", ".join(f"{k}={short(v)}" for k, v in st.best_params.items())
         table.add_row(st.name, st.state.value, str(st.n_trials), _state_cell(st.states) or "-", best, params)
     console.print(table)
 
@@ -498,7 +497,7 @@ def rerun(
         r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show,
                         precision=precision.value if precision is not None else None, export=export, force=force)
     table = Table(
-        title=f"study {r.study}, trial {r.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())
+        title=f"study {r.study}, trial {r.number}: " + ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
     )
     table.add_column("epoch")
     table.add_column(f"stored val acc ({r.stored_precision or '?'})")
@@ -813,10 +812,3 @@ def bench_live(
             json_path=json_path,
         )
 
-def main() -> None:  # pragma: no cover - console-script entry point
-    """Entry point used by ``python -m sweep``."""
-    app(prog_name="sweep")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,12 +16,13 @@ import torch
 import torchvision
 from torch import nn
 
+from sweep.errors import SpecError
+from sweep.spec import check
+
 log = logging.getLogger(__name__)
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+# MAX_FROZEN (the spec's bound on frozen_layers) is len(UNITS); tests/test_spec.py holds them equal.
 UNITS = ("stem", "layer1", "layer2", "layer3", "layer4")
-MAX_FROZEN = len(UNITS)
-STEMS = ("imagenet", "cifar")
 _WEIGHT_ENUMS = {
     "resnet18": "ResNet18_Weights",
     "resnet34": "ResNet34_Weights",
@@ -42,10 +43,11 @@ def build_model(arch: str, *, weights: str, num_classes: int, stem: str = "image
     ``stem="cifar"`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv and no pool, for small
     images; its kernel is initialised from the centre 3x3 of a pretrained 7x7 kernel if there is one.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch={arch!r}: unknown architecture; choose one of {', '.join(ARCHS)}")
-    if stem not in STEMS:
-        raise ValueError(f"model.stem={stem!r}: unknown stem; choose one of {', '.join(STEMS)}")
+    try:  # the spec's rules, for callers that did not come through a spec
+        check("model.arch", arch)
+        check("train.stem", stem, "model.stem")
+    except SpecError as e:
+        raise ValueError(e.terse()) from None
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r}: need an integer >= 2")
     model: nn.Module = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
@@ -169,11 +171,10 @@ def unit_modules(model: nn.Module) -> list[list[nn.Module]]:
 
 
 def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_FROZEN:
-        raise ValueError(
-            f"train.frozen_layers={k!r}: must be an integer from 0 to {MAX_FROZEN} "
-            f"(number of frozen units of {', '.join(UNITS)})"
-        )
+    try:
+        check("train.frozen_layers", k)
+    except SpecError as e:
+        raise ValueError(f"{e.terse()} (number of frozen units of {', '.join(UNITS)})") from None
 
 
 def freeze_prefix(model: nn.Module, k: int) -> None:

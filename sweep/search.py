@@ -1,4 +1,8 @@
-"""Sampler, pruner and parameter suggestion, all derived from the study spec."""
+"""Sampler, pruner and parameter suggestion, all derived from the study spec.
+
+The arrow goes one way, spec → search: ``parse_spec`` asks :func:`check_search_args` whether the
+sampler and pruner arguments fit the Optuna classes; this module needs the spec only as a type.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep.spec import SpecError, StudySpec
+from sweep.errors import SpecError
 from sweep.tpe import IncrementalTPESampler
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner
     from optuna.samplers import BaseSampler
+
+    from sweep.spec import StudySpec  # a type only: spec imports this module to check sampler arguments
 
 
 class _GridSampler(optuna.samplers.GridSampler):

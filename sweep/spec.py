@@ -5,7 +5,11 @@ validated here, once, with messages that name the field, the bad value and what 
 resolved spec (every default filled in) is stored inside the Optuna study, so every worker on every
 machine reads the same thing from the database.
 
-Only the standard library is used: ``sweep create`` must start fast and never import torch.
+Every setting's type, bounds, default and reason live in one table, :data:`SETTINGS`; the training
+code (``sweep.train``, ``sweep.data``, ``sweep.model``) checks its arguments with :func:`check` rather
+than with rules of its own. Only the standard library is imported here, so the table is cheap to read
+anywhere; ``parse_spec`` imports ``sweep.search`` (Optuna) when it runs, to check sampler and pruner
+arguments against the real classes. Nothing here ever imports torch: ``sweep create`` starts fast.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweep.errors import SpecError
+
 DATASETS = ("cifar10", "imagefolder", "synthetic")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 STEMS = ("imagenet", "cifar")
@@ -35,49 +41,104 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # Must equal len(sweep.model.UNITS) (stem, layer1..layer4); spec.py cannot import torch to ask.
 MAX_FROZEN = 5
 
-# Every hyperparameter a trial understands, with the value used when it is not searched.
-# `[train]` in the spec overrides these fixed values; `[params.<name>]` searches them.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-4,
-    "batch_size": 128,
-    "frozen_layers": 0,
-    "aug_strength": 0.5,
-    "weight_decay": 0.05,
-    "label_smoothing": 0.0,
-    "stem": "imagenet",
-    "resolution": 32,
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a study: its type, the values it allows, its default, and why."""
+
+    type: type  # bool, int, float or str
+    default: Any
+    why: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself is not allowed
+    open_high: bool = False  # high itself is not allowed
+    choices: tuple[str, ...] | None = None
+    searchable: bool = False  # a hyperparameter: fixed in [train] or searched in [params.<name>]
+
+    def check(self, value: Any, fld: str) -> Any:
+        """``value`` if it is allowed, else a SpecError naming ``fld``."""
+        if self.type is bool:
+            return _bool(value, fld)
+        if self.type is int:
+            low, high = (None if b is None else int(b) for b in (self.low, self.high))
+            return _int(value, fld, low=low, high=high)
+        if self.type is float:
+            return _float(value, fld, low=self.low, high=self.high, open_low=self.open_low,
+                          open_high=self.open_high)
+        return _str(value, fld, self.choices)
+
+
+# Every setting of a spec by its dotted key, with the reason for its bounds and default beside it: the
+# one place a limit or a default lives. The dataclasses below, TrainConfig (sweep.train) and the
+# argument checks of sweep.data and sweep.model read it.
+SETTINGS: dict[str, Setting] = {
+    "n_trials": Setting(int, 60, "the budget all workers share", low=1, high=10_000_000),
+    "epochs": Setting(int, 12, "max epochs per trial, the pruner's max resource", low=1, high=100_000),
+    "seed": Setting(int, 0, "a 32-bit seed, as NumPy's generators (Optuna's samplers) take it",
+                    low=0, high=2**32 - 1),
+    "data.name": Setting(str, "cifar10", "the data sets sweep can read", choices=DATASETS),
+    "data.root": Setting(str, "data", "resolved on each worker; cifar10 downloads there"),
+    "data.val_fraction": Setting(float, 0.1, "carved from the training set; above 0.9 too little is left "
+                                 "to train on", low=0.0, high=0.9, open_low=True),
+    "data.resolution": Setting(int, 32, "image size at cache time, CIFAR-10's own; 1024 px caps the "
+                               "cache", low=8, high=1024),
+    "data.subset": Setting(int, None, "None keeps every image; two is the least a training and a "
+                           "validation split can be carved from (load_data checks the split itself)", low=2),
+    "model.arch": Setting(str, "resnet18", "the torchvision ResNets", choices=ARCHS),
+    "model.weights": Setting(str, "imagenet", "sweep fine-tunes: pretrained weights unless a spec says "
+                             "'none' (random init) or names a state dict"),
+    "train.lr": Setting(float, 1e-4, "AdamW's peak rate; 1e-4 is the fine-tuning recipe lr-freeze starts "
+                        "from", low=0.0, high=10.0, open_low=True, searchable=True),
+    "train.batch_size": Setting(int, 128, "the same recipe's batch", low=1, high=65536, searchable=True),
+    "train.frozen_layers": Setting(int, 0, "frozen units of the five (stem, layer1..4); 0 trains "
+                                   "everything", low=0, high=MAX_FROZEN, searchable=True),
+    "train.aug_strength": Setting(float, 0.5, "0 = none, 0.5 = the classic 4 px crop + flip, 1 = plus "
+                                  "jitter and cutout", low=0.0, high=1.0, searchable=True),
+    "train.weight_decay": Setting(float, 0.05, "AdamW's decoupled decay (biases and norms get none)",
+                                  low=0.0, high=10.0, searchable=True),
+    "train.label_smoothing": Setting(float, 0.0, "1 would make every target uniform: nothing to learn",
+                                     low=0.0, high=1.0, open_high=True, searchable=True),
+    "train.stem": Setting(str, "imagenet", "torchvision's stem; 'cifar' keeps small images' resolution",
+                          choices=STEMS, searchable=True),
+    "train.resolution": Setting(int, 32, "network input size; 8 px is the least five downsamplings leave "
+                                "a pixel of", low=8, high=1024, searchable=True),
+    "train.eval_batch_size": Setting(int, 1024, "evaluation keeps no activations: large batches are cheap",
+                                     low=1),
+    "train.compile": Setting(bool, False, "torch.compile pays only on CUDA, after a slow warm-up"),
+    "train.precision": Setting(str, "auto", "each trial records what it computed in", choices=PRECISIONS),
+    "train.checkpoint_every": Setting(int, 1, "epochs between checkpoints (0 = never); a retry resumes "
+                                      "from the last", low=0),
+    # The final weights of the study's top-K completed trials (by validation accuracy) stay in the
+    # artifact store for `sweep export`; 0 keeps none.
+    "checkpoint.keep_best": Setting(int, 3, "three leave a choice between near-equal models (e.g. the "
+                                    "cheaper one) at ~45 MB each for a ResNet-18", low=0, high=1000),
 }
-SEARCHABLE = tuple(TRAIN_DEFAULTS)
+
+# The hyperparameters a trial understands, by bare name: `[train]` fixes them, `[params.<name>]` searches.
+HPARAMS: dict[str, Setting] = {key.removeprefix("train."): s for key, s in SETTINGS.items() if s.searchable}
+TRAIN_DEFAULTS: dict[str, Any] = {name: s.default for name, s in HPARAMS.items()}
+SEARCHABLE = tuple(HPARAMS)
 
 
-class SpecError(ValueError):
-    """A spec problem, phrased for the user on one line."""
-
-    def __init__(self, field: str, value: Any, allowed: str) -> None:
-        self.field = field
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"{field} = {_show(value)}: {allowed}")
+def check(key: str, value: Any, fld: str | None = None) -> Any:
+    """``value`` if SETTINGS[key] allows it, else a SpecError naming ``fld`` (default: the key)."""
+    return SETTINGS[key].check(value, fld or key)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    try:
-        return json.dumps(value)
-    except TypeError:
-        return repr(value)
+def _default(key: str) -> Any:
+    return SETTINGS[key].default
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """Where the images come from and how the validation split is carved."""
 
-    name: str = "cifar10"
-    root: str = "data"
-    val_fraction: float = 0.1
-    resolution: int = 32
-    subset: int | None = None
+    name: str = _default("data.name")
+    root: str = _default("data.root")
+    val_fraction: float = _default("data.val_fraction")
+    resolution: int = _default("data.resolution")
+    subset: int | None = _default("data.subset")
     classes: tuple[str, ...] | None = None  # keep only these classes, labelled in this order
 
 
@@ -85,8 +146,8 @@ class DataSpec:
 class ModelSpec:
     """Which torchvision ResNet, and which initial weights."""
 
-    arch: str = "resnet18"
-    weights: str = "imagenet"
+    arch: str = _default("model.arch")
+    weights: str = _default("model.weights")
 
 
 @dataclass(frozen=True)
@@ -101,20 +162,17 @@ class TrainSpec:
     label_smoothing: float = TRAIN_DEFAULTS["label_smoothing"]
     stem: str = TRAIN_DEFAULTS["stem"]
     resolution: int = TRAIN_DEFAULTS["resolution"]
-    eval_batch_size: int = 1024
-    compile: bool = False
-    precision: str = "auto"  # PRECISIONS; each trial records what it used (user attr "precision")
-    checkpoint_every: int = 1  # epochs between checkpoints (0 = never); a retry resumes from the last
+    eval_batch_size: int = _default("train.eval_batch_size")
+    compile: bool = _default("train.compile")
+    precision: str = _default("train.precision")  # each trial records what it used (user attr "precision")
+    checkpoint_every: int = _default("train.checkpoint_every")
 
 
 @dataclass(frozen=True)
 class CheckpointSpec:
     """Which trained models outlive their trial."""
 
-    # The final weights of the study's top-K completed trials (by validation accuracy) stay in the
-    # artifact store for `sweep export`; 0 keeps none. Three leave a choice between near-equal
-    # models (e.g. the cheaper one) at ~45 MB each for a ResNet-18.
-    keep_best: int = 3
+    keep_best: int = _default("checkpoint.keep_best")  # SETTINGS says why three
 
 
 @dataclass(frozen=True)
@@ -150,9 +208,9 @@ class StudySpec:
     """The whole, resolved study: what every worker reads from the database."""
 
     name: str
-    n_trials: int = 60
-    epochs: int = 12
-    seed: int = 0
+    n_trials: int = _default("n_trials")
+    epochs: int = _default("epochs")
+    seed: int = _default("seed")
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -296,15 +354,17 @@ def _int(value: Any, fld: str, *, low: int | None = None, high: int | None = Non
 
 
 def _float(
-    value: Any, fld: str, *, low: float | None = None, high: float | None = None, open_low: bool = False
+    value: Any, fld: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
+    open_high: bool = False,
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpecError(fld, value, "must be a finite number")
     value = float(value)
     bad_low = low is not None and (value <= low if open_low else value < low)
-    if bad_low or (high is not None and value > high):
-        lo = "(" if open_low else "["
-        raise SpecError(fld, value, f"must be a number in {lo}{low}, {high if high is not None else '∞'}]")
+    bad_high = high is not None and (value >= high if open_high else value > high)
+    if bad_low or bad_high:
+        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
+        raise SpecError(fld, value, f"must be a number in {lo}{low}, {high if high is not None else '∞'}{hi}")
     return value
 
 
@@ -330,22 +390,8 @@ def _classes(value: Any) -> tuple[str, ...]:
 
 
 def _check_hparam(name: str, value: Any, fld: str) -> Any:
-    """Validate one value of a trainable hyperparameter (fixed or a categorical choice)."""
-    if name == "lr":
-        return _float(value, fld, low=0.0, high=10.0, open_low=True)
-    if name == "batch_size":
-        return _int(value, fld, low=1, high=65536)
-    if name == "frozen_layers":
-        return _int(value, fld, low=0, high=MAX_FROZEN)
-    if name in ("aug_strength", "label_smoothing"):
-        return _float(value, fld, low=0.0, high=1.0)
-    if name == "weight_decay":
-        return _float(value, fld, low=0.0, high=10.0)
-    if name == "stem":
-        return _str(value, fld, STEMS)
-    if name == "resolution":
-        return _int(value, fld, low=8, high=1024)
-    raise AssertionError(name)
+    """Validate one value of a trainable hyperparameter (fixed, a bound or a categorical choice)."""
+    return HPARAMS[name].check(value, fld)
 
 
 def _parse_param(name: str, raw: Any) -> ParamSpec:
@@ -369,12 +415,12 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
         if key not in raw:
             raise SpecError(f"{fld}.{key}", None, f"is required for type = {ptype!r}")
     if ptype == "int":
-        if name not in ("batch_size", "frozen_layers", "resolution"):
+        if HPARAMS[name].type is not int:
             raise SpecError(f"{fld}.type", ptype, "this hyperparameter is a float; use float or categorical")
         low, high = (_check_hparam(name, raw[k], f"{fld}.{k}") for k in ("low", "high"))
         step = _int(raw["step"], f"{fld}.step", low=1) if "step" in raw else None
     else:
-        if name in ("batch_size", "frozen_layers", "resolution", "stem"):
+        if HPARAMS[name].type is not float:
             raise SpecError(f"{fld}.type", ptype, "this hyperparameter is discrete; use int or categorical")
         low, high = (_check_hparam(name, raw[k], f"{fld}.{k}") for k in ("low", "high"))
         step = _float(raw["step"], f"{fld}.step", low=0.0, open_low=True) if "step" in raw else None
@@ -400,39 +446,23 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     _check_keys(d, "data.", tuple(f.name for f in dataclasses.fields(DataSpec)))
     subset = d.get("subset")
     data = DataSpec(
-        name=_str(d.get("name", DataSpec.name), "data.name", DATASETS),
-        root=_str(d.get("root", DataSpec.root), "data.root"),
-        val_fraction=_float(
-            d.get("val_fraction", DataSpec.val_fraction), "data.val_fraction", low=0.0, high=0.9, open_low=True
-        ),
-        resolution=_int(d.get("resolution", DataSpec.resolution), "data.resolution", low=8, high=1024),
-        subset=None if subset is None else _int(subset, "data.subset", low=20),
+        **{k: check(f"data.{k}", d.get(k, _default(f"data.{k}"))) for k in ("name", "root", "val_fraction",
+                                                                           "resolution")},
+        subset=None if subset is None else check("data.subset", subset),
         classes=_classes(d["classes"]) if "classes" in d else None,
     )
 
     m = _table(raw, "model")
     _check_keys(m, "model.", tuple(f.name for f in dataclasses.fields(ModelSpec)))
-    model = ModelSpec(
-        arch=_str(m.get("arch", ModelSpec.arch), "model.arch", ARCHS),
-        weights=_str(m.get("weights", ModelSpec.weights), "model.weights"),
-    )
+    model = ModelSpec(**{k: check(f"model.{k}", m.get(k, _default(f"model.{k}"))) for k in ("arch", "weights")})
 
     t = _table(raw, "train")
     _check_keys(t, "train.", tuple(f.name for f in dataclasses.fields(TrainSpec)))
-    fixed = {k: _check_hparam(k, t[k], f"train.{k}") for k in SEARCHABLE if k in t}
-    train = TrainSpec(
-        **fixed,
-        eval_batch_size=_int(t.get("eval_batch_size", TrainSpec.eval_batch_size), "train.eval_batch_size", low=1),
-        compile=_bool(t.get("compile", TrainSpec.compile), "train.compile"),
-        precision=_str(t.get("precision", TrainSpec.precision), "train.precision", PRECISIONS),
-        checkpoint_every=_int(t.get("checkpoint_every", TrainSpec.checkpoint_every), "train.checkpoint_every", low=0),
-    )
+    train = TrainSpec(**{k: check(f"train.{k}", t[k]) for k in t})
 
     c = _table(raw, "checkpoint")
     _check_keys(c, "checkpoint.", tuple(f.name for f in dataclasses.fields(CheckpointSpec)))
-    checkpoint = CheckpointSpec(
-        keep_best=_int(c.get("keep_best", CheckpointSpec.keep_best), "checkpoint.keep_best", low=0, high=1000),
-    )
+    checkpoint = CheckpointSpec(**{k: check(f"checkpoint.{k}", c[k]) for k in c})
 
     s = dict(_table(raw, "sampler"))
     sampler = SamplerSpec(type=_str(s.pop("type", SamplerSpec.type), "sampler.type", SAMPLERS), args=s)
@@ -454,9 +484,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
 
     spec = StudySpec(
         name=name,
-        n_trials=_int(raw.get("n_trials", StudySpec.n_trials), "n_trials", low=1, high=10_000_000),
-        epochs=_int(raw.get("epochs", StudySpec.epochs), "epochs", low=1, high=100_000),
-        seed=_int(raw.get("seed", StudySpec.seed), "seed", low=0, high=2**32 - 1),
+        **{k: check(k, raw[k]) for k in ("n_trials", "epochs", "seed") if k in raw},
         data=data,
         model=model,
         train=train,
@@ -465,7 +493,8 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         params=params,
         checkpoint=checkpoint,
     )
-    # Sampler/pruner arguments are checked against the real Optuna classes (sweep.search).
+    # Sampler/pruner arguments are checked against the real Optuna classes. Imported here, not at the
+    # top: the table above must stay readable without Optuna (sweep.search needs only sweep.errors).
     from sweep.search import check_search_args
 
     check_search_args(spec)

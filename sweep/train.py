@@ -24,17 +24,15 @@ import torch
 from torch import Tensor, nn
 
 from sweep.data import DataBundle, augment_view, batch_indices, clear_device_cache, device_data, normalize
+from sweep.errors import SpecError
 from sweep.model import (
-    ARCHS,
-    MAX_FROZEN,
-    STEMS,
     build_model,
     freeze_prefix,
     set_train_mode,
     split_model,
     trainable_parameters,
 )
-from sweep.spec import PRECISIONS
+from sweep.spec import PRECISIONS, SETTINGS, check
 
 # Cached frozen-prefix features may use at most this much memory (and at most 40% of what is free
 # on an accelerator); above it the prefix is simply run on every batch.
@@ -46,63 +44,54 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
+def _d(key: str) -> Any:
+    return SETTINGS[key].default
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines one training run (together with the data)."""
+    """Everything that determines one training run (together with the data).
 
-    arch: str = "resnet18"
-    weights: str = "none"
-    stem: str = "imagenet"
+    Defaults, bounds and their reasons are the spec's (``sweep.spec.SETTINGS``); only ``num_classes``
+    (from the data) and ``seed`` (a trial's, derived from the study's) are not spec settings.
+    """
+
+    arch: str = _d("model.arch")
+    weights: str = _d("model.weights")
+    stem: str = _d("train.stem")
     num_classes: int = 10
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 128
-    frozen_layers: int = 0
-    aug_strength: float = 0.5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.0
+    epochs: int = _d("epochs")
+    lr: float = _d("train.lr")
+    batch_size: int = _d("train.batch_size")
+    frozen_layers: int = _d("train.frozen_layers")
+    aug_strength: float = _d("train.aug_strength")
+    weight_decay: float = _d("train.weight_decay")
+    label_smoothing: float = _d("train.label_smoothing")
     seed: int = 0
-    resolution: int = 32  # network input size; batches are resized on the device if the data differs
-    eval_batch_size: int = 1024
-    compile: bool = False
-    precision: str = "auto"  # "auto": bf16 where the device computes it natively, else fp32
+    resolution: int = _d("train.resolution")  # network input size; batches are resized on the device
+    eval_batch_size: int = _d("train.eval_batch_size")
+    compile: bool = _d("train.compile")
+    precision: str = _d("train.precision")  # "auto": bf16 where the device computes it natively, else fp32
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"train.{name}={getattr(self, name)!r}: {allowed}")
+        try:
+            for name, key in _SPEC_KEYS.items():
+                check(key, getattr(self, name), f"train.{name}")
+        except SpecError as e:
+            raise ValueError(e.terse()) from None
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"train.num_classes={self.num_classes!r}: must be an integer >= 2")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"train.seed={self.seed!r}: must be an integer")
 
-        def is_int(v: object) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
 
-        def is_num(v: object) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if self.arch not in ARCHS:
-            raise bad("arch", f"choose one of {', '.join(ARCHS)}")
-        if self.stem not in STEMS:
-            raise bad("stem", f"choose one of {', '.join(STEMS)}")
-        if not isinstance(self.weights, str) or not self.weights:
-            raise bad("weights", "use 'imagenet', 'none' or a path to a state dict")
-        for name, lo in (("num_classes", 2), ("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1),
-                         ("resolution", 8)):
-            if not is_int(getattr(self, name)) or getattr(self, name) < lo:
-                raise bad(name, f"must be an integer >= {lo}")
-        if not is_int(self.seed):
-            raise bad("seed", "must be an integer")
-        if not is_int(self.frozen_layers) or not 0 <= self.frozen_layers <= MAX_FROZEN:
-            raise bad("frozen_layers", f"must be an integer from 0 to {MAX_FROZEN}")
-        if not is_num(self.lr) or self.lr <= 0:
-            raise bad("lr", "must be a positive number")
-        if not is_num(self.aug_strength) or not 0 <= self.aug_strength <= 1:
-            raise bad("aug_strength", "must be a number from 0 to 1")
-        if not is_num(self.weight_decay) or self.weight_decay < 0:
-            raise bad("weight_decay", "must be a number >= 0")
-        if not is_num(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
-            raise bad("label_smoothing", "must be a number in [0, 1)")
-        if not isinstance(self.compile, bool):
-            raise bad("compile", "must be true or false")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"choose one of {', '.join(PRECISIONS)}")
+# TrainConfig field → the spec setting that rules it.
+_SPEC_KEYS = {"arch": "model.arch", "weights": "model.weights", "epochs": "epochs"} | {
+    f.removeprefix("train."): f
+    for f in ("train.stem", "train.lr", "train.batch_size", "train.frozen_layers", "train.aug_strength",
+              "train.weight_decay", "train.label_smoothing", "train.resolution", "train.eval_batch_size",
+              "train.compile", "train.precision")
+}
 
 
 @dataclass(frozen=True)
@@ -128,14 +117,6 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=amp_dtype)
-
-
-def set_threads(n: int | None) -> None:
-    """Use ``n`` CPU threads for torch ops (None: leave torch's default)."""
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"threads={n!r}: must be >= 1")
-        torch.set_num_threads(n)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -15,8 +15,10 @@ from sweep.data import (
     DataError,
     augment,
     augment_view,
+    augmentation,
     batch_indices,
     check_data,
+    datasets,
     device_data,
     load_data,
     make_synthetic,
@@ -117,7 +119,7 @@ def test_flip_flips_some_images_and_keeps_others() -> None:
 def test_strong_augmentation_adds_cutout() -> None:
     x = torch.full((32, 3, 32, 32), 10, dtype=torch.uint8)
     out = augment(x, 1.0, torch.Generator().manual_seed(0))
-    fill = torch.tensor(data_mod._MEAN_UINT8, dtype=torch.uint8)[:, None, None]
+    fill = torch.tensor(augmentation._MEAN_UINT8, dtype=torch.uint8)[:, None, None]
     holes = (out == fill).all(dim=1)
     assert holes.any(dim=(1, 2)).float().mean() > 0.5
 
@@ -189,7 +191,7 @@ def test_normalize_matches_the_reference_formula() -> None:
 
 
 def test_normalize_maps_mean_colour_to_zero() -> None:
-    x = torch.tensor(data_mod._MEAN_UINT8, dtype=torch.uint8)[None, :, None, None].expand(2, 3, 4, 4)
+    x = torch.tensor(augmentation._MEAN_UINT8, dtype=torch.uint8)[None, :, None, None].expand(2, 3, 4, 4)
     out = normalize(x)
     assert out.dtype == torch.float32
     assert out.abs().max() < 0.02
@@ -201,14 +203,14 @@ def test_normalize_maps_mean_colour_to_zero() -> None:
 
 def test_stratified_split_is_disjoint_complete_and_deterministic() -> None:
     labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
-    tr, va = data_mod._split_indices(labels, 0.2, seed=3)
+    tr, va = datasets._split_indices(labels, 0.2, seed=3)
     assert len(va) == 20 and len(tr) == 80
     assert set(tr.tolist()).isdisjoint(va.tolist())
     assert sorted(tr.tolist() + va.tolist()) == list(range(100))
     assert torch.bincount(labels[va]).tolist() == [12, 6, 2]
-    tr2, va2 = data_mod._split_indices(labels, 0.2, seed=3)
+    tr2, va2 = datasets._split_indices(labels, 0.2, seed=3)
     assert torch.equal(va, va2) and torch.equal(tr, tr2)
-    _, va3 = data_mod._split_indices(labels, 0.2, seed=4)
+    _, va3 = datasets._split_indices(labels, 0.2, seed=4)
     assert not torch.equal(va, va3)
 
 
@@ -284,13 +286,13 @@ def test_subset_is_stratified_and_independent_of_seed(folder: Path, tmp_path: Pa
 
 def test_cache_decodes_once(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = data_mod.decode_image
+    real = datasets.decode_image
 
     def counting(path: str, resolution: int) -> np.ndarray:
         calls.append(path)
         return real(path, resolution)
 
-    monkeypatch.setattr(data_mod, "decode_image", counting)
+    monkeypatch.setattr(datasets, "decode_image", counting)
     cache = tmp_path / "cache"
     a = load_data("imagefolder", folder, val_fraction=0.25, seed=0, resolution=12, cache_dir=cache)
     assert len(calls) == 30

@@ -12,7 +12,6 @@ from torch import nn
 
 from sweep import model as model_mod
 from sweep.model import (
-    MAX_FROZEN,
     UNITS,
     WeightsError,
     build_model,
@@ -23,6 +22,7 @@ from sweep.model import (
     trainable_parameters,
     unit_modules,
 )
+from sweep.spec import MAX_FROZEN
 from sweep.train import TrainConfig, make_optimizer
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

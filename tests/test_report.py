@@ -190,7 +190,7 @@ def test_figures_and_heatmap_only_with_lr_and_frozen_layers() -> None:
 
 
 def test_learning_curves_pruned_and_completed_styles(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report, "MAX_CURVES", 20)
+    monkeypatch.setattr(report.figures, "MAX_CURVES", 20)
     data = report.gather([synthetic_study(200)], importances=False)
     figs = dict(report.build_figures(data))
     curves = next(f for t, f in figs.items() if t.startswith("Learning curves"))
@@ -300,7 +300,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    monkeypatch.setattr(report.page.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         report.write_report([_small()], out)
     assert out.read_text() == "old report" and os.listdir(tmp_path) == ["r.html"]
@@ -444,7 +444,7 @@ def test_table_sorts_and_filters(xss_report: tuple[Page, ReportData]) -> None:
 
 @pytest.mark.browser
 def test_multi_study_webgl_page(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report, "GL_THRESHOLD", 0)  # every scatter as WebGL, as in a big study
+    monkeypatch.setattr(report.figures, "GL_THRESHOLD", 0)  # every scatter as WebGL, as in a big study
     studies = [synthetic_study(30, name="alpha"), synthetic_study(20, name="beta", seed=1)]
     n_figs = len(report.build_figures(report.gather(studies)))
     view = Page(browser, report.write_report(studies, tmp_path / "multi.html"))
@@ -465,3 +465,9 @@ def test_cdn_page_offline_says_plotly_is_missing(browser: Any, tmp_path: Path) -
     assert "plotly.js is not loaded" in view.page.inner_text("#fig-0")
     assert len(view.column("#")) == 6  # the table still works
     view.page.close()
+
+
+def test_cli_plotlyjs_choices_are_the_pages() -> None:
+    from sweep.cli import PlotlyJS
+
+    assert tuple(m.value for m in PlotlyJS) == report.page.PLOTLYJS_MODES

@@ -28,7 +28,7 @@ from sweep.train import (
 )
 
 # Small enough for a few seconds per epoch on two CPU threads, big enough to learn something.
-BASE = TrainConfig(epochs=2, lr=2e-3, batch_size=32, resolution=16, eval_batch_size=256, seed=0)
+BASE = TrainConfig(weights="none", epochs=2, lr=2e-3, batch_size=32, resolution=16, eval_batch_size=256, seed=0)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -269,7 +269,8 @@ def tiny() -> DataBundle:
     return load_data("synthetic", "", val_fraction=0.25, seed=0, resolution=8, subset=64)
 
 
-TINY = TrainConfig(epochs=1, lr=2e-3, batch_size=16, resolution=8, eval_batch_size=32, seed=0, aug_strength=0.0)
+TINY = TrainConfig(weights="none", epochs=1, lr=2e-3, batch_size=16, resolution=8, eval_batch_size=32, seed=0,
+                   aug_strength=0.0)
 
 
 def test_compiled_units_keep_compiling_across_trials(tiny: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ def oom_recovery(folder: Path) -> dict[str, Any]:
     import optuna
     import torch
 
-    from sweep import data as data_mod
+    from sweep.data import residency
     from sweep.service import WorkerEvents, create_study, run_worker
 
     url = f"sqlite:///{folder / 'oom.db'}"
@@ -42,7 +42,7 @@ def oom_recovery(folder: Path) -> dict[str, Any]:
 
     run_worker("oom", storage_url=url, device="cuda", events=WorkerEvents(trial_finished=finished))
     trials = optuna.load_study(study_name="oom", storage=url).trials
-    resident = [d.resident for d in data_mod._DEVICE_CACHE.values()]
+    resident = [d.resident for d in residency._DEVICE_CACHE.values()]
     return {
         "oom_trial_reason": after.get("reason"),
         "reserved_after_oom_bytes": after.get("reserved"),

@@ -496,7 +496,8 @@ def write_figure(result: Mapping[str, Any], html_path: Path) -> list[str]:
     return save_figure(anytime_figure(result), html_path)
 
 
-def _fmt(value: float | None, scale: float = 100.0, digits: int = 2) -> str:
+def _pct(value: float | None, scale: float = 100.0, digits: int = 2) -> str:
+    """A fraction as a percentage with ``digits`` decimals; "-" when there is none."""
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
@@ -508,7 +509,7 @@ def print_table(result: Mapping[str, Any], console: Any) -> None:
     rt = RichTable(
         title=f"sweep replay on {t['study']!r}: {t['grid_size']} configs × {t['epochs']} epochs, budget "
               f"{result['budget_epochs']} epochs, {result['seeds']} seeds; table best val "
-              f"{_fmt(t['best_val_accuracy'])} % (test {_fmt(t['best_test_accuracy'])} %)"
+              f"{_pct(t['best_val_accuracy'])} % (test {_pct(t['best_test_accuracy'])} %)"
     )
     for col in ("method", "trials", "ep/trial", "best val %", "test % (chosen)", "reached", "ep to target",
                 "× random"):
@@ -523,8 +524,8 @@ def print_table(result: Mapping[str, Any], console: Any) -> None:
             name,
             f"{s['trials_mean']:.1f}",
             f"{s['mean_epochs_per_trial']:.2f}",
-            _fmt(s["best_val_accuracy_mean"]),
-            f"{_fmt(s['chosen_test_accuracy_mean'])} ± {_fmt(s['chosen_test_accuracy_std'])}",
+            _pct(s["best_val_accuracy_mean"]),
+            f"{_pct(s['chosen_test_accuracy_mean'])} ± {_pct(s['chosen_test_accuracy_std'])}",
             f"{s['reached_target']}/{result['seeds']}",
             to_target,
             "-" if ratio is None else f"{ratio:.2f}",
