@@ -297,6 +297,7 @@ def _can_take_lock(url: str, timeout: float = 15) -> bool:
     return acquired.wait(timeout)
 
 
+@pytest.mark.pgbouncer
 def test_budget_lock_is_exclusive_across_processes(storage_url: str, tmp_path: Path) -> None:
     open_storage(storage_url).engine.dispose()  # create the database before the race
     log = tmp_path / "lock.log"
@@ -318,6 +319,7 @@ def _hold_lock_child(url: str, ready: str) -> None:
         time.sleep(600)
 
 
+@pytest.mark.pgbouncer
 def test_budget_lock_of_a_killed_worker_is_released(storage_url: str, tmp_path: Path) -> None:
     open_storage(storage_url).engine.dispose()
     ready = tmp_path / "ready"
@@ -331,6 +333,7 @@ def test_budget_lock_of_a_killed_worker_is_released(storage_url: str, tmp_path: 
     assert _can_take_lock(storage_url), "the lock of a worker killed with -9 was never released"
 
 
+@pytest.mark.pgbouncer
 def test_budget_lock_is_released_on_error(storage_url: str) -> None:
     storage = open_storage(storage_url)
     with pytest.raises(ZeroDivisionError), budget_lock(storage, "locked-study"):
@@ -355,6 +358,7 @@ def _doomed_worker(url: str, name: str, ready: str) -> None:
         time.sleep(600)
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.slow
 def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: Path) -> None:
     raw = {**SPEC_RAW, "name": "heartbeat", "n_trials": 1}
@@ -441,6 +445,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
     return {"ran": ran, "waits": waits}
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.slow
 def test_workers_share_the_budget_exactly(storage_url: str, backend: str, tmp_path: Path) -> None:
     budget = 40
