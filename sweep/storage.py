@@ -263,7 +263,8 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
     PostgreSQL: a transaction-scoped advisory lock (``pg_advisory_xact_lock``); on SweepRDBStorage the
     block's storage calls run in the lock's transaction, on the same connection.
     """
-    url = getattr(storage, "url", None)
+    backend = getattr(storage, "_backend", storage)  # a study's storage: Optuna's cache layer around it
+    url = getattr(backend, "url", None)
     path = sqlite_path(url) if url else None
     if path is not None:
         lock_path = path.with_name(path.name + ".lock")
@@ -274,7 +275,6 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return
-    backend = getattr(storage, "_backend", storage)
     engine = getattr(backend, "engine", None)
     if engine is not None and engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
