@@ -737,6 +737,7 @@ def bench_scale(
     ] = "1000,10000,100000",
     pgbouncer: Annotated[bool, typer.Option(help="Also run every worker count behind PgBouncer.")] = True,
     stock: Annotated[bool, typer.Option(help="Also run stock Optuna's RDBStorage.")] = True,
+    stock_max: Annotated[int, typer.Option("--stock-max", help="Largest worker count stock Optuna runs at.")] = 64,
     trial_s: Annotated[float, typer.Option("--trial-s", min=0.1, help="Median simulated trial, seconds.")] = 2.0,
     trials_per_worker: Annotated[int, typer.Option("--trials-per-worker", min=1)] = 3,
     procs: Annotated[int, typer.Option("--procs", min=1, help="Processes the workers are spread over.")] = 8,
@@ -752,7 +753,7 @@ def bench_scale(
     run_scale_bench(
         workers=[int(x) for x in workers.split(",") if x.strip()],
         sizes=[int(x) for x in sizes.split(",") if x.strip() and x.strip() != "0"],
-        pg_url=pg_url, pgbouncer=pgbouncer, stock=stock, trial_s=trial_s,
+        pg_url=pg_url, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
         trials_per_worker=trials_per_worker, procs=procs, json_path=json_path,
         log=lambda line: console.print(line, markup=False, highlight=False),
     )

@@ -256,6 +256,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         # The connection a thread's budget (or kept-models) lock transaction holds (pinned): every call
         # of that thread runs in it until the lock is released (see pinned).
         self._pins = threading.local()
+        self._calls = threading.RLock()  # PostgreSQL: one storage call of this process at a time
         if self.engine.dialect.name == "postgresql":
             # Reads and one-statement writes run in autocommit on the connections of the same pool as
             # Optuna's ORM sessions (sweep.storage sizes it: one connection at rest, two at a peak), so
@@ -271,6 +272,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         state.pop("_write_lock", None)
         state.pop("autocommit_engine", None)
         state.pop("_pins", None)
+        state.pop("_calls", None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -318,10 +320,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         elif kind in ("read", "write"):
             # From the shared pool for this call only: a connection kept checked out by the worker's
             # thread (held across a trial) would force a second one for its heartbeat and every ORM call.
-            with self.autocommit_engine.connect() as conn:
+            # The process's calls take turns (a beat waits for a report's round trip, under a
+            # millisecond): overlapping calls would open and close the pool's second connection
+            # each time (a connect and an authentication, for the client and the server).
+            with self._calls, self.autocommit_engine.connect() as conn:
                 yield conn, None
         else:
-            with self.engine.connect() as conn:
+            with self._calls, self.engine.connect() as conn:
                 transaction = conn.begin()
                 if kind == "durable":
                     # Connections commit asynchronously by default (sweep.storage). A state change (a

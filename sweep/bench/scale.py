@@ -170,9 +170,9 @@ def _process(kind: str, url: str, name: str, seeds: list[int], trial_s: float, s
 # --------------------------------------------------------------------------- the server's side
 
 
-def _server_cpu_s() -> float:
-    """CPU seconds of every PostgreSQL server process on this machine, exited backends included
-    (the postmaster reaps them: their time is in its children's times)."""
+def _server_cpu_s(postmaster: int) -> float:
+    """CPU seconds of one PostgreSQL server (its postmaster and every backend), exited backends included:
+    the postmaster reaps them, so their time is in its children's times."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in os.listdir("/proc"):
@@ -183,21 +183,12 @@ def _server_cpu_s() -> float:
                 stat = fh.read()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        if comm == "postgres" or comm.startswith("postgres:"):
+        if int(pid) == postmaster:
+            total += sum(int(f) for f in fields[11:15])  # its own time and its reaped children's
+        elif int(fields[1]) == postmaster:
             total += int(fields[11]) + int(fields[12])
-            if int(fields[1]) == 1 or _is_postmaster(int(pid)):
-                total += int(fields[13]) + int(fields[14])
     return total / tick
-
-
-def _is_postmaster(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"-D" in fh.read()
-    except OSError:
-        return False
 
 
 class _Watch:
@@ -208,7 +199,10 @@ class _Watch:
         self.admin = psycopg.connect(make_url(admin_url).set(database="postgres").render_as_string(
             hide_password=False), autocommit=True)
         self.database = database
-        self.samples: list[int] = []
+        row = self.admin.execute("SELECT pg_backend_pid()").fetchone()
+        with open(f"/proc/{row[0] if row else 0}/stat") as fh:  # the server runs on this machine
+            self.postmaster = int(fh.read().rsplit(")", 1)[1].split()[1])
+        self.samples: list[tuple[float, int]] = []
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -224,7 +218,10 @@ class _Watch:
 
     def _loop(self) -> None:
         while not self.done.wait(0.1):
-            self.samples.append(self.count())
+            self.samples.append((time.time(), self.count()))
+
+    def during(self, start: float, end: float) -> list[int]:
+        return [n for t, n in self.samples if start <= t <= end]
 
     def __enter__(self) -> _Watch:
         self.thread.start()
@@ -254,7 +251,7 @@ def run_once(
     per = [list(range(i, n, procs)) for i in range(min(procs, n))]
     start = time.time() + 3.0 + 0.05 * n  # time for every worker to open its storage
     with _Watch(admin_url, database) as watch:
-        wal0, cpu0 = watch.wal(), _server_cpu_s()
+        wal0, cpu0 = watch.wal(), _server_cpu_s(watch.postmaster)
         ps = [ctx.Process(target=_process, args=(kind, url, name, seeds, trial_s, start, queue)) for seeds in per]
         for p in ps:
             p.start()
@@ -262,7 +259,8 @@ def run_once(
         for p in ps:
             p.join()
         wall = time.time() - start
-        wal1, cpu1 = watch.wal(), _server_cpu_s()
+        wal1, cpu1 = watch.wal(), _server_cpu_s(watch.postmaster)
+        timed = watch.during(start, start + wall)
     ask = [x for t in tallies for x in t["ask_ms"]]
     tell = [x for t in tallies for x in t["tell_ms"]]
     done = sum(t["trials"] for t in tallies)
@@ -289,8 +287,9 @@ def run_once(
         "tell_ms_p99": round(_pct(tell, 0.99), 1),
         "errors": len(errors),
         "error_kinds": sorted({e[:120] for e in errors})[:5],
-        "server_connections_max": max(watch.samples, default=0),
-        "server_connections_median": statistics.median(watch.samples) if watch.samples else 0,
+        # From the moment every worker has opened its storage (and may start) to the last tell.
+        "server_connections_max": max(timed, default=0),
+        "server_connections_median": statistics.median(timed) if timed else 0,
         "server_cpu_ms_per_trial": round((cpu1 - cpu0) * 1e3 / done, 2) if done else None,
         "wal_bytes_per_trial": round((wal1 - wal0) / done) if done else None,
     }
@@ -411,6 +410,7 @@ def run_scale_bench(
     pg_url: str | None = None,
     pgbouncer: bool = True,
     stock: bool = True,
+    stock_max: int = 64,
     trial_s: float = 2.0,
     trials_per_worker: int = 3,
     procs: int = 8,
@@ -422,7 +422,8 @@ def run_scale_bench(
     result: dict[str, Any] = {
         "command": "sweep bench scale " + " ".join(
             [f"--workers {','.join(map(str, workers))}", f"--sizes {','.join(map(str, sizes)) or '0'}",
-             f"--trial-s {trial_s}", f"--trials-per-worker {trials_per_worker}", f"--procs {procs}"]
+             f"--trial-s {trial_s}", f"--stock-max {stock_max}",
+             f"--trials-per-worker {trials_per_worker}", f"--procs {procs}"]
             + ([] if pgbouncer else ["--no-pgbouncer"]) + ([] if stock else ["--no-stock"])
         ),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -442,7 +443,7 @@ def run_scale_bench(
         kinds = ["sweep", "stock"] if stock else ["sweep"]
         for n in workers:
             for route, route_url in routes.items():
-                for kind in kinds:
+                for kind in [k for k in kinds if k == "sweep" or n <= stock_max]:
                     run = run_once(kind, route, route_url, admin, n, trials_per_worker=trials_per_worker,
                                    trial_s=trial_s, procs=procs)
                     run["load_after"] = _load()
@@ -476,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pgbouncer", action="store_true")
     parser.add_argument("--no-stock", action="store_true")
     parser.add_argument("--trial-s", type=float, default=2.0)
+    parser.add_argument("--stock-max", type=int, default=64)
     parser.add_argument("--trials-per-worker", type=int, default=3)
     parser.add_argument("--procs", type=int, default=8)
     parser.add_argument("--json", type=Path)
@@ -483,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     run_scale_bench(
         workers=[int(x) for x in a.workers.split(",") if x],
         sizes=[int(x) for x in a.sizes.split(",") if x and x != "0"],
-        pg_url=a.pg_url, pgbouncer=not a.no_pgbouncer, stock=not a.no_stock, trial_s=a.trial_s,
+        pg_url=a.pg_url, pgbouncer=not a.no_pgbouncer, stock=not a.no_stock, stock_max=a.stock_max,
+        trial_s=a.trial_s,
         trials_per_worker=a.trials_per_worker, procs=a.procs, json_path=a.json,
     )
     return 0
