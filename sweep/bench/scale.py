@@ -196,8 +196,7 @@ class _Watch:
 
     def __init__(self, admin_url: str, database: str) -> None:
         # On another database than the study's: the watcher's own connection is not counted.
-        self.admin = psycopg.connect(make_url(admin_url).set(database="postgres").render_as_string(
-            hide_password=False), autocommit=True)
+        self.admin = psycopg.connect(_on(admin_url, "postgres"), autocommit=True)
         self.database = database
         row = self.admin.execute("SELECT pg_backend_pid()").fetchone()
         with open(f"/proc/{row[0] if row else 0}/stat") as fh:  # the server runs on this machine
@@ -240,6 +239,27 @@ def run_once(
 ) -> dict[str, Any]:
     """N simulated workers of ``kind`` (sweep / stock) on a fresh study; ``url`` is direct or PgBouncer."""
     name = f"scale-{kind}-{n}-{uuid.uuid4().hex[:6]}"
+    # A database of its own: pg_stat_activity then counts this run's connections only (PgBouncer keeps
+    # its idle server connections to a database it served for minutes). Needs CREATEDB.
+    database = f"sweep_{name.replace('-', '_')}"
+    with psycopg.connect(_on(admin_url, "postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        return _run_once(kind, route, make_url(url).set(database=database).render_as_string(hide_password=False),
+                         admin_url, n, name, trials_per_worker=trials_per_worker, trial_s=trial_s, procs=procs)
+    finally:
+        with psycopg.connect(_on(admin_url, "postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def _on(url: str, database: str) -> str:
+    return make_url(url).set(drivername="postgresql", database=database).render_as_string(hide_password=False)
+
+
+def _run_once(
+    kind: str, route: str, url: str, admin_url: str, n: int, name: str, *, trials_per_worker: int, trial_s: float,
+    procs: int,
+) -> dict[str, Any]:
     budget = n * trials_per_worker
     setup = open_storage(url)
     study = optuna.create_study(storage=setup, study_name=name, direction="maximize")
