@@ -313,6 +313,11 @@ class _BudgetGate:
             trial_id = self.study._pop_waiting_trial_id()
             if trial_id is None:
                 trial_id = self.storage.create_new_trial(self.study._study_id)
+            if self.interval:
+                # Beat at once: a trial whose worker dies before its heartbeat thread starts (in the
+                # sampler, say) is then failed as stale and retried; without a beat no stale check
+                # ever finds it, and the study would wait for it forever.
+                self.storage.record_heartbeat(trial_id)
             return Decision.RUN, trial_id
         if running:
             # Budget spent, but a running trial may still die and come back for a retry.

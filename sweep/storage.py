@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -260,8 +261,9 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
     """Hold a lock shared by every worker of ``study_name``, on every machine that can see the lock.
 
     SQLite: an flock on a file beside the database (SQLite only spans one machine anyway).
-    PostgreSQL: a transaction-scoped advisory lock (``pg_advisory_xact_lock``); on SweepRDBStorage the
-    block's storage calls run in the lock's transaction, on the same connection.
+    PostgreSQL: a transaction-scoped advisory lock (``pg_try_advisory_xact_lock``, retried with a
+    jittered backoff up to 0.1 s); on SweepRDBStorage the block's storage calls run in the lock's
+    transaction, on the same connection.
     """
     backend = getattr(storage, "_backend", storage)  # a study's storage: Optuna's cache layer around it
     url = getattr(backend, "url", None)
@@ -283,12 +285,20 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
         # be taken on one server connection and released on another. sweep.rdb runs every call of
         # the block inside this transaction (pinned), so the lock costs no connection of its own
         # and the decision commits with the trial it hands out.
-        with engine.connect() as conn, conn.begin():
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
-            pin = getattr(backend, "pinned", None)
-            with pin(conn) if pin is not None else contextlib.nullcontext():
-                yield
-        return
+        # Tried, not waited for: a waiter would hold a connection (behind PgBouncer, a server
+        # connection of its small pool) for as long as it waits, and a few hundred waiters would
+        # starve every other statement, heartbeats included. A failed try costs one short round trip.
+        delay = 0.002
+        with engine.connect() as conn:
+            while True:
+                with conn.begin():
+                    if conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({key})").scalar():
+                        pin = getattr(backend, "pinned", None)
+                        with pin(conn) if pin is not None else contextlib.nullcontext():
+                            yield
+                        return
+                time.sleep(delay * (0.5 + random.random()))  # jitter: waiters do not retry in step
+                delay = min(delay * 1.5, 0.1)
     with _memory_lock:
         yield
 

@@ -412,6 +412,25 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
         assert _next_trial(study, spec) == ("done", None)
 
 
+def test_a_trial_taken_but_never_started_is_failed_and_requeued(storage_url: str) -> None:
+    """The gate beats for the trial it hands out: a worker that dies between taking a trial and
+    starting its heartbeat thread (in the sampler, say) leaves a trial the stale check finds."""
+    from sweep.service import _BudgetGate
+
+    raw = {**SPEC_RAW, "name": "orphan", "n_trials": 1}
+    _create_study(storage_url, raw)
+    storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
+    study = optuna.load_study(study_name="orphan", storage=storage)
+    decision, trial = _BudgetGate(study, load_spec_of(storage, "orphan")).take()
+    assert decision == "run" and trial is not None  # ... and the worker dies here
+    deadline = time.monotonic() + 20
+    while study.get_trials(deepcopy=False)[trial.number].state != TrialState.FAIL:
+        assert time.monotonic() < deadline, "the orphaned trial was never failed as stale"
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(study)
+    assert study.get_trials(deepcopy=False)[-1].state == TrialState.WAITING  # re-queued
+
+
 # --------------------------------------------------------------------------- concurrency
 
 

@@ -115,6 +115,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
         return
     time.sleep(max(0.0, start - time.time()))  # every worker starts together
     while len(tally.errors) < 20:
+        trial = None
         try:
             t0 = time.perf_counter()
             decision, trial = gate.take()
@@ -147,6 +148,9 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             tally.trials += 1
         except Exception as exc:
             tally.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            if trial is not None:  # as the worker's trial runner: every ending is told
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
             time.sleep(0.1)
     with contextlib.suppress(Exception):
         storage.engine.dispose()
