@@ -235,9 +235,17 @@ def _fault(exc: sqlalchemy.exc.SQLAlchemyError) -> optuna.exceptions.StorageInte
 class SweepRDBStorage(optuna.storages.RDBStorage):
     """``RDBStorage`` whose per-trial calls are single Core statements (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # The schema check runs after _init_process_state, with the version manager that holds one
+        # connection at a time (_LockFreeVersionManager).
+        super().__init__(url, engine_kwargs, True, **kwargs)
+        self.skip_compatibility_check = skip_compatibility_check
         self._init_process_state()
+        if not skip_compatibility_check:
+            self._version_manager.check_table_schema_compatibility()
 
     def _init_process_state(self) -> None:
         # SQLite write transactions take the write lock at BEGIN (sweep.storage's begin hook); set only
@@ -936,10 +944,25 @@ def _lock_free(name: str, owner: type = optuna.storages.RDBStorage) -> Callable[
 if UNSUPPORTED is None:
 
     class _LockFreeVersionManager(_rdb_storage._VersionManager):
-        """Optuna's schema-version manager whose read-only checks begin DEFERRED on SQLite."""
+        """Optuna's schema-version manager whose read-only checks begin DEFERRED on SQLite, and whose
+        compatibility check holds one connection at a time."""
 
-    for _name in ("check_table_schema_compatibility", "get_current_version"):
-        setattr(_LockFreeVersionManager, _name, _lock_free(_name, _rdb_storage._VersionManager))
+        def _check_one_at_a_time(self) -> None:
+            # Optuna's check holds its session (a connection in a transaction) while get_current_version
+            # opens a second one. Behind PgBouncer, as many workers starting at once as its pool has
+            # server connections can each hold one and wait for a second: none gets it (query_wait_timeout
+            # after 120 s; seen with 256 workers on a pool of 20). The same checks, one after the other.
+            with _rdb_storage._create_scoped_session(self.scoped_session) as session:
+                assert models.VersionInfoModel.find(session) is not None
+            if self.get_current_version() != self.get_head_version():
+                super().check_table_schema_compatibility()  # the mismatch, in Optuna's own words
+
+    _LockFreeVersionManager.check_table_schema_compatibility = _lock_free(  # type: ignore[method-assign]
+        "_check_one_at_a_time", _LockFreeVersionManager
+    )
+    _LockFreeVersionManager.get_current_version = _lock_free(  # type: ignore[method-assign]
+        "get_current_version", _rdb_storage._VersionManager
+    )
 
 for _name in _ORM_READS:
     if _name not in vars(SweepRDBStorage) and hasattr(optuna.storages.RDBStorage, _name):  # never wrap ours

@@ -310,7 +310,7 @@ def _run_once(
         "tell_ms_p50": round(_pct(tell, 0.5), 1),
         "tell_ms_p99": round(_pct(tell, 0.99), 1),
         "errors": len(errors),
-        "error_kinds": sorted({e[:120] for e in errors})[:5],
+        "error_kinds": sorted({e.rsplit(": ", 1)[-1][:160] if "cannot reach" in e else e[:160] for e in errors})[:5],
         # From the moment every worker has opened its storage (and may start) to the last tell.
         "server_connections_max": max(timed, default=0),
         "server_connections_median": statistics.median(timed) if timed else 0,
@@ -487,7 +487,7 @@ def run_scale_bench(
             result["study_size"] = study_size_axis(url, sizes, kinds, log)
     result["load_after"] = _load()
     if json_path:
-        write_json(json_path, result)
+        write_json(result, json_path)
     return result
 
 
