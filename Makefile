@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# PostgreSQL (storage tests on both backends) and Chromium (the report in a real browser).
+# PostgreSQL and PgBouncer (storage tests on both backends, and through PgBouncer in transaction
+# mode) and Chromium (the report in a real browser).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! test -x /usr/sbin/pgbouncer; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql pgbouncer; \
 	fi
 	scripts/install-browser
 

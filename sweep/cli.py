@@ -728,6 +728,36 @@ def bench_storage(
     run_storage_bench(trials=trials, big=big, pg_url=pg_url, json_path=json_path, console=console)
 
 
+@bench_app.command("scale")
+def bench_scale(
+    workers: Annotated[str, typer.Option("--workers", help="Simulated worker counts, comma-separated.")] = "16,64,256",
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Finished trials for the study-size axis, comma-separated (0: skip).")
+    ] = "1000,10000,100000",
+    pgbouncer: Annotated[bool, typer.Option(help="Also run every worker count behind PgBouncer.")] = True,
+    stock: Annotated[bool, typer.Option(help="Also run stock Optuna's RDBStorage.")] = True,
+    stock_max: Annotated[int, typer.Option("--stock-max", help="Largest worker count stock Optuna runs at.")] = 64,
+    trial_s: Annotated[float, typer.Option("--trial-s", min=0.1, help="Median simulated trial, seconds.")] = 2.0,
+    trials_per_worker: Annotated[int, typer.Option("--trials-per-worker", min=1)] = 3,
+    procs: Annotated[int, typer.Option("--procs", min=1, help="Processes the workers are spread over.")] = 8,
+    pg_url: Annotated[
+        str | None,
+        typer.Option("--pg-url", envvar="SWEEP_BENCH_PG_URL", help="PostgreSQL URL (default: a throwaway cluster)."),
+    ] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Hundreds of simulated workers on one PostgreSQL, directly and behind PgBouncer, against stock Optuna."""
+    from sweep.bench.scale import run_scale_bench
+
+    run_scale_bench(
+        workers=[int(x) for x in workers.split(",") if x.strip()],
+        sizes=[int(x) for x in sizes.split(",") if x.strip() and x.strip() != "0"],
+        pg_url=pg_url, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
+        trials_per_worker=trials_per_worker, procs=procs, json_path=json_path,
+        log=lambda line: console.print(line, markup=False, highlight=False),
+    )
+
+
 @bench_app.command("report")
 def bench_report(
     n_trials: Annotated[int, typer.Option("--n-trials", min=1, help="Trials in the synthetic study.")] = 10_000,

@@ -27,7 +27,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.storage import budget_lock
+from sweep.storage import budget_lock, read_connection
 
 KEPT_ATTR = "kept_models"  # study user attribute: the kept models, best first
 FINAL_MODEL_ATTR = "final_model"  # trial user attribute: {"artifact_id", "path"} of its final weights
@@ -117,8 +117,7 @@ def stored_models(storage: optuna.storages.BaseStorage, study_id: int) -> list[S
         return [m for t in storage.get_all_trials(study_id, deepcopy=False)
                 if (m := _model(t.number, t.state, t.value if t.values else None,
                                 t.user_attrs.get(FINAL_MODEL_ATTR))) is not None]
-    options = {"sweep_read_only": True} if engine.dialect.name == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
-    with engine.connect().execution_options(**options) as conn:
+    with read_connection(backend, engine) as conn:  # under reconcile's lock: in its transaction
         rows = conn.execute(_models_query(), {"study_id": study_id, "key": FINAL_MODEL_ATTR}).all()
     out = []
     for number, state, value, value_json in rows:

@@ -40,13 +40,13 @@ import functools
 import json
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
+import sqlalchemy.orm
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
@@ -68,6 +68,7 @@ _RDB_STORAGE_NEEDS = ("_get_trials", "_create_new_trial", "_set_trial_param", "c
 _MODEL_NEEDS = {
     "TrialModel": ("trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"),
     "StudyModel": ("study_id",),
+    "StudyUserAttributeModel": ("study_id", "key", "value_json"),
     "TrialParamModel": ("trial_id", "param_id", "param_name", "param_value", "distribution_json"),
     "TrialValueModel": ("trial_id", "objective", "value", "value_type"),
     "TrialIntermediateValueModel": ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
@@ -123,6 +124,7 @@ if UNSUPPORTED is None:
 
     _trials = models.TrialModel.__table__
     _studies = models.StudyModel.__table__
+    _study_user = models.StudyUserAttributeModel.__table__
     _params = models.TrialParamModel.__table__
     _values = models.TrialValueModel.__table__
     _inter = models.TrialIntermediateValueModel.__table__
@@ -233,9 +235,17 @@ def _fault(exc: sqlalchemy.exc.SQLAlchemyError) -> optuna.exceptions.StorageInte
 class SweepRDBStorage(optuna.storages.RDBStorage):
     """``RDBStorage`` whose per-trial calls are single Core statements (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # The schema check runs after _init_process_state, with the version manager that holds one
+        # connection at a time (_LockFreeVersionManager).
+        super().__init__(url, engine_kwargs, True, **kwargs)
+        self.skip_compatibility_check = skip_compatibility_check
         self._init_process_state()
+        if not skip_compatibility_check:
+            self._version_manager.check_table_schema_compatibility()
 
     def _init_process_state(self) -> None:
         # SQLite write transactions take the write lock at BEGIN (sweep.storage's begin hook); set only
@@ -251,15 +261,16 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._write_lock = threading.Lock()
         self.autocommit_engine = self.engine
-        self._held: Any = None  # the main thread's autocommit connection (PostgreSQL), see _connection
-        self._held_since = 0.0
+        # The connection a thread's budget (or kept-models) lock transaction holds (pinned): every call
+        # of that thread runs in it until the lock is released (see pinned).
+        self._pins = threading.local()
+        self._calls = threading.RLock()  # PostgreSQL: one storage call of this process at a time
         if self.engine.dialect.name == "postgresql":
-            # Reads and one-statement writes: a pool of autocommit connections. Such a connection never
-            # holds a transaction, so it is handed back without the pool's reset (a ROLLBACK round
-            # trip, half the cost of a report).
-            self.autocommit_engine = sqlalchemy.create_engine(
-                self.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **self.engine_kwargs
-            )
+            # Reads and one-statement writes run in autocommit on the connections of the same pool as
+            # Optuna's ORM sessions (sweep.storage sizes it: one connection at rest, two at a peak), so
+            # a worker process never holds more than its budget, whoever asks for a connection.
+            self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self.scoped_session = _PinnedSessions(self.scoped_session, self._pins)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -268,7 +279,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         state.pop("_statements", None)
         state.pop("_write_lock", None)
         state.pop("autocommit_engine", None)
-        state.pop("_held", None)
+        state.pop("_pins", None)
+        state.pop("_calls", None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -296,36 +308,33 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         a read or a one-statement write runs in autocommit: no BEGIN/COMMIT round trips (under read
         committed, separate statements never shared a snapshot anyway), and its commit does not wait
         for the WAL flush (2.5-4 ms on an ordinary disk, the bulk of a stock Optuna trial's time).
+        Every kind takes its connection from the process's one small pool for the call only, and a
+        thread holding a lock's transaction (``pinned``) runs every call in it.
         """
         sqlite = self.engine.dialect.name == "sqlite"
-        if sqlite and kind == "read":
+        pinned = None if sqlite else self._pinned()
+        if pinned is not None:
+            # Inside this thread's lock transaction: its statements are part of it and commit with the
+            # lock's release (the budget decision and the trial it hands out are one atomic unit).
+            if kind == "durable":
+                pinned.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            yield pinned, None
+        elif sqlite and kind == "read":
             with self.engine.connect().execution_options(sweep_read_only=True) as conn:
                 yield conn, None
         elif sqlite:
             with self._write_lock, self.engine.connect() as conn:
                 yield conn, conn.begin()
-        elif kind in ("read", "write") and threading.current_thread() is not threading.main_thread():
-            with self.autocommit_engine.connect() as conn:  # a heartbeat thread: from the pool
-                yield conn, None
         elif kind in ("read", "write"):
-            # The worker's own thread keeps one autocommit connection checked out: a pool checkout
-            # and check-in per statement cost as much as the statement's round trip. Dropped on any
-            # error (a dead connection is then replaced by _run's retry).
-            conn = self._held
-            recycle = self.engine_kwargs.get("pool_recycle", -1)
-            if conn is not None and recycle > 0 and time.monotonic() - self._held_since > recycle:
-                self._release_held()  # as the pool would recycle it (proxies that drop old connections)
-                conn = None
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._held = self.autocommit_engine.connect()
-                self._held_since = time.monotonic()
-            try:
+            # From the shared pool for this call only: a connection kept checked out by the worker's
+            # thread (held across a trial) would force a second one for its heartbeat and every ORM call.
+            # The process's calls take turns (a beat waits for a report's round trip, under a
+            # millisecond): overlapping calls would open and close the pool's second connection
+            # each time (a connect and an authentication, for the client and the server).
+            with self._calls, self.autocommit_engine.connect() as conn:
                 yield conn, None
-            except BaseException:
-                self._release_held()
-                raise
         else:
-            with self.engine.connect() as conn:
+            with self._calls, self.engine.connect() as conn:
                 transaction = conn.begin()
                 if kind == "durable":
                     # Connections commit asynchronously by default (sweep.storage). A state change (a
@@ -335,19 +344,29 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
                 yield conn, transaction
 
-    def _release_held(self) -> None:
-        conn, self._held = self._held, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+    def _pinned(self) -> Any:
+        return getattr(self._pins, "conn", None)
+
+    @contextlib.contextmanager
+    def pinned(self, conn: Any) -> Iterator[None]:
+        """Run every call of this thread (sweep.rdb's and Optuna's ORM sessions) on ``conn``, a connection
+        inside a transaction (the budget lock's, sweep.storage), until the block ends.
+
+        A transaction-scoped lock then costs no second connection, and it survives PgBouncer's
+        transaction pooling, where a session-level lock could be released on another server connection.
+        """
+        if self._pinned() is not None:
+            raise RuntimeError("a storage lock is already held by this thread")
+        self._pins.conn = conn
+        try:
+            yield
+        finally:
+            self._pins.conn = None
 
     def close(self) -> None:
         """Give every database connection back: for a process that opens storages repeatedly
         (``sweep report --watch``); a worker keeps its storage for its lifetime."""
-        self._release_held()
-        if self.autocommit_engine is not self.engine:
-            self.autocommit_engine.dispose()
-        self.engine.dispose()
+        self.engine.dispose()  # the autocommit engine shares its pool
 
     def _run(self, kind: str, op: Callable[[Any], _T]) -> _T:
         """Run ``op(connection)`` as one unit of work; once more on a fresh connection if the first one
@@ -369,7 +388,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             except sqlalchemy.exc.IntegrityError:
                 raise  # as Optuna's sessions do: callers tell a lost race from a fault
             except sqlalchemy.exc.DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated or (committing and kind != "write"):
+                retry = exc.connection_invalidated and self._pinned() is None  # a lock's transaction is lost
+                if attempt == 2 or not retry or (committing and kind != "write"):
                     raise _fault(exc) from exc
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 raise _fault(exc) from exc
@@ -671,6 +691,24 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
 
     # ------------------------------------------------------------------ reads
 
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        # Read by every budget decision, under the study's budget lock (pause, budget): one select
+        # instead of an ORM session, which costs several times more there (a savepoint of the lock's
+        # transaction, sweep.storage).
+        def read(conn: Any) -> dict[str, Any]:
+            rows = conn.execute(
+                sqlalchemy.select(_study_user.c.key, _study_user.c.value_json).where(
+                    _study_user.c.study_id == study_id
+                )
+            ).all()
+            if not rows and conn.execute(
+                sqlalchemy.select(_studies.c.study_id).where(_studies.c.study_id == study_id)
+            ).first() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
+            return {key: json.loads(text) for key, text in rows}
+
+        return self._run("read", read)
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
         # This process's running trial, from memory: only its owner writes it (a peer's FAIL shows at
         # the owner's next write or heartbeat, which then drop it from the mirror). Any other trial
@@ -850,6 +888,25 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             self._forget(trial_id)
 
 
+class _PinnedSessions:
+    """Optuna's ``scoped_session``, except that while a thread holds a pinned connection (a lock's
+    transaction, ``SweepRDBStorage.pinned``) its ORM sessions run there, each in a savepoint: Optuna's
+    ``session.commit()`` releases the savepoint and the lock's transaction commits everything."""
+
+    def __init__(self, sessions: Any, pins: threading.local) -> None:
+        self._sessions = sessions
+        self._pins = pins
+
+    def __call__(self) -> Any:
+        conn = getattr(self._pins, "conn", None)
+        if conn is None:
+            return self._sessions()
+        return sqlalchemy.orm.Session(bind=conn, join_transaction_mode="create_savepoint")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sessions, name)
+
+
 # Optuna's read-only ORM methods, inherited as they are, but run with _READ_ONLY set: on SQLite their
 # sessions begin DEFERRED (no write lock). Every other inherited method writes, or may, and begins
 # IMMEDIATE.
@@ -887,10 +944,25 @@ def _lock_free(name: str, owner: type = optuna.storages.RDBStorage) -> Callable[
 if UNSUPPORTED is None:
 
     class _LockFreeVersionManager(_rdb_storage._VersionManager):
-        """Optuna's schema-version manager whose read-only checks begin DEFERRED on SQLite."""
+        """Optuna's schema-version manager whose read-only checks begin DEFERRED on SQLite, and whose
+        compatibility check holds one connection at a time."""
 
-    for _name in ("check_table_schema_compatibility", "get_current_version"):
-        setattr(_LockFreeVersionManager, _name, _lock_free(_name, _rdb_storage._VersionManager))
+        def _check_one_at_a_time(self) -> None:
+            # Optuna's check holds its session (a connection in a transaction) while get_current_version
+            # opens a second one. Behind PgBouncer, as many workers starting at once as its pool has
+            # server connections can each hold one and wait for a second: none gets it (query_wait_timeout
+            # after 120 s; seen with 256 workers on a pool of 20). The same checks, one after the other.
+            with _rdb_storage._create_scoped_session(self.scoped_session) as session:
+                assert models.VersionInfoModel.find(session) is not None
+            if self.get_current_version() != self.get_head_version():
+                super().check_table_schema_compatibility()  # the mismatch, in Optuna's own words
+
+    _LockFreeVersionManager.check_table_schema_compatibility = _lock_free(  # type: ignore[method-assign]
+        "_check_one_at_a_time", _LockFreeVersionManager
+    )
+    _LockFreeVersionManager.get_current_version = _lock_free(  # type: ignore[method-assign]
+        "get_current_version", _rdb_storage._VersionManager
+    )
 
 for _name in _ORM_READS:
     if _name not in vars(SweepRDBStorage) and hasattr(optuna.storages.RDBStorage, _name):  # never wrap ours

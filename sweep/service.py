@@ -266,7 +266,13 @@ class Decision(enum.StrEnum):
 
 
 class _BudgetGate:
-    """Decides, under the budget lock, whether this worker may take another trial."""
+    """Decides whether this worker may take another trial; only the decision and the trial's row are
+    made under the budget lock (``take``).
+
+    Every worker of the study queues on that lock, so whatever runs under it bounds the trials per
+    second of the whole cluster: the stale-trial check runs before it (concurrent checks are safe: only
+    one worker wins a stale trial's FAIL, and only the winner re-queues it), the sampler after it.
+    """
 
     def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
         self.study = study
@@ -275,25 +281,54 @@ class _BudgetGate:
         self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
         self.last_stale_check = float("-inf")
 
+    def take(self) -> tuple[Decision, optuna.Trial | None]:
+        """The worker's step: (RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
+        self._check_stale()
+        with budget_lock(self.storage, self.study.study_name):
+            decision, trial_id = retry_on_locked(self._reserve)
+        return decision, None if trial_id is None else self._trial(trial_id)
+
     def next_trial(self) -> tuple[Decision, optuna.Trial | None]:
-        """(RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
+        """``take`` for a caller that already holds the budget lock."""
+        self._check_stale()
+        decision, trial_id = self._reserve()
+        return decision, None if trial_id is None else self._trial(trial_id)
+
+    def _check_stale(self) -> None:
         now = time.monotonic()
         # Stale trials only appear after a grace period of several heartbeats: checking once per
         # heartbeat interval finds them as early, at a fraction of the cost per trial.
         if now - self.last_stale_check >= self.interval:
             optuna.storages.fail_stale_trials(self.study)
             self.last_stale_check = now
+
+    def _reserve(self) -> tuple[Decision, int | None]:
+        """The decision, and the id of the trial taken (a WAITING one popped, else a new one)."""
         attrs = self.storage.get_study_user_attrs(self.study._study_id)  # pause and budget: read fresh
         if control.is_paused(attrs):
             return Decision.PAUSED, None
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
         if waiting or spent < control.budget(attrs, self.spec.n_trials):
-            return Decision.RUN, self.study.ask()
+            # What Study.ask does before it samples (its relative sampling is _trial's, outside the lock).
+            trial_id = self.study._pop_waiting_trial_id()
+            if trial_id is None:
+                trial_id = self.storage.create_new_trial(self.study._study_id)
+            if self.interval:
+                # Beat at once: a trial whose worker dies before its heartbeat thread starts (in the
+                # sampler, say) is then failed as stale and retried; without a beat no stale check
+                # ever finds it, and the study would wait for it forever.
+                self.storage.record_heartbeat(trial_id)
+            return Decision.RUN, trial_id
         if running:
             # Budget spent, but a running trial may still die and come back for a retry.
             self.last_stale_check = float("-inf")
             return Decision.WAIT, None
         return Decision.DONE, None
+
+    def _trial(self, trial_id: int) -> optuna.Trial:
+        """The rest of Study.ask: the trial object, whose construction runs the sampler's relative sampling."""
+        self.study._thread_local.cached_all_trials = None
+        return optuna.Trial(self.study, trial_id)
 
 
 def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[Decision, optuna.Trial | None]:
@@ -369,8 +404,7 @@ def run_worker(
         if stop.is_set():
             summary.stopped = True
             break
-        with budget_lock(storage, name):
-            decision, trial = retry_on_locked(gate.next_trial)
+        decision, trial = gate.take()
         if decision == Decision.DONE:
             break
         if decision == Decision.PAUSED:

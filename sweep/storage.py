@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -141,11 +142,20 @@ def storage_engine_kwargs(sa_url: str) -> dict[str, Any]:
         # No pool_pre_ping (a round trip before every call): sweep.rdb retries a call once on a
         # connection found dead (database restart, connection cut by a proxy), and TCP keepalives
         # notice a vanished server while a trial trains for minutes without a query.
-        "pool_size": 2,
-        "max_overflow": 4,
+        # The connection budget of a worker process (storage/README.md): one connection at rest,
+        # shared by its trial writes, its heartbeat thread and Optuna's ORM calls; a second one only
+        # while two of them overlap (a beat during a report, the calls under the budget lock). Never
+        # more: a third caller waits for one to come back. Per call, not held: a connection kept by the
+        # worker's thread across a trial would make the heartbeat open a second one.
+        "pool_size": 1,
+        "max_overflow": 1,
+        "pool_timeout": 60,
         "pool_recycle": 1800,
         "connect_args": {
             "connect_timeout": 10,
+            # No server-side prepared statements: behind PgBouncer in transaction pooling mode (1.18,
+            # Debian 12) the next statement may run on another server connection, which lacks them.
+            "prepare_threshold": None,
             # Writes commit without waiting for the WAL flush, except a trial's state changes
             # (sweep.rdb), which flush everything before them with them. A PostgreSQL crash (not a
             # worker crash) can lose the last ~0.6 s of writes to running trials, never a result.
@@ -251,9 +261,12 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
     """Hold a lock shared by every worker of ``study_name``, on every machine that can see the lock.
 
     SQLite: an flock on a file beside the database (SQLite only spans one machine anyway).
-    PostgreSQL: a session advisory lock, held on its own connection while the block runs.
+    PostgreSQL: a transaction-scoped advisory lock (``pg_try_advisory_xact_lock``, retried with a
+    jittered backoff up to 0.1 s); on SweepRDBStorage the block's storage calls run in the lock's
+    transaction, on the same connection.
     """
-    url = getattr(storage, "url", None)
+    backend = getattr(storage, "_backend", storage)  # a study's storage: Optuna's cache layer around it
+    url = getattr(backend, "url", None)
     path = sqlite_path(url) if url else None
     if path is not None:
         lock_path = path.with_name(path.name + ".lock")
@@ -264,17 +277,28 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return
-    engine = getattr(storage, "autocommit_engine", None) or getattr(storage, "engine", None)
+    engine = getattr(backend, "engine", None)
     if engine is not None and engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
-        # A session-level lock needs no transaction: autocommit saves the BEGIN/COMMIT round trips.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
-            try:
-                yield
-            finally:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
-        return
+        # A transaction-scoped lock: released by the commit (or by the server when the connection
+        # dies), and it holds behind PgBouncer in transaction pooling mode, where a session lock could
+        # be taken on one server connection and released on another. sweep.rdb runs every call of
+        # the block inside this transaction (pinned), so the lock costs no connection of its own
+        # and the decision commits with the trial it hands out.
+        # Tried, not waited for: a waiter would hold a connection (behind PgBouncer, a server
+        # connection of its small pool) for as long as it waits, and a few hundred waiters would
+        # starve every other statement, heartbeats included. A failed try costs one short round trip.
+        delay = 0.002
+        with engine.connect() as conn:
+            while True:
+                with conn.begin():
+                    if conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({key})").scalar():
+                        pin = getattr(backend, "pinned", None)
+                        with pin(conn) if pin is not None else contextlib.nullcontext():
+                            yield
+                        return
+                time.sleep(delay * (0.5 + random.random()))  # jitter: waiters do not retry in step
+                delay = min(delay * 1.5, 0.1)
     with _memory_lock:
         yield
 
@@ -297,11 +321,23 @@ def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retry_key
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         running = sum(1 for t in trials if t.state == TrialState.RUNNING)
         return spent, waiting, running
-    # One statement: no transaction on PostgreSQL, a deferred (lock-free) one on SQLite.
-    options = {"sweep_read_only": True} if engine.dialect.name == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
-    with engine.connect().execution_options(**options) as conn:
+    with read_connection(backend, engine) as conn:
         spent, waiting, running = conn.execute(_budget_query(retry_key), {"study_id": study_id}).one()
     return int(spent), int(waiting), int(running)
+
+
+@contextlib.contextmanager
+def read_connection(backend: Any, engine: sqlalchemy.Engine) -> Iterator[sqlalchemy.Connection]:
+    """A connection for one read statement: the lock transaction's when this thread holds one
+    (budget_lock), else one from the pool, in autocommit (PostgreSQL) or a deferred, lock-free
+    transaction (SQLite)."""
+    pinned = getattr(backend, "_pinned", lambda: None)()
+    if pinned is not None:
+        yield pinned
+        return
+    options = {"sweep_read_only": True} if engine.dialect.name == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
+    with engine.connect().execution_options(**options) as conn:
+        yield conn
 
 
 @functools.lru_cache(maxsize=8)

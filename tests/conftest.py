@@ -5,6 +5,10 @@
 else one started by ``scripts/pg-test-cluster`` for this session. Without PostgreSQL installed the
 PostgreSQL tests are skipped locally, but fail in CI (env CI set): CI must test both backends.
 Deselect them with ``-m "not postgres"``.
+
+A test marked ``pgbouncer`` runs a third time, through a real PgBouncer in transaction pooling mode
+(``scripts/pgbouncer-test``, Debian's ``pgbouncer``) in front of that cluster: the configuration
+storage/README.md recommends for many workers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
+PGBOUNCER = ROOT / "scripts" / "pgbouncer-test"
 INSTALL_HINT = "apt-get install -y postgresql"
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("pgbouncer", marks=pytest.mark.postgres),  # kept for tests marked pgbouncer only
+]
 # Test clusters trade durability for speed (a database per test is then ~40 ms, not ~600 ms).
 FAST_PG_OPTS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
@@ -35,10 +45,18 @@ def postgres_installed() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that needs the cluster carries the ``postgres`` mark, however it asks for it."""
+    """Every test that needs the cluster carries the ``postgres`` mark, however it asks for it; only
+    tests marked ``pgbouncer`` keep their PgBouncer variant of ``storage_url``."""
+    kept, dropped = [], []
     for item in items:
         if "pg_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        callspec = getattr(item, "callspec", None)
+        through_bouncer = callspec is not None and callspec.params.get("storage_url") == "pgbouncer"
+        (dropped if through_bouncer and item.get_closest_marker("pgbouncer") is None else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)
@@ -55,23 +73,32 @@ def pg_url() -> Iterator[str]:
         yield external
         return
     if not postgres_installed():
-        reason = f"PostgreSQL is not installed (run: {INSTALL_HINT}, or set SWEEP_TEST_PG_URL)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the PostgreSQL tests", pytrace=False)
-        pytest.skip(reason)
-    # Not under pytest's tmp_path: its parents are mode 700, unreachable for the postgres user.
-    cluster_dir = tempfile.mkdtemp(prefix="sweep-pg-")
+        _missing(f"PostgreSQL is not installed (run: {INSTALL_HINT}, or set SWEEP_TEST_PG_URL)")
     env = {**os.environ, "PG_TEST_OPTS": os.environ.get("PG_TEST_OPTS", FAST_PG_OPTS)}
+    yield from _started(PG_CLUSTER, "sweep-pg-", [], env)
+
+
+def _missing(reason: str) -> None:
+    """Skip locally, fail in CI: CI must run every backend."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run these tests", pytrace=False)
+    pytest.skip(reason)
+
+
+def _started(script: Path, prefix: str, args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``script start DIR *args``, yield the URL it prints, ``script stop DIR`` afterwards."""
+    # Not under pytest's tmp_path: its parents are mode 700, unreachable for the postgres user.
+    where = tempfile.mkdtemp(prefix=prefix)
     started = subprocess.run(
-        [str(PG_CLUSTER), "start", cluster_dir], capture_output=True, text=True, timeout=180, env=env
+        [str(script), "start", where, *args], capture_output=True, text=True, timeout=180, env=env
     )
     try:
         if started.returncode != 0:
             # Installed but broken is a failure everywhere, never a skip.
-            pytest.fail(f"scripts/pg-test-cluster start failed: {started.stderr.strip()[-2000:]}", pytrace=False)
+            pytest.fail(f"scripts/{script.name} start failed: {started.stderr.strip()[-2000:]}", pytrace=False)
         yield started.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run([str(PG_CLUSTER), "stop", cluster_dir], capture_output=True, text=True, timeout=120)
+        subprocess.run([str(script), "stop", where], capture_output=True, text=True, timeout=120)
 
 
 def _libpq_url(url: str) -> str:
@@ -101,18 +128,33 @@ def pg_fresh_url(pg_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="session")
+def pgbouncer_url(pg_url: str) -> Iterator[str]:
+    """URL of a PgBouncer (transaction pooling) in front of the ``pg_url`` cluster, for this session."""
+    if shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists():
+        _missing("PgBouncer is not installed (run: apt-get install -y pgbouncer)")
+    yield from _started(PGBOUNCER, "sweep-pgbouncer-", [pg_url])
+
+
+@pytest.fixture(params=BACKENDS)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL to an empty sweep database: a SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    """A URL to an empty sweep database: a SQLite file in tmp_path, or a fresh PostgreSQL database
+    (reached directly, or through PgBouncer for tests marked ``pgbouncer``)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sweep.db'}"
-    return request.getfixturevalue("pg_fresh_url")
+    fresh = request.getfixturevalue("pg_fresh_url")
+    if request.param == "pgbouncer":
+        from sqlalchemy.engine import make_url
+
+        bouncer = make_url(request.getfixturevalue("pgbouncer_url"))
+        return make_url(fresh).set(host=bouncer.host, port=bouncer.port).render_as_string(hide_password=False)
+    return fresh
 
 
 @pytest.fixture
 def backend(storage_url: str) -> str:
     """``sqlite`` or ``postgresql``: which backend ``storage_url`` is on."""
-    return "sqlite" if storage_url.startswith("sqlite") else "postgresql"
+    return "sqlite" if storage_url.startswith("sqlite") else "postgresql"  # PgBouncer's too
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import threading
+import time
 from typing import Any
 
 import optuna
@@ -169,6 +171,7 @@ def test_a_trial_failed_elsewhere_is_not_written(storage_url: str) -> None:
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL  # the mirror let it go
 
 
+@pytest.mark.pgbouncer
 def test_waiting_trial_is_popped_once(storage_url: str) -> None:
     storage = open_storage(storage_url)
     study = optuna.create_study(storage=storage, study_name="pop")
@@ -189,6 +192,7 @@ def _create_trials(url: str, n: int) -> None:
         storage.set_trial_state_values(tid, TrialState.COMPLETE, [1.0])
 
 
+@pytest.mark.pgbouncer
 def test_trial_numbers_stay_unique_across_processes(storage_url: str) -> None:
     optuna.create_study(storage=open_storage(storage_url), study_name="race")
     procs = [CTX.Process(target=_create_trials, args=(storage_url, 15)) for _ in range(4)]
@@ -202,6 +206,7 @@ def test_trial_numbers_stay_unique_across_processes(storage_url: str) -> None:
     assert all(t.state == TrialState.COMPLETE and t.params == {"x": 1, "c": "a"} for t in trials)
 
 
+@pytest.mark.pgbouncer
 def test_heartbeat_is_the_database_clock(storage_url: str) -> None:
     storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="beat")
@@ -265,29 +270,64 @@ def test_a_cut_connection_is_retried_not_fatal(pg_fresh_url: str) -> None:
         stock.get_all_trials(study._study_id)
 
 
-def test_held_connection_is_recycled_and_closed(storage_url: str) -> None:
-    """PostgreSQL: the worker thread's held connection is replaced after pool_recycle, and close()
-    gives every connection back (a storage opened per `report --watch` refresh leaves none)."""
-    storage = open_storage(storage_url)
-    study = optuna.create_study(storage=storage, study_name="held")
-    study.ask()
-    postgres = storage.engine.dialect.name == "postgresql"
-    held = storage._held
-    assert (held is not None) == postgres
-    if postgres:
-        storage._held_since -= storage.engine_kwargs["pool_recycle"] + 1
-        storage.get_all_trials(study._study_id)
-        assert storage._held is not held and held.closed
-    storage.close()
-    assert storage._held is None
-    assert storage.autocommit_engine.pool.checkedout() == 0 and storage.engine.pool.checkedout() == 0
-    assert len(storage.get_all_trials(study._study_id)) == 1  # still usable: connects again
+def test_a_worker_process_holds_one_connection_at_rest_two_at_most(pg_fresh_url: str) -> None:
+    """The connection budget of storage/README.md, seen by the server: a worker's trial writes, its
+    heartbeat thread and its budget lock share one connection at rest and never use more than two;
+    close() gives every connection back (a storage opened per `report --watch` refresh leaves none)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from sweep.service import _heartbeat
+    from sweep.storage import budget_counts, budget_lock
+
+    database = make_url(pg_fresh_url).database
+    admin_url = make_url(pg_fresh_url).set(drivername="postgresql", database="postgres")
+    seen: list[int] = []
+    done = threading.Event()
+    with psycopg.connect(admin_url.render_as_string(hide_password=False), autocommit=True) as admin:
+
+        def count() -> int:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()
+            return int(row[0]) if row else 0
+
+        def watch() -> None:
+            while not done.is_set():
+                seen.append(count())
+
+        storage = open_storage(pg_fresh_url, heartbeat=True, heartbeat_interval=1)
+        study = optuna.create_study(storage=storage, study_name="budget")
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            for _ in range(3):
+                with budget_lock(storage, "budget"):
+                    budget_counts(study._storage, study._study_id, "retry")
+                    storage.get_study_user_attrs(study._study_id)
+                    trial = study.ask()
+                with _heartbeat(storage, trial._trial_id):
+                    x = trial.suggest_float("x", 0, 1)
+                    for step in range(40):  # reports while the heartbeat beats
+                        trial.report(x * step, step)
+                        storage.record_heartbeat(trial._trial_id)
+                study.tell(trial, x)
+        finally:
+            done.set()
+            watcher.join()
+        at_rest = count()
+        storage.close()
+        deadline = time.monotonic() + 10  # a closed connection's server process exits a moment later
+        while (closed := count()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert at_rest == 1 and max(seen) <= 2, (at_rest, max(seen))
+    assert closed == 0
+    assert len(storage.get_all_trials(study._study_id)) == 3  # still usable: connects again
 
 
 # ---------------------------------------------------------------- the contract where it differs from Optuna's
 # (storage/README.md, "The storage contract"; every other behaviour is pinned by tests/optuna_conformance)
 
 
+@pytest.mark.pgbouncer
 def test_a_peer_fail_shows_at_the_owners_next_heartbeat(storage_url: str) -> None:
     """The owner serves its running trial from memory; a peer's FAIL (stale-heartbeat check) shows at
     the owner's next heartbeat (or write: test_a_trial_failed_elsewhere_is_not_written)."""

@@ -297,6 +297,7 @@ def _can_take_lock(url: str, timeout: float = 15) -> bool:
     return acquired.wait(timeout)
 
 
+@pytest.mark.pgbouncer
 def test_budget_lock_is_exclusive_across_processes(storage_url: str, tmp_path: Path) -> None:
     open_storage(storage_url).engine.dispose()  # create the database before the race
     log = tmp_path / "lock.log"
@@ -318,6 +319,7 @@ def _hold_lock_child(url: str, ready: str) -> None:
         time.sleep(600)
 
 
+@pytest.mark.pgbouncer
 def test_budget_lock_of_a_killed_worker_is_released(storage_url: str, tmp_path: Path) -> None:
     open_storage(storage_url).engine.dispose()
     ready = tmp_path / "ready"
@@ -331,6 +333,7 @@ def test_budget_lock_of_a_killed_worker_is_released(storage_url: str, tmp_path: 
     assert _can_take_lock(storage_url), "the lock of a worker killed with -9 was never released"
 
 
+@pytest.mark.pgbouncer
 def test_budget_lock_is_released_on_error(storage_url: str) -> None:
     storage = open_storage(storage_url)
     with pytest.raises(ZeroDivisionError), budget_lock(storage, "locked-study"):
@@ -355,6 +358,7 @@ def _doomed_worker(url: str, name: str, ready: str) -> None:
         time.sleep(600)
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.slow
 def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: Path) -> None:
     raw = {**SPEC_RAW, "name": "heartbeat", "n_trials": 1}
@@ -408,6 +412,25 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
         assert _next_trial(study, spec) == ("done", None)
 
 
+def test_a_trial_taken_but_never_started_is_failed_and_requeued(storage_url: str) -> None:
+    """The gate beats for the trial it hands out: a worker that dies between taking a trial and
+    starting its heartbeat thread (in the sampler, say) leaves a trial the stale check finds."""
+    from sweep.service import _BudgetGate
+
+    raw = {**SPEC_RAW, "name": "orphan", "n_trials": 1}
+    _create_study(storage_url, raw)
+    storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
+    study = optuna.load_study(study_name="orphan", storage=storage)
+    decision, trial = _BudgetGate(study, load_spec_of(storage, "orphan")).take()
+    assert decision == "run" and trial is not None  # ... and the worker dies here
+    deadline = time.monotonic() + 20
+    while study.get_trials(deepcopy=False)[trial.number].state != TrialState.FAIL:
+        assert time.monotonic() < deadline, "the orphaned trial was never failed as stale"
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(study)
+    assert study.get_trials(deepcopy=False)[-1].state == TrialState.WAITING  # re-queued
+
+
 # --------------------------------------------------------------------------- concurrency
 
 
@@ -441,6 +464,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
     return {"ran": ran, "waits": waits}
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.slow
 def test_workers_share_the_budget_exactly(storage_url: str, backend: str, tmp_path: Path) -> None:
     budget = 40

@@ -47,7 +47,7 @@ def live_run(
     from sweep.objective import Progress, StopFlag
     from sweep.search import build_pruner, build_sampler
     from sweep.service import SPEC_ATTR, ServiceError, _BudgetGate, _load_spec_data, _TrialRunner
-    from sweep.storage import artifact_store, budget_lock, mask_url, open_storage
+    from sweep.storage import artifact_store, mask_url, open_storage
 
     spec = replay_spec(table, method, seed, budget_epochs)
     # The sampler is built from this spec (TPE's start-up count comes from n_trials, as in the replay);
@@ -89,8 +89,7 @@ def live_run(
     gate = _BudgetGate(study, spec)
     started = time.perf_counter()
     while used < budget_epochs:
-        with budget_lock(storage, name):
-            decision, trial = gate.next_trial()
+        decision, trial = gate.take()
         assert decision == "run" and trial is not None
         out = runner.run(trial, None)
         log(f"  {method.name} trial {trial.number}: {out.state} {'' if out.value is None else out.value} "

@@ -5,7 +5,7 @@
 One "trial" is the bookkeeping a worker does around training, with no training: ask, 4 suggests,
 10 reports (one per epoch), a checkpoint-record user attr, tell. The random sampler is used so that
 only storage is timed; the TPE sampler's ask is timed on its own. sweep's path is the worker's own
-(``open_storage(heartbeat=True)``, ``budget_lock`` + ``_next_trial``, a heartbeat thread per trial);
+(``open_storage(heartbeat=True)``, ``_BudgetGate.take`` under ``budget_lock``, a heartbeat thread per trial);
 the baseline is the same work through stock Optuna defaults (``optuna.create_study(storage=URL)``
 with a plain URL), timed in the same process, in alternating rounds, so machine noise hits both.
 
@@ -49,7 +49,7 @@ from sweep.bench import write_json
 from sweep.search import _FeasibilityAwareTPE
 from sweep.service import _BudgetGate, _heartbeat
 from sweep.spec import StudySpec, parse_spec
-from sweep.storage import budget_lock, mask_url, open_storage
+from sweep.storage import mask_url, open_storage
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
@@ -91,8 +91,7 @@ def sweep_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
     gate = _BudgetGate(study, spec)  # one per worker process, as in run_worker
 
     def one() -> None:
-        with budget_lock(storage, study.study_name):
-            decision, trial = gate.next_trial()
+        decision, trial = gate.take()
         assert decision == "run" and trial is not None
         with _heartbeat(storage, trial._trial_id) if beats else contextlib.nullcontext():
             _bookkeeping(study, trial)
