@@ -111,15 +111,19 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
 
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
-    _create(tmp_path, "data.subset=400", n_trials=2, epochs=2)
+    # Four epochs: once the first checkpoint is seen, three epochs are left for the kill to land in,
+    # however slowly a loaded machine lets this test read the study.
+    _create(tmp_path, "data.subset=800", n_trials=2, epochs=4)
     victim = _sweep(tmp_path, "worker", "--threads", "1", **fast)
-    _wait_for(victim, "epoch 1/2")
+    _wait_for(victim, "epoch 1/4")
     deadline = time.monotonic() + 60  # the epoch-1 checkpoint is stored just after the line is printed
     while not _study(tmp_path).trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
         time.sleep(0.05)
     victim.kill()
     victim.wait()
-    assert _study(tmp_path).trials[0].state == TrialState.RUNNING
+    victim_trial = _study(tmp_path).trials[0]
+    assert victim_trial.state == TrialState.RUNNING
+    left_at = victim_trial.user_attrs["checkpoint"]["epoch"]  # the newest checkpoint the victim stored
     survivor = _sweep(tmp_path, "worker", "--threads", "1", **fast)
     out = survivor.communicate(timeout=600)[0]
     assert survivor.returncode == 0, out
@@ -128,8 +132,8 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> N
     retried = [t for t in trials if t.user_attrs.get("retry_of") == 0]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == trials[0].params
-    assert retried[0].user_attrs["resumed_from_epoch"] == 1  # from the checkpoint the victim left
-    assert sorted(retried[0].intermediate_values) == [1, 2]
+    assert retried[0].user_attrs["resumed_from_epoch"] == left_at  # from the checkpoint the victim left
+    assert sorted(retried[0].intermediate_values) == [1, 2, 3, 4]
     counted = [t for t in trials if "failed_trial" not in t.system_attrs]
     assert len(counted) == 2 and all(t.state.is_finished() for t in trials)
 
