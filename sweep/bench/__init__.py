@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,17 @@ def save_figure(fig: Any, html_path: Path) -> list[str]:
     fig.write_html(str(html_path), include_plotlyjs=True)
     png = write_png(fig, html_path)
     return [str(html_path)] + ([str(png)] if png is not None else [])
+
+
+@contextlib.contextmanager
+def started(script: Path, args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """One of the project's ``start|stop DIR`` scripts (pg-test-cluster, pgbouncer-test) in a fresh
+    folder: yields the URL it prints last, and stops it (removing the folder) afterwards."""
+    where = tempfile.mkdtemp(prefix="sweep-bench-")
+    run = subprocess.run([str(script), "start", where, *args], capture_output=True, text=True, env=env)
+    try:
+        if run.returncode != 0:
+            raise RuntimeError(f"{script.name} start failed: {run.stderr.strip()[-500:]}")
+        yield run.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(script), "stop", where], capture_output=True, text=True)

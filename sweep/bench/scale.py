@@ -31,12 +31,10 @@ import os
 import platform
 import random
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from sweep.bench import write_json
+from sweep.bench import started, write_json
 from sweep.search import build_pruner, build_sampler
 from sweep.service import Decision, _BudgetGate, _heartbeat, _quiet_optuna
 from sweep.spec import StudySpec, parse_spec
@@ -409,18 +407,6 @@ def study_size_axis(url: str, sizes: list[int], kinds: list[str], log: Callable[
 # --------------------------------------------------------------------------- entry point
 
 
-@contextlib.contextmanager
-def _started(script: Path, args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    where = tempfile.mkdtemp(prefix="sweep-bench-")
-    started = subprocess.run([str(script), "start", where, *args], capture_output=True, text=True, env=env)
-    try:
-        if started.returncode != 0:
-            raise RuntimeError(f"{script.name} start failed: {started.stderr.strip()[-500:]}")
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(script), "stop", where], capture_output=True, text=True)
-
-
 def _load() -> str:
     with contextlib.suppress(OSError):
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -458,12 +444,12 @@ def run_scale_bench(
     # Direct connections to the server: room for every worker (stock Optuna keeps up to 15 each).
     env = {**os.environ, "PG_TEST_OPTS": f"-c max_connections={max(200, 3 * max(workers) + 50)}"}
     with contextlib.ExitStack() as stack:
-        url = pg_url or stack.enter_context(_started(PG_CLUSTER, [], env))
+        url = pg_url or stack.enter_context(started(PG_CLUSTER, [], env))
         admin = _libpq(url)
         log(f"postgresql: {mask_url(url)}")
         routes = {"direct": url}
         if pgbouncer:
-            routes["pgbouncer"] = stack.enter_context(_started(PGBOUNCER, [url]))
+            routes["pgbouncer"] = stack.enter_context(started(PGBOUNCER, [url]))
         kinds = ["sweep", "stock"] if stock else ["sweep"]
         for n in workers:
             for route, route_url in routes.items():

@@ -31,7 +31,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import write_json
+from sweep.bench import started, write_json
 from sweep.search import _FeasibilityAwareTPE
 from sweep.service import _BudgetGate, _heartbeat
 from sweep.spec import StudySpec, parse_spec
@@ -436,16 +435,10 @@ def postgres_url(pg_url: str | None, log: Callable[[str], None]) -> Iterator[str
     if pg_url:
         yield pg_url
         return
-    cluster = tempfile.mkdtemp(prefix="sweep-bench-pg-")
     env = {k: v for k, v in os.environ.items() if k != "PG_TEST_OPTS"}  # measure a durable server
     log("postgresql: starting a throwaway cluster (scripts/pg-test-cluster)")
-    started = subprocess.run([str(PG_CLUSTER), "start", cluster], capture_output=True, text=True, env=env)
-    try:
-        if started.returncode != 0:
-            raise RuntimeError(f"scripts/pg-test-cluster start failed: {started.stderr.strip()}")
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(PG_CLUSTER), "stop", cluster], capture_output=True, text=True)
+    with started(PG_CLUSTER, [], env) as url:
+        yield url
 
 
 def _drop_studies(url: str, prefix: str) -> None:
