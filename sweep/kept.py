@@ -2,10 +2,10 @@
 
 A completed trial uploads its final weights and records them on itself (user attribute
 ``final_model``) *before* it is told COMPLETE, so a completed trial never lacks its model. Right
-after the tell, its worker runs ``reconcile`` under a lock every worker of the study shares (a
-PostgreSQL advisory lock, an flock beside a SQLite file): the top K completed trials by validation
-accuracy are read from the database, written to the study attribute ``kept_models``, and the model
-of every other finished trial is removed. Values never change once told, so a trial that falls out
+after the tell, its worker runs ``reconcile``: under a lock every worker of the study shares (a
+PostgreSQL advisory lock, an flock beside a SQLite file) the top K completed trials by validation
+accuracy are read from the database and written to the study attribute ``kept_models``; once that is
+committed, the model of every other finished trial is removed. Values never change once told, so a trial that falls out
 of the top K never comes back: removing its model is final and safe.
 
 With many workers finishing at once each reconcile sees every trial told before it, so after the
@@ -98,14 +98,18 @@ def reconcile(
         kept = rank(models, keep_best)
         if kept != kept_models(storage.get_study_user_attrs(study_id)):
             storage.set_study_user_attr(study_id, KEPT_ATTR, [k.to_json() for k in kept])
-        keep_ids = {k.artifact_id for k in kept}
-        removed = []
-        for m in models:
-            if m.state in _FINISHED and m.artifact_id not in keep_ids:
-                # Idempotent: most were removed by an earlier reconcile (a failed unlink costs a syscall).
-                with contextlib.suppress(Exception):
-                    store.remove(m.artifact_id)
-                    removed.append(m.number)
+    # Removed only once the new list is committed (on PostgreSQL the lock's transaction commits as
+    # the block ends): a reader never sees a kept list naming a file already gone. Outside the lock
+    # is safe: a trial out of this top K is out of every later one, and a reconcile that ran earlier
+    # saw fewer trials, so it keeps a superset of what it could remove.
+    keep_ids = {k.artifact_id for k in kept}
+    removed = []
+    for m in models:
+        if m.state in _FINISHED and m.artifact_id not in keep_ids:
+            # Idempotent: most were removed by an earlier reconcile (a failed unlink costs a syscall).
+            with contextlib.suppress(Exception):
+                store.remove(m.artifact_id)
+                removed.append(m.number)
     return Reconciled(kept=kept, removed=tuple(removed))
 
 

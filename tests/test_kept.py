@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweep.kept import FINAL_MODEL_ATTR, StoredModel, kept_models, rank
+from sweep.kept import FINAL_MODEL_ATTR, StoredModel, kept_models, rank, reconcile
 from sweep.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +97,33 @@ def test_many_processes_finishing_at_once_keep_exactly_the_top_k(storage_url: st
     assert all(k.artifact_id == by_number[k.trial].user_attrs[FINAL_MODEL_ATTR]["artifact_id"] for k in kept)
     # Exactly the kept models are left: every other one was removed by some process's reconcile.
     assert sorted(p.name for p in artifacts.iterdir()) == sorted(k.artifact_id for k in kept)
+
+
+class _CheckingStore:
+    """An artifact store whose remove() checks, on a connection of its own, that the committed kept
+    list no longer names the model being removed."""
+
+    def __init__(self, url: str, study_id: int) -> None:
+        self.reader = open_storage(url)
+        self.study_id = study_id
+        self.removed: list[str] = []
+
+    def remove(self, artifact_id: str) -> None:
+        committed = kept_models(self.reader.get_study_user_attrs(self.study_id))
+        assert artifact_id not in {k.artifact_id for k in committed}, (artifact_id, committed)
+        if artifact_id in self.removed:
+            raise FileNotFoundError(artifact_id)  # as FileSystemArtifactStore: gone already
+        self.removed.append(artifact_id)
+
+
+def test_a_model_is_removed_only_after_the_list_without_it_is_committed(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="order", storage=storage, direction="maximize")
+    store = _CheckingStore(storage_url, study._study_id)
+    for number, value in enumerate([0.5, 0.6, 0.7, 0.8]):  # each new trial pushes the worst out
+        trial = study.ask()
+        storage.set_trial_user_attr(trial._trial_id, FINAL_MODEL_ATTR, {"artifact_id": f"a{number}", "path": None})
+        study.tell(trial, value)
+        result = reconcile(storage, study._study_id, "order", store, 2)
+        assert [k.trial for k in result.kept] == sorted(range(number + 1), key=lambda n: -n)[:2]
+    assert store.removed == ["a0", "a1"]

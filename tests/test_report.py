@@ -401,7 +401,7 @@ def test_page_in_chromium_offline(xss_report: tuple[Page, ReportData]) -> None:
     page = view.page
     n_figs = len(report.build_figures(data))
     counts = page.evaluate("Array.from(document.querySelectorAll('div.js-plotly-plot')).map(d => d.data.length)")
-    assert len(counts) == n_figs == 6 and all(n > 0 for n in counts)
+    assert len(counts) == n_figs == 7 and all(n > 0 for n in counts)
     assert page.locator("svg.main-svg").count() > 0 and page.locator(".parcoords").count() == 1
     assert view.errors == [] and view.dialogs == [] and view.requests == []
     assert page.inner_text("h1") == f"sweep report: {XSS}"
