@@ -147,7 +147,8 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         from sqlalchemy.engine import make_url
 
         bouncer = make_url(request.getfixturevalue("pgbouncer_url"))
-        return make_url(fresh).set(host=bouncer.host, port=bouncer.port).render_as_string(hide_password=False)
+        direct = make_url(fresh).set(host=bouncer.host, port=bouncer.port)
+        return direct.update_query_dict(bouncer.query).render_as_string(hide_password=False)
     return fresh
 
 

@@ -310,6 +310,8 @@ def test_a_worker_process_holds_one_connection_at_rest_two_at_most(pg_fresh_url:
                         trial.report(x * step, step)
                         storage.record_heartbeat(trial._trial_id)
                 study.tell(trial, x)
+                study.set_user_attr("told", trial.number)  # Optuna's ORM session: the same connection
+                optuna.storages.fail_stale_trials(study)
         finally:
             done.set()
             watcher.join()
@@ -321,6 +323,36 @@ def test_a_worker_process_holds_one_connection_at_rest_two_at_most(pg_fresh_url:
     assert at_rest == 1 and max(seen) <= 2, (at_rest, max(seen))
     assert closed == 0
     assert len(storage.get_all_trials(study._study_id)) == 3  # still usable: connects again
+
+
+def _forked_child(storage: Any, study_id: int, out: Any) -> None:
+    try:
+        study = optuna.load_study(storage=storage, study_name="forked")
+        trial = study.ask()
+        trial.report(0.25, 1)
+        study.tell(trial, 0.25)
+        out.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        out.put(repr(exc))
+
+
+@pytest.mark.postgres
+def test_a_forked_child_never_uses_the_parents_held_connection(pg_fresh_url: str) -> None:
+    """The worker's held connection is a socket: a child forked with the storage (multiprocessing's
+    fork) opens its own instead of talking on the parent's, and the parent's stays usable."""
+    storage = open_storage(pg_fresh_url)
+    study = optuna.create_study(storage=storage, study_name="forked")
+    trial = study.ask()
+    trial.report(0.5, 1)  # the parent now holds its connection
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_forked_child, args=(storage, study._study_id, out))
+    child.start()
+    child.join(60)
+    assert out.get(timeout=5) == "ok" and child.exitcode == 0
+    trial.report(0.6, 2)  # the parent's connection was not disturbed
+    study.tell(trial, 0.6)
+    assert sorted(t.value for t in storage.get_all_trials(study._study_id)) == [0.25, 0.6]
 
 
 # ---------------------------------------------------------------- the contract where it differs from Optuna's

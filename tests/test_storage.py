@@ -25,12 +25,15 @@ from optuna.trial import TrialState
 from sweep.service import RETRY_KEY, SPEC_ATTR, _heartbeat, _next_trial, load_spec_of
 from sweep.storage import (
     StorageError,
+    behind_pgbouncer,
     budget_lock,
     env_storage_url,
     mask_text,
     mask_url,
     open_storage,
+    read_connection,
     retry_on_locked,
+    storage_engine_kwargs,
     study_names,
     validate_url,
 )
@@ -135,6 +138,7 @@ def _create_study(url: str, raw: dict[str, Any]) -> None:
         ("sqlite:///:memory:", "no database file"),
         (f"postgresql://sweep:{SECRET}@db", "needs a host and a database"),
         (f"postgresql+psycopg://sweep:{SECRET}@/sweep", "needs a host and a database"),
+        (f"postgresql://sweep:{SECRET}@db/sweep?pgbouncer=maybe", "pgbouncer='maybe' is not allowed"),
     ],
 )
 def test_validate_url_rejects_with_one_masked_line(url: str, expect: str) -> None:
@@ -150,6 +154,35 @@ def test_validate_url_normalises_postgresql_to_psycopg3() -> None:
     assert validate_url("postgresql://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"
     assert validate_url("postgresql+psycopg://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
     assert validate_url("sqlite:///storage/sweep.db") == "sqlite:///storage/sweep.db"
+
+
+def test_pgbouncer_option_is_sweeps_not_the_drivers() -> None:
+    url = "postgresql://u:p@h/db?sslmode=require&pgbouncer=TRUE"
+    assert validate_url(url) == "postgresql+psycopg://u:p@h/db?sslmode=require"  # libpq never sees it
+    assert behind_pgbouncer(url) and not behind_pgbouncer("postgresql://u:p@h/db?pgbouncer=0")
+    assert not behind_pgbouncer("postgresql://u:p@h/db")
+    direct = storage_engine_kwargs(validate_url(url))["connect_args"]
+    pooled = storage_engine_kwargs(validate_url(url), pgbouncer=True)["connect_args"]
+    assert "prepare_threshold" not in direct and pooled["prepare_threshold"] is None
+
+
+@pytest.mark.pgbouncer
+def test_prepared_statements_directly_never_through_pgbouncer(storage_url: str, backend: str) -> None:
+    """Directly, the per-trial statements are prepared on the server once (psycopg's threshold); through
+    PgBouncer in transaction mode none is (the next one could run on another server connection)."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL's prepared statements")
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="prepared", storage=storage)
+    for _ in range(8):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.report(0.5, 1)
+        study.tell(trial, 0.5)
+    with read_connection(storage, storage.engine) as conn:  # the worker's held one, which ran them
+        prepared = conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar()
+    assert (prepared == 0) == behind_pgbouncer(storage_url), prepared
+    storage.engine.dispose()
 
 
 @pytest.mark.parametrize(
