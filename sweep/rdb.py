@@ -38,6 +38,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -53,7 +54,16 @@ from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
 _T = TypeVar("_T")
+# Indexes sweep adds to Optuna's schema (storage/README.md): what the budget gate reads under its lock
+# (the WAITING and RUNNING trials, the next trial number, the retries) is then found by index instead
+# of by a scan of every trial of the study (at 100,000 trials: 14 ms of the lock's ~27 ms per take).
+INDEXES = (
+    ("ix_sweep_trials_study_state", "trials", ("study_id", "state")),
+    ("ix_sweep_trials_study_number", "trials", ("study_id", "number")),
+    ("ix_sweep_trial_system_attributes_key", "trial_system_attributes", ("key",)),
+)
 _MIRROR_SIZE = 256  # trials kept in memory; a running trial evicted early is simply read from the database
+_log = logging.getLogger("sweep.storage")
 _HELD_RECYCLE_S = 1800.0  # the held connection is renewed as often as the pool recycles (pool_recycle)
 _INHERITED: list[Any] = []  # held connections a forked child inherited: kept alive, never touched
 # States in which a mirrored trial is exactly what the database holds, children included (_read_trials).
@@ -250,6 +260,25 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._init_process_state()
         if not skip_compatibility_check:
             self._version_manager.check_table_schema_compatibility()
+        self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        """Create sweep's indexes (``INDEXES``) where missing: looked up first, so a worker start on a
+        database that has them takes no table lock. Without them (a role that may not create indexes)
+        everything works, the budget gate only slower on big studies: said once, on one line."""
+        try:
+            with self.engine.connect().execution_options(sweep_read_only=True) as conn:
+                inspector = sqlalchemy.inspect(conn)
+                have = {i["name"] for table in {t for _, t, _ in INDEXES} for i in inspector.get_indexes(table)}
+            for name, table, columns in INDEXES:
+                if name in have:
+                    continue
+                # IF NOT EXISTS: workers starting together race to create it; one wins, one waits.
+                with contextlib.suppress(sqlalchemy.exc.IntegrityError), self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            _log.warning("sweep: could not add sweep's indexes (%s); the budget gate reads whole studies",
+                         str(getattr(exc, "orig", exc)).strip().splitlines()[0])
 
     def _init_process_state(self) -> None:
         # SQLite write transactions take the write lock at BEGIN (sweep.storage's begin hook); set only
@@ -582,9 +611,11 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 lock = lock.with_for_update()
             if conn.execute(lock).scalar() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            # number = trials already in the study, counted and inserted in one statement.
+            # number = trials already in the study (numbers are dense: every creator holds the study
+            # row), read off the (study_id, number) index and inserted in one statement.
             count = (
-                sqlalchemy.select(sqlalchemy.func.count()).select_from(_trials).where(_trials.c.study_id == study_id)
+                sqlalchemy.select(sqlalchemy.func.coalesce(sqlalchemy.func.max(_trials.c.number) + 1, 0))
+                .where(_trials.c.study_id == study_id)
             ).scalar_subquery()
             insert = sqlalchemy.insert(_trials).from_select(
                 ["number", "study_id", "state", "datetime_start"],

@@ -35,6 +35,7 @@ from sweep.storage import (
     budget_lock,
     mask_url,
     open_storage,
+    pop_waiting_trial,
     retry_on_locked,
     sqlite_path,
     study_names,
@@ -310,7 +311,7 @@ class _BudgetGate:
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
         if waiting or spent < control.budget(attrs, self.spec.n_trials):
             # What Study.ask does before it samples (its relative sampling is _trial's, outside the lock).
-            trial_id = self.study._pop_waiting_trial_id()
+            trial_id = pop_waiting_trial(self.study)
             if trial_id is None:
                 trial_id = self.storage.create_new_trial(self.study._study_id)
             if self.interval:

@@ -18,7 +18,8 @@ def test_simulated_workers_meet_the_budget_within_the_connection_budget(
     url = pg_fresh_url
     if route == "pgbouncer":
         bouncer = make_url(request.getfixturevalue("pgbouncer_url"))
-        url = make_url(url).set(host=bouncer.host, port=bouncer.port).render_as_string(hide_password=False)
+        routed = make_url(url).set(host=bouncer.host, port=bouncer.port).update_query_dict(bouncer.query)
+        url = routed.render_as_string(hide_password=False)  # with ?pgbouncer=true
     admin = make_url(pg_fresh_url).set(drivername="postgresql").render_as_string(hide_password=False)
     run = run_once("sweep", route, url, admin, 6, trials_per_worker=2, trial_s=0.3, procs=2)
     assert run["errors"] == 0, run["error_kinds"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -73,15 +74,44 @@ def test_state_of_counts_retries_once_and_running_or_queued_trials() -> None:
     assert state_of({"control": "paused"}, 2, done) == SweepState.PAUSED
 
 
+# Loaded by the two training workers of the test below (PYTHONPATH): each trains its first epoch, then
+# holds after training its second while the HOLD file exists, so that the pause surely lands in a
+# trial (a tiny trial can otherwise finish all its epochs before `sweep pause` has started).
+HOLD = '''
+import os, pathlib, time
+import sweep.train
+
+hold, epochs, train = pathlib.Path(os.environ["HOLD"]), [0], sweep.train.train_one_epoch
+
+
+def train_one_epoch(*args, **kwargs):
+    loss = train(*args, **kwargs)
+    epochs[0] += 1
+    while epochs[0] >= 2 and hold.exists():
+        time.sleep(0.05)
+    return loss
+
+
+sweep.train.train_one_epoch = train_one_epoch
+'''
+
+
 @pytest.mark.slow
 def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1"}
     _create(tmp_path, "data.subset=800", n_trials=3, epochs=6)
-    workers = [_sweep(tmp_path, "worker", "--threads", "1", **fast) for _ in range(2)]
-    outputs = [_wait_for(w, "epoch 1/6") for w in workers]  # both are training
+    hooks, hold = tmp_path / "hooks", tmp_path / "hold"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HOLD)
+    hold.write_text("held")
+    held = {"PYTHONPATH": f"{hooks}:{Path(__file__).resolve().parents[1]}", "HOLD": str(hold), **fast}
+    workers = [_sweep(tmp_path, "worker", "--threads", "1", **held) for _ in range(2)]
+    outputs = [_wait_for(w, "epoch 1/6") for w in workers]  # both are training, held in epoch 2
     paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=_env(tmp_path), text=True,
                             capture_output=True)
     assert paused.returncode == 0, paused.stderr
+    time.sleep(4)  # four heartbeats: each worker's beat has seen the pause
+    hold.unlink()
     for i, w in enumerate(workers):
         outputs[i] += w.communicate(timeout=300)[0]
         assert w.returncode == 0, outputs[i]

@@ -26,11 +26,13 @@ from sweep.service import RETRY_KEY, SPEC_ATTR, _heartbeat, _next_trial, load_sp
 from sweep.storage import (
     StorageError,
     behind_pgbouncer,
+    budget_counts,
     budget_lock,
     env_storage_url,
     mask_text,
     mask_url,
     open_storage,
+    pop_waiting_trial,
     read_connection,
     retry_on_locked,
     storage_engine_kwargs,
@@ -514,3 +516,67 @@ def test_workers_share_the_budget_exactly(storage_url: str, backend: str, tmp_pa
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all(len(t.params) == 4 and len(t.intermediate_values) == 10 for t in trials)
     assert sorted(t.number for t in trials) == list(range(budget))
+
+
+# --------------------------------------------------------------------------- the gate's reads stay O(active)
+
+
+def _mixed_study(storage: Any) -> optuna.Study:
+    """3 complete, 1 failed, 1 running, 2 enqueued and 1 retry (WAITING, carrying RETRY_KEY)."""
+    study = optuna.create_study(study_name="mixed", storage=storage)
+    for value in (0.1, 0.2, 0.3):
+        study.tell(study.ask(), value)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    study.ask()
+    study.enqueue_trial({"x": 0.5})
+    study.enqueue_trial({"x": 0.6})
+    # A retry as RetryHeartbeatStaleTrialCallback makes it: a WAITING copy carrying the failed number.
+    template = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={RETRY_KEY: 3})
+    storage.create_new_trial(study._study_id, template_trial=template)
+    return study
+
+
+@pytest.mark.parametrize("kind", ["memory", "rdb"])
+def test_budget_counts_equal_a_count_over_every_trial(kind: str, storage_url: str) -> None:
+    storage = optuna.storages.InMemoryStorage() if kind == "memory" else open_storage(storage_url)
+    study = _mixed_study(storage)
+    trials = study.get_trials(deepcopy=False)
+    expected = (
+        sum(1 for t in trials if RETRY_KEY not in t.system_attrs),
+        sum(1 for t in trials if t.state == TrialState.WAITING),
+        sum(1 for t in trials if t.state == TrialState.RUNNING),
+    )
+    assert expected == (7, 3, 1)
+    assert budget_counts(study._storage, study._study_id, RETRY_KEY) == expected
+
+
+def test_pop_waiting_trial_takes_the_oldest_left_without_reading_the_study(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(storage_url)
+    study = _mixed_study(storage)
+    waiting = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    peer = open_storage(storage_url)
+    assert peer.set_trial_state_values(waiting[0], TrialState.RUNNING)  # a peer took the oldest
+    fresh = optuna.load_study(study_name="mixed", storage=storage)
+
+    def whole_study(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read the whole study")
+
+    monkeypatch.setattr(type(storage), "_get_trials", whole_study)
+    assert pop_waiting_trial(fresh) == waiting[1]
+    assert pop_waiting_trial(fresh) == waiting[2]
+    assert pop_waiting_trial(fresh) is None
+    monkeypatch.undo()
+    assert storage.get_trial(waiting[1]).state == TrialState.RUNNING
+
+
+def test_sweeps_indexes_are_added_once(storage_url: str) -> None:
+    from sweep.rdb import INDEXES
+
+    open_storage(storage_url)
+    storage = open_storage(storage_url)  # a second open finds them and creates nothing
+    inspector = sqlalchemy.inspect(storage.engine)
+    have = {i["name"]: tuple(i["column_names"]) for t in ("trials", "trial_system_attributes")
+            for i in inspector.get_indexes(t)}
+    assert all(have.get(name) == columns for name, _, columns in INDEXES), have

@@ -1,4 +1,5 @@
-"""Real worker processes on one SQLite file: shared budget, SIGTERM, kill -9."""
+"""Real worker processes on one SQLite file (the shared budget and kill -9 also on PostgreSQL, directly
+and through PgBouncer in transaction mode): shared budget, SIGTERM, kill -9."""
 
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ import pytest
 from helpers import write_tiny_spec
 from optuna.trial import TrialState
 
+from sweep.storage import open_storage
+
 pytestmark = pytest.mark.slow
 SWEEP = Path(sys.executable).with_name("sweep")
 
 
+def _url(tmp_path: Path) -> str:
+    """The study's storage: the SQLite file, unless a test wrote another URL (tests run on PostgreSQL)."""
+    marker = tmp_path / "storage-url"
+    return marker.read_text() if marker.exists() else f"sqlite:///{tmp_path / 'sweep.db'}"
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "SWEEP_STORAGE": f"sqlite:///{tmp_path / 'sweep.db'}",
-            "SWEEP_CACHE_DIR": str(tmp_path / "cache"), **extra}
+    return {**os.environ, "SWEEP_STORAGE": _url(tmp_path), "SWEEP_CACHE_DIR": str(tmp_path / "cache"), **extra}
 
 
 def _sweep(tmp_path: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
@@ -29,10 +37,12 @@ def _sweep(tmp_path: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
 
 
 def _study(tmp_path: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'sweep.db'}")
+    return optuna.load_study(study_name="tiny", storage=open_storage(_url(tmp_path)))
 
 
-def _create(tmp_path: Path, *sets: str, **kw: object) -> None:
+def _create(tmp_path: Path, *sets: str, url: str | None = None, **kw: object) -> None:
+    if url is not None:
+        (tmp_path / "storage-url").write_text(url)
     write_tiny_spec(tmp_path, **kw)  # type: ignore[arg-type]
     args = ["create", "tiny"] + [a for s in sets for a in ("--set", s)]
     subprocess.run([str(SWEEP), *args], cwd=tmp_path, env=_env(tmp_path), check=True, capture_output=True)
@@ -53,8 +63,9 @@ def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 300) ->
     raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")
 
 
-def test_two_worker_processes_finish_a_shared_budget_exactly(tmp_path: Path) -> None:
-    _create(tmp_path, n_trials=5, epochs=1)
+@pytest.mark.pgbouncer
+def test_two_worker_processes_finish_a_shared_budget_exactly(tmp_path: Path, storage_url: str) -> None:
+    _create(tmp_path, n_trials=5, epochs=1, url=storage_url)
     procs = [_sweep(tmp_path, "worker", "--threads", "1") for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -109,11 +120,12 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
     assert [p.name for p in (tmp_path / "artifacts").iterdir()] == [kept[0]["artifact_id"]]
 
 
-def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path) -> None:
+@pytest.mark.pgbouncer
+def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, storage_url: str) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
     # Four epochs: once the first checkpoint is seen, three epochs are left for the kill to land in,
     # however slowly a loaded machine lets this test read the study.
-    _create(tmp_path, "data.subset=800", n_trials=2, epochs=4)
+    _create(tmp_path, "data.subset=800", n_trials=2, epochs=4, url=storage_url)
     victim = _sweep(tmp_path, "worker", "--threads", "1", **fast)
     _wait_for(victim, "epoch 1/4")
     deadline = time.monotonic() + 60  # the epoch-1 checkpoint is stored just after the line is printed

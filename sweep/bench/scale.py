@@ -47,7 +47,7 @@ from sweep.bench import started, write_json
 from sweep.search import build_pruner, build_sampler
 from sweep.service import Decision, _BudgetGate, _heartbeat, _quiet_optuna
 from sweep.spec import StudySpec, parse_spec
-from sweep.storage import mask_url, open_storage
+from sweep.storage import PGBOUNCER_OPTION, mask_url, open_storage
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
@@ -64,12 +64,14 @@ def _spec(name: str, n_trials: int) -> StudySpec:
 
 
 def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    parsed = make_url(url).difference_update_query([PGBOUNCER_OPTION])  # sweep's option, not libpq's
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _plain(url: str) -> str:
     """The URL as a stock Optuna user writes it (psycopg 3, no sweep settings)."""
-    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    parsed = make_url(url).difference_update_query([PGBOUNCER_OPTION])
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def _pct(xs: list[float], q: float) -> float:
