@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import control
 from sweep.control import RETRY_KEY, SweepState
 from sweep.kept import KeptModel, kept_models, reconcile
-from sweep.objective import DeviceLost, Progress, StopFlag, StopRequested, run_trial
+from sweep.objective import Ending, Progress, Reason, StopFlag, TrialOutcome, first_line, run_trial
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
@@ -190,7 +190,7 @@ class WorkerSummary:
     device: str
     states: Counter[str] = field(default_factory=Counter)
     stopped: bool = False
-    # The CUDA context broke (see objective.DeviceLost): the process must exit and be restarted.
+    # The CUDA context broke (objective.Reason.DEVICE): the process must exit and be restarted.
     device_lost: str | None = None
     paused: bool = False  # the study was paused while this worker ran
 
@@ -431,11 +431,11 @@ def run_worker(
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("environment", environment)
         outcome = runner.run(trial, original)
-        events.trial_finished(trial.number, outcome.state, outcome.value, outcome.reason)
-        if outcome.reason == "paused":  # handed back (not counted): the gate now says paused
+        events.trial_finished(trial.number, outcome.state.value, outcome.value, outcome.reason)
+        if outcome.cause is Reason.PAUSED:  # handed back (not counted): the gate now says paused
             continue
-        summary.states[outcome.state] += 1
-        if outcome.reason == "stopped":
+        summary.states[outcome.state.value] += 1
+        if outcome.cause is Reason.STOPPED:
             summary.stopped = True
             break
         if outcome.device_lost:
@@ -443,17 +443,6 @@ def run_worker(
             events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
             break
     return summary
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """How one trial ended, as told to the storage."""
-
-    state: str  # COMPLETE, PRUNED, FAIL
-    value: float | None = None
-    reason: str | None = None  # why it was pruned or failed
-    oom: bool = False
-    device_lost: bool = False
 
 
 @dataclass
@@ -473,14 +462,14 @@ class _TrialRunner:
         """Run one trial; every ending is told to the storage: no result is ever lost."""
         outcome = self._run(trial, original)
         if outcome.oom:
-            # Here, after the exception has been handled and dropped: inside the except block its
-            # traceback still held the failed trial's model, optimizer state and activations, so
+            # Here, after run_trial returned and its exception was dropped: inside the except block
+            # the traceback still held the failed trial's model, optimizer state and activations, so
             # nothing could be freed, and the next trial (or a sibling process on the GPU) would
             # see less free memory and fall back to host data or OOM on parameters that fit.
             from sweep.train import clear_caches
 
             clear_caches()
-        if outcome.state == "COMPLETE":
+        if outcome.state is Ending.COMPLETE:
             self._keep_best(trial)
         return outcome
 
@@ -515,7 +504,7 @@ class _TrialRunner:
 
         with _heartbeat(self.storage, trial._trial_id, on_beat=check_pause):
             try:
-                value = run_trial(
+                outcome = run_trial(
                     trial,
                     self.spec,
                     self.data,
@@ -525,32 +514,25 @@ class _TrialRunner:
                     original_number=original,
                     artifacts=self.artifacts,
                 )
-            except optuna.TrialPruned as exc:
-                tell(state=TrialState.PRUNED)
-                return TrialOutcome("PRUNED", reason="diverged" if str(exc).startswith("diverged") else None)
-            except StopRequested:
-                frozen = tell(state=TrialState.FAIL)
-                # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
-                # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
-                # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
-                _HAND_BACK(study, frozen)
-                return TrialOutcome("FAIL", reason="stopped" if self.stop.is_set() else "paused")
-            except DeviceLost as exc:
-                frozen = tell(state=TrialState.FAIL)
-                if exc.hand_back:
-                    self._hand_back(frozen)
-                how = "handed back" if exc.hand_back else "second broken context: failed for good"
-                return TrialOutcome("FAIL", reason=f"device lost, {how}: {exc}", device_lost=True)
             except KeyboardInterrupt:
                 tell(state=TrialState.FAIL)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # outside training (sampling, the storage): no fail_reason recorded
                 tell(state=TrialState.FAIL)
-                if trial.user_attrs.get("fail_reason") == "oom":
-                    return TrialOutcome("FAIL", reason="oom", oom=True)
-                return TrialOutcome("FAIL", reason=f"error: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}")
-        tell(values=value)
-        return TrialOutcome("COMPLETE", value=value)
+                return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
+            if outcome.state is not Ending.COMPLETE:
+                frozen = tell(state=TrialState[outcome.state])
+                if outcome.cause is Reason.STOPPED:
+                    # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
+                    # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
+                    # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
+                    _HAND_BACK(study, frozen)
+                    return outcome if self.stop.is_set() else replace(outcome, cause=Reason.PAUSED)
+                if outcome.hand_back:
+                    self._hand_back(frozen)  # a broken CUDA context: counted like a dead worker's trial
+                return outcome
+        tell(values=outcome.value)
+        return outcome
 
 
 with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
