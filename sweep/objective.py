@@ -16,8 +16,9 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -28,7 +29,7 @@ from sweep.spec import StudySpec
 
 if TYPE_CHECKING:
     from sweep.data import DataBundle
-    from sweep.train import EpochResult, TrainConfig
+    from sweep.train import EpochResult, FitResult, TrainConfig
 
 
 class Ending(enum.StrEnum):
@@ -377,6 +378,115 @@ def run_trial(
         except Exception as exc:  # noqa: BLE001 - a full disk must not cost the trial its result
             progress.message(f"trial {trial.number}: final model not stored ({type(exc).__name__}: {exc})")
     return TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
+
+
+class SetupError(Exception):
+    """Data or weights this machine cannot provide, phrased on one line for the user."""
+
+
+@contextlib.contextmanager
+def _setup_errors() -> Iterator[None]:
+    from sweep.data import DataError
+    from sweep.model import WeightsError
+
+    try:
+        yield
+    except (DataError, WeightsError) as exc:
+        raise SetupError(str(exc)) from None
+
+
+def gpu_visible() -> bool:
+    """Whether this process sees a CUDA GPU."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def set_threads(n: int) -> None:
+    """CPU threads torch uses in this process."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def free_memory() -> None:
+    """Give a failed trial's cached device memory back (after its exception was dropped)."""
+    from sweep import train  # looked up when called: tests replace train.clear_caches
+
+    train.clear_caches()
+
+
+def load_study_data(spec: StudySpec, cache_dir: Path) -> DataBundle:
+    """The study's data on this machine (decoded once per machine into ``cache_dir``)."""
+    from sweep.data import load_data
+
+    d = spec.data
+    with _setup_errors():
+        return load_data(
+            d.name,
+            d.root,
+            val_fraction=d.val_fraction,
+            seed=spec.seed,
+            resolution=d.resolution,
+            subset=d.subset,
+            cache_dir=cache_dir,
+            classes=d.classes,
+        )
+
+
+def preflight(spec: StudySpec, cache_dir: Path) -> DataBundle:
+    """Load the study's data and build its model once: a worker fails here, before taking a trial,
+    rather than burning budget on trials that could never run (SetupError)."""
+    from sweep.model import build_model
+
+    data = load_study_data(spec, cache_dir)
+    with _setup_errors():
+        build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
+    return data
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A trial trained again outside the study: its result and, when asked for, its final model."""
+
+    result: FitResult
+    payload: dict[str, Any] | None  # what a kept model file holds (final_model_payload)
+
+
+def retrain(
+    spec: StudySpec,
+    params: dict[str, Any],
+    data: DataBundle,
+    device: str,
+    *,
+    seed: int,
+    precision: str | None = None,
+    keep_final: bool = False,
+    on_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, acc: None,
+) -> Retrained:
+    """Train one trial's params from scratch, without a study (``sweep rerun``).
+
+    ``precision`` overrides the study's ``train.precision``; ``keep_final`` returns the final weights
+    as a kept model's payload.
+    """
+    import dataclasses
+
+    from sweep.train import fit
+
+    config = train_config(spec, params, num_classes=data.num_classes, seed=seed)
+    if precision is not None:
+        config = dataclasses.replace(config, precision=precision)
+    final: dict[str, Any] = {}
+
+    def epoch_done(r: EpochResult, checkpoint: Callable[[], dict]) -> None:
+        if keep_final and r.epoch == spec.epochs:
+            final["model"] = checkpoint()["model"]
+        on_epoch(r.epoch, spec.epochs, r.val_accuracy)
+
+    with _setup_errors():
+        result = fit(config, data, device, on_epoch=epoch_done)
+    payload = final_model_payload(final["model"], config, data) if keep_final else None
+    return Retrained(result, payload)
 
 
 FINAL_MODEL_FORMAT = 1

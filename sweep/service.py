@@ -23,10 +23,26 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import control
+from sweep import control, provenance
 from sweep.control import RETRY_KEY, SweepState
 from sweep.kept import KeptModel, kept_models, reconcile
-from sweep.objective import Ending, Progress, Reason, StopFlag, TrialOutcome, first_line, run_trial
+from sweep.objective import (
+    Ending,
+    Progress,
+    Reason,
+    SetupError,
+    StopFlag,
+    TrialOutcome,
+    first_line,
+    free_memory,
+    gpu_visible,
+    load_study_data,
+    preflight,
+    retrain,
+    run_trial,
+    set_threads,
+    trial_seed,
+)
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
@@ -209,17 +225,11 @@ class WorkerEvents:
     trial_finished: Callable[[int, str, float | None, str | None], None] = lambda number, state, value, why: None
 
 
-def resolve_device(device: str, gpus: Sequence[int] = ()) -> str:
+def resolve_device(device: str) -> str:
     """``auto`` → cuda when a GPU is visible, else cpu; a bad choice is an error."""
-    import torch
-
-    if gpus:
-        if not torch.cuda.is_available():
-            raise ServiceError(f"--gpu {', '.join(map(str, gpus))}: no CUDA GPU is visible on this machine")
-        return "cuda"
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if gpu_visible() else "cpu"
+    if device.startswith("cuda") and not gpu_visible():
         raise ServiceError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ServiceError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
@@ -341,7 +351,6 @@ def run_worker(
     *,
     storage_url: str,
     device: str = "auto",
-    gpus: Sequence[int] = (),
     n_trials: int | None = None,
     threads: int | None = None,
     stop: StopFlag | None = None,
@@ -363,24 +372,17 @@ def run_worker(
     storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
-    device = resolve_device(device, gpus)
+    device = resolve_device(device)
     if device == "cpu":
         events.message("no GPU in use: training on the CPU" + (f" with {threads} threads" if threads else ""))
-    import torch
-
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
 
-    # Pre-flight: data and weights are resolved here, on the worker; fail before taking a trial,
-    # so no budget is burnt on trials that could never run.
-    from sweep.data import DataError
-    from sweep.model import WeightsError, build_model
-
+    # Data and weights are resolved here, on the worker, before it takes a trial.
     events.message(f"loading data {spec.data.name!r} from {spec.data.root!r}")
     try:
-        data = _load_spec_data(spec, storage_url)
-        build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
-    except (DataError, WeightsError) as exc:
+        data = preflight(spec, _cache_dir(storage_url))
+    except SetupError as exc:
         raise ServiceError(str(exc)) from None
     events.message(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
@@ -398,7 +400,7 @@ def run_worker(
     gate = _BudgetGate(study, spec)
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     runner = _TrialRunner(study, spec, data, device, stop, progress, storage, store)
-    environment = _environment()
+    environment = provenance.environment()
     said = ""  # the last waiting message: said once per wait
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
@@ -466,9 +468,7 @@ class _TrialRunner:
             # the traceback still held the failed trial's model, optimizer state and activations, so
             # nothing could be freed, and the next trial (or a sibling process on the GPU) would
             # see less free memory and fall back to host data or OOM on parameters that fit.
-            from sweep.train import clear_caches
-
-            clear_caches()
+            free_memory()
         if outcome.state is Ending.COMPLETE:
             self._keep_best(trial)
         return outcome
@@ -550,48 +550,9 @@ class _StopOrPause(StopFlag):
         return self.event.is_set() or self.pause.is_set()
 
 
-def _environment() -> dict[str, str | None]:
-    """Library versions and the git commit of this worker, recorded on every trial it runs."""
-    import subprocess
-
-    import torch
-    import torchvision
-
-    import sweep
-
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "sweep": sweep.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "optuna": optuna.__version__,
-        "git_commit": commit,
-    }
-
-
 def _load_spec_data(spec: StudySpec, storage_url: str) -> Any:
     """The study's data on this machine (decoded once per machine into the cache)."""
-    from sweep.data import load_data
-
-    d = spec.data
-    return load_data(
-        d.name,
-        d.root,
-        val_fraction=d.val_fraction,
-        seed=spec.seed,
-        resolution=d.resolution,
-        subset=d.subset,
-        cache_dir=_cache_dir(storage_url),
-        classes=d.classes,
-    )
+    return load_study_data(spec, _cache_dir(storage_url))
 
 
 def _cache_dir(storage_url: str) -> Path:
@@ -822,7 +783,7 @@ def export_trial(
     force: bool = False,
 ) -> ExportResult:
     """Write a kept model (default: the best trial's) as model.pt2, state_dict.pt and model.json."""
-    from sweep.export import ExportError
+    from sweep.export import ExportError, write_export
 
     out = Path(output)
     if out.exists() and not force:  # before any work: nothing is read or written
@@ -841,15 +802,16 @@ def export_trial(
         )
     payload = _download_model(artifact_store(storage_url, artifacts), kept[trial.number])
     try:
-        files = _write_export(payload, _card(name, trial), out, force=force)
+        files = write_export(payload, _card(name, trial), out, force=force)
     except ExportError as exc:
         raise ServiceError(str(exc)) from None
     return ExportResult(name, trial.number, float(trial.value or 0.0), tuple(files))
 
 
 def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
-    import torch
     from optuna.artifacts import download_artifact
+
+    from sweep.export import read_payload
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.pt")
@@ -861,7 +823,7 @@ def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
                 f"the kept model of trial {kept.trial} ({kept.artifact_id}) is not in {where}; pass the "
                 "folder the workers stored it in: --artifacts DIR (or SWEEP_ARTIFACTS)"
             ) from None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_payload(path)
 
 
 def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]:
@@ -882,20 +844,6 @@ def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]
     }
 
 
-def _write_export(payload: dict[str, Any], record: dict[str, Any], out: Path, *, force: bool) -> list[Path]:
-    import torch
-    import torchvision
-
-    import sweep
-    from sweep.export import export_model, model_card
-
-    card = {**model_card(payload), **record}
-    card["data_fingerprint"] = payload.get("data_fingerprint")
-    card["exported_with"] = {"sweep": sweep.__version__, "torch": torch.__version__,
-                             "torchvision": torchvision.__version__}
-    return export_model(payload, card, out, force=force)
-
-
 def predict(
     folder: str | Path, inputs: Sequence[str], *, k: int = 5, threads: int | None = None
 ) -> list[Any]:
@@ -904,9 +852,7 @@ def predict(
     from sweep.export import ExportError, predict_files
 
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        set_threads(threads)
     try:
         return predict_files(Path(folder), inputs, k=k)
     except ExportError as exc:
@@ -949,11 +895,7 @@ def rerun_trial(
     in both precisions shows what bf16 costs in accuracy. ``export``: a folder to write the
     retrained model to, as ``sweep export`` does.
     """
-    from sweep.data import DataError
-    from sweep.export import ExportError
-    from sweep.model import WeightsError
-    from sweep.objective import final_model_payload, train_config, trial_seed
-    from sweep.train import fit
+    from sweep.export import ExportError, write_export
 
     if export is not None and Path(export).exists() and not force:
         raise ServiceError(f"--export {export}: already exists; choose a new folder or pass --force")
@@ -969,30 +911,20 @@ def rerun_trial(
         raise ServiceError(f"TRIAL = {number}: it has no params yet (state {trial.state.name})")
     device = resolve_device(device)
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        set_threads(threads)
     params = {**spec.fixed_params(), **trial.params}
     original = trial.system_attrs.get(RETRY_KEY, trial.number)
     try:
         data = _load_spec_data(spec, storage_url)
-        config = train_config(spec, params, num_classes=data.num_classes, seed=trial_seed(spec, original))
-        if precision is not None:
-            config = replace(config, precision=precision)
-        final: dict[str, Any] = {}
-
-        def epoch_done(r: Any, checkpoint: Callable[[], dict]) -> None:
-            if export is not None and r.epoch == spec.epochs:
-                final["model"] = checkpoint()["model"]
-            on_epoch(r.epoch, spec.epochs, r.val_accuracy)
-
-        result = fit(config, data, device, on_epoch=epoch_done)
-        if export is not None:
+        retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
+                            keep_final=export is not None, on_epoch=on_epoch)
+        result = retrained.result
+        if retrained.payload is not None and export is not None:
             record = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
-                           environment=_environment(), retrained=True)
+                           environment=provenance.environment(), retrained=True)
             record["git_commit"] = record["environment"].get("git_commit")
-            _write_export(final_model_payload(final["model"], config, data), record, Path(export), force=force)
-    except (DataError, WeightsError, ExportError) as exc:
+            write_export(retrained.payload, record, Path(export), force=force)
+    except (SetupError, ExportError) as exc:
         raise ServiceError(str(exc)) from None
     stored = tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
     return RerunResult(
