@@ -11,11 +11,10 @@ import contextlib
 import enum
 import os
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import control, provenance
 from sweep.control import RETRY_KEY, SweepState
+from sweep.heartbeat import beating
 from sweep.kept import KeptModel, kept_models, reconcile
 from sweep.objective import (
     Ending,
@@ -56,6 +56,9 @@ from sweep.storage import (
     study_names,
 )
 
+# bench/ still imports the heartbeat under its old private name here (until it has public seams).
+_heartbeat = beating
+
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "spec_fingerprint"
 
@@ -66,7 +69,7 @@ class ServiceError(RuntimeError):
 
 def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # We drive heartbeats ourselves around ask/tell (see _heartbeat); Optuna warns it expects optimize().
+    # We drive heartbeats ourselves around ask/tell (see sweep.heartbeat); Optuna warns it expects optimize().
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -236,36 +239,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@contextlib.contextmanager
-def _heartbeat(
-    storage: optuna.storages.RDBStorage, trial_id: int, on_beat: Callable[[], None] = lambda: None
-) -> Iterator[None]:
-    """Beat for a running trial, so a worker that dies (kill -9, power) is noticed by its peers.
-
-    ``on_beat`` runs after every beat (the pause check of a running trial)."""
-    interval = storage.get_heartbeat_interval()
-    if not interval:
-        yield
-        return
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.is_set():
-            with contextlib.suppress(Exception):  # a missed beat is retried; grace covers several
-                storage.record_heartbeat(trial_id)
-            with contextlib.suppress(Exception):  # a missed check is made on the next beat
-                on_beat()
-            done.wait(interval)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=5)
-
-
 class Decision(enum.StrEnum):
     """What the budget gate tells a worker (equal to its plain string value)."""
 
@@ -339,11 +312,6 @@ class _BudgetGate:
         """The rest of Study.ask: the trial object, whose construction runs the sampler's relative sampling."""
         self.study._thread_local.cached_all_trials = None
         return optuna.Trial(self.study, trial_id)
-
-
-def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[Decision, optuna.Trial | None]:
-    """One budget decision with a fresh stale-trial check (call under ``budget_lock``)."""
-    return _BudgetGate(study, spec).next_trial()
 
 
 def run_worker(
@@ -502,7 +470,7 @@ class _TrialRunner:
             if control.is_paused(self.storage.get_study_user_attrs(study._study_id)):
                 pause.set()
 
-        with _heartbeat(self.storage, trial._trial_id, on_beat=check_pause):
+        with beating(self.storage, trial._trial_id, on_beat=check_pause):
             try:
                 outcome = run_trial(
                     trial,

@@ -386,8 +386,3 @@ def artifact_store(storage_url: str, location: str | None = None) -> optuna.arti
         where = str((path.parent if path is not None else Path("storage")) / "artifacts")
     Path(where).mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(where)
-
-
-def env_storage_url(default: str = DEFAULT_URL) -> str:
-    """The storage URL from SWEEP_STORAGE, else the default."""
-    return os.environ.get("SWEEP_STORAGE") or default

@@ -22,11 +22,11 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.service import RETRY_KEY, SPEC_ATTR, _heartbeat, _next_trial, load_spec_of
+from sweep.heartbeat import beating
+from sweep.service import RETRY_KEY, SPEC_ATTR, _BudgetGate, load_spec_of
 from sweep.storage import (
     StorageError,
     budget_lock,
-    env_storage_url,
     mask_text,
     mask_url,
     open_storage,
@@ -201,12 +201,6 @@ def test_wrong_password_is_masked(pg_url: str) -> None:
     assert SECRET not in message and str(make_url(pg_url).password) not in message and "\n" not in message
 
 
-def test_env_storage_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert env_storage_url() == "sqlite:///storage/sweep.db"
-    monkeypatch.setenv("SWEEP_STORAGE", "postgresql://u:p@h/db")
-    assert env_storage_url() == "postgresql://u:p@h/db"
-
-
 def test_retry_on_locked_retries_only_lock_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "sleep", lambda s: None)
     calls: list[int] = []
@@ -353,7 +347,7 @@ def _doomed_worker(url: str, name: str, ready: str) -> None:
     trial.suggest_int("frozen_layers", 0, 5)
     trial.suggest_categorical("batch_size", [32, 64, 128])
     trial.report(0.42, 1)
-    with _heartbeat(storage, trial._trial_id):
+    with beating(storage, trial._trial_id):
         Path(ready).write_text(str(trial.number))
         time.sleep(600)
 
@@ -399,7 +393,7 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     # The worker's loop hands the retry out although the budget (1) is spent, with the same params.
     spec = load_spec_of(storage, "heartbeat")
     with budget_lock(storage, "heartbeat"):
-        decision, trial = _next_trial(study, spec)
+        decision, trial = _BudgetGate(study, spec).next_trial()
     assert decision == "run" and trial is not None and trial.number == retry.number
     params = {
         "lr": trial.suggest_float("lr", 1e-5, 1e-1, log=True),
@@ -409,14 +403,12 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     assert params == original.params
     study.tell(trial, 0.5)
     with budget_lock(storage, "heartbeat"):
-        assert _next_trial(study, spec) == ("done", None)
+        assert _BudgetGate(study, spec).next_trial() == ("done", None)
 
 
 def test_a_trial_taken_but_never_started_is_failed_and_requeued(storage_url: str) -> None:
     """The gate beats for the trial it hands out: a worker that dies between taking a trial and
     starting its heartbeat thread (in the sampler, say) leaves a trial the stale check finds."""
-    from sweep.service import _BudgetGate
-
     raw = {**SPEC_RAW, "name": "orphan", "n_trials": 1}
     _create_study(storage_url, raw)
     storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
@@ -446,7 +438,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
     ran = waits = 0
     while True:
         with budget_lock(storage, name):
-            decision, trial = retry_on_locked(lambda: _next_trial(study, spec))
+            decision, trial = retry_on_locked(lambda: _BudgetGate(study, spec).next_trial())
         if decision == "done":
             break
         if decision == "wait":
@@ -454,7 +446,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
             time.sleep(0.05)
             continue
         assert trial is not None
-        with _heartbeat(storage, trial._trial_id):
+        with beating(storage, trial._trial_id):
             params = suggest_params(trial, spec)
             value = 0.5 + 0.1 * params["aug_strength"]
             for epoch in range(1, 11):
