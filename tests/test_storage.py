@@ -473,3 +473,20 @@ def test_workers_share_the_budget_exactly(storage_url: str, backend: str, tmp_pa
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all(len(t.params) == 4 and len(t.intermediate_values) == 10 for t in trials)
     assert sorted(t.number for t in trials) == list(range(budget))
+
+
+@pytest.mark.parametrize("value", ["10s", "0", "-1", "ten"])
+def test_heartbeat_settings_from_the_environment_are_checked_when_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from sweep.errors import EnvError
+
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    monkeypatch.setenv("SWEEP_GRACE_PERIOD", value)
+    open_storage(url)  # no heartbeat: not read
+    with pytest.raises(EnvError, match=rf"^SWEEP_GRACE_PERIOD = '{value}': a whole number of seconds"):
+        open_storage(url, heartbeat=True)
+    monkeypatch.setenv("SWEEP_GRACE_PERIOD", "7")
+    monkeypatch.setenv("SWEEP_HEARTBEAT_INTERVAL", "2")
+    storage = open_storage(url, heartbeat=True)
+    assert storage.get_heartbeat_interval() == 2 and storage.grace_period == 7  # type: ignore[attr-defined]
