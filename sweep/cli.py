@@ -218,30 +218,20 @@ def worker(
     Without a GPU it trains on the CPU. Ctrl-C / SIGTERM: finish the current epoch, checkpoint,
     hand the trial back (another worker resumes it) and exit 0; a second signal exits at once.
     """
-    gpu_list = list(gpu or [])
-    if gpus is not None:
-        if gpus != "all":
-            raise _fail(f"--gpus {gpus!r}: only 'all' is allowed; use --gpu N (repeatable) for specific GPUs")
-        gpu_list = _visible_gpus() or []
-        if not gpu_list:
-            raise _fail("--gpus all: no CUDA GPU is visible on this machine")
-    if gpu_list:
-        visible = _visible_gpus()
-        bad = [g for g in gpu_list if g not in visible]
-        if bad:
-            shown = ", ".join(map(str, visible)) or "none"
-            raise _fail(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
-    slots_needed = len(gpu_list) * per_gpu if gpu_list else (workers if device in ("auto", "cpu") else 1)
-    if slots_needed > 1:
-        _supervise(study, gpu_list, per_gpu, workers, n_trials, threads, storage, artifacts, wait)
-        return
-    if gpu_list:  # one GPU: pin it in this very process; CUDA was only counted via NVML, not started
-        from sweep.workers import physical_gpu
+    from sweep.service import plan_workers
 
-        os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu_list[0])
-        device = "cuda"
-    if threads is None and device in ("auto", "cpu"):
-        threads = max(1, (os.cpu_count() or 1))
+    with _user_errors():
+        plan = plan_workers(study, storage_url=storage, gpu=gpu or [], all_gpus=gpus, per_gpu=per_gpu,
+                            device=device, workers=workers, threads=threads, n_trials=n_trials,
+                            artifacts=artifacts, wait_paused=wait)
+    if plan.slots:
+        from sweep.workers import supervise
+
+        console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
+        raise typer.Exit(supervise(plan.slots, plan.child_args,
+                                   log=lambda m: console.print(escape(m), highlight=False)))
+    plan.pin_here()
+    device, threads = plan.device, plan.threads
     label = os.environ.get("SWEEP_WORKER_LABEL")
     display = _WorkerDisplay(label)
     from sweep.objective import StopFlag
@@ -278,44 +268,6 @@ def worker(
         from sweep.workers import EXIT_DEVICE_LOST
 
         raise typer.Exit(EXIT_DEVICE_LOST)  # a fresh process gets a fresh CUDA context: restart me
-
-
-def _visible_gpus() -> list[int]:
-    from sweep.workers import visible_gpus
-
-    return visible_gpus()
-
-
-def _supervise(
-    study: str | None,
-    gpu_list: list[int],
-    per_gpu: int,
-    workers: int,
-    n_trials: int | None,
-    threads: int | None,
-    storage: str,
-    artifacts: str | None,
-    wait: bool = False,
-) -> None:
-    from sweep.workers import Slot, cpu_slots, gpu_slots, supervise
-
-    slots = gpu_slots(gpu_list, per_gpu) if gpu_list else cpu_slots(workers)
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // len(slots))
-
-    def child_args(slot: Slot) -> list[str]:
-        args = (
-            ["worker"]
-            + ([study] if study else [])
-            + ["--device", slot.device, "--storage", storage, "--threads", str(threads)]
-        )
-        args += ["--artifacts", artifacts] if artifacts else []
-        args += ["--wait"] if wait else []
-        return args + (["--n-trials", str(n_trials)] if n_trials else [])
-
-    console.print(f"starting {len(slots)} worker processes: {', '.join(s.label for s in slots)}")
-    code = supervise(slots, child_args, log=lambda m: console.print(escape(m), highlight=False))
-    raise typer.Exit(code)
 
 
 # --------------------------------------------------------------------------- report

@@ -110,6 +110,24 @@ def export_model(payload: dict[str, Any], card: dict[str, Any], folder: Path, *,
     return paths
 
 
+def write_export(payload: dict[str, Any], record: dict[str, Any], folder: Path, *, force: bool = False) -> list[Path]:
+    """``export_model`` with the card made of the payload's facts and ``record`` (study, trial, ...)."""
+    import torchvision
+
+    import sweep
+
+    card = {**model_card(payload), **record}
+    card["data_fingerprint"] = payload.get("data_fingerprint")
+    card["exported_with"] = {"sweep": sweep.__version__, "torch": torch.__version__,
+                             "torchvision": torchvision.__version__}
+    return export_model(payload, card, folder, force=force)
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """A kept model file (``sweep.objective.final_model_payload``), on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _write(path: Path, save: Any) -> None:
     """Write through a temporary file in the same folder: a reader sees the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")

@@ -1,21 +1,24 @@
 """The trial objective: the one place where Optuna meets torch.
 
 params (from the sampler) → TrainConfig → ``train.fit`` with a per-epoch callback that reports
-validation accuracy to the pruner, records per-epoch timings and honours a graceful stop. Failures
-become a reason the report can show: ``oom``, ``diverged``, ``error``.
+validation accuracy to the pruner, records per-epoch timings and honours a graceful stop. Every
+ending comes back as a ``TrialOutcome`` (state, value, reason) for the worker to tell the storage;
+the reason is also stored on the trial (``fail_reason``) for the report to show.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import socket
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -26,25 +29,67 @@ from sweep.spec import StudySpec
 
 if TYPE_CHECKING:
     from sweep.data import DataBundle
-    from sweep.train import EpochResult, TrainConfig
+    from sweep.train import EpochResult, FitResult, TrainConfig
+
+
+class Ending(enum.StrEnum):
+    """The state a trial is told to the storage in (equal to the name of Optuna's TrialState)."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+
+
+class Reason(enum.StrEnum):
+    """Why a trial was pruned or failed; the value is what its ``fail_reason`` attribute holds."""
+
+    DIVERGED = "diverged"  # NaN/inf loss: pruned
+    OOM = "oom"
+    ERROR = "error"
+    DEVICE = "device"  # the CUDA context broke (see DeviceLost)
+    STOPPED = "stopped"  # SIGTERM/SIGINT: handed back after the epoch
+    # ``sweep pause``: handed back like a stop (stored as "stopped": the objective sees one flag,
+    # only the worker knows which of the two set it).
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended: what the worker tells the storage and shows."""
+
+    state: Ending
+    value: float | None = None  # COMPLETE: the final validation accuracy
+    cause: Reason | None = None  # PRUNED/FAIL: why (None: pruned by the pruner)
+    detail: str = ""  # ERROR/DEVICE: the error's first line
+    # FAIL: the same params go back to the queue (a stop, a pause, a first broken CUDA context).
+    hand_back: bool = False
+
+    @property
+    def reason(self) -> str | None:
+        """The cause as the worker prints it (one line)."""
+        if self.cause is Reason.ERROR:
+            return f"error: {self.detail}"
+        if self.cause is Reason.DEVICE:
+            how = "handed back" if self.hand_back else "second broken context: failed for good"
+            return f"device lost, {how}: {self.detail}"
+        return None if self.cause is None else self.cause.value
+
+    @property
+    def oom(self) -> bool:
+        return self.cause is Reason.OOM
+
+    @property
+    def device_lost(self) -> bool:
+        return self.cause is Reason.DEVICE
+
+
+def first_line(exc: BaseException) -> str:
+    """An error in one line of at most 200 characters (its repr when it has no message)."""
+    return str(exc).splitlines()[0][:200] if str(exc) else repr(exc)
 
 
 class StopRequested(Exception):
     """Raised at an epoch boundary after SIGTERM/SIGINT: the trial goes back to the queue."""
-
-
-class DeviceLost(Exception):
-    """The process's CUDA context is broken (device-side assert, illegal memory access, ...).
-
-    Every later CUDA call in this process fails too, so the worker must stop taking trials and exit
-    for its supervisor to restart it with a fresh context. ``hand_back``: the trial goes back to the
-    queue (not counted against the budget); False when it already broke a context once before,
-    which makes it the likelier culprit than the GPU: it then fails for good.
-    """
-
-    def __init__(self, message: str, *, hand_back: bool) -> None:
-        super().__init__(message)
-        self.hand_back = hand_back
 
 
 @dataclass
@@ -219,14 +264,13 @@ def run_trial(
     progress: Progress | None = None,
     original_number: int | None = None,
     artifacts: Any | None = None,
-) -> float:
-    """Run one trial to the end; return its final validation accuracy.
+) -> TrialOutcome:
+    """Run one trial to the end; return how it ended (the caller tells the storage).
 
-    Raises optuna.TrialPruned (pruned or diverged), StopRequested (graceful stop), DeviceLost (broken
-    CUDA context) and re-raises any other error after recording ``fail_reason`` and ``traceback`` on
-    the trial. With an artifact store,
-    the trial is checkpointed after every epoch and a retried trial resumes from its predecessor's
-    last checkpoint (same params, same seed, the epoch counter continues).
+    Training errors become outcomes, after ``fail_reason`` (and ``traceback``) are recorded on the
+    trial; an error outside training (sampling, the storage) propagates. With an artifact store, the
+    trial is checkpointed after every epoch and a retried trial resumes from its predecessor's last
+    checkpoint (same params, same seed, the epoch counter continues).
     """
     import torch
 
@@ -287,41 +331,44 @@ def run_trial(
         if stopping:
             raise StopRequested(f"stopped after epoch {result.epoch}")
 
-    def finish(reason: str | None = None) -> None:
+    def finish(reason: Reason | None = None) -> None:
         trial.set_user_attr("duration_s", round(time.time() - started, 3))
         if reason is not None:
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("fail_reason", reason.value)
 
+    # Every except below returns: the exception, whose traceback holds fit's model and optimizer,
+    # is dropped before the caller frees memory after an OOM.
     try:
         result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
     except optuna.TrialPruned:
         checkpoints.discard()
         finish()
-        raise
-    except Diverged as exc:
+        return TrialOutcome(Ending.PRUNED)
+    except Diverged:
         checkpoints.discard()
-        finish("diverged")
-        raise optuna.TrialPruned(f"diverged: {exc}") from None
+        finish(Reason.DIVERGED)
+        return TrialOutcome(Ending.PRUNED, cause=Reason.DIVERGED)
     except StopRequested:
-        finish("stopped")
-        raise
+        finish(Reason.STOPPED)  # the checkpoint stays: the retry resumes from it
+        return TrialOutcome(Ending.FAIL, cause=Reason.STOPPED, hand_back=True)
     except Exception as exc:
-        # Classify and record only: memory is freed by the caller once this exception (whose
-        # traceback holds fit's model and optimizer) has been handled and dropped.
         trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
         if _is_device_lost(exc):
-            # Keep the checkpoint: a handed-back trial resumes from it on a healthy worker.
+            # Every later CUDA call in this process fails too: the worker must exit for a restart.
+            # Keep the checkpoint: a handed-back trial resumes from it on a healthy worker. A trial
+            # that already broke a context once is the likelier culprit than the GPU: it fails for good.
             lost = int(trial.user_attrs.get(DEVICE_LOST_ATTR) or 0) + 1
             trial.set_user_attr(DEVICE_LOST_ATTR, lost)
-            finish("device")
-            raise DeviceLost(str(exc).splitlines()[0][:200], hand_back=lost == 1) from exc
+            finish(Reason.DEVICE)
+            return TrialOutcome(Ending.FAIL, cause=Reason.DEVICE, detail=first_line(exc), hand_back=lost == 1)
         checkpoints.discard()
-        oom = _is_oom(exc)
-        finish("oom" if oom else "error")
-        if oom:
+        if _is_oom(exc):
+            finish(Reason.OOM)
             # Optuna 5 constraint: samplers treat this region as infeasible from now on.
             trial.set_constraint("oom", 1.0)
-        raise
+            return TrialOutcome(Ending.FAIL, cause=Reason.OOM)
+        finish(Reason.ERROR)
+        return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
     checkpoints.discard()
     finish()
     trial.set_user_attr("test_accuracy", result.test_accuracy)
@@ -330,7 +377,116 @@ def run_trial(
             checkpoints.store_final(final_model_payload(final["model"], config, data))
         except Exception as exc:  # noqa: BLE001 - a full disk must not cost the trial its result
             progress.message(f"trial {trial.number}: final model not stored ({type(exc).__name__}: {exc})")
-    return result.val_accuracy
+    return TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
+
+
+class SetupError(Exception):
+    """Data or weights this machine cannot provide, phrased on one line for the user."""
+
+
+@contextlib.contextmanager
+def _setup_errors() -> Iterator[None]:
+    from sweep.data import DataError
+    from sweep.model import WeightsError
+
+    try:
+        yield
+    except (DataError, WeightsError) as exc:
+        raise SetupError(str(exc)) from None
+
+
+def gpu_visible() -> bool:
+    """Whether this process sees a CUDA GPU."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def set_threads(n: int) -> None:
+    """CPU threads torch uses in this process."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def free_memory() -> None:
+    """Give a failed trial's cached device memory back (after its exception was dropped)."""
+    from sweep import train  # looked up when called: tests replace train.clear_caches
+
+    train.clear_caches()
+
+
+def load_study_data(spec: StudySpec, cache_dir: Path) -> DataBundle:
+    """The study's data on this machine (decoded once per machine into ``cache_dir``)."""
+    from sweep.data import load_data
+
+    d = spec.data
+    with _setup_errors():
+        return load_data(
+            d.name,
+            d.root,
+            val_fraction=d.val_fraction,
+            seed=spec.seed,
+            resolution=d.resolution,
+            subset=d.subset,
+            cache_dir=cache_dir,
+            classes=d.classes,
+        )
+
+
+def preflight(spec: StudySpec, cache_dir: Path) -> DataBundle:
+    """Load the study's data and build its model once: a worker fails here, before taking a trial,
+    rather than burning budget on trials that could never run (SetupError)."""
+    from sweep.model import build_model
+
+    data = load_study_data(spec, cache_dir)
+    with _setup_errors():
+        build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
+    return data
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A trial trained again outside the study: its result and, when asked for, its final model."""
+
+    result: FitResult
+    payload: dict[str, Any] | None  # what a kept model file holds (final_model_payload)
+
+
+def retrain(
+    spec: StudySpec,
+    params: dict[str, Any],
+    data: DataBundle,
+    device: str,
+    *,
+    seed: int,
+    precision: str | None = None,
+    keep_final: bool = False,
+    on_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, acc: None,
+) -> Retrained:
+    """Train one trial's params from scratch, without a study (``sweep rerun``).
+
+    ``precision`` overrides the study's ``train.precision``; ``keep_final`` returns the final weights
+    as a kept model's payload.
+    """
+    import dataclasses
+
+    from sweep.train import fit
+
+    config = train_config(spec, params, num_classes=data.num_classes, seed=seed)
+    if precision is not None:
+        config = dataclasses.replace(config, precision=precision)
+    final: dict[str, Any] = {}
+
+    def epoch_done(r: EpochResult, checkpoint: Callable[[], dict]) -> None:
+        if keep_final and r.epoch == spec.epochs:
+            final["model"] = checkpoint()["model"]
+        on_epoch(r.epoch, spec.epochs, r.val_accuracy)
+
+    with _setup_errors():
+        result = fit(config, data, device, on_epoch=epoch_done)
+    payload = final_model_payload(final["model"], config, data) if keep_final else None
+    return Retrained(result, payload)
 
 
 FINAL_MODEL_FORMAT = 1

@@ -11,11 +11,10 @@ import contextlib
 import enum
 import os
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,27 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import control
+from sweep import control, provenance
 from sweep.control import RETRY_KEY, SweepState
+from sweep.heartbeat import beating
 from sweep.kept import KeptModel, kept_models, reconcile
-from sweep.objective import DeviceLost, Progress, StopFlag, StopRequested, run_trial
+from sweep.objective import (
+    Ending,
+    Progress,
+    Reason,
+    SetupError,
+    StopFlag,
+    TrialOutcome,
+    first_line,
+    free_memory,
+    gpu_visible,
+    load_study_data,
+    preflight,
+    retrain,
+    run_trial,
+    set_threads,
+    trial_seed,
+)
 from sweep.search import build_pruner, build_sampler
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import (
@@ -40,6 +56,10 @@ from sweep.storage import (
     sqlite_path,
     study_names,
 )
+from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
+
+# bench/ still imports the heartbeat under its old private name here (until it has public seams).
+_heartbeat = beating
 
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "spec_fingerprint"
@@ -51,7 +71,7 @@ class ServiceError(RuntimeError):
 
 def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # We drive heartbeats ourselves around ask/tell (see _heartbeat); Optuna warns it expects optimize().
+    # We drive heartbeats ourselves around ask/tell (see sweep.heartbeat); Optuna warns it expects optimize().
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -191,7 +211,7 @@ class WorkerSummary:
     device: str
     states: Counter[str] = field(default_factory=Counter)
     stopped: bool = False
-    # The CUDA context broke (see objective.DeviceLost): the process must exit and be restarted.
+    # The CUDA context broke (objective.Reason.DEVICE): the process must exit and be restarted.
     device_lost: str | None = None
     paused: bool = False  # the study was paused while this worker ran
 
@@ -210,51 +230,15 @@ class WorkerEvents:
     trial_finished: Callable[[int, str, float | None, str | None], None] = lambda number, state, value, why: None
 
 
-def resolve_device(device: str, gpus: Sequence[int] = ()) -> str:
+def resolve_device(device: str) -> str:
     """``auto`` → cuda when a GPU is visible, else cpu; a bad choice is an error."""
-    import torch
-
-    if gpus:
-        if not torch.cuda.is_available():
-            raise ServiceError(f"--gpu {', '.join(map(str, gpus))}: no CUDA GPU is visible on this machine")
-        return "cuda"
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if gpu_visible() else "cpu"
+    if device.startswith("cuda") and not gpu_visible():
         raise ServiceError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ServiceError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     return device
-
-
-@contextlib.contextmanager
-def _heartbeat(
-    storage: optuna.storages.RDBStorage, trial_id: int, on_beat: Callable[[], None] = lambda: None
-) -> Iterator[None]:
-    """Beat for a running trial, so a worker that dies (kill -9, power) is noticed by its peers.
-
-    ``on_beat`` runs after every beat (the pause check of a running trial)."""
-    interval = storage.get_heartbeat_interval()
-    if not interval:
-        yield
-        return
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.is_set():
-            with contextlib.suppress(Exception):  # a missed beat is retried; grace covers several
-                storage.record_heartbeat(trial_id)
-            with contextlib.suppress(Exception):  # a missed check is made on the next beat
-                on_beat()
-            done.wait(interval)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=5)
 
 
 class Decision(enum.StrEnum):
@@ -332,9 +316,80 @@ class _BudgetGate:
         return optuna.Trial(self.study, trial_id)
 
 
-def _next_trial(study: optuna.Study, spec: StudySpec) -> tuple[Decision, optuna.Trial | None]:
-    """One budget decision with a fresh stale-trial check (call under ``budget_lock``)."""
-    return _BudgetGate(study, spec).next_trial()
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How ``sweep worker`` runs: one worker in this process, or supervised children (``slots``)."""
+
+    device: str  # this process's worker (children: each slot's)
+    threads: int | None  # CPU threads per worker (None: torch's default)
+    env: dict[str, str] = field(default_factory=dict)  # set here before training: one pinned GPU
+    slots: tuple[Slot, ...] = ()  # one child process each; empty: run in this process
+    study: str | None = None
+    child_options: tuple[str, ...] = ()  # every child's options after its --device
+
+    def child_args(self, slot: Slot) -> list[str]:
+        """The ``sweep`` arguments of the child that runs ``slot``."""
+        return ["worker", *([self.study] if self.study else []), "--device", slot.device, *self.child_options]
+
+    def pin_here(self) -> None:
+        """Apply ``env`` to this process (CUDA reads CUDA_VISIBLE_DEVICES once, when it starts)."""
+        os.environ.update(self.env)
+
+
+def plan_workers(
+    study: str | None,
+    *,
+    storage_url: str,
+    gpu: Sequence[int] = (),
+    all_gpus: str | None = None,
+    per_gpu: int = 1,
+    device: str = "auto",
+    workers: int = 1,
+    threads: int | None = None,
+    n_trials: int | None = None,
+    artifacts: str | None = None,
+    wait_paused: bool = False,
+    visible: Callable[[], list[int]] = visible_gpus,
+    cpu_count: int | None = None,
+) -> WorkerPlan:
+    """Turn ``sweep worker``'s options into a plan: which GPUs, how many processes, threads each.
+
+    ``gpu``: GPU indices (one child per GPU and replica); ``all_gpus``: "all" = every visible GPU.
+    GPUs are counted by ``visible`` without starting CUDA in this process, so that one pinned GPU
+    (``env``) still takes effect. Threads default to the cores shared by the processes.
+    """
+    gpus = list(gpu)
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    if all_gpus is not None:
+        if all_gpus != "all":
+            raise ServiceError(
+                f"--gpus {all_gpus!r}: only 'all' is allowed; use --gpu N (repeatable) for specific GPUs"
+            )
+        gpus = visible()
+        if not gpus:
+            raise ServiceError("--gpus all: no CUDA GPU is visible on this machine")
+    elif gpus:
+        seen = visible()
+        bad = [g for g in gpus if g not in seen]
+        if bad:
+            shown = ", ".join(map(str, seen)) or "none"
+            raise ServiceError(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
+    processes = len(gpus) * per_gpu if gpus else (workers if device in ("auto", "cpu") else 1)
+    if processes > 1:
+        slots = tuple(gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers))
+        threads = threads if threads is not None else max(1, cores // len(slots))
+        options = ["--storage", storage_url, "--threads", str(threads)]
+        options += ["--artifacts", artifacts] if artifacts else []
+        options += ["--wait"] if wait_paused else []
+        options += ["--n-trials", str(n_trials)] if n_trials else []
+        return WorkerPlan(device, threads, slots=slots, study=study, child_options=tuple(options))
+    env: dict[str, str] = {}
+    if gpus:  # one GPU: pinned in this very process; CUDA was only counted via NVML, not started
+        env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpus[0])
+        device = "cuda"
+    if threads is None and device in ("auto", "cpu"):
+        threads = max(1, cores)
+    return WorkerPlan(device, threads, env=env)
 
 
 def run_worker(
@@ -342,7 +397,6 @@ def run_worker(
     *,
     storage_url: str,
     device: str = "auto",
-    gpus: Sequence[int] = (),
     n_trials: int | None = None,
     threads: int | None = None,
     stop: StopFlag | None = None,
@@ -364,24 +418,17 @@ def run_worker(
     storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
-    device = resolve_device(device, gpus)
+    device = resolve_device(device)
     if device == "cpu":
         events.message("no GPU in use: training on the CPU" + (f" with {threads} threads" if threads else ""))
-    import torch
-
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
 
-    # Pre-flight: data and weights are resolved here, on the worker; fail before taking a trial,
-    # so no budget is burnt on trials that could never run.
-    from sweep.data import DataError
-    from sweep.model import WeightsError, build_model
-
+    # Data and weights are resolved here, on the worker, before it takes a trial.
     events.message(f"loading data {spec.data.name!r} from {spec.data.root!r}")
     try:
-        data = _load_spec_data(spec, storage_url)
-        build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
-    except (DataError, WeightsError) as exc:
+        data = preflight(spec, _cache_dir(storage_url))
+    except SetupError as exc:
         raise ServiceError(str(exc)) from None
     events.message(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
@@ -399,7 +446,7 @@ def run_worker(
     gate = _BudgetGate(study, spec)
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
     runner = _TrialRunner(study, spec, data, device, stop, progress, storage, store)
-    environment = _environment()
+    environment = provenance.environment()
     said = ""  # the last waiting message: said once per wait
     while n_trials is None or summary.trials < n_trials:
         if stop.is_set():
@@ -432,11 +479,11 @@ def run_worker(
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("environment", environment)
         outcome = runner.run(trial, original)
-        events.trial_finished(trial.number, outcome.state, outcome.value, outcome.reason)
-        if outcome.reason == "paused":  # handed back (not counted): the gate now says paused
+        events.trial_finished(trial.number, outcome.state.value, outcome.value, outcome.reason)
+        if outcome.cause is Reason.PAUSED:  # handed back (not counted): the gate now says paused
             continue
-        summary.states[outcome.state] += 1
-        if outcome.reason == "stopped":
+        summary.states[outcome.state.value] += 1
+        if outcome.cause is Reason.STOPPED:
             summary.stopped = True
             break
         if outcome.device_lost:
@@ -444,17 +491,6 @@ def run_worker(
             events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
             break
     return summary
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """How one trial ended, as told to the storage."""
-
-    state: str  # COMPLETE, PRUNED, FAIL
-    value: float | None = None
-    reason: str | None = None  # why it was pruned or failed
-    oom: bool = False
-    device_lost: bool = False
 
 
 @dataclass
@@ -474,14 +510,12 @@ class _TrialRunner:
         """Run one trial; every ending is told to the storage: no result is ever lost."""
         outcome = self._run(trial, original)
         if outcome.oom:
-            # Here, after the exception has been handled and dropped: inside the except block its
-            # traceback still held the failed trial's model, optimizer state and activations, so
+            # Here, after run_trial returned and its exception was dropped: inside the except block
+            # the traceback still held the failed trial's model, optimizer state and activations, so
             # nothing could be freed, and the next trial (or a sibling process on the GPU) would
             # see less free memory and fall back to host data or OOM on parameters that fit.
-            from sweep.train import clear_caches
-
-            clear_caches()
-        if outcome.state == "COMPLETE":
+            free_memory()
+        if outcome.state is Ending.COMPLETE:
             self._keep_best(trial)
         return outcome
 
@@ -514,9 +548,9 @@ class _TrialRunner:
             if control.is_paused(self.storage.get_study_user_attrs(study._study_id)):
                 pause.set()
 
-        with _heartbeat(self.storage, trial._trial_id, on_beat=check_pause):
+        with beating(self.storage, trial._trial_id, on_beat=check_pause):
             try:
-                value = run_trial(
+                outcome = run_trial(
                     trial,
                     self.spec,
                     self.data,
@@ -526,32 +560,25 @@ class _TrialRunner:
                     original_number=original,
                     artifacts=self.artifacts,
                 )
-            except optuna.TrialPruned as exc:
-                tell(state=TrialState.PRUNED)
-                return TrialOutcome("PRUNED", reason="diverged" if str(exc).startswith("diverged") else None)
-            except StopRequested:
-                frozen = tell(state=TrialState.FAIL)
-                # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
-                # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
-                # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
-                _HAND_BACK(study, frozen)
-                return TrialOutcome("FAIL", reason="stopped" if self.stop.is_set() else "paused")
-            except DeviceLost as exc:
-                frozen = tell(state=TrialState.FAIL)
-                if exc.hand_back:
-                    self._hand_back(frozen)
-                how = "handed back" if exc.hand_back else "second broken context: failed for good"
-                return TrialOutcome("FAIL", reason=f"device lost, {how}: {exc}", device_lost=True)
             except KeyboardInterrupt:
                 tell(state=TrialState.FAIL)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # outside training (sampling, the storage): no fail_reason recorded
                 tell(state=TrialState.FAIL)
-                if trial.user_attrs.get("fail_reason") == "oom":
-                    return TrialOutcome("FAIL", reason="oom", oom=True)
-                return TrialOutcome("FAIL", reason=f"error: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}")
-        tell(values=value)
-        return TrialOutcome("COMPLETE", value=value)
+                return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
+            if outcome.state is not Ending.COMPLETE:
+                frozen = tell(state=TrialState[outcome.state])
+                if outcome.cause is Reason.STOPPED:
+                    # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
+                    # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
+                    # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
+                    _HAND_BACK(study, frozen)
+                    return outcome if self.stop.is_set() else replace(outcome, cause=Reason.PAUSED)
+                if outcome.hand_back:
+                    self._hand_back(frozen)  # a broken CUDA context: counted like a dead worker's trial
+                return outcome
+        tell(values=outcome.value)
+        return outcome
 
 
 with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
@@ -569,48 +596,9 @@ class _StopOrPause(StopFlag):
         return self.event.is_set() or self.pause.is_set()
 
 
-def _environment() -> dict[str, str | None]:
-    """Library versions and the git commit of this worker, recorded on every trial it runs."""
-    import subprocess
-
-    import torch
-    import torchvision
-
-    import sweep
-
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "sweep": sweep.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "optuna": optuna.__version__,
-        "git_commit": commit,
-    }
-
-
 def _load_spec_data(spec: StudySpec, storage_url: str) -> Any:
     """The study's data on this machine (decoded once per machine into the cache)."""
-    from sweep.data import load_data
-
-    d = spec.data
-    return load_data(
-        d.name,
-        d.root,
-        val_fraction=d.val_fraction,
-        seed=spec.seed,
-        resolution=d.resolution,
-        subset=d.subset,
-        cache_dir=_cache_dir(storage_url),
-        classes=d.classes,
-    )
+    return load_study_data(spec, _cache_dir(storage_url))
 
 
 def _cache_dir(storage_url: str) -> Path:
@@ -841,7 +829,7 @@ def export_trial(
     force: bool = False,
 ) -> ExportResult:
     """Write a kept model (default: the best trial's) as model.pt2, state_dict.pt and model.json."""
-    from sweep.export import ExportError
+    from sweep.export import ExportError, write_export
 
     out = Path(output)
     if out.exists() and not force:  # before any work: nothing is read or written
@@ -860,15 +848,16 @@ def export_trial(
         )
     payload = _download_model(artifact_store(storage_url, artifacts), kept[trial.number])
     try:
-        files = _write_export(payload, _card(name, trial), out, force=force)
+        files = write_export(payload, _card(name, trial), out, force=force)
     except ExportError as exc:
         raise ServiceError(str(exc)) from None
     return ExportResult(name, trial.number, float(trial.value or 0.0), tuple(files))
 
 
 def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
-    import torch
     from optuna.artifacts import download_artifact
+
+    from sweep.export import read_payload
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.pt")
@@ -880,7 +869,7 @@ def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
                 f"the kept model of trial {kept.trial} ({kept.artifact_id}) is not in {where}; pass the "
                 "folder the workers stored it in: --artifacts DIR (or SWEEP_ARTIFACTS)"
             ) from None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_payload(path)
 
 
 def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]:
@@ -901,20 +890,6 @@ def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]
     }
 
 
-def _write_export(payload: dict[str, Any], record: dict[str, Any], out: Path, *, force: bool) -> list[Path]:
-    import torch
-    import torchvision
-
-    import sweep
-    from sweep.export import export_model, model_card
-
-    card = {**model_card(payload), **record}
-    card["data_fingerprint"] = payload.get("data_fingerprint")
-    card["exported_with"] = {"sweep": sweep.__version__, "torch": torch.__version__,
-                             "torchvision": torchvision.__version__}
-    return export_model(payload, card, out, force=force)
-
-
 def predict(
     folder: str | Path, inputs: Sequence[str], *, k: int = 5, threads: int | None = None
 ) -> list[Any]:
@@ -923,9 +898,7 @@ def predict(
     from sweep.export import ExportError, predict_files
 
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        set_threads(threads)
     try:
         return predict_files(Path(folder), inputs, k=k)
     except ExportError as exc:
@@ -968,11 +941,7 @@ def rerun_trial(
     in both precisions shows what bf16 costs in accuracy. ``export``: a folder to write the
     retrained model to, as ``sweep export`` does.
     """
-    from sweep.data import DataError
-    from sweep.export import ExportError
-    from sweep.model import WeightsError
-    from sweep.objective import final_model_payload, train_config, trial_seed
-    from sweep.train import fit
+    from sweep.export import ExportError, write_export
 
     if export is not None and Path(export).exists() and not force:
         raise ServiceError(f"--export {export}: already exists; choose a new folder or pass --force")
@@ -988,30 +957,20 @@ def rerun_trial(
         raise ServiceError(f"TRIAL = {number}: it has no params yet (state {trial.state.name})")
     device = resolve_device(device)
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        set_threads(threads)
     params = {**spec.fixed_params(), **trial.params}
     original = trial.system_attrs.get(RETRY_KEY, trial.number)
     try:
         data = _load_spec_data(spec, storage_url)
-        config = train_config(spec, params, num_classes=data.num_classes, seed=trial_seed(spec, original))
-        if precision is not None:
-            config = replace(config, precision=precision)
-        final: dict[str, Any] = {}
-
-        def epoch_done(r: Any, checkpoint: Callable[[], dict]) -> None:
-            if export is not None and r.epoch == spec.epochs:
-                final["model"] = checkpoint()["model"]
-            on_epoch(r.epoch, spec.epochs, r.val_accuracy)
-
-        result = fit(config, data, device, on_epoch=epoch_done)
-        if export is not None:
+        retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
+                            keep_final=export is not None, on_epoch=on_epoch)
+        result = retrained.result
+        if retrained.payload is not None and export is not None:
             record = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
-                           environment=_environment(), retrained=True)
+                           environment=provenance.environment(), retrained=True)
             record["git_commit"] = record["environment"].get("git_commit")
-            _write_export(final_model_payload(final["model"], config, data), record, Path(export), force=force)
-    except (DataError, WeightsError, ExportError) as exc:
+            write_export(retrained.payload, record, Path(export), force=force)
+    except (SetupError, ExportError) as exc:
         raise ServiceError(str(exc)) from None
     stored = tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
     return RerunResult(

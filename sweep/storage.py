@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sweep import rdb
+from sweep.errors import env_int
 from sweep.rdb import SweepRDBStorage
 
 DEFAULT_URL = "sqlite:///storage/sweep.db"
@@ -36,9 +37,10 @@ SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 PGBOUNCER_OPTION = "pgbouncer"  # a storage URL option of sweep's (behind_pgbouncer), not libpq's
 _BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
 # A dead worker's trial is declared stale after GRACE_PERIOD seconds without a heartbeat.
-# Environment overrides exist for tests and for clusters with slow or flaky networks.
-HEARTBEAT_INTERVAL = int(os.environ.get("SWEEP_HEARTBEAT_INTERVAL", "10"))
-GRACE_PERIOD = int(os.environ.get("SWEEP_GRACE_PERIOD", "30"))
+# Environment overrides (SWEEP_HEARTBEAT_INTERVAL, SWEEP_GRACE_PERIOD, read by open_storage) exist for
+# tests and for clusters with slow or flaky networks.
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 30
 
 
 class StorageError(RuntimeError):
@@ -210,8 +212,8 @@ def open_storage(
     url: str,
     *,
     heartbeat: bool = False,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL,
-    grace_period: int = GRACE_PERIOD,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
     max_retry: int | None = 3,
     wait_s: float = 0.0,
     create: bool = True,
@@ -219,7 +221,8 @@ def open_storage(
     """Open (and create when missing) the Optuna RDB storage behind ``url``.
 
     ``heartbeat`` turns on Optuna's trial heartbeat: a worker that dies stops beating, its trial is
-    failed after ``grace_period`` s and re-queued (same params) by RetryHeartbeatStaleTrialCallback.
+    failed after ``grace_period`` s (default: SWEEP_GRACE_PERIOD, else 30; the interval:
+    SWEEP_HEARTBEAT_INTERVAL, else 10) and re-queued (same params) by RetryHeartbeatStaleTrialCallback.
     ``wait_s`` retries an unreachable database (a worker started before its PostgreSQL) that long.
     ``create=False`` refuses to create a missing SQLite file (read-only commands).
     """
@@ -231,8 +234,9 @@ def open_storage(
     hb: dict[str, Any] = {}
     if heartbeat:
         hb = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
+            "heartbeat_interval": heartbeat_interval if heartbeat_interval is not None
+            else env_int("SWEEP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
+            "grace_period": grace_period if grace_period is not None else env_int("SWEEP_GRACE_PERIOD", GRACE_PERIOD),
         }
         with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -456,8 +460,3 @@ def artifact_store(storage_url: str, location: str | None = None) -> optuna.arti
         where = str((path.parent if path is not None else Path("storage")) / "artifacts")
     Path(where).mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(where)
-
-
-def env_storage_url(default: str = DEFAULT_URL) -> str:
-    """The storage URL from SWEEP_STORAGE, else the default."""
-    return os.environ.get("SWEEP_STORAGE") or default

@@ -199,3 +199,19 @@ def test_unknown_gpu_lists_visible_gpus(workdir: Path) -> None:
     assert result.exit_code == 2 and "no CUDA GPU is visible" in result.output
     result = runner.invoke(app, ["worker", "--gpus", "some"])
     assert result.exit_code == 2 and "only 'all'" in result.output
+
+
+def test_a_bad_environment_value_is_one_line_where_it_is_used(workdir: Path) -> None:
+    env = {**os.environ, "SWEEP_HEARTBEAT_INTERVAL": "10s"}
+
+    def sweep(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    assert sweep("create", "tiny").returncode == 0
+    listed = sweep("list")  # no heartbeat here: the variable is never read
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    ran = sweep("worker", "tiny", "--threads", "1")
+    lines = ran.stderr.strip().splitlines()
+    assert ran.returncode == 2 and len(lines) == 1, ran.stderr
+    assert "SWEEP_HEARTBEAT_INTERVAL = '10s': a whole number of seconds, at least 1" in lines[0]

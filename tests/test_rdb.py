@@ -277,7 +277,7 @@ def test_a_worker_process_holds_one_connection_at_rest_two_at_most(pg_fresh_url:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from sweep.service import _heartbeat
+    from sweep.heartbeat import beating
     from sweep.storage import budget_counts, budget_lock
 
     database = make_url(pg_fresh_url).database
@@ -304,7 +304,7 @@ def test_a_worker_process_holds_one_connection_at_rest_two_at_most(pg_fresh_url:
                     budget_counts(study._storage, study._study_id, "retry")
                     storage.get_study_user_attrs(study._study_id)
                     trial = study.ask()
-                with _heartbeat(storage, trial._trial_id):
+                with beating(storage, trial._trial_id):
                     x = trial.suggest_float("x", 0, 1)
                     for step in range(40):  # reports while the heartbeat beats
                         trial.report(x * step, step)

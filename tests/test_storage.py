@@ -22,13 +22,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.service import RETRY_KEY, SPEC_ATTR, _heartbeat, _next_trial, load_spec_of
+from sweep.heartbeat import beating
+from sweep.service import RETRY_KEY, SPEC_ATTR, _BudgetGate, load_spec_of
 from sweep.storage import (
     StorageError,
     behind_pgbouncer,
     budget_counts,
     budget_lock,
-    env_storage_url,
     mask_text,
     mask_url,
     open_storage,
@@ -236,12 +236,6 @@ def test_wrong_password_is_masked(pg_url: str) -> None:
     assert SECRET not in message and str(make_url(pg_url).password) not in message and "\n" not in message
 
 
-def test_env_storage_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert env_storage_url() == "sqlite:///storage/sweep.db"
-    monkeypatch.setenv("SWEEP_STORAGE", "postgresql://u:p@h/db")
-    assert env_storage_url() == "postgresql://u:p@h/db"
-
-
 def test_retry_on_locked_retries_only_lock_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "sleep", lambda s: None)
     calls: list[int] = []
@@ -388,7 +382,7 @@ def _doomed_worker(url: str, name: str, ready: str) -> None:
     trial.suggest_int("frozen_layers", 0, 5)
     trial.suggest_categorical("batch_size", [32, 64, 128])
     trial.report(0.42, 1)
-    with _heartbeat(storage, trial._trial_id):
+    with beating(storage, trial._trial_id):
         Path(ready).write_text(str(trial.number))
         time.sleep(600)
 
@@ -434,7 +428,7 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     # The worker's loop hands the retry out although the budget (1) is spent, with the same params.
     spec = load_spec_of(storage, "heartbeat")
     with budget_lock(storage, "heartbeat"):
-        decision, trial = _next_trial(study, spec)
+        decision, trial = _BudgetGate(study, spec).next_trial()
     assert decision == "run" and trial is not None and trial.number == retry.number
     params = {
         "lr": trial.suggest_float("lr", 1e-5, 1e-1, log=True),
@@ -444,14 +438,12 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     assert params == original.params
     study.tell(trial, 0.5)
     with budget_lock(storage, "heartbeat"):
-        assert _next_trial(study, spec) == ("done", None)
+        assert _BudgetGate(study, spec).next_trial() == ("done", None)
 
 
 def test_a_trial_taken_but_never_started_is_failed_and_requeued(storage_url: str) -> None:
     """The gate beats for the trial it hands out: a worker that dies between taking a trial and
     starting its heartbeat thread (in the sampler, say) leaves a trial the stale check finds."""
-    from sweep.service import _BudgetGate
-
     raw = {**SPEC_RAW, "name": "orphan", "n_trials": 1}
     _create_study(storage_url, raw)
     storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
@@ -481,7 +473,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
     ran = waits = 0
     while True:
         with budget_lock(storage, name):
-            decision, trial = retry_on_locked(lambda: _next_trial(study, spec))
+            decision, trial = retry_on_locked(lambda: _BudgetGate(study, spec).next_trial())
         if decision == "done":
             break
         if decision == "wait":
@@ -489,7 +481,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
             time.sleep(0.05)
             continue
         assert trial is not None
-        with _heartbeat(storage, trial._trial_id):
+        with beating(storage, trial._trial_id):
             params = suggest_params(trial, spec)
             value = 0.5 + 0.1 * params["aug_strength"]
             for epoch in range(1, 11):
@@ -580,3 +572,20 @@ def test_sweeps_indexes_are_added_once(storage_url: str) -> None:
     have = {i["name"]: tuple(i["column_names"]) for t in ("trials", "trial_system_attributes")
             for i in inspector.get_indexes(t)}
     assert all(have.get(name) == columns for name, _, columns in INDEXES), have
+
+
+@pytest.mark.parametrize("value", ["10s", "0", "-1", "ten"])
+def test_heartbeat_settings_from_the_environment_are_checked_when_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from sweep.errors import EnvError
+
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    monkeypatch.setenv("SWEEP_GRACE_PERIOD", value)
+    open_storage(url)  # no heartbeat: not read
+    with pytest.raises(EnvError, match=rf"^SWEEP_GRACE_PERIOD = '{value}': a whole number of seconds"):
+        open_storage(url, heartbeat=True)
+    monkeypatch.setenv("SWEEP_GRACE_PERIOD", "7")
+    monkeypatch.setenv("SWEEP_HEARTBEAT_INTERVAL", "2")
+    storage = open_storage(url, heartbeat=True)
+    assert storage.get_heartbeat_interval() == 2 and storage.grace_period == 7  # type: ignore[attr-defined]
