@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sweep.errors import SpecError
 
@@ -434,54 +434,24 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
     return ParamSpec(type=ptype, low=low, high=high, log=log, step=step)
 
 
+_TOP_KEYS = (
+    "name", "n_trials", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params", "checkpoint"
+)
+
+
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     """Validate a raw (TOML-shaped) mapping into a StudySpec; raise SpecError on the first problem."""
-    top = ("name", "n_trials", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params", "checkpoint")
-    _check_keys(raw, "", top)
-    name = _str(raw.get("name"), "name")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name):
-        raise SpecError("name", name, "use letters, digits, '-', '_' and '.', at most 128 characters")
-
-    d = _table(raw, "data")
-    _check_keys(d, "data.", tuple(f.name for f in dataclasses.fields(DataSpec)))
-    subset = d.get("subset")
-    data = DataSpec(
-        **{k: check(f"data.{k}", d.get(k, _default(f"data.{k}"))) for k in ("name", "root", "val_fraction",
-                                                                           "resolution")},
-        subset=None if subset is None else check("data.subset", subset),
-        classes=_classes(d["classes"]) if "classes" in d else None,
-    )
-
-    m = _table(raw, "model")
-    _check_keys(m, "model.", tuple(f.name for f in dataclasses.fields(ModelSpec)))
-    model = ModelSpec(**{k: check(f"model.{k}", m.get(k, _default(f"model.{k}"))) for k in ("arch", "weights")})
-
-    t = _table(raw, "train")
-    _check_keys(t, "train.", tuple(f.name for f in dataclasses.fields(TrainSpec)))
-    train = TrainSpec(**{k: check(f"train.{k}", t[k]) for k in t})
-
-    c = _table(raw, "checkpoint")
-    _check_keys(c, "checkpoint.", tuple(f.name for f in dataclasses.fields(CheckpointSpec)))
-    checkpoint = CheckpointSpec(**{k: check(f"checkpoint.{k}", c[k]) for k in c})
-
+    _check_keys(raw, "", _TOP_KEYS)
+    name = _parse_name(raw.get("name"))
+    data = _parse_data(_table(raw, "data"))
+    model = _parse_model(_table(raw, "model"))
+    train = _parse_settings(raw, "train", TrainSpec)
+    checkpoint = _parse_settings(raw, "checkpoint", CheckpointSpec)
     s = dict(_table(raw, "sampler"))
     sampler = SamplerSpec(type=_str(s.pop("type", SamplerSpec.type), "sampler.type", SAMPLERS), args=s)
     p = dict(_table(raw, "pruner"))
     pruner = PrunerSpec(type=_str(p.pop("type", PrunerSpec.type), "pruner.type", PRUNERS), args=p)
-
-    params_raw = raw.get("params", {})
-    if not isinstance(params_raw, dict):
-        raise SpecError("params", params_raw, "must be a table of [params.<name>] tables")
-    params = {k: _parse_param(k, v) for k, v in params_raw.items()}
-    if sampler.type == "grid":
-        for k, ps in params.items():
-            if ps.type == "float" and ps.step is None:
-                raise SpecError(
-                    f"params.{k}.type",
-                    ps.type,
-                    "the grid sampler needs categorical params or int/float ranges with a step",
-                )
-
+    params = _parse_params(raw.get("params", {}), sampler.type)
     spec = StudySpec(
         name=name,
         **{k: check(k, raw[k]) for k in ("n_trials", "epochs", "seed") if k in raw},
@@ -499,6 +469,54 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
 
     check_search_args(spec)
     return spec
+
+
+def _parse_name(name: Any) -> str:
+    name = _str(name, "name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name):
+        raise SpecError("name", name, "use letters, digits, '-', '_' and '.', at most 128 characters")
+    return name
+
+
+def _parse_data(d: dict[str, Any]) -> DataSpec:
+    _check_keys(d, "data.", tuple(f.name for f in dataclasses.fields(DataSpec)))
+    subset = d.get("subset")
+    return DataSpec(
+        **{k: check(f"data.{k}", d.get(k, _default(f"data.{k}"))) for k in ("name", "root", "val_fraction",
+                                                                           "resolution")},
+        subset=None if subset is None else check("data.subset", subset),
+        classes=_classes(d["classes"]) if "classes" in d else None,
+    )
+
+
+def _parse_model(m: dict[str, Any]) -> ModelSpec:
+    _check_keys(m, "model.", tuple(f.name for f in dataclasses.fields(ModelSpec)))
+    return ModelSpec(**{k: check(f"model.{k}", m.get(k, _default(f"model.{k}"))) for k in ("arch", "weights")})
+
+
+_S = TypeVar("_S", TrainSpec, CheckpointSpec)
+
+
+def _parse_settings(raw: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
+    """A section of plain settings: the keys given are checked, the dataclass fills in the rest."""
+    t = _table(raw, key)
+    _check_keys(t, f"{key}.", tuple(f.name for f in dataclasses.fields(cls)))
+    return cls(**{k: check(f"{key}.{k}", t[k]) for k in t})
+
+
+def _parse_params(params_raw: Any, sampler: str) -> dict[str, ParamSpec]:
+    if not isinstance(params_raw, dict):
+        raise SpecError("params", params_raw, "must be a table of [params.<name>] tables")
+    params = {k: _parse_param(k, v) for k, v in params_raw.items()}
+    if sampler == "grid":
+        for k, ps in params.items():
+            if ps.type == "float" and ps.step is None:
+                raise SpecError(
+                    f"params.{k}.type",
+                    ps.type,
+                    "the grid sampler needs categorical params or int/float ranges with a step",
+                )
+    return params
 
 
 def spec_from_dict(stored: Mapping[str, Any]) -> StudySpec:

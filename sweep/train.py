@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import math
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sweep.data import DataBundle, augment_view, batch_indices, clear_device_cache, device_data, normalize
+from sweep.data import DataBundle, DeviceData, augment_view, batch_indices, clear_device_cache, device_data, normalize
 from sweep.errors import SpecError
 from sweep.model import (
     build_model,
@@ -429,15 +430,65 @@ def fit(
             "they must agree"
         )
     amp_dtype = configure_device(device, config.precision, config.stem)
-    channels_last = use_channels_last(device, amp_dtype)
-    k = config.frozen_layers
-
     start_epoch, history = 0, []
     if resume is not None:
         _check_resume(resume, config, data)
         start_epoch = int(resume["epoch"])
         history = [EpochResult(**r) for r in resume["history"]]
+    run = _start_run(config, data, device, amp_dtype, resume)
 
+    # Without augmentation the frozen prefix sees the same images every epoch, so its output is
+    # computed once; training `rest` on it is the same computation as running the prefix each step.
+    features = None
+    if config.frozen_layers > 0 and config.aug_strength == 0 and start_epoch < config.epochs:
+        features = _cached_features(run.prefix, run.dd, config, device, run.eval_tf, amp_dtype)
+
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        run.aug_gen.manual_seed(_aug_seed(config.seed, epoch))
+        set_train_mode(run.model, config.frozen_layers)
+        loss = _train_epoch(run, config, features)
+        val_acc = _validate(run, config, features)
+        result = EpochResult(epoch=epoch + 1, train_loss=loss, val_accuracy=val_acc,
+                             seconds=time.perf_counter() - t0)
+        history.append(result)
+        if on_epoch is not None:
+            on_epoch(result, functools.partial(_checkpoint, config, data, run, epoch + 1, tuple(history)))
+
+    features = None  # the test pass may need the memory the cached features hold
+    test_acc = evaluate(run.full, run.dd.test_x, run.dd.test_y, batch_size=config.eval_batch_size, device=device,
+                        transform=run.eval_tf, amp_dtype=amp_dtype)
+    val_final = history[-1].val_accuracy if history else float("nan")
+    return FitResult(history=tuple(history), val_accuracy=val_final, test_accuracy=test_acc,
+                     precision=precision_name(amp_dtype))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a run carries from epoch to epoch: the network, its optimisation state, data and transforms."""
+
+    model: nn.Module
+    prefix: nn.Module  # the frozen units (empty when none are)
+    rest: nn.Module  # the trainable units: rest(prefix(x)) == model(x)
+    full: nn.Module  # nn.Sequential(prefix, rest)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    perm_gen: torch.Generator
+    aug_gen: torch.Generator
+    dd: DeviceData
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_tf: Callable[[Tensor], Tensor]
+    eval_tf: Callable[[Tensor], Tensor]
+
+
+def _start_run(
+    config: TrainConfig, data: DataBundle, device: torch.device, amp_dtype: torch.dtype | None,
+    resume: dict | None,
+) -> _Run:
+    """A run's model, optimiser, scheduler and generators, at ``resume``'s epoch when given."""
+    channels_last = use_channels_last(device, amp_dtype)
     torch.manual_seed(config.seed)  # model init (new fc, CIFAR stem) is part of the run
     # Resuming overwrites every weight, so skip loading (possibly downloading) pretrained ones.
     model, prefix, rest = prepare_model(config, device, pretrained=resume is None, channels_last=channels_last)
@@ -461,56 +512,38 @@ def fit(
         perm_gen.set_state(resume["rng"]["perm"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
+    return _Run(
+        model=model, prefix=prefix, rest=rest, full=nn.Sequential(prefix, rest), optimizer=optimizer,
+        scheduler=scheduler, scaler=scaler, perm_gen=perm_gen, aug_gen=aug_gen, dd=dd, device=device,
+        amp_dtype=amp_dtype,
+        train_tf=make_transform(config.resolution, aug_strength=config.aug_strength, generator=aug_gen,
+                                channels_last=channels_last),
+        eval_tf=make_transform(config.resolution, channels_last=channels_last),
+    )
 
-    train_tf = make_transform(config.resolution, aug_strength=config.aug_strength, generator=aug_gen,
-                              channels_last=channels_last)
-    eval_tf = make_transform(config.resolution, channels_last=channels_last)
-    full = nn.Sequential(prefix, rest)
 
-    # Without augmentation the frozen prefix sees the same images every epoch, so its output is
-    # computed once; training `rest` on it is the same computation as running the prefix each step.
-    features = None
-    if k > 0 and config.aug_strength == 0 and start_epoch < config.epochs:
-        features = _cached_features(prefix, dd, config, device, eval_tf, amp_dtype)
+def _train_epoch(run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None) -> float:
+    """One epoch of ``run.rest`` on the cached prefix features if any, else on augmented images."""
+    if features is not None:
+        return train_one_epoch(
+            run.rest, run.optimizer, run.scheduler,
+            tensor_batches(features[0], run.dd.train_y, config.batch_size, run.perm_gen),
+            label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype, scaler=run.scaler,
+        )
+    return train_one_epoch(
+        run.rest, run.optimizer, run.scheduler, run.dd.train_batches(config.batch_size, run.perm_gen),
+        transform=run.train_tf, prefix=run.prefix if config.frozen_layers > 0 else None,
+        label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype, scaler=run.scaler,
+    )
 
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        aug_gen.manual_seed(_aug_seed(config.seed, epoch))
-        set_train_mode(model, k)
-        if features is not None:
-            train_x, val_x = features
-            loss = train_one_epoch(
-                rest, optimizer, scheduler,
-                tensor_batches(train_x, dd.train_y, config.batch_size, perm_gen),
-                label_smoothing=config.label_smoothing, amp_dtype=amp_dtype, scaler=scaler,
-            )
-            val_acc = evaluate(rest, val_x, dd.val_y, batch_size=config.eval_batch_size, device=device,
-                               amp_dtype=amp_dtype)
-        else:
-            loss = train_one_epoch(
-                rest, optimizer, scheduler, dd.train_batches(config.batch_size, perm_gen),
-                transform=train_tf, prefix=prefix if k > 0 else None, label_smoothing=config.label_smoothing,
-                amp_dtype=amp_dtype, scaler=scaler,
-            )
-            val_acc = evaluate(full, dd.val_x, dd.val_y, batch_size=config.eval_batch_size, device=device,
-                               transform=eval_tf, amp_dtype=amp_dtype)
-        result = EpochResult(epoch=epoch + 1, train_loss=loss, val_accuracy=val_acc,
-                             seconds=time.perf_counter() - t0)
-        history.append(result)
-        if on_epoch is not None:
-            snapshot = tuple(history)
 
-            def checkpoint(epoch: int = epoch + 1, snapshot: tuple[EpochResult, ...] = snapshot) -> dict:
-                return _checkpoint(config, data, model, optimizer, scheduler, scaler, perm_gen, epoch, snapshot)
-
-            on_epoch(result, checkpoint)
-
-    features = None
-    test_acc = evaluate(full, dd.test_x, dd.test_y, batch_size=config.eval_batch_size, device=device,
-                        transform=eval_tf, amp_dtype=amp_dtype)
-    val_final = history[-1].val_accuracy if history else float("nan")
-    return FitResult(history=tuple(history), val_accuracy=val_final, test_accuracy=test_acc,
-                     precision=precision_name(amp_dtype))
+def _validate(run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None) -> float:
+    """Validation accuracy, on the cached prefix features if any."""
+    if features is not None:
+        return evaluate(run.rest, features[1], run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
+                        amp_dtype=run.amp_dtype)
+    return evaluate(run.full, run.dd.val_x, run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
+                    transform=run.eval_tf, amp_dtype=run.amp_dtype)
 
 
 def _aug_seed(seed: int, epoch: int) -> int:
@@ -648,12 +681,9 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
                     state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
-def _checkpoint(
-    config: TrainConfig, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
-    perm_gen: torch.Generator, epoch: int, history: tuple[EpochResult, ...],
-) -> dict:
-    sched = scheduler.state_dict()
+def _checkpoint(config: TrainConfig, data: DataBundle, run: _Run, epoch: int, history: tuple[EpochResult, ...]) -> dict:
+    """What ``fit`` hands ``on_epoch`` as ``checkpoint()``: the run's state after ``epoch`` epochs."""
+    sched = run.scheduler.state_dict()
     # LambdaLR stores callable objects by their __dict__; keep plain values so weights_only loads work.
     sched["lr_lambdas"] = [dict(d) if d is not None else None for d in sched.get("lr_lambdas", [])]
     return {
@@ -661,13 +691,13 @@ def _checkpoint(
         "epoch": epoch,
         "config": asdict(config),
         "data_fingerprint": data.fingerprint,
-        "model": _to_cpu(model.state_dict()),
-        "optimizer": _to_cpu(optimizer.state_dict()),
+        "model": _to_cpu(run.model.state_dict()),
+        "optimizer": _to_cpu(run.optimizer.state_dict()),
         "scheduler": _to_cpu(sched),
         "history": [asdict(r) for r in history],
         # No augmentation state: its generator is reseeded from (seed, epoch) at every epoch.
-        "rng": {"perm": perm_gen.get_state()},
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {"perm": run.perm_gen.get_state()},
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
     }
 
 

@@ -78,7 +78,23 @@ def load_data(
     (stratified, the same for every seed) before the split; None keeps all. ``classes`` keeps only
     those classes (train and test), labelled in the order given; None keeps every class.
     """
-    try:  # the spec's rules (sweep.spec.SETTINGS), for callers that did not come through a spec
+    _check_arguments(name, resolution, val_fraction, seed, subset)
+    # With a class filter the whole split is loaded (and cached once) and the subset taken after filtering.
+    early_subset = subset if classes is None else None
+    if name == "synthetic":
+        train, test = _synthetic_splits(resolution, early_subset)
+    else:
+        train, test = _image_splits(name, root, resolution, cache_dir, early_subset)
+    fingerprint_extra = ""
+    if classes is not None:
+        train, test = _keep_classes(train, test, classes, subset)
+        fingerprint_extra = f"|{subset}"  # the subset is taken here, after the split's content hash
+    return _carve_validation(name, train, test, resolution, val_fraction, seed, fingerprint_extra)
+
+
+def _check_arguments(name: str, resolution: int, val_fraction: float, seed: int, subset: int | None) -> None:
+    """The spec's rules (sweep.spec.SETTINGS), for callers that did not come through a spec."""
+    try:
         for key, value in (("data.name", name), ("data.resolution", resolution),
                            ("data.val_fraction", val_fraction), ("seed", seed)):
             check(key, value)
@@ -87,50 +103,61 @@ def load_data(
     except SpecError as e:
         raise DataError(e.terse()) from None
 
-    if name == "synthetic":
-        n_train = subset if subset is not None and classes is None else SYNTHETIC_DEFAULT_SIZE
-        train_x, train_y = make_synthetic(n_train, resolution, split="train")
-        test_x, test_y = make_synthetic(max(n_train // 4, 10), resolution, split="test")
-        names = SYNTHETIC_CLASSES
-        train_hash, test_hash = _content_hash(train_x, train_y), _content_hash(test_x, test_y)
-    else:
-        # With a class filter the whole split is cached once and the subset taken after filtering.
-        train = load_split(name, root, "train", resolution=resolution, cache_dir=cache_dir,
-                           subset=subset if classes is None else None)
-        test = load_split(name, root, "test", resolution=resolution, cache_dir=cache_dir)
-        if train.classes != test.classes:
-            raise DataError(
-                f"data.root={str(root)!r}: train classes {list(train.classes)} differ from test classes "
-                f"{list(test.classes)}; both folders need the same class sub-folders"
-            )
-        train_x, train_y, test_x, test_y = train.x, train.y, test.x, test.y
-        names = train.classes
-        train_hash, test_hash = train.hash, test.hash
-    if classes is not None:
-        (train_x, train_y), (test_x, test_y) = (select_classes(x, y, names, classes)
-                                                for x, y in ((train_x, train_y), (test_x, test_y)))
-        keep = _stratified_subset(train_y, subset)
-        train_x, train_y = train_x[keep], train_y[keep]
-        names = tuple(classes)
 
-    train_idx, val_idx = _split_indices(train_y, val_fraction, seed)
+def _synthetic_splits(resolution: int, subset: int | None) -> tuple[Split, Split]:
+    n_train = subset if subset is not None else SYNTHETIC_DEFAULT_SIZE
+    train_x, train_y = make_synthetic(n_train, resolution, split="train")
+    test_x, test_y = make_synthetic(max(n_train // 4, 10), resolution, split="test")
+    return (Split(x=train_x, y=train_y, classes=SYNTHETIC_CLASSES, hash=_content_hash(train_x, train_y)),
+            Split(x=test_x, y=test_y, classes=SYNTHETIC_CLASSES, hash=_content_hash(test_x, test_y)))
+
+
+def _image_splits(
+    name: str, root: str | Path, resolution: int, cache_dir: str | Path | None, subset: int | None
+) -> tuple[Split, Split]:
+    train = load_split(name, root, "train", resolution=resolution, cache_dir=cache_dir, subset=subset)
+    test = load_split(name, root, "test", resolution=resolution, cache_dir=cache_dir)
+    if train.classes != test.classes:
+        raise DataError(
+            f"data.root={str(root)!r}: train classes {list(train.classes)} differ from test classes "
+            f"{list(test.classes)}; both folders need the same class sub-folders"
+        )
+    return train, test
+
+
+def _keep_classes(train: Split, test: Split, classes: Sequence[str], subset: int | None) -> tuple[Split, Split]:
+    """Both splits cut to ``classes`` (relabelled in that order), then train cut to ``subset``.
+
+    The hashes stay those of the unfiltered splits: the fingerprint adds the class names and subset.
+    """
+    train_x, train_y = select_classes(train.x, train.y, train.classes, classes)
+    test_x, test_y = select_classes(test.x, test.y, train.classes, classes)
+    keep = _stratified_subset(train_y, subset)
+    names = tuple(classes)
+    return (Split(x=train_x[keep], y=train_y[keep], classes=names, hash=train.hash),
+            Split(x=test_x, y=test_y, classes=names, hash=test.hash))
+
+
+def _carve_validation(
+    name: str, train: Split, test: Split, resolution: int, val_fraction: float, seed: int, fingerprint_extra: str
+) -> DataBundle:
+    """The bundle: validation carved out of ``train`` (stratified in ``seed``), ``test`` as it is."""
+    train_idx, val_idx = _split_indices(train.y, val_fraction, seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise DataError(
             f"data.val_fraction={val_fraction}: leaves {len(train_idx)} training and {len(val_idx)} "
-            f"validation images out of {len(train_y)}; use more images or a different fraction"
+            f"validation images out of {len(train.y)}; use more images or a different fraction"
         )
-    key = f"{name}|{train_hash}|{test_hash}|{resolution}|{val_fraction!r}|{seed}|{','.join(names)}"
-    if classes is not None:
-        key += f"|{subset}"  # the subset is taken here, after the split's content hash
+    key = f"{name}|{train.hash}|{test.hash}|{resolution}|{val_fraction!r}|{seed}|{','.join(train.classes)}"
     return DataBundle(
-        train_x=train_x[train_idx],
-        train_y=train_y[train_idx],
-        val_x=train_x[val_idx],
-        val_y=train_y[val_idx],
-        test_x=test_x,
-        test_y=test_y,
-        classes=names,
-        fingerprint=hashlib.blake2b(key.encode(), digest_size=8).hexdigest(),
+        train_x=train.x[train_idx],
+        train_y=train.y[train_idx],
+        val_x=train.x[val_idx],
+        val_y=train.y[val_idx],
+        test_x=test.x,
+        test_y=test.y,
+        classes=train.classes,
+        fingerprint=hashlib.blake2b((key + fingerprint_extra).encode(), digest_size=8).hexdigest(),
     )
 
 

@@ -289,53 +289,19 @@ def _study_data(study: optuna.Study, *, importances: bool) -> StudyData:
     counts = {s: 0 for s in STATE_ORDER}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
-    try:
-        direction = study.directions[0]
-    except (IndexError, RuntimeError):
-        direction = optuna.study.StudyDirection.MAXIMIZE
-    maximize = direction != optuna.study.StudyDirection.MINIMIZE
+    maximize = _maximizes(study)
     completed = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
-    best = None
-    if completed:
-        best = max(completed, key=lambda r: (r.value if maximize else -r.value, -r.number))  # type: ignore[operator]
     compute = sum(r.duration_s for r in rows if r.state in FINISHED and r.duration_s is not None)
-
-    # Mean epoch time: every recorded epoch, else total duration / epochs run.
-    epoch_total, epoch_n = 0.0, 0
-    for t in frozen:
-        secs = t.user_attrs.get("epoch_seconds")
-        if isinstance(secs, (list, tuple)):
-            for s in secs:
-                f = _finite(s)
-                if f is not None and math.isfinite(f):
-                    epoch_total += f
-                    epoch_n += 1
-    if epoch_n:
-        mean_epoch = epoch_total / epoch_n
-    else:
-        timed = [r for r in rows if r.duration_s is not None and r.epochs > 0 and r.state in FINISHED]
-        n_ep = sum(r.epochs for r in timed)
-        mean_epoch = sum(r.duration_s or 0.0 for r in timed) / n_ep if n_ep else None
-    planned = spec.get("epochs")
-    if not isinstance(planned, int) or isinstance(planned, bool) or planned <= 0:
-        ran = [r.epochs for r in rows if r.state == "COMPLETE"] or [len(r.curve) for r in rows]
-        planned = max(ran) if ran and max(ran) > 0 else None
-    saved_epochs, saved = 0, 0.0
-    if planned:
-        for r in rows:
-            if r.state != "PRUNED":
-                continue
-            missing = max(planned - r.epochs, 0)
-            saved_epochs += missing
-            per = r.epoch_s if r.epoch_s is not None else mean_epoch
-            saved += missing * (per or 0.0)
+    mean_epoch = _mean_epoch_s(frozen, rows)
+    planned = _planned_epochs(spec, rows)
+    saved_epochs, saved = _saved_by_pruning(rows, planned, mean_epoch)
     imp, note = _importances(study, frozen, completed) if importances else ({}, "not computed")
     return StudyData(
         name=name,
         spec=spec,
         trials=rows,
         state_counts=counts,
-        best=best,
+        best=_best(completed, maximize),
         compute_s=float(compute),
         saved_s=float(saved),
         importances=imp,
@@ -348,6 +314,62 @@ def _study_data(study: optuna.Study, *, importances: bool) -> StudyData:
         **_control_fields(study, spec, frozen),
         cost=cost_summary(rows),
     )
+
+
+def _maximizes(study: optuna.Study) -> bool:
+    try:
+        direction = study.directions[0]
+    except (IndexError, RuntimeError):
+        direction = optuna.study.StudyDirection.MAXIMIZE
+    return direction != optuna.study.StudyDirection.MINIMIZE
+
+
+def _best(completed: Sequence[TrialRow], maximize: bool) -> TrialRow | None:
+    """The best completed trial; on a tie the earliest."""
+    if not completed:
+        return None
+    return max(completed, key=lambda r: (r.value if maximize else -r.value, -r.number))  # type: ignore[operator]
+
+
+def _mean_epoch_s(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow]) -> float | None:
+    """Mean epoch time: every recorded epoch, else total duration / epochs run."""
+    epoch_total, epoch_n = 0.0, 0
+    for t in trials:
+        secs = t.user_attrs.get("epoch_seconds")
+        if isinstance(secs, (list, tuple)):
+            for s in secs:
+                f = _finite(s)
+                if f is not None and math.isfinite(f):
+                    epoch_total += f
+                    epoch_n += 1
+    if epoch_n:
+        return epoch_total / epoch_n
+    timed = [r for r in rows if r.duration_s is not None and r.epochs > 0 and r.state in FINISHED]
+    n_ep = sum(r.epochs for r in timed)
+    return sum(r.duration_s or 0.0 for r in timed) / n_ep if n_ep else None
+
+
+def _planned_epochs(spec: Mapping[str, Any], rows: Sequence[TrialRow]) -> int | None:
+    """The spec's epochs; for a study without a usable spec, the most any trial ran."""
+    planned = spec.get("epochs")
+    if not isinstance(planned, int) or isinstance(planned, bool) or planned <= 0:
+        ran = [r.epochs for r in rows if r.state == "COMPLETE"] or [len(r.curve) for r in rows]
+        planned = max(ran) if ran and max(ran) > 0 else None
+    return planned
+
+
+def _saved_by_pruning(rows: Sequence[TrialRow], planned: int | None, mean_epoch: float | None) -> tuple[int, float]:
+    """(epochs, seconds) that pruned trials did not run, at each one's own epoch time where known."""
+    saved_epochs, saved = 0, 0.0
+    if planned:
+        for r in rows:
+            if r.state != "PRUNED":
+                continue
+            missing = max(planned - r.epochs, 0)
+            saved_epochs += missing
+            per = r.epoch_s if r.epoch_s is not None else mean_epoch
+            saved += missing * (per or 0.0)
+    return saved_epochs, saved
 
 
 def _control_fields(study: optuna.Study, spec: Mapping[str, Any], trials: Sequence[FrozenTrial]) -> dict[str, Any]:
