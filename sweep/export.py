@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweep.atomic import write_atomic
 from sweep.model import build_model
 
 EXPORT_FORMAT = 1
@@ -130,14 +130,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 def _write(path: Path, save: Any) -> None:
     """Write through a temporary file in the same folder: a reader sees the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, save, durable=False)
 
 
 # --------------------------------------------------------------------------- predict

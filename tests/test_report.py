@@ -17,6 +17,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+import sweep.atomic
 from sweep import report
 from sweep.bench.report import run_report_bench, synthetic_study
 from sweep.report import ReportData
@@ -300,7 +301,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.page.os, "replace", boom)
+    monkeypatch.setattr(sweep.atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         report.write_report([_small()], out)
     assert out.read_text() == "old report" and os.listdir(tmp_path) == ["r.html"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sweep.atomic import write_atomic
 from sweep.errors import SpecError
 from sweep.spec import DATASETS, check
 
@@ -295,18 +295,9 @@ def _source_stamp(name: str, root: Path, split: str) -> str:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    # Save to a temporary file in the same folder then rename: concurrent workers either see the
-    # whole file or none of it, and two workers racing to build the same entry are both fine.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Concurrent workers either see the whole entry or none of it; two racing to build the same
+    # entry are both fine.
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _content_hash(x: Tensor, y: Tensor) -> str:

@@ -7,9 +7,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import os
 import shlex
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from sweep.atomic import write_atomic
 from sweep.report.figures import build_figures
 from sweep.report.info import ReportData, StudyData, gather
 from sweep.show import acc, dur, esc, short
@@ -285,17 +284,4 @@ def write_report(
 
 def write_html(text: str, output: str | Path) -> Path:
     """Write ``text`` to ``output`` atomically: a reader sees the old file or the new one, never half."""
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_atomic(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,34 @@
+"""Write a file so that a reader sees the old file or the new one, never part of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomic(path: str | Path, save: Callable[[str], object], *, durable: bool = True) -> Path:
+    """Call ``save(tmp)`` on a temporary path in ``path``'s folder, then rename it over ``path``.
+
+    The rename is atomic on one filesystem: concurrent workers building the same cache entry, a
+    report being re-rendered while a browser reloads it, both see a whole file. ``durable`` flushes
+    the file to disk before the rename (a power loss then leaves the old file or the whole new one).
+    The file is readable by everyone, as a plain ``open`` would leave it (mkstemp makes it 0600).
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The same extension as the target: writers that pick a format by it (torch.export.save: .pt2).
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
+    os.close(fd)
+    try:
+        save(tmp)
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
