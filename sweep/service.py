@@ -265,6 +265,7 @@ class _BudgetGate:
         self.storage = study._storage
         self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
         self.last_stale_check = float("-inf")
+        self._popped = False  # the last trial reserved was a WAITING one (_trial syncs the cache)
 
     def take(self) -> tuple[Decision, optuna.Trial | None]:
         """The worker's step: (RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
@@ -296,6 +297,7 @@ class _BudgetGate:
         if waiting or spent < control.budget(attrs, self.spec.n_trials):
             # What Study.ask does before it samples (its relative sampling is _trial's, outside the lock).
             trial_id = pop_waiting_trial(self.study)
+            self._popped = trial_id is not None
             if trial_id is None:
                 trial_id = self.storage.create_new_trial(self.study._study_id)
             if self.interval:
@@ -313,6 +315,12 @@ class _BudgetGate:
     def _trial(self, trial_id: int) -> optuna.Trial:
         """The rest of Study.ask: the trial object, whose construction runs the sampler's relative sampling."""
         self.study._thread_local.cached_all_trials = None
+        if self._popped:
+            # Optuna's trial cache must know a trial before a param is written to it: a new trial is
+            # registered by its creation, a WAITING one popped by id (pop_waiting_trial, under the
+            # lock) by this read of the study's new and unfinished trials, after the lock (the first
+            # time: all of them, which the sampler reads anyway).
+            self.study._storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
         return optuna.Trial(self.study, trial_id)
 
 
