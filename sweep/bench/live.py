@@ -4,7 +4,7 @@
         [--budget-epochs 72] [--live-storage URL] [--device cpu] [--json out.json]
 
 ``sweep bench sweep`` looks every epoch up in the learning-curve table. Here the same methods run
-through the worker's own trial runner (``sweep.service._TrialRunner``: real training with the
+through the worker's own trial runner (``sweep.service.TrialRunner``: real training with the
 table's data, model and training settings, reports, pruning, heartbeats, checkpoints, a real
 storage), with the sampler seeded as in the replay. The epoch budget is spent exactly as in the
 replay: when it runs out mid-trial, that trial is stopped (FAIL). Then, per method: the live and the
@@ -46,7 +46,7 @@ def live_run(
     """Run ``method`` for real until ``budget_epochs`` epochs are trained; the replay's figures."""
     from sweep.objective import Progress, StopFlag
     from sweep.search import build_pruner, build_sampler
-    from sweep.service import SPEC_ATTR, ServiceError, _BudgetGate, _load_spec_data, _TrialRunner
+    from sweep.service import SPEC_ATTR, BudgetGate, ServiceError, TrialRunner, load_spec_data
     from sweep.storage import artifact_store, mask_url, open_storage
 
     spec = replay_spec(table, method, seed, budget_epochs)
@@ -69,7 +69,7 @@ def live_run(
         return summarize_live(table, study, float(study.user_attrs.get("live_seconds", 0.0)))
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    data = _load_spec_data(spec, storage_url)
+    data = load_spec_data(spec, storage_url)
     stop = StopFlag()
     used = 0
 
@@ -83,10 +83,10 @@ def live_run(
         if used >= budget_epochs:
             stop.set()  # checked at the end of this epoch: the trial is cut here, as in the replay
 
-    runner = _TrialRunner(
+    runner = TrialRunner(
         study, spec, data, device, stop, Progress(epoch_done=epoch_done), storage, artifact_store(storage_url)
     )
-    gate = _BudgetGate(study, spec)
+    gate = BudgetGate(study, spec)
     started = time.perf_counter()
     while used < budget_epochs:
         decision, trial = gate.take()

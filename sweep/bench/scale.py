@@ -44,8 +44,9 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from sweep.bench import started, write_json
+from sweep.heartbeat import beating
 from sweep.search import build_pruner, build_sampler
-from sweep.service import Decision, _BudgetGate, _heartbeat, _quiet_optuna
+from sweep.service import BudgetGate, Decision, quiet_optuna
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import PGBOUNCER_OPTION, mask_url, open_storage
 
@@ -109,7 +110,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec)
         )
         study.sampler.reseed_rng()
-        gate = _BudgetGate(study, spec)
+        gate = BudgetGate(study, spec)
     except Exception as exc:  # a worker that cannot even start (too many clients) is the figure
         tally.errors.append(f"start: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
         return
@@ -132,7 +133,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             quality = 0.9 - 0.1 * abs(math.log10(lr) + 3) + 0.05 * aug + rng.gauss(0, 0.02)
             epoch_s = rng.lognormvariate(math.log(trial_s), 0.5) / EPOCHS
             pruned = False
-            with _heartbeat(storage, trial._trial_id):
+            with beating(storage, trial._trial_id):
                 for epoch in range(1, EPOCHS + 1):
                     time.sleep(epoch_s)
                     trial.report(quality * (1 - 0.5 ** epoch), epoch)
@@ -157,7 +158,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
 
 
 def _process(kind: str, url: str, name: str, seeds: list[int], trial_s: float, start: float, queue: Any) -> None:
-    _quiet_optuna()
+    quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tallies = [_Tally() for _ in seeds]
     threads = [
@@ -371,7 +372,7 @@ def _ask_times(kind: str, url: str, name: str, steady: int) -> dict[str, float]:
     storage = _open(kind, url)
     spec = _spec(name, 10_000_000)
     study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
-    gate = _BudgetGate(study, spec)
+    gate = BudgetGate(study, spec)
     for i in range(steady + 1):
         if i:
             t0 = time.perf_counter()
@@ -429,7 +430,7 @@ def run_scale_bench(
     json_path: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    _quiet_optuna()
+    quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     result: dict[str, Any] = {
         "command": "sweep bench scale " + " ".join(

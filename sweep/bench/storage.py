@@ -5,7 +5,7 @@
 One "trial" is the bookkeeping a worker does around training, with no training: ask, 4 suggests,
 10 reports (one per epoch), a checkpoint-record user attr, tell. The random sampler is used so that
 only storage is timed; the TPE sampler's ask is timed on its own. sweep's path is the worker's own
-(``open_storage(heartbeat=True)``, ``_BudgetGate.take`` under ``budget_lock``, a heartbeat thread per trial);
+(``open_storage(heartbeat=True)``, ``BudgetGate.take`` under ``budget_lock``, a heartbeat thread per trial);
 the baseline is the same work through stock Optuna defaults (``optuna.create_study(storage=URL)``
 with a plain URL), timed in the same process, in alternating rounds, so machine noise hits both.
 
@@ -45,8 +45,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from sweep.bench import started, write_json
-from sweep.search import _FeasibilityAwareTPE
-from sweep.service import _BudgetGate, _heartbeat
+from sweep.heartbeat import beating
+from sweep.search import FeasibilityAwareTPE
+from sweep.service import BudgetGate
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import mask_url, open_storage
 
@@ -87,12 +88,12 @@ def _spec(name: str) -> StudySpec:
 def sweep_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
     """One trial the way ``sweep worker`` runs it: budget lock, stale check, count, ask, heartbeat."""
     beats = hasattr(storage, "get_heartbeat_interval")
-    gate = _BudgetGate(study, spec)  # one per worker process, as in run_worker
+    gate = BudgetGate(study, spec)  # one per worker process, as in run_worker
 
     def one() -> None:
         decision, trial = gate.take()
         assert decision == "run" and trial is not None
-        with _heartbeat(storage, trial._trial_id) if beats else contextlib.nullcontext():
+        with beating(storage, trial._trial_id) if beats else contextlib.nullcontext():
             _bookkeeping(study, trial)
 
     return one
@@ -237,7 +238,7 @@ def tpe_ask_ms(study: optuna.Study, n: int = 7) -> dict[str, float]:
     own (``build_sampler``: incremental, same proposals); its first ask, which reads every finished
     trial once into its columns, is reported on its own (``first``).
     """
-    samplers = {"sweep": _FeasibilityAwareTPE(seed=0), "stock": optuna.samplers.TPESampler(seed=0)}
+    samplers = {"sweep": FeasibilityAwareTPE(seed=0), "stock": optuna.samplers.TPESampler(seed=0)}
     times: dict[str, list[float]] = {key: [] for key in samplers}
     original = study.sampler
     try:
