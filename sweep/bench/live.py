@@ -1,7 +1,7 @@
 """Is the replay honest? Run methods for real (real training) and compare with their replayed curves.
 
-    python -m sweep.bench.live TABLE_STUDY --storage URL [--methods random,tpe+hyperband] [--seed 0]
-        [--budget-epochs 72] [--live-storage URL] [--device cpu] [--json out.json]
+    sweep bench live TABLE_STUDY --storage URL [--methods random,tpe+hyperband] [--seed 0]
+        [--budget-epochs 72] [--live-storage URL] [--device cpu] [--json out.json] [--html out.html]
 
 ``sweep bench sweep`` looks every epoch up in the learning-curve table. Here the same methods run
 through the worker's own trial runner (``sweep.service.TrialRunner``: real training with the
@@ -15,9 +15,7 @@ from the table's at the same epoch (training noise: the live trial has another t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -243,36 +241,3 @@ def write_figure(result: dict[str, Any], html_path: Path) -> list[str]:
         height=620,
     )
     return save_figure(fig, html_path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sweep.bench.live``."""
-    from sweep.storage import DEFAULT_URL
-
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("table_study")
-    ap.add_argument("--storage", default=DEFAULT_URL, help="where the table study is")
-    ap.add_argument("--live-storage", default=None, help="where the live studies go (default: a new SQLite file)")
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--budget-epochs", type=int, default=None, help="default: 12 full trials' worth")
-    ap.add_argument("--device", default=os.environ.get("SWEEP_DEVICE", "cpu"))
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--html", type=Path, default=None)
-    args = ap.parse_args(argv)
-    run_live_check(
-        args.table_study,
-        storage_url=args.storage,
-        live_storage_url=args.live_storage,
-        methods=[m for m in args.methods.split(",") if m],
-        seed=args.seed,
-        budget_epochs=args.budget_epochs,
-        device=args.device,
-        json_path=args.json,
-        html_path=args.html,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -478,32 +478,3 @@ def run_scale_bench(
     if json_path:
         write_json(result, json_path)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="16,64,256")
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--pg-url")
-    parser.add_argument("--no-pgbouncer", action="store_true")
-    parser.add_argument("--no-stock", action="store_true")
-    parser.add_argument("--trial-s", type=float, default=2.0)
-    parser.add_argument("--stock-max", type=int, default=64)
-    parser.add_argument("--trials-per-worker", type=int, default=3)
-    parser.add_argument("--procs", type=int, default=8)
-    parser.add_argument("--json", type=Path)
-    a = parser.parse_args(argv)
-    run_scale_bench(
-        workers=[int(x) for x in a.workers.split(",") if x],
-        sizes=[int(x) for x in a.sizes.split(",") if x and x != "0"],
-        pg_url=a.pg_url, pgbouncer=not a.no_pgbouncer, stock=not a.no_stock, stock_max=a.stock_max,
-        trial_s=a.trial_s,
-        trials_per_worker=a.trials_per_worker, procs=a.procs, json_path=a.json,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

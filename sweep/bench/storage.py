@@ -1,6 +1,6 @@
 """Storage benchmark: per-trial orchestration overhead of sweep's storage against stock Optuna, in one run.
 
-    python -m sweep.bench.storage [--trials 200] [--big 5000] [--pg-url URL] [--json out.json]
+    sweep bench storage [--trials 200] [--big 5000] [--pg-url URL] [--backends sqlite,...] [--json out.json]
 
 One "trial" is the bookkeeping a worker does around training, with no training: ask, 4 suggests,
 10 reports (one per epoch), a checkpoint-record user attr, tell. The random sampler is used so that
@@ -21,7 +21,6 @@ stock is Optuna's ``RDBStorage`` behind its default cache layer.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -31,7 +30,6 @@ import platform
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -540,24 +538,3 @@ def run_storage_bench(
     console.print(f"load average {result['machine']['loadavg_1m']} on {result['machine']['cpus']} CPUs", style="dim")
     write_json(result, json_path)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sweep.bench.storage``."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=200, help="trials timed per backend and variant")
-    ap.add_argument("--big", type=int, default=5000, help="trials pre-filled for the large-study figures")
-    ap.add_argument("--pg-url", default=os.environ.get("SWEEP_BENCH_PG_URL"), help="PostgreSQL to use")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
-    ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
-    args = ap.parse_args(argv)
-    chosen = tuple(b for b in args.backends.split(",") if b)
-    unknown = [b for b in chosen if b not in BACKENDS]
-    if unknown:
-        ap.error(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    run_storage_bench(trials=args.trials, big=args.big, pg_url=args.pg_url, json_path=args.json, backends=chosen)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
