@@ -43,16 +43,13 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from sweep.bench import started, write_json
+from sweep.bench import script, started, write_json
 from sweep.heartbeat import beating
 from sweep.search import build_pruner, build_sampler
 from sweep.service import BudgetGate, Decision, quiet_optuna
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import PGBOUNCER_OPTION, mask_url, open_storage
 
-ROOT = Path(__file__).resolve().parents[2]
-PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
-PGBOUNCER = ROOT / "scripts" / "pgbouncer-test"
 EPOCHS = 10
 HEARTBEAT_S = 1
 GRACE_S = 60
@@ -447,12 +444,12 @@ def run_scale_bench(
     # Direct connections to the server: room for every worker (stock Optuna keeps up to 15 each).
     env = {**os.environ, "PG_TEST_OPTS": f"-c max_connections={max(200, 3 * max(workers) + 50)}"}
     with contextlib.ExitStack() as stack:
-        url = pg_url or stack.enter_context(started(PG_CLUSTER, [], env))
+        url = pg_url or stack.enter_context(started(script("pg-test-cluster"), [], env))
         admin = _libpq(url)
         log(f"postgresql: {mask_url(url)}")
         routes = {"direct": url}
         if pgbouncer:
-            routes["pgbouncer"] = stack.enter_context(started(PGBOUNCER, [url]))
+            routes["pgbouncer"] = stack.enter_context(started(script("pgbouncer-test"), [url]))
         kinds = ["sweep", "stock"] if stock else ["sweep"]
         for n in workers:
             for route, route_url in routes.items():

@@ -42,15 +42,13 @@ import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import started, write_json
+from sweep.bench import script, started, write_json
 from sweep.heartbeat import beating
 from sweep.search import FeasibilityAwareTPE
 from sweep.service import BudgetGate
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import mask_url, open_storage
 
-ROOT = Path(__file__).resolve().parents[2]
-PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
 SMALL = 100  # trials already in the study for the headline figure
 EPOCHS = 10
 DISTRIBUTIONS: dict[str, Any] = {
@@ -436,7 +434,7 @@ def postgres_url(pg_url: str | None, log: Callable[[str], None]) -> Iterator[str
         return
     env = {k: v for k, v in os.environ.items() if k != "PG_TEST_OPTS"}  # measure a durable server
     log("postgresql: starting a throwaway cluster (scripts/pg-test-cluster)")
-    with started(PG_CLUSTER, [], env) as url:
+    with started(script("pg-test-cluster"), [], env) as url:
         yield url
 
 
