@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_CLUSTER = ROOT / "sweep" / "bench" / "scripts" / "pg-test-cluster"
-PGBOUNCER = ROOT / "sweep" / "bench" / "scripts" / "pgbouncer-test"
+PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
+PGBOUNCER = ROOT / "scripts" / "pgbouncer-test"
 INSTALL_HINT = "apt-get install -y postgresql"
 BACKENDS = [
     "sqlite",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -55,3 +56,11 @@ def test_bench_storage_without_pg_url_starts_the_packaged_cluster(tmp_path: Path
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert figures["postgresql"]["ms_per_trial"] > 0 and "memory" not in figures
+
+
+@pytest.mark.parametrize("name", ["pg-test-cluster", "pgbouncer-test"])
+def test_the_repositorys_scripts_forward_to_the_packaged_copies(name: str) -> None:
+    """scripts/NAME stays for the tests, the Makefile and users; it runs the package's copy."""
+    proc = subprocess.run([str(ROOT / "scripts" / name)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+    assert f"/bench/scripts/{name}" in proc.stderr  # usage names $0: the packaged script ran
