@@ -588,6 +588,15 @@ def extend(
 # --------------------------------------------------------------------------- bench
 
 
+def _bench_installed() -> None:
+    """``sweep bench`` runs sweep_bench, a package of its own that the worker image leaves out."""
+    import importlib.util
+
+    if importlib.util.find_spec("sweep_bench") is None:
+        raise _fail("the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; "
+                    "run `sweep bench` from a checkout: pip install -e .")
+
+
 class Stem(enum.StrEnum):
     """ResNet stems ``sweep bench train`` can measure."""
 
@@ -623,7 +632,8 @@ def bench_train(
     data_only: Annotated[bool, typer.Option("--data-only", help="Only the data pipelines, no training.")] = False,
 ) -> None:
     """Images/s of the article's DataLoader+PIL loop against this engine, in one run."""
-    from sweep.bench.train import run_train_bench
+    _bench_installed()
+    from sweep_bench.train import run_train_bench
 
     if threads:
         import torch
@@ -652,7 +662,8 @@ def bench_train(
 @bench_app.command("gpu-checks")
 def bench_gpu_checks(json_path: JsonOpt = None) -> None:
     """Checks only a GPU settles (OOM recovery: memory given back, the next trial resident); skipped without CUDA."""
-    from sweep.bench.gpu_checks import run_gpu_checks
+    _bench_installed()
+    from sweep_bench.gpu_checks import run_gpu_checks
 
     run_gpu_checks(json_path)
 
@@ -672,8 +683,9 @@ def bench_pretrain(
 ) -> None:
     """Pretrain a ResNet-18 (CIFAR stem) on airplane, automobile, bird, cat, deer: the backbone the
     fine-tune table starts from. Resumes from OUTPUT.ckpt when run again."""
-    from sweep.bench.pretrain import Recipe, pretrain
+    _bench_installed()
     from sweep.data import DataError
+    from sweep_bench.pretrain import Recipe, pretrain
 
     if threads:
         import torch
@@ -706,7 +718,8 @@ def bench_storage(
     json_path: JsonOpt = None,
 ) -> None:
     """Per-trial orchestration overhead on memory, SQLite and PostgreSQL against stock Optuna."""
-    from sweep.bench.storage import BACKENDS, run_storage_bench
+    _bench_installed()
+    from sweep_bench.storage import BACKENDS, run_storage_bench
 
     chosen = BACKENDS if backends is None else tuple(b for b in backends.split(",") if b)
     unknown = [b for b in chosen if b not in BACKENDS]
@@ -734,7 +747,8 @@ def bench_scale(
     json_path: JsonOpt = None,
 ) -> None:
     """Hundreds of simulated workers on one PostgreSQL, directly and behind PgBouncer, against stock Optuna."""
-    from sweep.bench.scale import run_scale_bench
+    _bench_installed()
+    from sweep_bench.scale import run_scale_bench
 
     run_scale_bench(
         workers=[int(x) for x in workers.split(",") if x.strip()],
@@ -752,7 +766,8 @@ def bench_report(
     json_path: JsonOpt = None,
 ) -> None:
     """Time the report on a synthetic study of many trials."""
-    from sweep.bench.report import run_report_bench
+    _bench_installed()
+    from sweep_bench.report import run_report_bench
 
     run_report_bench(n_trials, json_path=json_path, output=output, console=console)
 
@@ -780,7 +795,8 @@ def bench_sweep(
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
-    from sweep.bench.sweep import run_sweep_bench
+    _bench_installed()
+    from sweep_bench.sweep import run_sweep_bench
 
     with _user_errors():
         run_sweep_bench(
@@ -820,7 +836,8 @@ def bench_live(
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Run replay methods for real (real training) at one seed and compare with their replayed curves."""
-    from sweep.bench.live import run_live_check
+    _bench_installed()
+    from sweep_bench.live import run_live_check
 
     with _user_errors():
         run_live_check(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from sweep import bench
-from sweep.bench import script
+import sweep_bench as bench
+from sweep_bench import script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,4 +64,33 @@ def test_the_repositorys_scripts_forward_to_the_packaged_copies(name: str) -> No
     """scripts/NAME stays for the tests, the Makefile and users; it runs the package's copy."""
     proc = subprocess.run([str(ROOT / "scripts" / name)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage:" in proc.stderr
-    assert f"/bench/scripts/{name}" in proc.stderr  # usage names $0: the packaged script ran
+    assert f"/sweep_bench/scripts/{name}" in proc.stderr  # usage names $0: the packaged script ran
+
+
+def test_the_worker_never_imports_the_bench() -> None:
+    """sweep_bench lives beside sweep: the package, the service and the CLI load none of it."""
+    code = ("import sys, sweep, sweep.service, sweep.cli, sweep.workers; "
+            "print(sorted(m for m in sys.modules if m.startswith(('sweep_bench', 'sweep.bench'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_sweep_bench_without_the_bench_installed_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker image ships sweep alone: ``sweep bench`` there is one line on stderr, no traceback."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from sweep.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sweep_bench" else real(name, *a))
+    result = CliRunner().invoke(app, ["bench", "report", "--n-trials", "10"])
+    assert result.exit_code == 2 and "not installed here" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_docker_image_leaves_the_bench_out() -> None:
+    copied = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY")]
+    assert "sweep/" in copied and not any(src.startswith(("sweep_bench", ".")) for src in copied)

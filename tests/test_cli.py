@@ -56,7 +56,7 @@ def test_bench_commands_are_the_one_bench_cli() -> None:
     result = runner.invoke(app, ["bench", "storage", "--backends", "sqlite,nope"])
     assert result.exit_code == 2 and "unknown backend 'nope'" in result.output
     for name in ("gpu_checks", "live", "report", "scale", "storage", "sweep", "train"):
-        assert not hasattr(importlib.import_module(f"sweep.bench.{name}"), "main"), name
+        assert not hasattr(importlib.import_module(f"sweep_bench.{name}"), "main"), name
 
 
 def test_the_cli_starts_without_optuna_for_the_gpu_bench() -> None:

@@ -42,9 +42,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import save_figure, write_json
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
+from sweep_bench import save_figure, write_json
 
 TOLERANCE = 0.005  # "within 0.5 points": the target when a table does not say its validation size
 DEFAULT_BUDGET_FRACTION = 1 / 3

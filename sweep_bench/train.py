@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sweep.bench import write_json
 from sweep.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, device_data, load_data
 from sweep.model import build_model, set_train_mode
 from sweep.spec import MAX_FROZEN
@@ -49,6 +48,7 @@ from sweep.train import (
     train_one_epoch,
     use_channels_last,
 )
+from sweep_bench import write_json
 
 
 class ArticleDataset(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sweep.bench import write_json
+from sweep_bench import write_json
 
 
 def oom_recovery(folder: Path) -> dict[str, Any]:

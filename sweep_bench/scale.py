@@ -43,12 +43,12 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from sweep.bench import script, started, write_json
 from sweep.heartbeat import beating
 from sweep.search import build_pruner, build_sampler
 from sweep.service import BudgetGate, Decision, quiet_optuna
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import PGBOUNCER_OPTION, mask_url, open_storage
+from sweep_bench import script, started, write_json
 
 EPOCHS = 10
 HEARTBEAT_S = 1

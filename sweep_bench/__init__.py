@@ -1,4 +1,8 @@
-"""Benchmarks behind ``sweep bench …``: each measures its baseline in the same run."""
+"""Benchmarks behind ``sweep bench …``: each measures its baseline in the same run.
+
+A package beside ``sweep``, not inside it: ``import sweep`` and the worker never load it, and the
+worker image leaves it out. It drives the worker through ``sweep``'s public names only.
+"""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from sweep import report
-from sweep.bench import write_json
+from sweep_bench import write_json
 
 EPOCHS = 12
 DISTRIBUTIONS: dict[str, Any] = {

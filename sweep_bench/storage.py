@@ -42,12 +42,12 @@ import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import script, started, write_json
 from sweep.heartbeat import beating
 from sweep.search import FeasibilityAwareTPE
 from sweep.service import BudgetGate
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import mask_url, open_storage
+from sweep_bench import script, started, write_json
 
 SMALL = 100  # trials already in the study for the headline figure
 EPOCHS = 10

@@ -25,8 +25,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep.bench import save_figure, write_json
-from sweep.bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
+from sweep_bench import save_figure, write_json
+from sweep_bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
 
 DEFAULT_METHODS = ("random", "tpe+hyperband")
 
