@@ -92,5 +92,6 @@ def test_sweep_bench_without_the_bench_installed_says_so(monkeypatch: pytest.Mon
 
 
 def test_the_docker_image_leaves_the_bench_out() -> None:
+    """The worker image copies sweep/ alone (pyproject then installs no sweep_bench)."""
     copied = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY")]
     assert "sweep/" in copied and not any(src.startswith(("sweep_bench", ".")) for src in copied)
