@@ -21,7 +21,8 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > 
  && (pip list --format=freeze | grep -iE '^(torch|torchvision)==' > /tmp/constraints.txt || true) \
  && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt
 
-# 2. The package itself (no dependency resolution: layer 1 has them).
+# 2. The package itself (no dependency resolution: layer 1 has them). Not sweep_bench/: the benchmarks
+#    are no part of a worker (`sweep bench` says so in the image), and pyproject installs without them.
 COPY README.md ./
 COPY sweep/ sweep/
 RUN pip install --no-deps . && rm -rf build

@@ -35,10 +35,10 @@ demo: venv
 	$(SWEEP) report demo --storage $(DEMO_STORAGE)
 
 lint: venv
-	$(VENV)/bin/ruff check sweep tests
+	$(VENV)/bin/ruff check sweep sweep_bench tests
 
 test: venv system-deps
-	$(VENV)/bin/ruff check sweep tests
+	$(VENV)/bin/ruff check sweep sweep_bench tests
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean-demo:

@@ -23,7 +23,11 @@ from rich.table import Table
 
 from sweep.show import short
 from sweep.spec import PRECISIONS
-from sweep.storage import DEFAULT_URL
+
+# sweep.storage's DEFAULT_URL (tests/test_cli.py holds them equal), not imported: `python -m sweep bench
+# train` must start where only PyTorch is installed (scripts/gpu-bench on the GPU machine: no Optuna, no
+# SQLAlchemy), and sweep.storage imports both.
+DEFAULT_URL = "sqlite:///storage/sweep.db"
 
 app = typer.Typer(
     name="sweep",
@@ -584,6 +588,15 @@ def extend(
 # --------------------------------------------------------------------------- bench
 
 
+def _bench_installed() -> None:
+    """``sweep bench`` runs sweep_bench, a package of its own that the worker image leaves out."""
+    import importlib.util
+
+    if importlib.util.find_spec("sweep_bench") is None:
+        raise _fail("the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; "
+                    "run `sweep bench` from a checkout: pip install -e .")
+
+
 class Stem(enum.StrEnum):
     """ResNet stems ``sweep bench train`` can measure."""
 
@@ -609,14 +622,27 @@ def bench_train(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the engine's model (used on CUDA).")
     ] = False,
+    compile_backend: Annotated[
+        str | None,
+        typer.Option("--compile-backend", help="torch.compile backend (default inductor; eager: a dry run)."),
+    ] = None,
+    seed_workers: Annotated[
+        int, typer.Option("--seed-workers", min=0, help="DataLoader workers of the tutorial pipeline.")
+    ] = 2,
+    data_only: Annotated[bool, typer.Option("--data-only", help="Only the data pipelines, no training.")] = False,
 ) -> None:
     """Images/s of the article's DataLoader+PIL loop against this engine, in one run."""
-    from sweep.bench.train import run_train_bench
+    _bench_installed()
+    from sweep_bench.train import run_train_bench
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    if compile_backend:
+        from sweep import train
+
+        train.COMPILE_BACKEND = compile_backend
     run_train_bench(
         device,
         steps=steps,
@@ -628,7 +654,18 @@ def bench_train(
         console=console,
         stem=stem.value,
         compile=compile_model,
+        seed_workers=seed_workers,
+        data_only=data_only,
     )
+
+
+@bench_app.command("gpu-checks")
+def bench_gpu_checks(json_path: JsonOpt = None) -> None:
+    """Checks only a GPU settles (OOM recovery: memory given back, the next trial resident); skipped without CUDA."""
+    _bench_installed()
+    from sweep_bench.gpu_checks import run_gpu_checks
+
+    run_gpu_checks(json_path)
 
 
 @bench_app.command("pretrain")
@@ -646,8 +683,9 @@ def bench_pretrain(
 ) -> None:
     """Pretrain a ResNet-18 (CIFAR stem) on airplane, automobile, bird, cat, deer: the backbone the
     fine-tune table starts from. Resumes from OUTPUT.ckpt when run again."""
-    from sweep.bench.pretrain import Recipe, pretrain
+    _bench_installed()
     from sweep.data import DataError
+    from sweep_bench.pretrain import Recipe, pretrain
 
     if threads:
         import torch
@@ -672,12 +710,22 @@ def bench_storage(
             help="PostgreSQL URL to measure (default: start a throwaway cluster).",
         ),
     ] = None,
+    backends: Annotated[
+        str | None,
+        typer.Option("--backends", help="Comma-separated subset of memory, sqlite, postgresql, "
+                     "postgresql_8_workers (default: all)."),
+    ] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Per-trial orchestration overhead on memory, SQLite and PostgreSQL against stock Optuna."""
-    from sweep.bench.storage import run_storage_bench
+    _bench_installed()
+    from sweep_bench.storage import BACKENDS, run_storage_bench
 
-    run_storage_bench(trials=trials, big=big, pg_url=pg_url, json_path=json_path, console=console)
+    chosen = BACKENDS if backends is None else tuple(b for b in backends.split(",") if b)
+    unknown = [b for b in chosen if b not in BACKENDS]
+    if unknown:
+        raise _fail(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+    run_storage_bench(trials=trials, big=big, pg_url=pg_url, json_path=json_path, console=console, backends=chosen)
 
 
 @bench_app.command("scale")
@@ -699,7 +747,8 @@ def bench_scale(
     json_path: JsonOpt = None,
 ) -> None:
     """Hundreds of simulated workers on one PostgreSQL, directly and behind PgBouncer, against stock Optuna."""
-    from sweep.bench.scale import run_scale_bench
+    _bench_installed()
+    from sweep_bench.scale import run_scale_bench
 
     run_scale_bench(
         workers=[int(x) for x in workers.split(",") if x.strip()],
@@ -717,7 +766,8 @@ def bench_report(
     json_path: JsonOpt = None,
 ) -> None:
     """Time the report on a synthetic study of many trials."""
-    from sweep.bench.report import run_report_bench
+    _bench_installed()
+    from sweep_bench.report import run_report_bench
 
     run_report_bench(n_trials, json_path=json_path, output=output, console=console)
 
@@ -745,7 +795,8 @@ def bench_sweep(
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
-    from sweep.bench.sweep import run_sweep_bench
+    _bench_installed()
+    from sweep_bench.sweep import run_sweep_bench
 
     with _user_errors():
         run_sweep_bench(
@@ -775,12 +826,18 @@ def bench_live(
     live_storage: Annotated[
         str | None, typer.Option("--live-storage", help="Where the live studies go (default: a new SQLite file).")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N for the live training.")] = "cpu",
+    device: Annotated[
+        str, typer.Option("--device", envvar="SWEEP_DEVICE", help="cpu, cuda or cuda:N for the live training.")
+    ] = "cpu",
     json_path: JsonOpt = None,
+    html_path: Annotated[
+        Path | None, typer.Option("--html", help="Live against replayed curves (default: beside --json).")
+    ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Run replay methods for real (real training) at one seed and compare with their replayed curves."""
-    from sweep.bench.live import run_live_check
+    _bench_installed()
+    from sweep_bench.live import run_live_check
 
     with _user_errors():
         run_live_check(
@@ -792,5 +849,6 @@ def bench_live(
             budget_epochs=budget_epochs,
             device=device,
             json_path=json_path,
+            html_path=html_path,
         )
 

@@ -58,7 +58,7 @@ class _WithInfeasibleFailures:
         return trials + extra if extra else trials
 
 
-class _FeasibilityAwareTPE(IncrementalTPESampler):
+class FeasibilityAwareTPE(IncrementalTPESampler):
     """TPE that treats FAIL trials with a violated constraint (``oom``) as infeasible observations.
 
     Incremental (sweep.tpe): the same proposals as Optuna's TPE, without its per-trial Python work.
@@ -76,7 +76,7 @@ class _FeasibilityAwareTPE(IncrementalTPESampler):
 
 
 _SAMPLERS: dict[str, Any] = {
-    "tpe": _FeasibilityAwareTPE,
+    "tpe": FeasibilityAwareTPE,
     "random": optuna.samplers.RandomSampler,
     "grid": _GridSampler,
     "qmc": optuna.samplers.QMCSampler,

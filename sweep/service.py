@@ -58,9 +58,6 @@ from sweep.storage import (
 )
 from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
 
-# bench/ still imports the heartbeat under its old private name here (until it has public seams).
-_heartbeat = beating
-
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "spec_fingerprint"
 
@@ -69,7 +66,8 @@ class ServiceError(RuntimeError):
     """A problem the user can fix, phrased on one line."""
 
 
-def _quiet_optuna() -> None:
+def quiet_optuna() -> None:
+    """Keep Optuna to warnings: no per-trial info lines, no heartbeat or experimental-feature warnings."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # We drive heartbeats ourselves around ask/tell (see sweep.heartbeat); Optuna warns it expects optimize().
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -122,7 +120,7 @@ def create_study(
     studies_dir: str | Path = "studies",
 ) -> CreateResult:
     """Validate the spec and create its study; identical re-creation is a no-op, a conflict an error."""
-    _quiet_optuna()
+    quiet_optuna()
     spec = load_spec(spec_arg, overrides=list(overrides), name=name, studies_dir=studies_dir)
     storage = open_storage(storage_url)
     resolved = spec.to_dict()
@@ -196,7 +194,7 @@ def load_spec_of(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
 
 def open_read_only(storage_url: str) -> optuna.storages.RDBStorage:
     """Storage for commands that only read (report, status, list): never creates a database."""
-    _quiet_optuna()
+    quiet_optuna()
     return open_storage(storage_url, create=False)
 
 
@@ -250,7 +248,7 @@ class Decision(enum.StrEnum):
     PAUSED = "paused"  # `sweep pause`: no trial is handed out
 
 
-class _BudgetGate:
+class BudgetGate:
     """Decides whether this worker may take another trial; only the decision and the trial's row are
     made under the budget lock (``take``).
 
@@ -420,7 +418,7 @@ def run_worker(
     study is paused (``sweep pause``) the worker hands its trial back after the current epoch and
     returns, or with ``wait_paused`` polls every ``poll_s`` until ``sweep resume``.
     """
-    _quiet_optuna()
+    quiet_optuna()
     events = events or WorkerEvents()
     stop = stop or StopFlag()
     storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
@@ -451,9 +449,9 @@ def run_worker(
 
     store = artifact_store(storage_url, artifacts)
     summary = WorkerSummary(study=name, device=device)
-    gate = _BudgetGate(study, spec)
+    gate = BudgetGate(study, spec)
     progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
-    runner = _TrialRunner(study, spec, data, device, stop, progress, storage, store)
+    runner = TrialRunner(study, spec, data, device, stop, progress, storage, store)
     environment = provenance.environment()
     said = ""  # the last waiting message: said once per wait
     while n_trials is None or summary.trials < n_trials:
@@ -502,7 +500,7 @@ def run_worker(
 
 
 @dataclass
-class _TrialRunner:
+class TrialRunner:
     """Everything a worker needs to run one trial and tell the storage how it ended."""
 
     study: optuna.Study
@@ -604,7 +602,7 @@ class _StopOrPause(StopFlag):
         return self.event.is_set() or self.pause.is_set()
 
 
-def _load_spec_data(spec: StudySpec, storage_url: str) -> Any:
+def load_spec_data(spec: StudySpec, storage_url: str) -> Any:
     """The study's data on this machine (decoded once per machine into the cache)."""
     return load_study_data(spec, _cache_dir(storage_url))
 
@@ -742,7 +740,7 @@ def _control(
     storage_url: str, name: str | None, change: Callable[[Any, int, str, dict[str, Any]], None]
 ) -> ControlResult:
     """Run ``change(storage, study_id, study, attrs)`` under the study's budget lock; say where it stands."""
-    _quiet_optuna()
+    quiet_optuna()
     storage = open_storage(storage_url, create=False)
     study = resolve_study_name(storage, name, storage_url)
     spec = load_spec_of(storage, study)
@@ -969,7 +967,7 @@ def rerun_trial(
     params = {**spec.fixed_params(), **trial.params}
     original = trial.system_attrs.get(RETRY_KEY, trial.number)
     try:
-        data = _load_spec_data(spec, storage_url)
+        data = load_spec_data(spec, storage_url)
         retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
                             keep_final=export is not None, on_epoch=on_epoch)
         result = retrained.result

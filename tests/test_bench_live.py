@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sweep.bench.live import run_live_check
-from sweep.bench.sweep import load_table
 from sweep.service import create_study, run_worker
+from sweep_bench.live import run_live_check
+from sweep_bench.sweep import load_table
 
 TABLE = """
 name = "live-table"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.bench.scale import run_once
+from sweep_bench.scale import run_once
 
 pytestmark = pytest.mark.slow
 

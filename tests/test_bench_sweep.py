@@ -11,7 +11,10 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweep.bench.sweep import (
+from sweep.search import grid_space
+from sweep.service import FINGERPRINT_ATTR, SPEC_ATTR, ServiceError
+from sweep.spec import load_spec, parse_spec
+from sweep_bench.sweep import (
     TOLERANCE,
     default_methods,
     load_table,
@@ -20,9 +23,6 @@ from sweep.bench.sweep import (
     run_sweep_bench,
     spearman,
 )
-from sweep.search import grid_space
-from sweep.service import FINGERPRINT_ATTR, SPEC_ATTR, ServiceError
-from sweep.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6

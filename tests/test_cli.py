@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -39,6 +40,34 @@ def test_help_on_every_command() -> None:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, result.output
         assert "--storage" in result.output or command[0] == "bench"
+
+
+def test_bench_commands_are_the_one_bench_cli() -> None:
+    """Every option the benches' former argparse entries had is on ``sweep bench``; no bench runs as a module."""
+    for command, options in {
+        "train": ["--seed-workers", "--data-only", "--compile-backend", "--stem", "--compile"],
+        "storage": ["--backends", "--pg-url"],
+        "live": ["--html", "--device"],
+        "gpu-checks": ["--json"],
+    }.items():
+        result = runner.invoke(app, ["bench", command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert all(option in result.output for option in options), (command, result.output)
+    result = runner.invoke(app, ["bench", "storage", "--backends", "sqlite,nope"])
+    assert result.exit_code == 2 and "unknown backend 'nope'" in result.output
+    for name in ("gpu_checks", "live", "report", "scale", "storage", "sweep", "train"):
+        assert not hasattr(importlib.import_module(f"sweep_bench.{name}"), "main"), name
+
+
+def test_the_cli_starts_without_optuna_for_the_gpu_bench() -> None:
+    """scripts/gpu-bench runs ``python -m sweep bench train`` where only PyTorch is installed."""
+    from sweep import cli
+    from sweep.storage import DEFAULT_URL
+
+    assert cli.DEFAULT_URL == DEFAULT_URL
+    code = "import sys, sweep.cli; print(sorted({'optuna', 'sqlalchemy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_create_worker_report_with_cli_runner(workdir: Path) -> None:

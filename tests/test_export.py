@@ -25,9 +25,9 @@ from sweep.export import build_trained
 from sweep.kept import kept_models
 from sweep.service import (
     _download_model,
-    _load_spec_data,
     create_study,
     export_trial,
+    load_spec_data,
     load_spec_of,
     predict,
     run_worker,
@@ -132,7 +132,7 @@ def test_predict_on_the_trials_own_validation_images_gives_its_accuracy(swept: S
     out = tmp_path / "best"
     result = export_trial("tiny", None, out, storage_url=swept.url, artifacts=str(swept.root / "artifacts"))
     storage = open_storage(swept.url, create=False)
-    data = _load_spec_data(load_spec_of(storage, "tiny"), swept.url)
+    data = load_spec_data(load_spec_of(storage, "tiny"), swept.url)
     labels = {}
     for i, (img, y) in enumerate(zip(data.val_x, data.val_y, strict=True)):
         path = tmp_path / "val" / data.classes[int(y)] / f"{i:04d}.png"  # lossless: the same pixels

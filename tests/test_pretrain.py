@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from sweep.bench.pretrain import SOURCE_CLASSES, TARGET_CLASSES, Recipe, pretrain
 from sweep.cli import app
 from sweep.model import build_model, weights_sha256
+from sweep_bench.pretrain import SOURCE_CLASSES, TARGET_CLASSES, Recipe, pretrain
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 RECIPE = Recipe(epochs=2, batch_size=8, precision="fp32")  # fp32: bit-exact resume on any CPU

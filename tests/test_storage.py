@@ -23,7 +23,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.heartbeat import beating
-from sweep.service import RETRY_KEY, SPEC_ATTR, _BudgetGate, load_spec_of
+from sweep.service import RETRY_KEY, SPEC_ATTR, BudgetGate, load_spec_of
 from sweep.storage import (
     StorageError,
     behind_pgbouncer,
@@ -428,7 +428,7 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     # The worker's loop hands the retry out although the budget (1) is spent, with the same params.
     spec = load_spec_of(storage, "heartbeat")
     with budget_lock(storage, "heartbeat"):
-        decision, trial = _BudgetGate(study, spec).next_trial()
+        decision, trial = BudgetGate(study, spec).next_trial()
     assert decision == "run" and trial is not None and trial.number == retry.number
     params = {
         "lr": trial.suggest_float("lr", 1e-5, 1e-1, log=True),
@@ -438,7 +438,7 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     assert params == original.params
     study.tell(trial, 0.5)
     with budget_lock(storage, "heartbeat"):
-        assert _BudgetGate(study, spec).next_trial() == ("done", None)
+        assert BudgetGate(study, spec).next_trial() == ("done", None)
 
 
 def test_a_trial_taken_but_never_started_is_failed_and_requeued(storage_url: str) -> None:
@@ -448,7 +448,7 @@ def test_a_trial_taken_but_never_started_is_failed_and_requeued(storage_url: str
     _create_study(storage_url, raw)
     storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=1)
     study = optuna.load_study(study_name="orphan", storage=storage)
-    decision, trial = _BudgetGate(study, load_spec_of(storage, "orphan")).take()
+    decision, trial = BudgetGate(study, load_spec_of(storage, "orphan")).take()
     assert decision == "run" and trial is not None  # ... and the worker dies here
     deadline = time.monotonic() + 20
     while study.get_trials(deepcopy=False)[trial.number].state != TrialState.FAIL:
@@ -473,7 +473,7 @@ def _orchestration_worker(url: str, name: str, barrier: Any) -> dict[str, int]:
     ran = waits = 0
     while True:
         with budget_lock(storage, name):
-            decision, trial = retry_on_locked(lambda: _BudgetGate(study, spec).next_trial())
+            decision, trial = retry_on_locked(lambda: BudgetGate(study, spec).next_trial())
         if decision == "done":
             break
         if decision == "wait":

@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.search import _FeasibilityAwareTPE
+from sweep.search import FeasibilityAwareTPE
 from sweep.tpe import IncrementalTPESampler
 
 TPE = optuna.samplers.TPESampler
@@ -26,7 +26,7 @@ SPACE: dict[str, Any] = {
 EXTRA = FloatDistribution(0.0, 1.0)  # a conditional parameter: only some trials have it
 
 
-class _StockFeasibilityAwareTPE(_FeasibilityAwareTPE):
+class _StockFeasibilityAwareTPE(FeasibilityAwareTPE):
     """sweep's feasibility-aware view on top of Optuna's own (non-incremental) TPE."""
 
     _sample = optuna.samplers.TPESampler._sample
@@ -95,7 +95,7 @@ def _run(
 @pytest.mark.parametrize("mix", list(MIXES))
 def test_same_proposals_as_optuna_tpe(direction: str, multivariate: bool, constant_liar: bool, mix: str) -> None:
     kw = {"seed": 3, "n_startup_trials": 5, "multivariate": multivariate, "constant_liar": constant_liar}
-    ours = _run(_FeasibilityAwareTPE(**kw), direction, 90, conditional=True, mix=mix)
+    ours = _run(FeasibilityAwareTPE(**kw), direction, 90, conditional=True, mix=mix)
     stock = _run(_StockFeasibilityAwareTPE(**kw), direction, 90, conditional=True, mix=mix)
     assert ours == stock
     assert len({p["lr"] for p in ours}) > 80  # TPE was really sampling, not repeating one point

@@ -204,7 +204,7 @@ def test_warmup_cosine_schedule() -> None:
 
 
 def test_train_bench_smoke(tmp_path: Path) -> None:
-    from sweep.bench.train import run_train_bench
+    from sweep_bench.train import run_train_bench
 
     out = run_train_bench("cpu", steps=2, batch_size=16, json_path=tmp_path / "b.json", subset=100,
                           warmup=1, seed_workers=0)
@@ -433,7 +433,7 @@ def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(
 
 
 def test_train_bench_baseline_runs_with_its_own_backend_flags(tiny: DataBundle) -> None:
-    from sweep.bench import train as bench
+    from sweep_bench import train as bench
 
     stock = bench._backend_flags()
     seen: list[tuple[bool, bool, bool]] = []

@@ -1,6 +1,6 @@
 """What a sweep buys: samplers and pruners replayed against a learning-curve table.
 
-    python -m sweep.bench.sweep TABLE_STUDY --storage URL [--seeds 10] [--budget-epochs N] [--json out.json]
+    sweep bench sweep TABLE_STUDY --storage URL [--seeds 10] [--budget-epochs N] [--json out.json]
 
 The table is an ordinary study (``studies/table-cpu.toml``, ``studies/table-gpu.toml``): a grid
 sampler, no pruner, every config trained for every epoch, each epoch's validation accuracy in
@@ -29,7 +29,6 @@ budget (a lower bound, flagged by ``censored``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import statistics
@@ -43,9 +42,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import save_figure, write_json
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
+from sweep_bench import save_figure, write_json
 
 TOLERANCE = 0.005  # "within 0.5 points": the target when a table does not say its validation size
 DEFAULT_BUDGET_FRACTION = 1 / 3
@@ -565,24 +564,3 @@ def run_sweep_bench(
         console.print(f"anytime curves: {', '.join(result['figures'])}")
     write_json(result, json_path)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: ``python -m sweep.bench.sweep``."""
-    from sweep.storage import DEFAULT_URL
-
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("table_study")
-    ap.add_argument("--storage", default=DEFAULT_URL)
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--budget-epochs", type=int, default=None)
-    ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
-    ap.add_argument("--html", type=Path, default=None, help="write the anytime-curve figure here")
-    args = ap.parse_args(argv)
-    run_sweep_bench(args.table_study, storage_url=args.storage, seeds=args.seeds, budget_epochs=args.budget_epochs,
-                    json_path=args.json, html_path=args.html)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

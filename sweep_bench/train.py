@@ -13,12 +13,11 @@ Pipelines take turns in windows of 5 steps and each reports its median window, s
 hits all of them alike. On a small shared CPU machine ``--threads 1`` gives steadier figures: two
 OpenMP threads that must wait for a core held by another process stall each other.
 
-    python -m sweep.bench.train --data-root /tmp/data/cifar10-jpeg --subset 5000 [--threads 1] [--data-only]
+    sweep bench train --data-root /tmp/data/cifar10-jpeg --subset 5000 [--threads 1] [--data-only]
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import platform
 import statistics
@@ -32,8 +31,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sweep import train as train_mod
-from sweep.bench import write_json
 from sweep.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, device_data, load_data
 from sweep.model import build_model, set_train_mode
 from sweep.spec import MAX_FROZEN
@@ -51,6 +48,7 @@ from sweep.train import (
     train_one_epoch,
     use_channels_last,
 )
+from sweep_bench import write_json
 
 
 class ArticleDataset(torch.utils.data.Dataset):
@@ -464,32 +462,3 @@ def _report(r: dict, console: Any, say: Callable[[str], None]) -> None:
     for name, ips, ratio in extra:
         frozen.add_row(name, f"{ips:,.0f}", f"x{ratio:.2f}" if ratio else "")
     out.print(frozen)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--subset", type=int, default=5000)
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed-workers", type=int, default=2, help="DataLoader workers of the tutorial pipeline")
-    p.add_argument("--data-only", action="store_true", help="only the data pipelines, no training")
-    p.add_argument("--stem", default="imagenet", choices=("imagenet", "cifar"), help="ResNet stem of both pipelines")
-    p.add_argument("--compile", action="store_true", help="torch.compile the engine's model (CUDA)")
-    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; eager: a dry run)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.compile_backend:
-        train_mod.COMPILE_BACKEND = args.compile_backend
-    run_train_bench(args.device, steps=args.steps, batch_size=args.batch_size, json_path=args.json,
-                    data_root=args.data_root, subset=args.subset, arch=args.arch, seed_workers=args.seed_workers,
-                    data_only=args.data_only, stem=args.stem, compile=args.compile)
-
-
-if __name__ == "__main__":
-    main()

@@ -5,17 +5,16 @@ OOM recovery: a worker runs two trials of one study, the first sized to run out 
 must be back with the CUDA driver (``memory_reserved``), and the second must complete with its data
 resident on the GPU, not in host memory. On a machine without CUDA it reports itself skipped.
 
-    python -m sweep.bench.gpu_checks --json out.json
+    sweep bench gpu-checks --json out.json
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from sweep.bench import write_json
+from sweep_bench import write_json
 
 
 def oom_recovery(folder: Path) -> dict[str, Any]:
@@ -54,10 +53,8 @@ def oom_recovery(folder: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
+def run_gpu_checks(json_path: Path | None = None) -> dict[str, Any]:
+    """Run the checks (``sweep bench gpu-checks``), print and write their figures; skipped without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
@@ -66,8 +63,5 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = {"oom_recovery": oom_recovery(Path(tmp)), "device_name": torch.cuda.get_device_name()}
     print(result)
-    write_json(result, args.json)
-
-
-if __name__ == "__main__":
-    main()
+    write_json(result, json_path)
+    return result

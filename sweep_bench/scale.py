@@ -43,15 +43,13 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from sweep.bench import started, write_json
+from sweep.heartbeat import beating
 from sweep.search import build_pruner, build_sampler
-from sweep.service import Decision, _BudgetGate, _heartbeat, _quiet_optuna
+from sweep.service import BudgetGate, Decision, quiet_optuna
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import PGBOUNCER_OPTION, mask_url, open_storage
+from sweep_bench import script, started, write_json
 
-ROOT = Path(__file__).resolve().parents[2]
-PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
-PGBOUNCER = ROOT / "scripts" / "pgbouncer-test"
 EPOCHS = 10
 HEARTBEAT_S = 1
 GRACE_S = 60
@@ -109,7 +107,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec)
         )
         study.sampler.reseed_rng()
-        gate = _BudgetGate(study, spec)
+        gate = BudgetGate(study, spec)
     except Exception as exc:  # a worker that cannot even start (too many clients) is the figure
         tally.errors.append(f"start: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
         return
@@ -132,7 +130,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             quality = 0.9 - 0.1 * abs(math.log10(lr) + 3) + 0.05 * aug + rng.gauss(0, 0.02)
             epoch_s = rng.lognormvariate(math.log(trial_s), 0.5) / EPOCHS
             pruned = False
-            with _heartbeat(storage, trial._trial_id):
+            with beating(storage, trial._trial_id):
                 for epoch in range(1, EPOCHS + 1):
                     time.sleep(epoch_s)
                     trial.report(quality * (1 - 0.5 ** epoch), epoch)
@@ -157,7 +155,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
 
 
 def _process(kind: str, url: str, name: str, seeds: list[int], trial_s: float, start: float, queue: Any) -> None:
-    _quiet_optuna()
+    quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tallies = [_Tally() for _ in seeds]
     threads = [
@@ -371,7 +369,7 @@ def _ask_times(kind: str, url: str, name: str, steady: int) -> dict[str, float]:
     storage = _open(kind, url)
     spec = _spec(name, 10_000_000)
     study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
-    gate = _BudgetGate(study, spec)
+    gate = BudgetGate(study, spec)
     for i in range(steady + 1):
         if i:
             t0 = time.perf_counter()
@@ -429,7 +427,7 @@ def run_scale_bench(
     json_path: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    _quiet_optuna()
+    quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     result: dict[str, Any] = {
         "command": "sweep bench scale " + " ".join(
@@ -446,12 +444,12 @@ def run_scale_bench(
     # Direct connections to the server: room for every worker (stock Optuna keeps up to 15 each).
     env = {**os.environ, "PG_TEST_OPTS": f"-c max_connections={max(200, 3 * max(workers) + 50)}"}
     with contextlib.ExitStack() as stack:
-        url = pg_url or stack.enter_context(started(PG_CLUSTER, [], env))
+        url = pg_url or stack.enter_context(started(script("pg-test-cluster"), [], env))
         admin = _libpq(url)
         log(f"postgresql: {mask_url(url)}")
         routes = {"direct": url}
         if pgbouncer:
-            routes["pgbouncer"] = stack.enter_context(started(PGBOUNCER, [url]))
+            routes["pgbouncer"] = stack.enter_context(started(script("pgbouncer-test"), [url]))
         kinds = ["sweep", "stock"] if stock else ["sweep"]
         for n in workers:
             for route, route_url in routes.items():
@@ -477,32 +475,3 @@ def run_scale_bench(
     if json_path:
         write_json(result, json_path)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="16,64,256")
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--pg-url")
-    parser.add_argument("--no-pgbouncer", action="store_true")
-    parser.add_argument("--no-stock", action="store_true")
-    parser.add_argument("--trial-s", type=float, default=2.0)
-    parser.add_argument("--stock-max", type=int, default=64)
-    parser.add_argument("--trials-per-worker", type=int, default=3)
-    parser.add_argument("--procs", type=int, default=8)
-    parser.add_argument("--json", type=Path)
-    a = parser.parse_args(argv)
-    run_scale_bench(
-        workers=[int(x) for x in a.workers.split(",") if x],
-        sizes=[int(x) for x in a.sizes.split(",") if x and x != "0"],
-        pg_url=a.pg_url, pgbouncer=not a.no_pgbouncer, stock=not a.no_stock, stock_max=a.stock_max,
-        trial_s=a.trial_s,
-        trials_per_worker=a.trials_per_worker, procs=a.procs, json_path=a.json,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,13 @@
-"""Benchmarks behind ``sweep bench …``: each measures its baseline in the same run."""
+"""Benchmarks behind ``sweep bench …``: each measures its baseline in the same run.
+
+A package beside ``sweep``, not inside it: ``import sweep`` and the worker never load it, and the
+worker image leaves it out. It drives the worker through ``sweep``'s public names only.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import subprocess
 import tempfile
@@ -62,9 +67,21 @@ def save_figure(fig: Any, html_path: Path) -> list[str]:
     return [str(html_path)] + ([str(png)] if png is not None else [])
 
 
+def script(name: str) -> Path:
+    """A helper script shipped in this package (``pg-test-cluster``, ``pgbouncer-test``), as a file to run.
+
+    Found through importlib.resources, so that an installed package (the wheel, the image) has it too;
+    ``scripts/`` in the repository only forwards to these copies.
+    """
+    path = importlib.resources.files(__name__).joinpath("scripts", name)
+    if not isinstance(path, Path) or not path.is_file():  # e.g. a zipped install: nothing a shell can run
+        raise FileNotFoundError(f"{name}: not shipped as a file with {__name__} ({path})")
+    return path
+
+
 @contextlib.contextmanager
 def started(script: Path, args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    """One of the project's ``start|stop DIR`` scripts (pg-test-cluster, pgbouncer-test) in a fresh
+    """One of the package's ``start|stop DIR`` scripts (``script``: pg-test-cluster, pgbouncer-test) in a fresh
     folder: yields the URL it prints last, and stops it (removing the folder) afterwards."""
     where = tempfile.mkdtemp(prefix="sweep-bench-")
     run = subprocess.run([str(script), "start", where, *args], capture_output=True, text=True, env=env)

@@ -1,6 +1,6 @@
 """Report benchmark: a synthetic many-trial study, timed through gather and render+write.
 
-    python -m sweep.bench.report [--trials 10000] [--json out.json] [--output report.html]
+    sweep bench report [--n-trials 10000] [--json out.json] [--output report.html]
 
 The study lives in memory and is built with ``optuna.trial.create_trial`` + ``study.add_trials``, with
 realistic params, learning curves, user attrs and states (~30% pruned, a few failed, a few running).
@@ -9,7 +9,6 @@ realistic params, learning curves, user attrs and states (~30% pruned, a few fai
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import tempfile
@@ -22,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from sweep import report
-from sweep.bench import write_json
+from sweep_bench import write_json
 
 EPOCHS = 12
 DISTRIBUTIONS: dict[str, Any] = {
@@ -165,18 +164,3 @@ def run_report_bench(
     console.print(table)
     write_json(result, json_path)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: ``python -m sweep.bench.report``."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=10_000)
-    ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
-    ap.add_argument("--output", type=Path, default=None, help="keep the HTML report here")
-    args = ap.parse_args(argv)
-    run_report_bench(args.trials, json_path=args.json, output=args.output)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,11 @@
 """Storage benchmark: per-trial orchestration overhead of sweep's storage against stock Optuna, in one run.
 
-    python -m sweep.bench.storage [--trials 200] [--big 5000] [--pg-url URL] [--json out.json]
+    sweep bench storage [--trials 200] [--big 5000] [--pg-url URL] [--backends sqlite,...] [--json out.json]
 
 One "trial" is the bookkeeping a worker does around training, with no training: ask, 4 suggests,
 10 reports (one per epoch), a checkpoint-record user attr, tell. The random sampler is used so that
 only storage is timed; the TPE sampler's ask is timed on its own. sweep's path is the worker's own
-(``open_storage(heartbeat=True)``, ``_BudgetGate.take`` under ``budget_lock``, a heartbeat thread per trial);
+(``open_storage(heartbeat=True)``, ``BudgetGate.take`` under ``budget_lock``, a heartbeat thread per trial);
 the baseline is the same work through stock Optuna defaults (``optuna.create_study(storage=URL)``
 with a plain URL), timed in the same process, in alternating rounds, so machine noise hits both.
 
@@ -21,7 +21,6 @@ stock is Optuna's ``RDBStorage`` behind its default cache layer.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -31,7 +30,6 @@ import platform
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -44,14 +42,13 @@ import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.bench import started, write_json
-from sweep.search import _FeasibilityAwareTPE
-from sweep.service import _BudgetGate, _heartbeat
+from sweep.heartbeat import beating
+from sweep.search import FeasibilityAwareTPE
+from sweep.service import BudgetGate
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import mask_url, open_storage
+from sweep_bench import script, started, write_json
 
-ROOT = Path(__file__).resolve().parents[2]
-PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
 SMALL = 100  # trials already in the study for the headline figure
 EPOCHS = 10
 DISTRIBUTIONS: dict[str, Any] = {
@@ -87,12 +84,12 @@ def _spec(name: str) -> StudySpec:
 def sweep_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
     """One trial the way ``sweep worker`` runs it: budget lock, stale check, count, ask, heartbeat."""
     beats = hasattr(storage, "get_heartbeat_interval")
-    gate = _BudgetGate(study, spec)  # one per worker process, as in run_worker
+    gate = BudgetGate(study, spec)  # one per worker process, as in run_worker
 
     def one() -> None:
         decision, trial = gate.take()
         assert decision == "run" and trial is not None
-        with _heartbeat(storage, trial._trial_id) if beats else contextlib.nullcontext():
+        with beating(storage, trial._trial_id) if beats else contextlib.nullcontext():
             _bookkeeping(study, trial)
 
     return one
@@ -237,7 +234,7 @@ def tpe_ask_ms(study: optuna.Study, n: int = 7) -> dict[str, float]:
     own (``build_sampler``: incremental, same proposals); its first ask, which reads every finished
     trial once into its columns, is reported on its own (``first``).
     """
-    samplers = {"sweep": _FeasibilityAwareTPE(seed=0), "stock": optuna.samplers.TPESampler(seed=0)}
+    samplers = {"sweep": FeasibilityAwareTPE(seed=0), "stock": optuna.samplers.TPESampler(seed=0)}
     times: dict[str, list[float]] = {key: [] for key in samplers}
     original = study.sampler
     try:
@@ -437,7 +434,7 @@ def postgres_url(pg_url: str | None, log: Callable[[str], None]) -> Iterator[str
         return
     env = {k: v for k, v in os.environ.items() if k != "PG_TEST_OPTS"}  # measure a durable server
     log("postgresql: starting a throwaway cluster (scripts/pg-test-cluster)")
-    with started(PG_CLUSTER, [], env) as url:
+    with started(script("pg-test-cluster"), [], env) as url:
         yield url
 
 
@@ -539,24 +536,3 @@ def run_storage_bench(
     console.print(f"load average {result['machine']['loadavg_1m']} on {result['machine']['cpus']} CPUs", style="dim")
     write_json(result, json_path)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sweep.bench.storage``."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=200, help="trials timed per backend and variant")
-    ap.add_argument("--big", type=int, default=5000, help="trials pre-filled for the large-study figures")
-    ap.add_argument("--pg-url", default=os.environ.get("SWEEP_BENCH_PG_URL"), help="PostgreSQL to use")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
-    ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
-    args = ap.parse_args(argv)
-    chosen = tuple(b for b in args.backends.split(",") if b)
-    unknown = [b for b in chosen if b not in BACKENDS]
-    if unknown:
-        ap.error(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    run_storage_bench(trials=args.trials, big=args.big, pg_url=args.pg_url, json_path=args.json, backends=chosen)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
 """Is the replay honest? Run methods for real (real training) and compare with their replayed curves.
 
-    python -m sweep.bench.live TABLE_STUDY --storage URL [--methods random,tpe+hyperband] [--seed 0]
-        [--budget-epochs 72] [--live-storage URL] [--device cpu] [--json out.json]
+    sweep bench live TABLE_STUDY --storage URL [--methods random,tpe+hyperband] [--seed 0]
+        [--budget-epochs 72] [--live-storage URL] [--device cpu] [--json out.json] [--html out.html]
 
 ``sweep bench sweep`` looks every epoch up in the learning-curve table. Here the same methods run
-through the worker's own trial runner (``sweep.service._TrialRunner``: real training with the
+through the worker's own trial runner (``sweep.service.TrialRunner``: real training with the
 table's data, model and training settings, reports, pruning, heartbeats, checkpoints, a real
 storage), with the sampler seeded as in the replay. The epoch budget is spent exactly as in the
 replay: when it runs out mid-trial, that trial is stopped (FAIL). Then, per method: the live and the
@@ -15,9 +15,7 @@ from the table's at the same epoch (training noise: the live trial has another t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,8 +25,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep.bench import save_figure, write_json
-from sweep.bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
+from sweep_bench import save_figure, write_json
+from sweep_bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
 
 DEFAULT_METHODS = ("random", "tpe+hyperband")
 
@@ -46,7 +44,7 @@ def live_run(
     """Run ``method`` for real until ``budget_epochs`` epochs are trained; the replay's figures."""
     from sweep.objective import Progress, StopFlag
     from sweep.search import build_pruner, build_sampler
-    from sweep.service import SPEC_ATTR, ServiceError, _BudgetGate, _load_spec_data, _TrialRunner
+    from sweep.service import SPEC_ATTR, BudgetGate, ServiceError, TrialRunner, load_spec_data
     from sweep.storage import artifact_store, mask_url, open_storage
 
     spec = replay_spec(table, method, seed, budget_epochs)
@@ -69,7 +67,7 @@ def live_run(
         return summarize_live(table, study, float(study.user_attrs.get("live_seconds", 0.0)))
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    data = _load_spec_data(spec, storage_url)
+    data = load_spec_data(spec, storage_url)
     stop = StopFlag()
     used = 0
 
@@ -83,10 +81,10 @@ def live_run(
         if used >= budget_epochs:
             stop.set()  # checked at the end of this epoch: the trial is cut here, as in the replay
 
-    runner = _TrialRunner(
+    runner = TrialRunner(
         study, spec, data, device, stop, Progress(epoch_done=epoch_done), storage, artifact_store(storage_url)
     )
-    gate = _BudgetGate(study, spec)
+    gate = BudgetGate(study, spec)
     started = time.perf_counter()
     while used < budget_epochs:
         decision, trial = gate.take()
@@ -243,36 +241,3 @@ def write_figure(result: dict[str, Any], html_path: Path) -> list[str]:
         height=620,
     )
     return save_figure(fig, html_path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sweep.bench.live``."""
-    from sweep.storage import DEFAULT_URL
-
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("table_study")
-    ap.add_argument("--storage", default=DEFAULT_URL, help="where the table study is")
-    ap.add_argument("--live-storage", default=None, help="where the live studies go (default: a new SQLite file)")
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--budget-epochs", type=int, default=None, help="default: 12 full trials' worth")
-    ap.add_argument("--device", default=os.environ.get("SWEEP_DEVICE", "cpu"))
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--html", type=Path, default=None)
-    args = ap.parse_args(argv)
-    run_live_check(
-        args.table_study,
-        storage_url=args.storage,
-        live_storage_url=args.live_storage,
-        methods=[m for m in args.methods.split(",") if m],
-        seed=args.seed,
-        budget_epochs=args.budget_epochs,
-        device=args.device,
-        json_path=args.json,
-        html_path=args.html,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
