@@ -219,12 +219,9 @@ class WorkerSummary:
 
 
 @dataclass
-class WorkerEvents:
-    """Callbacks for the worker's display (all optional)."""
+class WorkerEvents(Progress):
+    """Callbacks for the worker's display (all optional): a trial's progress, and its end."""
 
-    message: Callable[[str], None] = lambda text: None
-    trial_started: Callable[[int, dict[str, Any]], None] = lambda number, params: None
-    epoch_done: Callable[[int, int, int, float, float], None] = lambda number, epoch, epochs, acc, secs: None
     trial_finished: Callable[[int, str, float | None, str | None], None] = lambda number, state, value, why: None
 
 
@@ -450,8 +447,7 @@ def run_worker(
     store = artifact_store(storage_url, artifacts)
     summary = WorkerSummary(study=name, device=device)
     gate = BudgetGate(study, spec)
-    progress = Progress(trial_started=events.trial_started, epoch_done=events.epoch_done, message=events.message)
-    runner = TrialRunner(study, spec, data, device, stop, progress, storage, store)
+    runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
     environment = provenance.environment()
     said = ""  # the last waiting message: said once per wait
     while n_trials is None or summary.trials < n_trials:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +26,7 @@ from typing import Any
 
 import torch
 
+from sweep.atomic import write_atomic
 from sweep.data import DataBundle, load_split, select_classes
 from sweep.model import weights_sha256
 from sweep.train import EpochResult, TrainConfig, fit, resolve_precision
@@ -66,16 +65,13 @@ def source_bundle(root: str | Path, classes: tuple[str, ...], *, cache_dir: str 
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the backbone from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def save(tmp: str) -> None:
+        # Through a file object: torch.save names the archive after a path it is given, and the
+        # temporary path is random, so the same weights would hash differently on every save.
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    write_atomic(path, save)
 
 
 def to_bf16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -297,7 +297,13 @@ def _source_stamp(name: str, root: Path, split: str) -> str:
 def _atomic_save(obj: dict, path: Path) -> None:
     # Concurrent workers either see the whole entry or none of it; two racing to build the same
     # entry are both fine.
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: str) -> None:
+        # Through a file object: torch.save names the archive after a path it is given, and the
+        # temporary path is random, so the same weights would hash differently on every save.
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    write_atomic(path, save)
 
 
 def _content_hash(x: Tensor, y: Tensor) -> str:
