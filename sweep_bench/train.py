@@ -23,7 +23,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -307,56 +307,110 @@ def run_train_bench(
     """
     dev = torch.device(device)
     stock_flags = _backend_flags()  # before the engine's configure_device changes them
-    if data_root is not None:
-        data = load_data("imagefolder", data_root, val_fraction=0.1, seed=0, subset=subset, cache_dir=cache_dir)
-        source = f"imagefolder:{data_root} (subset {subset})"
-    else:
-        data = load_data("synthetic", "", val_fraction=0.1, seed=0, subset=subset)
-        source = f"synthetic (subset {subset})"
-    # Random init, lr 1e-3 and a 3-epoch schedule: what this bench has always timed (throughput does
-    # not depend on them, the baseline in BENCHMARKS.md was measured with them).
-    config = TrainConfig(arch=arch, weights="none", epochs=3, lr=1e-3, num_classes=data.num_classes,
-                         batch_size=batch_size, aug_strength=0.5, resolution=data.resolution,
-                         eval_batch_size=max(batch_size, 512), stem=stem, compile=compile)
+    data, source = _bench_data(data_root, subset, cache_dir)
+    config = _bench_config(data, arch, batch_size, stem, compile)
     say = _printer(console)
     say(f"train bench: {arch}, batch {batch_size}, {steps} timed steps, {data.resolution} px, {source}, "
         f"device {dev}, {torch.get_num_threads()} threads")
 
     t_all = time.perf_counter()
-    window = max(1, min(5, steps))
     seed_data, engine_data = _data_rates(data, config, dev, 5 * steps, warmup, seed_workers)
+    header = _header(dev, arch, batch_size, steps, data.resolution, source, seed_workers)
     if data_only:
-        result = _header(dev, arch, batch_size, steps, data.resolution, source, seed_workers) | {
-            "timing": "data: median of 3 runs, each the same number of batches for both pipelines",
-            "seed_data_images_per_s": seed_data,
-            "engine_data_images_per_s": engine_data,
-            "data_pipeline_ratio": engine_data / seed_data,
-            "seconds": time.perf_counter() - t_all,
-        }
+        result = header | _data_only_figures(seed_data, engine_data, t_all)
         say(f"data pipeline only (augment + normalize + batch): seed {seed_data:,.0f} img/s, "
             f"engine {engine_data:,.0f} img/s, x{engine_data / seed_data:.1f}")
-        _write_json(result, json_path)
-        return result
-    seed_batches, close = _article_batches(data, config, dev, seed_workers)
-    frozen = _with(config, frozen_layers=MAX_FROZEN)
+    else:
+        plan = _TrainPlan(data, config, dev, steps, warmup, seed_workers, stock_flags)
+        result = header | _training_figures(plan, seed_data, engine_data, t_all, say)
+        _report(result, console, say)
+    _write_json(result, json_path)
+    return result
+
+
+def _bench_data(
+    data_root: str | Path | None, subset: int, cache_dir: str | Path | None
+) -> tuple[DataBundle, str]:
+    """The bench's data set and a line that names it."""
+    if data_root is not None:
+        data = load_data("imagefolder", data_root, val_fraction=0.1, seed=0, subset=subset, cache_dir=cache_dir)
+        return data, f"imagefolder:{data_root} (subset {subset})"
+    data = load_data("synthetic", "", val_fraction=0.1, seed=0, subset=subset)
+    return data, f"synthetic (subset {subset})"
+
+
+def _bench_config(data: DataBundle, arch: str, batch_size: int, stem: str, compile: bool) -> TrainConfig:
+    # Random init, lr 1e-3 and a 3-epoch schedule: what this bench has always timed (throughput does
+    # not depend on them, the baseline in BENCHMARKS.md was measured with them).
+    return TrainConfig(arch=arch, weights="none", epochs=3, lr=1e-3, num_classes=data.num_classes,
+                       batch_size=batch_size, aug_strength=0.5, resolution=data.resolution,
+                       eval_batch_size=max(batch_size, 512), stem=stem, compile=compile)
+
+
+def _data_only_figures(seed_data: float, engine_data: float, t_all: float) -> dict[str, Any]:
+    return {
+        "timing": "data: median of 3 runs, each the same number of batches for both pipelines",
+        "seed_data_images_per_s": seed_data,
+        "engine_data_images_per_s": engine_data,
+        "data_pipeline_ratio": engine_data / seed_data,
+        "seconds": time.perf_counter() - t_all,
+    }
+
+
+@dataclass(frozen=True)
+class _TrainPlan:
+    """What the timed training runs share."""
+
+    data: DataBundle
+    config: TrainConfig
+    dev: torch.device
+    steps: int
+    warmup: int
+    seed_workers: int
+    stock_flags: BackendFlags
+
+    @property
+    def window(self) -> int:
+        return max(1, min(5, self.steps))
+
+
+def _training_runners(plan: _TrainPlan, seed_batches: Iterator[Any]) -> dict[str, Runner]:
+    """The tutorial's step, the engine's at k=0 and k=MAX_FROZEN, and on a CPU fp32 and bf16 on the CIFAR stem."""
+    data, config, dev, n = plan.data, plan.config, plan.dev, plan.steps + plan.warmup
     runs = {
-        "seed": _under(stock_flags, _article_train_runner(seed_batches, config, dev)),
-        "engine": _engine_runner(data, config, dev, steps + warmup),
-        "frozen": _engine_runner(data, frozen, dev, steps + warmup),
+        "seed": _under(plan.stock_flags, _article_train_runner(seed_batches, config, dev)),
+        "engine": _engine_runner(data, config, dev, n),
+        "frozen": _engine_runner(data, _with(config, frozen_layers=MAX_FROZEN), dev, n),
     }
     if dev.type == "cpu":
         # bf16 (+ channels_last) against fp32 on the CIFAR stem, where a CPU's bf16 units pay.
         cifar = _with(config, stem="cifar")
-        runs["cpu_fp32"] = _engine_runner(data, _with(cifar, precision="fp32"), dev, steps + warmup)
-        runs["cpu_bf16"] = _engine_runner(data, _with(cifar, precision="bf16"), dev, steps + warmup)
+        runs["cpu_fp32"] = _engine_runner(data, _with(cifar, precision="fp32"), dev, n)
+        runs["cpu_bf16"] = _engine_runner(data, _with(cifar, precision="bf16"), dev, n)
+    return runs
+
+
+def _training_rates(plan: _TrainPlan) -> dict[str, float]:
+    """Images/s of every training runner, timed in turns."""
+    seed_batches, close = _article_batches(plan.data, plan.config, plan.dev, plan.seed_workers)
+    runs = _training_runners(plan, seed_batches)
     for run in runs.values():
-        run(warmup)  # first calls: worker start-up, allocator, oneDNN/cuDNN kernel choice
-    train_ips = _interleaved(runs, steps, batch_size, window)
+        run(plan.warmup)  # first calls: worker start-up, allocator, oneDNN/cuDNN kernel choice
+    train_ips = _interleaved(runs, plan.steps, plan.config.batch_size, plan.window)
     close()
+    return train_ips
+
+
+def _training_figures(
+    plan: _TrainPlan, seed_data: float, engine_data: float, t_all: float, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Times the training steps and the cached-features path; the figures after the header."""
+    train_ips = _training_rates(plan)
     seed_train, engine_train, frozen_train = train_ips["seed"], train_ips["engine"], train_ips["frozen"]
-    extract, cached_train = _time_cached(data, _with(frozen, aug_strength=0.0), dev, steps, warmup, window)
-    result = _header(dev, arch, batch_size, steps, data.resolution, source, seed_workers) | {
-        "timing": f"training: median of {window}-step windows, pipelines taking turns; data: median of 3 runs",
+    cached = _with(_with(plan.config, frozen_layers=MAX_FROZEN), aug_strength=0.0)
+    extract, cached_train = _time_cached(plan.data, cached, plan.dev, plan.steps, plan.warmup, plan.window)
+    result = {
+        "timing": f"training: median of {plan.window}-step windows, pipelines taking turns; data: median of 3 runs",
         "seed_images_per_s": seed_train,
         "engine_images_per_s": engine_train,
         "epoch_ratio": engine_train / seed_train,
@@ -370,23 +424,30 @@ def run_train_bench(
         "cached_features_ratio": cached_train / engine_train,
         "seconds": time.perf_counter() - t_all,
     }
-    result["stem"], result["compile"] = stem, compile
+    config, dev = plan.config, plan.dev
+    result["stem"], result["compile"] = config.stem, config.compile
     result["engine_precision"] = resolve_precision(dev, config.precision, config.stem)
     if dev.type == "cpu":
-        result["cpu_native_bf16"] = cpu_has_native_bf16()
-        result["cpu_fp32_cifar_images_per_s"] = train_ips["cpu_fp32"]
-        result["cpu_bf16_cifar_images_per_s"] = train_ips["cpu_bf16"]
-        result["cpu_bf16_ratio"] = train_ips["cpu_bf16"] / train_ips["cpu_fp32"]
-        say(f"CIFAR stem, k=0: bf16 + channels_last {train_ips['cpu_bf16']:,.1f} img/s, fp32 "
-            f"{train_ips['cpu_fp32']:,.1f} img/s: cpu_bf16_ratio x{result['cpu_bf16_ratio']:.2f}")
-    if dev.type == "cuda" and stem == "cifar" and arch == "resnet18" and data.resolution == 32:
-        # ~3.3 GFLOP per training image (CIFAR-stem ResNet-18, 32 px) at ~790 TFLOP/s bf16 (H200).
-        result["bound_images_per_s"] = H200_BOUND_IMAGES_PER_S
-        result["bound_fraction"] = engine_train / H200_BOUND_IMAGES_PER_S
-        say(f"engine at {result['bound_fraction']:.1%} of the {H200_BOUND_IMAGES_PER_S:,} img/s H200 bf16 bound")
-    _report(result, console, say)
-    _write_json(result, json_path)
+        _add_cpu_bf16(result, train_ips, say)
+    if dev.type == "cuda" and config.stem == "cifar" and config.arch == "resnet18" and plan.data.resolution == 32:
+        _add_h200_bound(result, say)
     return result
+
+
+def _add_cpu_bf16(result: dict[str, Any], train_ips: dict[str, float], say: Callable[[str], None]) -> None:
+    result["cpu_native_bf16"] = cpu_has_native_bf16()
+    result["cpu_fp32_cifar_images_per_s"] = train_ips["cpu_fp32"]
+    result["cpu_bf16_cifar_images_per_s"] = train_ips["cpu_bf16"]
+    result["cpu_bf16_ratio"] = train_ips["cpu_bf16"] / train_ips["cpu_fp32"]
+    say(f"CIFAR stem, k=0: bf16 + channels_last {train_ips['cpu_bf16']:,.1f} img/s, fp32 "
+        f"{train_ips['cpu_fp32']:,.1f} img/s: cpu_bf16_ratio x{result['cpu_bf16_ratio']:.2f}")
+
+
+def _add_h200_bound(result: dict[str, Any], say: Callable[[str], None]) -> None:
+    # ~3.3 GFLOP per training image (CIFAR-stem ResNet-18, 32 px) at ~790 TFLOP/s bf16 (H200).
+    result["bound_images_per_s"] = H200_BOUND_IMAGES_PER_S
+    result["bound_fraction"] = result["engine_images_per_s"] / H200_BOUND_IMAGES_PER_S
+    say(f"engine at {result['bound_fraction']:.1%} of the {H200_BOUND_IMAGES_PER_S:,} img/s H200 bf16 bound")
 
 
 def _header(
