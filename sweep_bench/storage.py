@@ -460,14 +460,23 @@ def run_storage_bench(
 ) -> dict[str, Any]:
     """Measure every backend against stock Optuna; print a table, optionally write JSON; return the figures."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
 
     def log(text: str) -> None:
         console.print(f"[dim]{text}[/]", highlight=False)
 
-    result: dict[str, Any] = {
+    result = _header(trials, big)
+    started = time.perf_counter()
+    result |= _measure_backends(backends, trials=trials, big=big, pg_url=pg_url, log=log)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    _print_results(result, big, console)
+    write_json(result, json_path)
+    return result
+
+
+def _header(trials: int, big: int) -> dict[str, Any]:
+    return {
         "trials": trials,
         "big": big,
         "trials_in_study": SMALL,
@@ -480,9 +489,15 @@ def run_storage_bench(
             "loadavg_1m": round(os.getloadavg()[0], 2),
         },
     }
+
+
+def _measure_backends(
+    backends: tuple[str, ...], *, trials: int, big: int, pg_url: str | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The figures of each backend in ``backends``, in the order of BACKENDS."""
+    result: dict[str, Any] = {}
     workdir = Path(tempfile.mkdtemp(prefix="sweep-bench-storage-"))
     run_id = f"bench{os.getpid()}x{int(time.time())}"
-    started = time.perf_counter()
     try:
         with _quiet():
             if "memory" in backends:
@@ -490,19 +505,31 @@ def run_storage_bench(
             if "sqlite" in backends:
                 result["sqlite"] = bench_sqlite(trials, big, workdir, log)
             if "postgresql" in backends or "postgresql_8_workers" in backends:
-                with postgres_url(pg_url, log) as url:
-                    result["postgresql_server"] = mask_url(url)
-                    try:
-                        if "postgresql" in backends:
-                            result["postgresql"] = bench_postgresql(trials, big, url, run_id, log)
-                        if "postgresql_8_workers" in backends:
-                            result["postgresql_8_workers"] = bench_postgresql_workers(trials, url, run_id, log)
-                    finally:
-                        if pg_url:  # someone else's database: leave nothing behind
-                            _drop_studies(url, run_id)
+                result |= _measure_postgresql(backends, trials=trials, big=big, pg_url=pg_url, run_id=run_id, log=log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _measure_postgresql(
+    backends: tuple[str, ...], *, trials: int, big: int, pg_url: str | None, run_id: str, log: Callable[[str], None]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with postgres_url(pg_url, log) as url:
+        result["postgresql_server"] = mask_url(url)
+        try:
+            if "postgresql" in backends:
+                result["postgresql"] = bench_postgresql(trials, big, url, run_id, log)
+            if "postgresql_8_workers" in backends:
+                result["postgresql_8_workers"] = bench_postgresql_workers(trials, url, run_id, log)
+        finally:
+            if pg_url:  # someone else's database: leave nothing behind
+                _drop_studies(url, run_id)
+    return result
+
+
+def _print_results(result: dict[str, Any], big: int, console: Any) -> None:
+    from rich.table import Table
 
     table = Table(title=f"storage: ms per trial of orchestration ({result['work_per_trial']})")
     columns = {
@@ -520,12 +547,7 @@ def run_storage_bench(
     for name in BACKENDS:
         row = result.get(name)
         if row is not None:
-            cells = [row.get(key) for key in columns.values()]
-            shown = [
-                "-" if v is None else f"{v:.2f}" if "ratio" in k else f"{v:.1f}"
-                for k, v in zip(columns.values(), cells, strict=True)
-            ]
-            table.add_row(name, *shown)
+            table.add_row(name, *_cells(row, list(columns.values())))
     console.print(table)
     if "postgresql_8_workers" in result:
         r = result["postgresql_8_workers"]
@@ -534,5 +556,7 @@ def run_storage_bench(
             highlight=False,
         )
     console.print(f"load average {result['machine']['loadavg_1m']} on {result['machine']['cpus']} CPUs", style="dim")
-    write_json(result, json_path)
-    return result
+
+
+def _cells(row: dict[str, Any], keys: list[str]) -> list[str]:
+    return ["-" if row.get(k) is None else f"{row[k]:.2f}" if "ratio" in k else f"{row[k]:.1f}" for k in keys]
