@@ -249,73 +249,103 @@ def replay(
         study_name=spec.name, direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec)
     )
     distributions = {name: CategoricalDistribution(values) for name, values in table.grid.items()}
-    target = table.best().curve[-1] - tolerance
-    used = 0
+    run = _Replay(budget_epochs, target=table.best().curve[-1] - tolerance)
+    while not run.spent():
+        trial = study.ask(distributions)
+        row = run.propose(table, trial.params)
+        state = run.train(trial, row, table.epochs)
+        if state is None:
+            study.tell(trial, row.curve[-1])
+            run.complete(row.curve[-1], trial.number)
+        else:
+            study.tell(trial, state=state)
+    return run.result(table, study, seed)
+
+
+@dataclass
+class _Replay:
+    """Where one replay stands: the epochs paid for, the best completed trial, the counts."""
+
+    budget_epochs: int
+    target: float
+    used: int = 0
     best: float | None = None
     best_number: int | None = None
-    curve: list[tuple[int, float]] = []  # (cumulative epochs, best val accuracy) at every improvement
+    # (cumulative epochs, best val accuracy) at every improvement
+    curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     epochs_to_target: int | None = None
-    counts = {"trials": 0, "complete": 0, "pruned": 0, "diverged": 0, "cut": 0, "repeats": 0}
-    trial_epochs: list[int] = []
-    seen: set[tuple[Any, ...]] = set()
-    proposals: list[dict[str, Any]] = []
-    while used < budget_epochs:
-        trial = study.ask(distributions)
-        key = table.key(trial.params)
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(
+        ("trials", "complete", "pruned", "diverged", "cut", "repeats"), 0))
+    trial_epochs: list[int] = dataclasses.field(default_factory=list)
+    seen: set[tuple[Any, ...]] = dataclasses.field(default_factory=set)
+    proposals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def spent(self) -> bool:
+        return self.used >= self.budget_epochs
+
+    def propose(self, table: Table, params: dict[str, Any]) -> Row:
+        """The table row of a proposal, counted."""
+        key = table.key(params)
         row = table.rows[key]  # KeyError would mean a proposal outside the table: a bug
-        proposals.append(dict(trial.params))
-        counts["trials"] += 1
-        counts["repeats"] += key in seen
-        seen.add(key)
+        self.proposals.append(dict(params))
+        self.counts["trials"] += 1
+        self.counts["repeats"] += key in self.seen
+        self.seen.add(key)
+        return row
+
+    def train(self, trial: optuna.Trial, row: Row, epochs: int) -> TrialState | None:
+        """Pay for ``row``'s epochs one at a time, reporting each; the end state, None when complete."""
         state, ran = None, 0
         for epoch, acc in enumerate(row.curve, start=1):
-            if used >= budget_epochs:
-                state = TrialState.FAIL
-                counts["cut"] += 1
+            if self.spent():
+                state = self._cut()
                 break
-            used += 1
+            self.used += 1
             ran = epoch
             trial.report(acc, epoch)
-            if epoch < table.epochs and trial.should_prune():
+            if epoch < epochs and trial.should_prune():
                 state = TrialState.PRUNED
-                counts["pruned"] += 1
+                self.counts["pruned"] += 1
                 break
         else:
             if row.diverged:  # the epoch after the last reported one hit a NaN loss: it is paid for too
-                if used >= budget_epochs:
-                    state = TrialState.FAIL
-                    counts["cut"] += 1
+                if self.spent():
+                    state = self._cut()
                 else:
-                    used += 1
+                    self.used += 1
                     ran += 1
                     state = TrialState.PRUNED
-                    counts["diverged"] += 1
-        trial_epochs.append(ran)
-        if state is None:
-            value = row.curve[-1]
-            study.tell(trial, value)
-            counts["complete"] += 1
-            if best is None or value > best:
-                best, best_number = value, trial.number
-                curve.append((used, value))
-                if epochs_to_target is None and value >= target:
-                    epochs_to_target = used
-        else:
-            study.tell(trial, state=state)
-    chosen = study.trials[best_number] if best_number is not None else None
-    chosen_row = table.rows[table.key(chosen.params)] if chosen is not None else None
-    return {
-        "seed": seed,
-        "epochs_used": used,
-        "best_val_accuracy": best,
-        "epochs_to_target": epochs_to_target,
-        "chosen_params": dict(chosen.params) if chosen is not None else None,
-        "chosen_test_accuracy": chosen_row.test_accuracy if chosen_row is not None else None,
-        "mean_epochs_per_trial": round(statistics.fmean(trial_epochs), 4) if trial_epochs else 0.0,
-        "curve": [list(p) for p in curve],
-        "proposals": proposals,
-        **counts,
-    }
+                    self.counts["diverged"] += 1
+        self.trial_epochs.append(ran)
+        return state
+
+    def _cut(self) -> TrialState:
+        self.counts["cut"] += 1
+        return TrialState.FAIL
+
+    def complete(self, value: float, number: int) -> None:
+        self.counts["complete"] += 1
+        if self.best is None or value > self.best:
+            self.best, self.best_number = value, number
+            self.curve.append((self.used, value))
+            if self.epochs_to_target is None and value >= self.target:
+                self.epochs_to_target = self.used
+
+    def result(self, table: Table, study: optuna.Study, seed: int) -> dict[str, Any]:
+        chosen = study.trials[self.best_number] if self.best_number is not None else None
+        chosen_row = table.rows[table.key(chosen.params)] if chosen is not None else None
+        return {
+            "seed": seed,
+            "epochs_used": self.used,
+            "best_val_accuracy": self.best,
+            "epochs_to_target": self.epochs_to_target,
+            "chosen_params": dict(chosen.params) if chosen is not None else None,
+            "chosen_test_accuracy": chosen_row.test_accuracy if chosen_row is not None else None,
+            "mean_epochs_per_trial": round(statistics.fmean(self.trial_epochs), 4) if self.trial_epochs else 0.0,
+            "curve": [list(p) for p in self.curve],
+            "proposals": self.proposals,
+            **self.counts,
+        }
 
 
 def anytime(runs: Sequence[Mapping[str, Any]], budget_epochs: int) -> dict[str, list[float | None]]:
@@ -392,58 +422,19 @@ def run_replays(
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if budget_epochs is None:
-        budget_epochs = max(table.epochs, round(table.total_epochs * DEFAULT_BUDGET_FRACTION))
-    if budget_epochs < 1:
-        from sweep.service import ServiceError
-
-        raise ServiceError(f"--budget-epochs {budget_epochs}: must be >= 1")
+    budget_epochs = _budget(table, budget_epochs)
     methods = tuple(methods or default_methods(table.epochs))
-    best = table.best()
     floor = table.noise_floor()
     if tolerance is None:
         tolerance = floor if floor is not None else TOLERANCE
     result: dict[str, Any] = {
-        "table": {
-            "study": table.name,
-            "grid": table.grid,
-            "grid_size": len(table.rows),
-            "epochs": table.epochs,
-            "total_epochs": table.total_epochs,
-            "best_val_accuracy": best.curve[-1],
-            "best_test_accuracy": best.test_accuracy,
-            "best_params": best.params,
-            "best_test_accuracy_any": max((r.test_accuracy for r in table.rows.values()
-                                           if r.test_accuracy is not None), default=None),
-            "diverged_rows": sum(r.diverged for r in table.rows.values()),
-            "validation_images": table.val_images,
-            "noise_floor": round(floor, 6) if floor is not None else None,
-            "weights_sha256": table.weights_sha256,
-            "epoch_spearman": table.epoch_spearman(),
-            "configs": [
-                {"params": r.params, "val_curve": list(r.curve), "test_accuracy": r.test_accuracy,
-                 "diverged": r.diverged}
-                for r in table.rows.values()
-            ],
-        },
+        "table": _table_figures(table, floor),
         "budget_epochs": budget_epochs,
         "seeds": seeds,
         "tolerance": round(tolerance, 6),
-        "target_val_accuracy": round(best.curve[-1] - tolerance, 6),
-        "methods": {},
+        "target_val_accuracy": round(table.best().curve[-1] - tolerance, 6),
+        "methods": {m.name: _replay_method(table, m, seeds, budget_epochs, tolerance) for m in methods},
     }
-    for method in methods:
-        t0 = time.perf_counter()
-        runs = [replay(table, method, seed, budget_epochs, tolerance) for seed in range(seeds)]
-        result["methods"][method.name] = {
-            "sampler": method.sampler,
-            "pruner": method.pruner,
-            "pruner_args": dict(method.pruner_args),
-            "summary": summarize(runs, budget_epochs),
-            "anytime": anytime(runs, budget_epochs),
-            "runs": runs,
-            "replay_s": round(time.perf_counter() - t0, 3),
-        }
     base = result["methods"].get("random", {}).get("summary", {}).get("epochs_to_target_mean")
     for entry in result["methods"].values():
         mine = entry["summary"]["epochs_to_target_mean"]
@@ -453,6 +444,58 @@ def run_replays(
     result["best_val"] = {n: e["summary"]["best_val_accuracy_mean"] for n, e in result["methods"].items()}
     result["chosen_test"] = {n: e["summary"]["chosen_test_accuracy_mean"] for n, e in result["methods"].items()}
     return result
+
+
+def _budget(table: Table, budget_epochs: int | None) -> int:
+    if budget_epochs is None:
+        budget_epochs = max(table.epochs, round(table.total_epochs * DEFAULT_BUDGET_FRACTION))
+    if budget_epochs < 1:
+        from sweep.service import ServiceError
+
+        raise ServiceError(f"--budget-epochs {budget_epochs}: must be >= 1")
+    return budget_epochs
+
+
+def _table_figures(table: Table, floor: float | None) -> dict[str, Any]:
+    """What the result says of the table itself: its best row, noise floor, and every config's curve."""
+    best = table.best()
+    return {
+        "study": table.name,
+        "grid": table.grid,
+        "grid_size": len(table.rows),
+        "epochs": table.epochs,
+        "total_epochs": table.total_epochs,
+        "best_val_accuracy": best.curve[-1],
+        "best_test_accuracy": best.test_accuracy,
+        "best_params": best.params,
+        "best_test_accuracy_any": max((r.test_accuracy for r in table.rows.values()
+                                       if r.test_accuracy is not None), default=None),
+        "diverged_rows": sum(r.diverged for r in table.rows.values()),
+        "validation_images": table.val_images,
+        "noise_floor": round(floor, 6) if floor is not None else None,
+        "weights_sha256": table.weights_sha256,
+        "epoch_spearman": table.epoch_spearman(),
+        "configs": [
+            {"params": r.params, "val_curve": list(r.curve), "test_accuracy": r.test_accuracy,
+             "diverged": r.diverged}
+            for r in table.rows.values()
+        ],
+    }
+
+
+def _replay_method(table: Table, method: Method, seeds: int, budget_epochs: int, tolerance: float) -> dict[str, Any]:
+    """One method over every seed: its runs, their summary and anytime curve."""
+    t0 = time.perf_counter()
+    runs = [replay(table, method, seed, budget_epochs, tolerance) for seed in range(seeds)]
+    return {
+        "sampler": method.sampler,
+        "pruner": method.pruner,
+        "pruner_args": dict(method.pruner_args),
+        "summary": summarize(runs, budget_epochs),
+        "anytime": anytime(runs, budget_epochs),
+        "runs": runs,
+        "replay_s": round(time.perf_counter() - t0, 3),
+    }
 
 
 def anytime_figure(result: Mapping[str, Any]) -> Any:
