@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep.spec import StudySpec
 from sweep_bench import save_figure, write_json
 from sweep_bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
 
@@ -42,10 +43,9 @@ def live_run(
     log: Any = print,
 ) -> dict[str, Any]:
     """Run ``method`` for real until ``budget_epochs`` epochs are trained; the replay's figures."""
-    from sweep.objective import Progress, StopFlag
     from sweep.search import build_pruner, build_sampler
-    from sweep.service import SPEC_ATTR, BudgetGate, ServiceError, TrialRunner, load_spec_data
-    from sweep.storage import artifact_store, mask_url, open_storage
+    from sweep.service import SPEC_ATTR, load_spec_data
+    from sweep.storage import open_storage
 
     spec = replay_spec(table, method, seed, budget_epochs)
     # The sampler is built from this spec (TPE's start-up count comes from n_trials, as in the replay);
@@ -57,17 +57,42 @@ def live_run(
     storage = open_storage(storage_url, heartbeat=True)
     if name in {s.study_name for s in storage.get_all_studies()}:
         # Already run into this database (e.g. while the table was still being built): read it back.
-        study = optuna.load_study(study_name=name, storage=storage)
-        if study.user_attrs.get("live_budget_epochs") != budget_epochs:
-            raise ServiceError(
-                f"{mask_url(storage_url)} already holds {name!r}, unfinished or for another budget; "
-                "use another --live-storage"
-            )
-        log(f"  {name}: already run in {mask_url(storage_url)}; reading it back")
-        return summarize_live(table, study, float(study.user_attrs.get("live_seconds", 0.0)))
+        return _read_back(table, name, budget_epochs, storage, storage_url, log)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     data = load_spec_data(spec, storage_url)
+    seconds = _train_budget(study, spec, data, method.name, budget_epochs, storage, storage_url, device=device, log=log)
+    study.set_user_attr("live_seconds", round(seconds, 1))
+    study.set_user_attr("live_budget_epochs", budget_epochs)  # last: marks the run as finished
+    return summarize_live(table, study, seconds)
+
+
+def _read_back(
+    table: Table, name: str, budget_epochs: int, storage: Any, storage_url: str, log: Any
+) -> dict[str, Any]:
+    """The figures of a live run already finished in ``storage``; an error if unfinished or for another budget."""
+    from sweep.service import ServiceError
+    from sweep.storage import mask_url
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    if study.user_attrs.get("live_budget_epochs") != budget_epochs:
+        raise ServiceError(
+            f"{mask_url(storage_url)} already holds {name!r}, unfinished or for another budget; "
+            "use another --live-storage"
+        )
+    log(f"  {name}: already run in {mask_url(storage_url)}; reading it back")
+    return summarize_live(table, study, float(study.user_attrs.get("live_seconds", 0.0)))
+
+
+def _train_budget(
+    study: optuna.Study, spec: StudySpec, data: Any, label: str, budget_epochs: int, storage: Any, storage_url: str,
+    *, device: str, log: Any,
+) -> float:
+    """Run trials through the worker's TrialRunner until ``budget_epochs`` epochs are trained; the seconds."""
+    from sweep.objective import Progress, StopFlag
+    from sweep.service import BudgetGate, TrialRunner
+    from sweep.storage import artifact_store
+
     stop = StopFlag()
     used = 0
 
@@ -75,7 +100,7 @@ def live_run(
         nonlocal used
         used += 1
         log(
-            f"  {method.name} trial {number} epoch {epoch}/{epochs}: val {acc:.4f} ({secs:.1f} s), "
+            f"  {label} trial {number} epoch {epoch}/{epochs}: val {acc:.4f} ({secs:.1f} s), "
             f"{used}/{budget_epochs} epochs"
         )
         if used >= budget_epochs:
@@ -90,12 +115,9 @@ def live_run(
         decision, trial = gate.take()
         assert decision == "run" and trial is not None
         out = runner.run(trial, None)
-        log(f"  {method.name} trial {trial.number}: {out.state} {'' if out.value is None else out.value} "
+        log(f"  {label} trial {trial.number}: {out.state} {'' if out.value is None else out.value} "
             f"{out.reason or ''}")
-    seconds = time.perf_counter() - started
-    study.set_user_attr("live_seconds", round(seconds, 1))
-    study.set_user_attr("live_budget_epochs", budget_epochs)  # last: marks the run as finished
-    return summarize_live(table, study, seconds)
+    return time.perf_counter() - started
 
 
 def summarize_live(table: Table, study: optuna.Study, seconds: float) -> dict[str, Any]:
