@@ -427,15 +427,12 @@ def run_scale_bench(
     json_path: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Simulated workers on PostgreSQL, direct and through PgBouncer, sweep against stock Optuna; the figures."""
     quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     result: dict[str, Any] = {
-        "command": "sweep bench scale " + " ".join(
-            [f"--workers {','.join(map(str, workers))}", f"--sizes {','.join(map(str, sizes)) or '0'}",
-             f"--trial-s {trial_s}", f"--stock-max {stock_max}",
-             f"--trials-per-worker {trials_per_worker}", f"--procs {procs}"]
-            + ([] if pgbouncer else ["--no-pgbouncer"]) + ([] if stock else ["--no-stock"])
-        ),
+        "command": _command(workers, sizes, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
+                            trials_per_worker=trials_per_worker, procs=procs),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load_before": _load(),
@@ -451,23 +448,8 @@ def run_scale_bench(
         if pgbouncer:
             routes["pgbouncer"] = stack.enter_context(started(script("pgbouncer-test"), [url]))
         kinds = ["sweep", "stock"] if stock else ["sweep"]
-        for n in workers:
-            for route, route_url in routes.items():
-                for kind in [k for k in kinds if k == "sweep" or n <= stock_max]:
-                    run = run_once(kind, route, route_url, admin, n, trials_per_worker=trials_per_worker,
-                                   trial_s=trial_s, procs=procs)
-                    run["load_after"] = _load()
-                    result["runs"].append(run)
-                    log(
-                        f"  N={n:>4} {route:9} {kind:5}: {run['trials_per_s']:6.1f} trials/s "
-                        f"(demand {run['demand_trials_per_s']}), "
-                        f"ask p50/p99 {run['ask_ms_p50']}/{run['ask_ms_p99']} ms, "
-                        f"tell {run['tell_ms_p50']}/{run['tell_ms_p99']} ms, "
-                        f"conns max/median {run['server_connections_max']}/{run['server_connections_median']}, "
-                        f"errors {run['errors']}, budget {'exact' if run['budget_exact'] else 'MISSED'}, "
-                        f"server {run['server_cpu_ms_per_trial']} ms CPU and {run['wal_bytes_per_trial']} B WAL/trial"
-                        + (f"  {run['error_kinds'][:2]}" if run["errors"] else "")
-                    )
+        result["runs"] = _worker_axis(routes, admin, workers, kinds, stock_max=stock_max, trial_s=trial_s,
+                                      trials_per_worker=trials_per_worker, procs=procs, log=log)
         if sizes:
             log("study size (direct):")
             result["study_size"] = study_size_axis(url, sizes, kinds, log)
@@ -475,3 +457,46 @@ def run_scale_bench(
     if json_path:
         write_json(result, json_path)
     return result
+
+
+def _command(
+    workers: list[int], sizes: list[int], *, pgbouncer: bool, stock: bool, stock_max: int, trial_s: float,
+    trials_per_worker: int, procs: int,
+) -> str:
+    """The command line that reruns this bench."""
+    return "sweep bench scale " + " ".join(
+        [f"--workers {','.join(map(str, workers))}", f"--sizes {','.join(map(str, sizes)) or '0'}",
+         f"--trial-s {trial_s}", f"--stock-max {stock_max}",
+         f"--trials-per-worker {trials_per_worker}", f"--procs {procs}"]
+        + ([] if pgbouncer else ["--no-pgbouncer"]) + ([] if stock else ["--no-stock"])
+    )
+
+
+def _worker_axis(
+    routes: dict[str, str], admin: str, workers: list[int], kinds: list[str], *, stock_max: int, trial_s: float,
+    trials_per_worker: int, procs: int, log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One run per worker count, route and kind (stock only up to ``stock_max`` workers), logged as it ends."""
+    runs = []
+    for n in workers:
+        for route, route_url in routes.items():
+            for kind in [k for k in kinds if k == "sweep" or n <= stock_max]:
+                run = run_once(kind, route, route_url, admin, n, trials_per_worker=trials_per_worker,
+                               trial_s=trial_s, procs=procs)
+                run["load_after"] = _load()
+                runs.append(run)
+                log(_run_line(n, route, kind, run))
+    return runs
+
+
+def _run_line(n: int, route: str, kind: str, run: dict[str, Any]) -> str:
+    return (
+        f"  N={n:>4} {route:9} {kind:5}: {run['trials_per_s']:6.1f} trials/s "
+        f"(demand {run['demand_trials_per_s']}), "
+        f"ask p50/p99 {run['ask_ms_p50']}/{run['ask_ms_p99']} ms, "
+        f"tell {run['tell_ms_p50']}/{run['tell_ms_p99']} ms, "
+        f"conns max/median {run['server_connections_max']}/{run['server_connections_median']}, "
+        f"errors {run['errors']}, budget {'exact' if run['budget_exact'] else 'MISSED'}, "
+        f"server {run['server_cpu_ms_per_trial']} ms CPU and {run['wal_bytes_per_trial']} B WAL/trial"
+        + (f"  {run['error_kinds'][:2]}" if run["errors"] else "")
+    )
