@@ -29,7 +29,7 @@ import torch
 from sweep.atomic import write_atomic
 from sweep.data import DataBundle, load_split, select_classes
 from sweep.model import weights_sha256
-from sweep.train import EpochResult, TrainConfig, fit, resolve_precision
+from sweep.train import EpochResult, FitResult, TrainConfig, fit, resolve_precision
 
 SOURCE_CLASSES = ("airplane", "automobile", "bird", "cat", "deer")
 TARGET_CLASSES = ("dog", "frog", "horse", "ship", "truck")
@@ -92,11 +92,7 @@ def pretrain(
     output = Path(output)
     ckpt_path = output.with_name(output.name + ".ckpt")
     data = source_bundle(root, classes, cache_dir=cache_dir)
-    config = TrainConfig(
-        arch="resnet18", weights="none", stem="cifar", num_classes=len(classes), epochs=recipe.epochs,
-        lr=recipe.lr, batch_size=recipe.batch_size, frozen_layers=0, aug_strength=recipe.aug_strength,
-        weight_decay=recipe.weight_decay, seed=recipe.seed, precision=recipe.precision,
-    )
+    config = _source_config(recipe, len(classes))
     resume = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
     if resume is not None:
         log(f"resuming from {ckpt_path} (epoch {resume['epoch']} of {recipe.epochs})")
@@ -104,16 +100,7 @@ def pretrain(
     log(f"pretraining resnet18 (cifar stem) on {len(data.train_y)} images of {', '.join(classes)}; "
         f"test on {len(data.test_y)}; {recipe.epochs} epochs, {precision}, {torch.get_num_threads()} thread(s)")
     final: dict[str, Any] = {}
-
-    def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
-        state = checkpoint()
-        _atomic_torch_save(state, ckpt_path)  # every epoch: a killed run loses at most one
-        if result.epoch == recipe.epochs:
-            final["model"] = state["model"]
-        rate = len(data.train_y) / result.seconds
-        log(f"epoch {result.epoch}/{recipe.epochs}: loss {result.train_loss:.3f}, "
-            f"source test accuracy {result.val_accuracy:.4f}, {result.seconds:.0f} s ({rate:.0f} img/s incl. eval)")
-
+    on_epoch = _checkpointing(ckpt_path, recipe.epochs, len(data.train_y), final, log)
     started = time.perf_counter()
     result = fit(config, data, "cpu", on_epoch=on_epoch, resume=resume)
     if "model" not in final:  # resumed from a checkpoint of the last epoch: nothing left to train
@@ -121,7 +108,41 @@ def pretrain(
     # The source head would fit a five-class target by shape and be loaded: leave it out.
     backbone = {k: v for k, v in final["model"].items() if not k.startswith("fc.")}
     _atomic_torch_save(to_bf16(backbone), output)
-    meta = {
+    meta = _metadata(output, classes, data, result, recipe, started)
+    output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    ckpt_path.unlink(missing_ok=True)
+    log(f"wrote {output} (sha256 {meta['sha256'][:16]}…), source test accuracy {result.test_accuracy:.4f}")
+    return meta
+
+
+def _source_config(recipe: Recipe, num_classes: int) -> TrainConfig:
+    return TrainConfig(
+        arch="resnet18", weights="none", stem="cifar", num_classes=num_classes, epochs=recipe.epochs,
+        lr=recipe.lr, batch_size=recipe.batch_size, frozen_layers=0, aug_strength=recipe.aug_strength,
+        weight_decay=recipe.weight_decay, seed=recipe.seed, precision=recipe.precision,
+    )
+
+
+def _checkpointing(
+    ckpt_path: Path, epochs: int, train_images: int, final: dict[str, Any], log: Callable[[str], None]
+) -> Callable[[EpochResult, Callable[[], dict]], None]:
+    """``fit``'s on_epoch: checkpoint, keep the last epoch's model in ``final["model"]``, log the epoch."""
+    def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
+        state = checkpoint()
+        _atomic_torch_save(state, ckpt_path)  # every epoch: a killed run loses at most one
+        if result.epoch == epochs:
+            final["model"] = state["model"]
+        rate = train_images / result.seconds
+        log(f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.3f}, "
+            f"source test accuracy {result.val_accuracy:.4f}, {result.seconds:.0f} s ({rate:.0f} img/s incl. eval)")
+
+    return on_epoch
+
+
+def _metadata(
+    output: Path, classes: tuple[str, ...], data: DataBundle, result: FitResult, recipe: Recipe, started: float
+) -> dict[str, Any]:
+    return {
         "file": output.name,
         "sha256": weights_sha256(str(output)),
         "arch": "resnet18",
@@ -137,7 +158,3 @@ def pretrain(
         "seconds_this_run": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
     }
-    output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    ckpt_path.unlink(missing_ok=True)
-    log(f"wrote {output} (sha256 {meta['sha256'][:16]}…), source test accuracy {result.test_accuracy:.4f}")
-    return meta
