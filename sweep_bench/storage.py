@@ -89,7 +89,7 @@ def sweep_trial(study: optuna.Study, storage: Any, spec: StudySpec) -> Trial:
     def one() -> None:
         decision, trial = gate.take()
         assert decision == "run" and trial is not None
-        with beating(storage, trial._trial_id) if beats else contextlib.nullcontext():
+        with beating(storage, trial._trial_id, beaten=True) if beats else contextlib.nullcontext():
             _bookkeeping(study, trial)
 
     return one

@@ -56,3 +56,17 @@ def test_without_an_interval_nothing_beats() -> None:
     with beating(storage, 1):  # type: ignore[arg-type]
         time.sleep(0.02)
     assert storage.beats == []
+
+
+def test_a_trial_just_beaten_beats_first_after_one_interval() -> None:
+    storage = _Storage(0.5)
+    with beating(storage, 3, beaten=True):  # type: ignore[arg-type]
+        time.sleep(0.2)
+        early = list(storage.beats)
+    assert early == []  # the gate's beat stands for the first one
+    fresh = _Storage(0.5)
+    with beating(fresh, 3):  # type: ignore[arg-type]
+        deadline = time.monotonic() + 5
+        while not fresh.beats and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert fresh.beats == [3]
