@@ -272,10 +272,7 @@ def run_trial(
     trial is checkpointed after every epoch and a retried trial resumes from its predecessor's last
     checkpoint (same params, same seed, the epoch counter continues).
     """
-    import torch
-
-    from sweep.model import weights_sha256
-    from sweep.train import Diverged, fit, resolve_precision
+    from sweep.train import fit
 
     progress = progress or Progress()
     params = suggest_params(trial, spec)
@@ -286,16 +283,49 @@ def run_trial(
     checkpoints = Checkpoints(trial, artifacts, every=spec.train.checkpoint_every)
     resume = checkpoints.load()
     resumed_epoch = int(resume["epoch"]) if resume is not None else 0
+    on_epoch = _EpochHook(trial, spec, checkpoints, progress, stop, _epoch_seconds_before(trial, resumed_epoch))
+    _record_setup(trial, config, data, device, resumed_epoch=None if original_number is None else resumed_epoch)
+    progress.trial_started(trial.number, {k: params[k] for k in spec.params})
+    if resumed_epoch:
+        progress.message(f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial "
+                         f"{original_number})")
+    # _ended_early returns: the exception, whose traceback holds fit's model and optimizer, is
+    # dropped before the caller frees memory after an OOM.
+    try:
+        result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
+    except Exception as exc:
+        return _ended_early(trial, exc, checkpoints, started)
+    checkpoints.discard()
+    _finish(trial, started)
+    trial.set_user_attr("test_accuracy", result.test_accuracy)
+    if on_epoch.final_model is not None:
+        _store_final_model(checkpoints, on_epoch.final_model, config, data, progress)
+    return TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
+
+
+def _epoch_seconds_before(trial: optuna.Trial, resumed_epoch: int) -> list[float]:
+    """The per-epoch timings a retry inherits, up to the epoch it resumes from."""
+    return list(trial.user_attrs.get("epoch_seconds", []))[:resumed_epoch]
+
+
+def _record_setup(
+    trial: optuna.Trial, config: TrainConfig, data: DataBundle, device: str, *, resumed_epoch: int | None
+) -> None:
+    """Record where and on what the trial trains (``resumed_epoch``: a retry's starting epoch)."""
+    import torch
+
+    from sweep.model import weights_sha256
+    from sweep.train import resolve_precision
+
     # A retry inherits its predecessor's attributes: keep the per-epoch history, drop the failure.
-    epoch_seconds: list[float] = list(trial.user_attrs.get("epoch_seconds", []))[:resumed_epoch]
     for stale in ("fail_reason", "traceback", "test_accuracy", FINAL_MODEL_ATTR):
         if stale in trial.user_attrs:
             trial.set_user_attr(stale, None)
-    if original_number is not None:
+    if resumed_epoch is not None:
         trial.set_user_attr("resumed_from_epoch", resumed_epoch)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("device", device)
-    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("seed", config.seed)
     trial.set_user_attr("data_fingerprint", data.fingerprint)
     trial.set_user_attr("train_images", len(data.train_y))
     trial.set_user_attr("val_images", len(data.val_y))  # the noise floor of its accuracy
@@ -304,80 +334,103 @@ def run_trial(
         trial.set_user_attr("weights_sha256", sha)  # results name a backbone file by its content
     if device.startswith("cuda"):
         trial.set_user_attr("gpu_name", torch.cuda.get_device_name(torch.device(device)))
-    progress.trial_started(trial.number, {k: params[k] for k in spec.params})
-    if resumed_epoch:
-        progress.message(f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial "
-                         f"{original_number})")
 
-    keep = checkpoints.store is not None and spec.checkpoint.keep_best > 0
-    final: dict[str, Any] = {}
 
-    def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
-        epoch_seconds.append(result.seconds)
-        trial.report(result.val_accuracy, result.epoch)
-        trial.set_user_attr("epochs_run", result.epoch)
-        trial.set_user_attr("epoch_seconds", list(epoch_seconds))
-        progress.epoch_done(trial.number, result.epoch, spec.epochs, result.val_accuracy, result.seconds)
-        if result.epoch >= spec.epochs:
-            if keep:
-                final["model"] = checkpoint()["model"]  # CPU copies of the final weights
+class _EpochHook:
+    """``fit``'s per-epoch callback for one trial: report to the pruner, record timings, checkpoint,
+    honour a graceful stop, and keep the final weights when the study keeps its best models."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        spec: StudySpec,
+        checkpoints: Checkpoints,
+        progress: Progress,
+        stop: StopFlag | None,
+        epoch_seconds: list[float],
+    ) -> None:
+        self.trial = trial
+        self.spec = spec
+        self.checkpoints = checkpoints
+        self.progress = progress
+        self.stop = stop
+        self.epoch_seconds = epoch_seconds
+        self.keep_final = checkpoints.store is not None and spec.checkpoint.keep_best > 0
+        self.final_model: dict | None = None  # CPU copies of the final weights (keep_final)
+
+    def __call__(self, result: EpochResult, checkpoint: Callable[[], dict]) -> None:
+        self._record(result)
+        if result.epoch >= self.spec.epochs:
+            if self.keep_final:
+                self.final_model = checkpoint()["model"]
             return  # all epochs done: pruning now would save nothing and hide a finished result
-        if trial.should_prune():
+        if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
-        stopping = stop is not None and stop.is_set()
+        stopping = self.stop is not None and self.stop.is_set()
         if stopping:
-            checkpoints.every = 1  # whatever the interval, the hand-back needs this epoch
-        checkpoints.save(checkpoint(), result.epoch)
+            self.checkpoints.every = 1  # whatever the interval, the hand-back needs this epoch
+        self.checkpoints.save(checkpoint(), result.epoch)
         if stopping:
             raise StopRequested(f"stopped after epoch {result.epoch}")
 
-    def finish(reason: Reason | None = None) -> None:
-        trial.set_user_attr("duration_s", round(time.time() - started, 3))
-        if reason is not None:
-            trial.set_user_attr("fail_reason", reason.value)
+    def _record(self, result: EpochResult) -> None:
+        trial = self.trial
+        self.epoch_seconds.append(result.seconds)
+        trial.report(result.val_accuracy, result.epoch)
+        trial.set_user_attr("epochs_run", result.epoch)
+        trial.set_user_attr("epoch_seconds", list(self.epoch_seconds))
+        self.progress.epoch_done(trial.number, result.epoch, self.spec.epochs, result.val_accuracy, result.seconds)
 
-    # Every except below returns: the exception, whose traceback holds fit's model and optimizer,
-    # is dropped before the caller frees memory after an OOM.
-    try:
-        result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
-    except optuna.TrialPruned:
+
+def _finish(trial: optuna.Trial, started: float, reason: Reason | None = None) -> None:
+    """Record the trial's duration and, for a prune or failure with a cause, its ``fail_reason``."""
+    trial.set_user_attr("duration_s", round(time.time() - started, 3))
+    if reason is not None:
+        trial.set_user_attr("fail_reason", reason.value)
+
+
+def _ended_early(trial: optuna.Trial, exc: Exception, checkpoints: Checkpoints, started: float) -> TrialOutcome:
+    """The outcome of a ``fit`` that raised (called while ``exc`` is being handled)."""
+    from sweep.train import Diverged
+
+    if isinstance(exc, optuna.TrialPruned):
         checkpoints.discard()
-        finish()
+        _finish(trial, started)
         return TrialOutcome(Ending.PRUNED)
-    except Diverged:
+    if isinstance(exc, Diverged):
         checkpoints.discard()
-        finish(Reason.DIVERGED)
+        _finish(trial, started, Reason.DIVERGED)
         return TrialOutcome(Ending.PRUNED, cause=Reason.DIVERGED)
-    except StopRequested:
-        finish(Reason.STOPPED)  # the checkpoint stays: the retry resumes from it
+    if isinstance(exc, StopRequested):
+        _finish(trial, started, Reason.STOPPED)  # the checkpoint stays: the retry resumes from it
         return TrialOutcome(Ending.FAIL, cause=Reason.STOPPED, hand_back=True)
-    except Exception as exc:
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        if _is_device_lost(exc):
-            # Every later CUDA call in this process fails too: the worker must exit for a restart.
-            # Keep the checkpoint: a handed-back trial resumes from it on a healthy worker. A trial
-            # that already broke a context once is the likelier culprit than the GPU: it fails for good.
-            lost = int(trial.user_attrs.get(DEVICE_LOST_ATTR) or 0) + 1
-            trial.set_user_attr(DEVICE_LOST_ATTR, lost)
-            finish(Reason.DEVICE)
-            return TrialOutcome(Ending.FAIL, cause=Reason.DEVICE, detail=first_line(exc), hand_back=lost == 1)
-        checkpoints.discard()
-        if _is_oom(exc):
-            finish(Reason.OOM)
-            # Optuna 5 constraint: samplers treat this region as infeasible from now on.
-            trial.set_constraint("oom", 1.0)
-            return TrialOutcome(Ending.FAIL, cause=Reason.OOM)
-        finish(Reason.ERROR)
-        return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
+    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+    if _is_device_lost(exc):
+        # Every later CUDA call in this process fails too: the worker must exit for a restart.
+        # Keep the checkpoint: a handed-back trial resumes from it on a healthy worker. A trial
+        # that already broke a context once is the likelier culprit than the GPU: it fails for good.
+        lost = int(trial.user_attrs.get(DEVICE_LOST_ATTR) or 0) + 1
+        trial.set_user_attr(DEVICE_LOST_ATTR, lost)
+        _finish(trial, started, Reason.DEVICE)
+        return TrialOutcome(Ending.FAIL, cause=Reason.DEVICE, detail=first_line(exc), hand_back=lost == 1)
     checkpoints.discard()
-    finish()
-    trial.set_user_attr("test_accuracy", result.test_accuracy)
-    if "model" in final:
-        try:
-            checkpoints.store_final(final_model_payload(final["model"], config, data))
-        except Exception as exc:  # noqa: BLE001 - a full disk must not cost the trial its result
-            progress.message(f"trial {trial.number}: final model not stored ({type(exc).__name__}: {exc})")
-    return TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
+    if _is_oom(exc):
+        _finish(trial, started, Reason.OOM)
+        # Optuna 5 constraint: samplers treat this region as infeasible from now on.
+        trial.set_constraint("oom", 1.0)
+        return TrialOutcome(Ending.FAIL, cause=Reason.OOM)
+    _finish(trial, started, Reason.ERROR)
+    return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
+
+
+def _store_final_model(
+    checkpoints: Checkpoints, model: dict, config: TrainConfig, data: DataBundle, progress: Progress
+) -> None:
+    """Store a completed trial's final model; a failure is reported, never raised."""
+    try:
+        checkpoints.store_final(final_model_payload(model, config, data))
+    except Exception as exc:  # noqa: BLE001 - a full disk must not cost the trial its result
+        progress.message(f"trial {checkpoints.trial.number}: final model not stored ({type(exc).__name__}: {exc})")
 
 
 class SetupError(Exception):

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +30,7 @@ from sweep.objective import (
     Ending,
     Progress,
     Reason,
+    Retrained,
     SetupError,
     StopFlag,
     TrialOutcome,
@@ -57,6 +58,9 @@ from sweep.storage import (
     study_names,
 )
 from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
+
+if TYPE_CHECKING:
+    from sweep.train import FitResult
 
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "spec_fingerprint"
@@ -421,12 +425,30 @@ def run_worker(
     storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
+    device = _worker_device(device, threads, events)
+    data = _worker_data(spec, storage_url, events)
+    study = _worker_study(name, storage, spec)
+    store = artifact_store(storage_url, artifacts)
+    summary = WorkerSummary(study=name, device=device)
+    gate = BudgetGate(study, spec)
+    runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
+    loop = _TrialLoop(gate, runner, events, summary, provenance.environment(), n_trials, poll_s, wait_paused)
+    loop.run()
+    return summary
+
+
+def _worker_device(device: str, threads: int | None, events: WorkerEvents) -> str:
+    """The device this worker trains on (``resolve_device``), said when it is the CPU; sets ``threads``."""
     device = resolve_device(device)
     if device == "cpu":
         events.message("no GPU in use: training on the CPU" + (f" with {threads} threads" if threads else ""))
     if threads:
         set_threads(threads)
+    return device
 
+
+def _worker_data(spec: StudySpec, storage_url: str, events: WorkerEvents) -> Any:
+    """The study's data, checked with its model (``preflight``) and described to the user."""
     # Data and weights are resolved here, on the worker, before it takes a trial.
     events.message(f"loading data {spec.data.name!r} from {spec.data.root!r}")
     try:
@@ -437,62 +459,94 @@ def run_worker(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
         f"{data.num_classes} classes"
     )
+    return data
 
+
+def _worker_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study:
+    """The study with the spec's sampler and pruner, the sampler reseeded for this process."""
     # Each worker process gets its own sampler stream; identical seeds in parallel workers would
     # propose the same first configurations twice.
     study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
     with contextlib.suppress(AttributeError, TypeError):
         study.sampler.reseed_rng()
+    return study
 
-    store = artifact_store(storage_url, artifacts)
-    summary = WorkerSummary(study=name, device=device)
-    gate = BudgetGate(study, spec)
-    runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
-    environment = provenance.environment()
-    said = ""  # the last waiting message: said once per wait
-    while n_trials is None or summary.trials < n_trials:
-        if stop.is_set():
-            summary.stopped = True
-            break
-        decision, trial = gate.take()
-        if decision == Decision.DONE:
-            break
+
+@dataclass
+class _TrialLoop:
+    """``run_worker``'s loop: take trials from the gate and run them until the budget, a stop, a pause
+    or a broken CUDA context ends it; what happened goes into ``summary``."""
+
+    gate: BudgetGate
+    runner: TrialRunner
+    events: WorkerEvents
+    summary: WorkerSummary
+    environment: dict[str, Any]
+    n_trials: int | None
+    poll_s: float
+    wait_paused: bool
+    said: str = ""  # the last waiting message: said once per wait
+
+    def run(self) -> None:
+        """Take and run trials until one of the loop's endings."""
+        while self.n_trials is None or self.summary.trials < self.n_trials:
+            if self.runner.stop.is_set():
+                self.summary.stopped = True
+                return
+            decision, trial = self.gate.take()
+            if decision == Decision.DONE:
+                return
+            if decision in (Decision.PAUSED, Decision.WAIT):
+                if not self._wait(decision):
+                    return
+                continue
+            self.said = ""
+            assert trial is not None
+            if not self._run(trial):
+                return
+
+    def _wait(self, decision: Decision) -> bool:
+        """Wait ``poll_s`` while paused or the budget is reached; False: the worker exits."""
         if decision == Decision.PAUSED:
-            summary.paused = True
-            if not wait_paused:
-                events.message("study paused: no new trials until `sweep resume`; exiting")
-                break
-        if decision in (Decision.PAUSED, Decision.WAIT):
-            why = ("study paused: waiting for `sweep resume`" if decision == Decision.PAUSED
-                   else "budget reached; waiting for trials still running on other workers")
-            if why != said:
-                events.message(why)
-                said = why
-            if stop.event.wait(poll_s):
-                summary.stopped = True
-                break
-            continue
-        said = ""
-        assert trial is not None
-        system_attrs = storage.get_trial_system_attrs(trial._trial_id)
+            self.summary.paused = True
+            if not self.wait_paused:
+                self.events.message("study paused: no new trials until `sweep resume`; exiting")
+                return False
+        why = ("study paused: waiting for `sweep resume`" if decision == Decision.PAUSED
+               else "budget reached; waiting for trials still running on other workers")
+        if why != self.said:
+            self.events.message(why)
+            self.said = why
+        if self.runner.stop.event.wait(self.poll_s):
+            self.summary.stopped = True
+            return False
+        return True
+
+    def _run(self, trial: optuna.Trial) -> bool:
+        """Run one trial and count it; False: the worker takes no more."""
+        outcome = self.runner.run(trial, self._label(trial))
+        self.events.trial_finished(trial.number, outcome.state.value, outcome.value, outcome.reason)
+        if outcome.cause is Reason.PAUSED:  # handed back (not counted): the gate now says paused
+            return True
+        self.summary.states[outcome.state.value] += 1
+        if outcome.cause is Reason.STOPPED:
+            self.summary.stopped = True
+            return False
+        if outcome.device_lost:
+            self.summary.device_lost = outcome.reason
+            self.events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
+            return False
+        return True
+
+    def _label(self, trial: optuna.Trial) -> int | None:
+        """Record who runs ``trial``; return the number of the trial it retries (None: a new one)."""
+        system_attrs = self.runner.storage.get_trial_system_attrs(trial._trial_id)
         original = system_attrs.get(RETRY_KEY)
         if original is not None:
             trial.set_user_attr("retry_of", original)
         trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("environment", environment)
-        outcome = runner.run(trial, original)
-        events.trial_finished(trial.number, outcome.state.value, outcome.value, outcome.reason)
-        if outcome.cause is Reason.PAUSED:  # handed back (not counted): the gate now says paused
-            continue
-        summary.states[outcome.state.value] += 1
-        if outcome.cause is Reason.STOPPED:
-            summary.stopped = True
-            break
-        if outcome.device_lost:
-            summary.device_lost = outcome.reason
-            events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
-            break
-    return summary
+        trial.set_user_attr("environment", self.environment)
+        return original
 
 
 @dataclass
@@ -943,20 +997,14 @@ def rerun_trial(
     in both precisions shows what bf16 costs in accuracy. ``export``: a folder to write the
     retrained model to, as ``sweep export`` does.
     """
-    from sweep.export import ExportError, write_export
+    from sweep.export import ExportError
 
     if export is not None and Path(export).exists() and not force:
         raise ServiceError(f"--export {export}: already exists; choose a new folder or pass --force")
     storage = open_read_only(storage_url)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    by_number = {t.number: t for t in trials}
-    if number not in by_number:
-        raise ServiceError(f"TRIAL = {number}: study {name!r} has trials 0..{len(trials) - 1}")
-    trial = by_number[number]
-    if not trial.params:
-        raise ServiceError(f"TRIAL = {number}: it has no params yet (state {trial.state.name})")
+    trial = _trial_to_rerun(storage, name, number)
     device = resolve_device(device)
     if threads:
         set_threads(threads)
@@ -966,18 +1014,43 @@ def rerun_trial(
         data = load_spec_data(spec, storage_url)
         retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
                             keep_final=export is not None, on_epoch=on_epoch)
-        result = retrained.result
         if retrained.payload is not None and export is not None:
-            record = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
-                           environment=provenance.environment(), retrained=True)
-            record["git_commit"] = record["environment"].get("git_commit")
-            write_export(retrained.payload, record, Path(export), force=force)
+            _export_retrained(name, trial, retrained, Path(export), force=force)
     except (SetupError, ExportError) as exc:
         raise ServiceError(str(exc)) from None
+    return _rerun_result(name, trial, retrained.result)
+
+
+def _trial_to_rerun(storage: optuna.storages.BaseStorage, name: str, number: int) -> FrozenTrial:
+    """Trial ``number`` of study ``name``, which must have params to train."""
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    if number not in by_number:
+        raise ServiceError(f"TRIAL = {number}: study {name!r} has trials 0..{len(trials) - 1}")
+    trial = by_number[number]
+    if not trial.params:
+        raise ServiceError(f"TRIAL = {number}: it has no params yet (state {trial.state.name})")
+    return trial
+
+
+def _export_retrained(name: str, trial: FrozenTrial, retrained: Retrained, folder: Path, *, force: bool) -> None:
+    """Write a retrained model as ``sweep export`` does, its card saying it was trained again."""
+    from sweep.export import write_export
+
+    assert retrained.payload is not None
+    result = retrained.result
+    record = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
+                   environment=provenance.environment(), retrained=True)
+    record["git_commit"] = record["environment"].get("git_commit")
+    write_export(retrained.payload, record, folder, force=force)
+
+
+def _rerun_result(name: str, trial: FrozenTrial, result: FitResult) -> RerunResult:
+    """The trial's stored curve, test accuracy and precision next to the fresh run's."""
     stored = tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
     return RerunResult(
         name,
-        number,
+        trial.number,
         dict(trial.params),
         stored,
         tuple(h.val_accuracy for h in result.history),

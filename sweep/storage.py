@@ -231,34 +231,63 @@ def open_storage(
     if path is not None and not path.exists() and not create:
         raise StorageError(f"no sweep database at {path}; create a study first: sweep create SPEC")
     engine_kwargs = storage_engine_kwargs(sa_url, pgbouncer=behind_pgbouncer(url))
-    hb: dict[str, Any] = {}
-    if heartbeat:
-        hb = {
-            "heartbeat_interval": heartbeat_interval if heartbeat_interval is not None
-            else env_int("SWEEP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
-            "grace_period": grace_period if grace_period is not None else env_int("SWEEP_GRACE_PERIOD", GRACE_PERIOD),
-        }
-        with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
+    hb = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat else {}
+    return _until_reachable(
+        functools.partial(_connect, url, sa_url, engine_kwargs, hb), url=url, sa_url=sa_url, wait_s=wait_s
+    )
+
+
+def _heartbeat_kwargs(interval: int | None, grace_period: int | None, max_retry: int | None) -> dict[str, Any]:
+    """RDBStorage's heartbeat arguments: the interval and grace period (given, else from the
+    environment, else the defaults) and the callback that re-queues a dead worker's trial."""
+    hb: dict[str, Any] = {
+        "heartbeat_interval": interval if interval is not None
+        else env_int("SWEEP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
+        "grace_period": grace_period if grace_period is not None else env_int("SWEEP_GRACE_PERIOD", GRACE_PERIOD),
+    }
+    with warnings.catch_warnings():  # experimental since 2.8, the supported way in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # The retry keeps the curve so far: it resumes from the trial's last epoch checkpoint.
+        hb["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retry, inherit_intermediate_values=True
+        )
+    return hb
+
+
+def _connect(url: str, sa_url: str, engine_kwargs: dict[str, Any], hb: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """One attempt to open the storage (sweep.rdb's, else Optuna's own); a missing driver is a StorageError."""
+    try:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # The retry keeps the curve so far: it resumes from the trial's last epoch checkpoint.
-            hb["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry, inherit_intermediate_values=True
-            )
+            if rdb.UNSUPPORTED is None:
+                return SweepRDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
+            return _stock_storage(sa_url, hb)
+    except ImportError:
+        raise StorageError(
+            f"no driver for {mask_url(url)}; install PostgreSQL support: pip install 'sweep[postgres]'"
+        ) from None
+
+
+# What an unreachable (not yet started, restarting) database raises while connecting.
+_UNREACHABLE = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlite3.Error,
+)
+
+
+def _until_reachable(
+    connect: Callable[[], optuna.storages.RDBStorage], *, url: str, sa_url: str, wait_s: float
+) -> optuna.storages.RDBStorage:
+    """``connect()``, retried while the database is unreachable (backoff 0.5 s doubling to 5 s) for up
+    to ``wait_s`` seconds; then a StorageError on one line, the URL's password masked."""
     deadline = time.monotonic() + wait_s
     delay = 0.5
     while True:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                if rdb.UNSUPPORTED is None:
-                    return SweepRDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
-                return _stock_storage(sa_url, hb)
-        except (
-            optuna.exceptions.StorageInternalError,
-            sqlalchemy.exc.OperationalError,
-            sqlalchemy.exc.InterfaceError,
-            sqlite3.Error,
-        ) as exc:
+            return connect()
+        except _UNREACHABLE as exc:
             if time.monotonic() >= deadline:
                 reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], sa_url)
                 raise StorageError(
@@ -267,10 +296,6 @@ def open_storage(
                 ) from None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
-        except ImportError:
-            raise StorageError(
-                f"no driver for {mask_url(url)}; install PostgreSQL support: pip install 'sweep[postgres]'"
-            ) from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -225,6 +225,42 @@ def test_unreachable_postgresql_is_one_masked_line() -> None:
     assert SECRET not in message and "\n" not in message
 
 
+def test_an_unreachable_database_is_retried_with_backoff_until_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from sweep import storage as storage_module
+    from sweep.storage import _until_reachable
+
+    now: list[float] = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(storage_module, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    url = f"postgresql+psycopg://sweep:{SECRET}@db/sweep"
+    attempts: list[int] = []
+
+    def refused(times: int) -> Callable[[], Any]:
+        def connect() -> Any:
+            attempts.append(1)
+            if len(attempts) <= times:
+                raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused\nat db:5432"))
+            return "storage"
+
+        return connect
+
+    assert _until_reachable(refused(2), url=url, sa_url=url, wait_s=20) == "storage" and slept == [0.5, 1.0]
+    now[0], attempts[:], slept[:] = 0.0, [], []
+    with pytest.raises(StorageError) as info:
+        _until_reachable(refused(99), url=url, sa_url=url, wait_s=20)
+    assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 2.5]  # doubling, at most 5 s, never past the deadline
+    assert str(info.value) == (
+        "cannot reach storage postgresql+psycopg://sweep:***@db/sweep: connection refused (retried for 20 s)"
+    )
+
+
 def test_wrong_password_is_masked(pg_url: str) -> None:
     from sqlalchemy.engine import make_url
 
