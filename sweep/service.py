@@ -604,7 +604,8 @@ class TrialRunner:
             if control.is_paused(self.storage.get_study_user_attrs(study._study_id)):
                 pause.set()
 
-        with beating(self.storage, trial._trial_id, on_beat=check_pause):
+        # The trial comes from BudgetGate.take, which beat it and checked the pause a moment ago.
+        with beating(self.storage, trial._trial_id, on_beat=check_pause, beaten=True):
             try:
                 outcome = run_trial(
                     trial,
