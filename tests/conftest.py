@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,7 +126,17 @@ def pg_fresh_url(pg_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(_libpq_url(pg_url), autocommit=True, connect_timeout=10) as admin:
             # FORCE: worker processes a test killed, or pools still open here, must not keep it alive.
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            # An autovacuum worker analysing the fresh tables is not the test user's to terminate
+            # (InsufficientPrivilege): it finishes in moments, so the drop is tried again.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    break
+                except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
