@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.table import Table
 
 from sweep.show import short
 from sweep.spec import PRECISIONS
+
+if TYPE_CHECKING:  # the service (Optuna, SQLAlchemy) is imported by the commands that use it
+    from sweep.service import WorkerPlan
 
 # sweep.storage's DEFAULT_URL (tests/test_cli.py holds them equal), not imported: `python -m sweep bench
 # train` must start where only PyTorch is installed (scripts/gpu-bench on the GPU machine: no Optuna, no
@@ -234,6 +237,13 @@ def worker(
         console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
         raise typer.Exit(supervise(plan.slots, plan.child_args,
                                    log=lambda m: console.print(escape(m), highlight=False)))
+    _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait)
+
+
+def _run_in_this_process(
+    plan: WorkerPlan, study: str | None, storage: str, *, n_trials: int | None, artifacts: str | None, wait: bool
+) -> None:
+    """One worker here: its display, its stop handlers, the run, the one-line summary, the exit code."""
     plan.pin_here()
     device, threads = plan.device, plan.threads
     label = os.environ.get("SWEEP_WORKER_LABEL")
