@@ -70,3 +70,35 @@ def write_tiny_spec(
     path.write_text(TINY_SPEC.format(n_trials=n_trials, epochs=epochs, sampler=sampler, pruner=pruner,
                                      pruner_args=pruner_args, lr_low=lr_low, lr_high=lr_high))
     return path
+
+
+# Loaded through PYTHONPATH by worker processes a test must catch mid-trial (held_worker_env): each
+# trains its first epoch, then holds after training its second while the HOLD file exists, so that
+# a pause or a kill surely lands in a trial (a tiny trial can otherwise finish all its epochs before
+# the test has even read the study).
+HOLD_HOOK = '''
+import os, pathlib, time
+import sweep.train
+
+hold, epochs, train = pathlib.Path(os.environ["HOLD"]), [0], sweep.train.train_one_epoch
+
+
+def train_one_epoch(*args, **kwargs):
+    loss = train(*args, **kwargs)
+    epochs[0] += 1
+    while epochs[0] >= 2 and hold.exists():
+        time.sleep(0.05)
+    return loss
+
+
+sweep.train.train_one_epoch = train_one_epoch
+'''
+
+
+def held_worker_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """Environment for a worker process held in its second epoch until the returned file is removed."""
+    hooks, hold = tmp_path / "hooks", tmp_path / "hold"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(HOLD_HOOK)
+    hold.write_text("held")
+    return {"PYTHONPATH": f"{hooks}:{Path(__file__).resolve().parents[1]}", "HOLD": str(hold)}, hold

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import held_worker_env, write_tiny_spec
 from optuna.trial import TrialState
 from test_workers import SWEEP, _create, _env, _study, _sweep, _wait_for
 from typer.testing import CliRunner
@@ -74,38 +74,12 @@ def test_state_of_counts_retries_once_and_running_or_queued_trials() -> None:
     assert state_of({"control": "paused"}, 2, done) == SweepState.PAUSED
 
 
-# Loaded by the two training workers of the test below (PYTHONPATH): each trains its first epoch, then
-# holds after training its second while the HOLD file exists, so that the pause surely lands in a
-# trial (a tiny trial can otherwise finish all its epochs before `sweep pause` has started).
-HOLD = '''
-import os, pathlib, time
-import sweep.train
-
-hold, epochs, train = pathlib.Path(os.environ["HOLD"]), [0], sweep.train.train_one_epoch
-
-
-def train_one_epoch(*args, **kwargs):
-    loss = train(*args, **kwargs)
-    epochs[0] += 1
-    while epochs[0] >= 2 and hold.exists():
-        time.sleep(0.05)
-    return loss
-
-
-sweep.train.train_one_epoch = train_one_epoch
-'''
-
-
 @pytest.mark.slow
 def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1"}
     _create(tmp_path, "data.subset=800", n_trials=3, epochs=6)
-    hooks, hold = tmp_path / "hooks", tmp_path / "hold"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(HOLD)
-    hold.write_text("held")
-    held = {"PYTHONPATH": f"{hooks}:{Path(__file__).resolve().parents[1]}", "HOLD": str(hold), **fast}
-    workers = [_sweep(tmp_path, "worker", "--threads", "1", **held) for _ in range(2)]
+    held, hold = held_worker_env(tmp_path)
+    workers = [_sweep(tmp_path, "worker", "--threads", "1", **held, **fast) for _ in range(2)]
     outputs = [_wait_for(w, "epoch 1/6") for w in workers]  # both are training, held in epoch 2
     paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=_env(tmp_path), text=True,
                             capture_output=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import held_worker_env, write_tiny_spec
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -123,10 +123,11 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
 @pytest.mark.pgbouncer
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, storage_url: str) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
-    # Four epochs: once the first checkpoint is seen, three epochs are left for the kill to land in,
-    # however slowly a loaded machine lets this test read the study.
     _create(tmp_path, "data.subset=800", n_trials=2, epochs=4, url=storage_url)
-    victim = _sweep(tmp_path, "worker", "--threads", "1", **fast)
+    # The victim is held in its second epoch, so the kill lands in the trial however slowly a loaded
+    # machine lets this test read the study (the survivor runs without the hold).
+    held, _ = held_worker_env(tmp_path)
+    victim = _sweep(tmp_path, "worker", "--threads", "1", **held, **fast)
     _wait_for(victim, "epoch 1/4")
     deadline = time.monotonic() + 60  # the epoch-1 checkpoint is stored just after the line is printed
     while not _study(tmp_path).trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
