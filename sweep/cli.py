@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sweep.show import short
-from sweep.spec import PRECISIONS
+from sweep.spec import ARCHS, PRECISIONS, STEMS
 
 if TYPE_CHECKING:  # the service (Optuna, SQLAlchemy) is imported by the commands that use it
     from sweep.service import WorkerPlan
@@ -607,11 +607,9 @@ def _bench_installed() -> None:
                     "run `sweep bench` from a checkout: pip install -e .")
 
 
-class Stem(enum.StrEnum):
-    """ResNet stems ``sweep bench train`` can measure."""
-
-    imagenet = "imagenet"
-    cifar = "cifar"
+# The choices of the spec keys model.arch and train.stem (sweep.spec owns them).
+Arch = enum.StrEnum("Arch", {a: a for a in ARCHS})
+Stem = enum.StrEnum("Stem", {s: s for s in STEMS})
 
 
 @bench_app.command("train")
@@ -623,7 +621,7 @@ def bench_train(
         Path | None, typer.Option("--data-root", help="ImageFolder root with real images (default: synthetic).")
     ] = None,
     subset: Annotated[int, typer.Option("--subset", min=100, help="Training images used from the data.")] = 5000,
-    arch: Annotated[str, typer.Option("--arch", help="resnet18, resnet34 or resnet50.")] = "resnet18",
+    arch: Annotated[Arch, typer.Option("--arch", help="torchvision ResNet to train.")] = Arch.resnet18,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
     json_path: JsonOpt = None,
     stem: Annotated[
@@ -660,7 +658,7 @@ def bench_train(
         json_path=json_path,
         data_root=data_root,
         subset=subset,
-        arch=arch,
+        arch=arch.value,
         console=console,
         stem=stem.value,
         compile=compile_model,

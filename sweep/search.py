@@ -10,6 +10,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError
@@ -160,6 +161,19 @@ def check_search_args(spec: StudySpec) -> None:
         except (TypeError, ValueError) as exc:
             args = dict(getattr(spec, kind).args)
             raise SpecError(kind, args, f"rejected by Optuna: {str(exc).splitlines()[0]}") from None
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of every searched param: what :func:`suggest_params` asks for."""
+    out: dict[str, BaseDistribution] = {}
+    for name, p in spec.params.items():
+        if p.type == "categorical":
+            out[name] = CategoricalDistribution(list(p.choices or ()))
+        elif p.type == "int":
+            out[name] = IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            out[name] = FloatDistribution(float(p.low), float(p.high), step=p.step, log=p.log)
+    return out
 
 
 def suggest_params(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:

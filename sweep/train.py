@@ -33,7 +33,7 @@ from sweep.model import (
     split_model,
     trainable_parameters,
 )
-from sweep.spec import PRECISIONS, SETTINGS, check
+from sweep.spec import SETTINGS, check
 
 # Cached frozen-prefix features may use at most this much memory (and at most 40% of what is free
 # on an accelerator); above it the prefix is simply run on every batch.
@@ -136,8 +136,10 @@ def resolve_precision(device: torch.device, precision: str = "auto", stem: str =
     gradients, so "auto" keeps it in fp32. Emulated bf16 is slower than fp32: "auto" is fp32 there.
     An explicit "fp32" is taken as it is, and so is "bf16" off CUDA.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"train.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    try:
+        check("train.precision", precision)
+    except SpecError as e:
+        raise ValueError(e.terse()) from None
     if precision == "fp32":
         return "fp32"
     if device.type == "cuda":  # "bf16" or "auto": half precision, bf16 where the GPU has it natively

@@ -49,6 +49,7 @@ from sweep.service import BudgetGate, Decision, quiet_optuna
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import PGBOUNCER_OPTION, mask_url, open_storage
 from sweep_bench import script, started, write_json
+from sweep_bench.synthetic import DISTRIBUTIONS, suggest
 
 EPOCHS = 10
 HEARTBEAT_S = 1
@@ -122,10 +123,8 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             if decision != Decision.RUN or trial is None:
                 time.sleep(0.2)
                 continue
-            lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-            trial.suggest_categorical("batch_size", [32, 64, 128, 256])
-            trial.suggest_int("frozen_layers", 0, 5)
-            aug = trial.suggest_float("aug_strength", 0.0, 1.0)
+            params = suggest(trial)
+            lr, aug = params["lr"], params["aug_strength"]
             tally.ask_ms.append((time.perf_counter() - t0) * 1e3)
             quality = 0.9 - 0.1 * abs(math.log10(lr) + 3) + 0.05 * aug + rng.gauss(0, 0.02)
             epoch_s = rng.lognormvariate(math.log(trial_s), 0.5) / EPOCHS
@@ -344,17 +343,11 @@ FROM t CROSS JOIN generate_series(1, 10) s WHERE t.state = 'COMPLETE'::trialstat
 
 def _prefill_sql(libpq: str, study_id: int, n: int) -> None:
     """``n`` finished trials (30 % pruned) with params, values and reports, inserted by the server."""
-    dists = {
-        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
-        "batch_size": optuna.distributions.CategoricalDistribution([32, 64, 128, 256]),
-        "frozen_layers": optuna.distributions.IntDistribution(0, 5),
-        "aug_strength": optuna.distributions.FloatDistribution(0.0, 1.0),
-    }
     with psycopg.connect(libpq, autocommit=True) as conn:
         values = ", ".join(
             f"({sql.Literal(k).as_string(conn)}, "
             f"{sql.Literal(optuna.distributions.distribution_to_json(d)).as_string(conn)})"
-            for k, d in dists.items()
+            for k, d in DISTRIBUTIONS.items()
         )
         # lr is stored in its internal (log-free) representation: Optuna stores the raw float.
         conn.execute(_FILL.replace("%(dists)s", values), {"study": study_id, "n": n})  # type: ignore[arg-type]
@@ -375,10 +368,7 @@ def _ask_times(kind: str, url: str, name: str, steady: int) -> dict[str, float]:
             t0 = time.perf_counter()
         _, trial = gate.take()
         assert trial is not None
-        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-        trial.suggest_categorical("batch_size", [32, 64, 128, 256])
-        trial.suggest_int("frozen_layers", 0, 5)
-        trial.suggest_float("aug_strength", 0.0, 1.0)
+        suggest(trial)
         times.append((time.perf_counter() - t0) * 1e3)
         study.tell(trial, 0.6)
     storage.engine.dispose()

@@ -39,7 +39,6 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from sweep.heartbeat import beating
@@ -48,15 +47,10 @@ from sweep.service import BudgetGate
 from sweep.spec import StudySpec, parse_spec
 from sweep.storage import mask_url, open_storage
 from sweep_bench import script, started, write_json
+from sweep_bench.synthetic import DISTRIBUTIONS, random_params, suggest
 
 SMALL = 100  # trials already in the study for the headline figure
 EPOCHS = 10
-DISTRIBUTIONS: dict[str, Any] = {
-    "lr": FloatDistribution(1e-5, 1e-1, log=True),
-    "batch_size": CategoricalDistribution([32, 64, 128, 256]),
-    "frozen_layers": IntDistribution(0, 5),
-    "aug_strength": FloatDistribution(0.0, 1.0),
-}
 BACKENDS = ("memory", "sqlite", "postgresql", "postgresql_8_workers")
 
 Trial = Callable[[], None]
@@ -67,10 +61,7 @@ Trial = Callable[[], None]
 
 def _bookkeeping(study: optuna.Study, trial: optuna.Trial) -> None:
     """Everything a worker tells the storage during one trial, training left out."""
-    trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-    trial.suggest_categorical("batch_size", [32, 64, 128, 256])
-    trial.suggest_int("frozen_layers", 0, 5)
-    aug = trial.suggest_float("aug_strength", 0.0, 1.0)
+    aug = suggest(trial)["aug_strength"]
     for epoch in range(1, EPOCHS + 1):
         trial.report(0.5 + 0.04 * epoch * aug, epoch)
     trial.set_user_attr("checkpoint", {"path": f"storage/artifacts/t{trial.number}.pt", "epoch": EPOCHS})
@@ -111,12 +102,7 @@ def _synthetic_trials(n: int, seed: int = 0) -> list[optuna.trial.FrozenTrial]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        params = {
-            "lr": 10 ** rng.uniform(-5, -1),
-            "batch_size": rng.choice([32, 64, 128, 256]),
-            "frozen_layers": rng.randint(0, 5),
-            "aug_strength": rng.random(),
-        }
+        params = random_params(rng)
         final = 0.5 + 0.4 * rng.random()
         pruned = rng.random() < 0.3
         epochs = rng.randint(1, EPOCHS - 1) if pruned else EPOCHS

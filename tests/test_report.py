@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 import sweep.atomic
 from sweep import report
 from sweep.report import ReportData
-from sweep_bench.report import run_report_bench, synthetic_study
+from sweep_bench.report import run_report_bench
+from sweep_bench.synthetic import synthetic_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

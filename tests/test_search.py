@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweep.search import build_pruner, build_sampler, suggest_params
+from sweep.search import build_pruner, build_sampler, distributions, suggest_params
 from sweep.spec import parse_spec
 
 SPACE = {
@@ -53,6 +53,19 @@ def test_suggestions_stay_in_the_space() -> None:
         assert p["stem"] == "cifar" and p["weight_decay"] == 0.05  # fixed, from [train]
         study.tell(trial, 0.5)
     assert set(study.trials[0].params) == set(SPACE)
+
+
+@pytest.mark.parametrize("extra", [{}, {"label_smoothing": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
+                                       "resolution": {"type": "int", "low": 32, "high": 64, "step": 16},
+                                       "stem": {"type": "categorical", "choices": ["cifar", "imagenet"]},
+                                       "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}])
+def test_distributions_are_what_suggest_params_asks_for(extra: dict) -> None:
+    spec = parse_spec({"name": "s", "params": SPACE | extra})
+    study = optuna.create_study()
+    trial = study.ask()
+    suggest_params(trial, spec)
+    assert distributions(spec) == trial.distributions
+    assert list(distributions(spec)) == list(SPACE | extra)
 
 
 def test_grid_sampler_covers_grid() -> None:

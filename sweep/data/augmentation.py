@@ -13,6 +13,9 @@ import threading
 import torch
 from torch import Tensor
 
+from sweep.errors import SpecError
+from sweep.spec import check
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,8 +49,10 @@ def augment_view(x: Tensor, strength: float, generator: torch.Generator | None =
     The network input is a float copy anyway (:func:`normalize`), and converting straight from the
     view saves one pass over the batch.
     """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"train.aug_strength={strength!r}: must be between 0 and 1")
+    try:
+        check("train.aug_strength", strength)
+    except SpecError as e:
+        raise ValueError(e.terse()) from None
     if strength == 0:
         return x
     scale = x.shape[-2] / 32
