@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ class Checkpoints:
         self.store = store
         self.every = every
         self.current: dict[str, Any] | None = trial.user_attrs.get(self.ATTR) if store is not None else None
+        self.lost: str | None = None  # why an inherited checkpoint could not be read
 
     def load(self) -> dict | None:
         """The inherited checkpoint's state (on the CPU), or None to start from scratch."""
@@ -141,7 +143,8 @@ class Checkpoints:
             path = os.path.join(tmp, "ckpt.pt")
             try:
                 download_artifact(artifact_store=self.store, file_path=path, artifact_id=self.current["artifact_id"])
-            except Exception:  # lost or unreadable: start over rather than fail the retry
+            except Exception as exc:  # lost or unreadable: start over rather than fail the retry
+                self.lost = f"epoch {self.current.get('epoch')}: {first_line(exc)}"
                 self.current = None
                 return None
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -289,6 +292,9 @@ def run_trial(
     if resumed_epoch:
         progress.message(f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial "
                          f"{original_number})")
+    elif checkpoints.lost:
+        progress.message(f"trial {trial.number}: the checkpoint of trial {original_number} cannot be read "
+                         f"({checkpoints.lost}); training from epoch 0. Is --artifacts shared by all workers?")
     # _ended_early returns: the exception, whose traceback holds fit's model and optimizer, is
     # dropped before the caller frees memory after an OOM.
     try:
@@ -376,7 +382,12 @@ class _EpochHook:
     def _record(self, result: EpochResult) -> None:
         trial = self.trial
         self.epoch_seconds.append(result.seconds)
-        trial.report(result.val_accuracy, result.epoch)
+        with warnings.catch_warnings():
+            # A retry retrains the epochs its predecessor reported after its last checkpoint (all of
+            # them when the checkpoint was lost). Optuna keeps a step's first value and warns; the
+            # first is as good (same params, same seed), so the warning only alarms the reader.
+            warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
+            trial.report(result.val_accuracy, result.epoch)
         trial.set_user_attr("epochs_run", result.epoch)
         trial.set_user_attr("epoch_seconds", list(self.epoch_seconds))
         self.progress.epoch_done(trial.number, result.epoch, self.spec.epochs, result.val_accuracy, result.seconds)

@@ -186,3 +186,40 @@ def test_a_broken_cuda_context_hands_the_trial_back_and_stops_the_worker(
     # The trial that failed for good has spent one of the two; the handed-back attempt spent none.
     assert run_worker("tiny", storage_url=url, device="cpu").trials == 1
     assert [t.state for t in study.trials[2:]] == [TrialState.COMPLETE]
+
+
+def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(url: str, tmp_path: Path) -> None:
+    # A worker stopped after epoch 2 hands its trial back with a checkpoint; the artifacts folder is
+    # then lost (not shared with the next worker). The retry must say why it starts over, train
+    # every epoch, and not print Optuna's "already reported" warning for the epochs it retrains.
+    import shutil
+    import warnings
+
+    from sweep.objective import StopFlag
+    from sweep.service import WorkerEvents
+
+    study = _create(url, tmp_path, n_trials=1, epochs=3)
+    artifacts = tmp_path / "artifacts"
+    stop = StopFlag()
+
+    def epoch_done(number: int, epoch: int, epochs: int, acc: float, secs: float) -> None:
+        if epoch == 2:
+            stop.set()
+
+    first = run_worker("tiny", storage_url=url, device="cpu", artifacts=str(artifacts), stop=stop,
+                       events=WorkerEvents(epoch_done=epoch_done))
+    assert first.trials == 1
+    (handed_back,) = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert handed_back.user_attrs["checkpoint"]["epoch"] == 2 and sorted(handed_back.intermediate_values) == [1, 2]
+    shutil.rmtree(artifacts)
+
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_worker("tiny", storage_url=url, device="cpu", artifacts=str(artifacts),
+                   events=WorkerEvents(message=messages.append))
+    assert not [w for w in caught if "already reported" in str(w.message)]
+    assert any("cannot be read (epoch 2:" in m and "training from epoch 0" in m for m in messages), messages
+    (done,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(done.intermediate_values) == [1, 2, 3] and done.user_attrs["resumed_from_epoch"] == 0
+    assert done.user_attrs["epochs_run"] == 3 and len(done.user_attrs["epoch_seconds"]) == 3
