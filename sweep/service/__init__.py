@@ -1,0 +1,80 @@
+"""The use cases behind the CLI: create a study, run a worker, write a report, describe studies.
+
+Nothing here prints: results come back as plain data and progress goes through callbacks, so the
+CLI, the tests and a notebook can all drive the same code. Errors a user can fix are raised as
+``ServiceError`` (or SpecError / StorageError) with one line that says what to do.
+
+One module per job: :mod:`~sweep.service.common` holds what every use case shares (``ServiceError``,
+the spec attributes, finding a study, its spec, its data and a device); :mod:`~sweep.service.create`
+makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into processes,
+:mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
+worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
+report); :mod:`~sweep.service.lifecycle` pauses, resumes and extends them; and
+:mod:`~sweep.service.models` exports, predicts with and reruns trained models. The public names are
+re-exported here; import from ``sweep.service``. None of it imports torch at module level.
+"""
+
+from sweep.control import RETRY_KEY  # imported from here by older code; sweep.control owns it
+from sweep.service.common import (
+    FINGERPRINT_ATTR,
+    SPEC_ATTR,
+    ServiceError,
+    load_spec_data,
+    load_spec_of,
+    open_read_only,
+    quiet_optuna,
+    resolve_device,
+    resolve_study_name,
+)
+from sweep.service.create import CreateResult, create_study
+from sweep.service.gate import BudgetGate, Decision
+from sweep.service.lifecycle import ControlResult, extend_study, pause_study, resume_study
+from sweep.service.models import ExportResult, RerunResult, export_trial, predict, rerun_trial
+from sweep.service.plan import WorkerPlan, plan_workers
+from sweep.service.status import (
+    StudyStatus,
+    default_report_path,
+    list_statuses,
+    status_of,
+    study_status,
+    write_report,
+)
+from sweep.service.worker import TrialRunner, WorkerEvents, WorkerSummary, run_worker
+
+__all__ = [
+    "FINGERPRINT_ATTR",
+    "RETRY_KEY",
+    "SPEC_ATTR",
+    "BudgetGate",
+    "ControlResult",
+    "CreateResult",
+    "Decision",
+    "ExportResult",
+    "RerunResult",
+    "ServiceError",
+    "StudyStatus",
+    "TrialRunner",
+    "WorkerEvents",
+    "WorkerPlan",
+    "WorkerSummary",
+    "create_study",
+    "default_report_path",
+    "export_trial",
+    "extend_study",
+    "list_statuses",
+    "load_spec_data",
+    "load_spec_of",
+    "open_read_only",
+    "pause_study",
+    "plan_workers",
+    "predict",
+    "quiet_optuna",
+    "rerun_trial",
+    "resolve_device",
+    "resolve_study_name",
+    "resume_study",
+    "run_worker",
+    "status_of",
+    "study_status",
+    "write_report",
+]

@@ -1,0 +1,122 @@
+"""What a study looks like: ``sweep status`` and ``sweep list`` (``StudyStatus``), ``sweep report`` (HTML)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep import control
+from sweep.control import SweepState
+from sweep.kept import KeptModel, kept_models
+from sweep.service.common import SPEC_ATTR, open_read_only, resolve_study_name
+from sweep.storage import mask_url, sqlite_path, study_names
+
+
+def default_report_path(names: Sequence[str], storage_url: str) -> Path:
+    """storage/reports/<study>.html beside the SQLite file (or under ./storage for PostgreSQL)."""
+    path = sqlite_path(storage_url)
+    home = path.parent if path is not None else Path("storage")
+    return home / "reports" / f"{'+'.join(names)}.html"
+
+
+def write_report(
+    names: Sequence[str],
+    *,
+    storage_url: str,
+    output: str | Path | None = None,
+    plotlyjs: str = "inline",
+    refresh_s: int | None = None,
+) -> Path:
+    """Write one self-contained HTML report for one or more studies; return its path.
+
+    ``refresh_s`` makes the page reload itself (``sweep report --watch``).
+    """
+    from sweep import report
+
+    storage = open_read_only(storage_url)
+    try:
+        if not names:
+            names = [resolve_study_name(storage, None, storage_url)]
+        names = [resolve_study_name(storage, n, storage_url) for n in names]
+        studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
+        out = Path(output) if output else default_report_path(names, storage_url)
+        return report.write_report(
+            studies, out, storage_label=mask_url(storage_url), plotlyjs=plotlyjs, refresh_s=refresh_s
+        )
+    finally:
+        if hasattr(storage, "close"):  # --watch opens a storage per refresh: no connection left behind
+            storage.close()
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """A study at a glance, for ``sweep status`` and ``sweep list``."""
+
+    name: str
+    n_trials: int
+    states: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_number: int | None
+    running: tuple[dict[str, Any], ...]
+    state: SweepState = SweepState.RUNNING
+    kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept (best first)
+    cost: Any = None  # sweep.report.CostSummary: accuracy against compute
+
+
+def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus:
+    """Trials by state, best trial and running trials of one study."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    from sweep.report import cost_summary_of
+
+    attrs = study.user_attrs
+    try:
+        budget = control.budget(attrs, int(attrs.get(SPEC_ATTR, {}).get("n_trials", 0)))
+    except (TypeError, ValueError):
+        budget = 0
+    running = tuple(
+        {
+            "number": t.number,
+            "host": t.user_attrs.get("host", "?"),
+            "device": t.user_attrs.get("device", "?"),
+            "epoch": t.user_attrs.get("epochs_run", 0),
+            "last_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+            "started": t.datetime_start,
+        }
+        for t in trials
+        if t.state == TrialState.RUNNING
+    )
+    return StudyStatus(
+        name=name,
+        n_trials=budget,
+        states=dict(states),
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_number=best.number if best else None,
+        running=running,
+        state=control.state_of(attrs, budget, trials),
+        kept=kept_models(attrs),
+        cost=cost_summary_of(name, trials, attrs.get(SPEC_ATTR, {})),
+    )
+
+
+def list_statuses(storage_url: str) -> list[StudyStatus]:
+    """Status of every study in the storage."""
+    storage = open_read_only(storage_url)
+    return [study_status(storage, n) for n in sorted(study_names(storage))]
+
+
+def status_of(storage_url: str, name: str | None) -> StudyStatus:
+    """Status of one study (or the only one)."""
+    storage = open_read_only(storage_url)
+    return study_status(storage, resolve_study_name(storage, name, storage_url))
