@@ -182,6 +182,12 @@ def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class GpuSet(enum.StrEnum):
+    """What ``--gpus`` may name (single GPUs are ``--gpu N``)."""
+
+    all = "all"
+
+
 @app.command()
 def worker(
     study: Annotated[str | None, typer.Argument(help="Study name; may be omitted when the storage holds one.")] = None,
@@ -189,7 +195,10 @@ def worker(
         list[int] | None,
         typer.Option("--gpu", help="GPU index to use (repeatable: one worker process per GPU)."),
     ] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="'all' = one worker per visible GPU.")] = None,
+    gpus: Annotated[
+        GpuSet | None,
+        typer.Option("--gpus", help="all = one worker per visible GPU (--gpu N picks GPUs one by one)."),
+    ] = None,
     per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, help="Worker processes per GPU.")] = 1,
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = cuda if visible).")
@@ -228,7 +237,7 @@ def worker(
     from sweep.service import plan_workers
 
     with _user_errors():
-        plan = plan_workers(study, storage_url=storage, gpu=gpu or [], all_gpus=gpus, per_gpu=per_gpu,
+        plan = plan_workers(study, storage_url=storage, gpu=gpu or [], all_gpus=gpus is GpuSet.all, per_gpu=per_gpu,
                             device=device, workers=workers, threads=threads, n_trials=n_trials,
                             artifacts=artifacts, wait_paused=wait)
     if plan.slots:

@@ -227,7 +227,7 @@ def test_unknown_gpu_lists_visible_gpus(workdir: Path) -> None:
     result = runner.invoke(app, ["worker", "--gpus", "all"])
     assert result.exit_code == 2 and "no CUDA GPU is visible" in result.output
     result = runner.invoke(app, ["worker", "--gpus", "some"])
-    assert result.exit_code == 2 and "only 'all'" in result.output
+    assert result.exit_code == 2 and "'some' is not one of 'all'" in result.output
 
 
 def test_a_bad_environment_value_is_one_line_where_it_is_used(workdir: Path) -> None:

@@ -24,7 +24,7 @@ from sweep.data import SYNTHETIC_CLASSES
 from sweep.export import build_trained
 from sweep.kept import kept_models
 from sweep.service import create_study, export_trial, load_spec_data, load_spec_of, predict, run_worker
-from sweep.service.models import _download_model
+from sweep.service.results import _download_model
 from sweep.storage import artifact_store, open_storage
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -22,8 +22,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from sweep.control import RETRY_KEY
 from sweep.heartbeat import beating
-from sweep.service import RETRY_KEY, SPEC_ATTR, BudgetGate, load_spec_of
+from sweep.service import SPEC_ATTR, BudgetGate, load_spec_of
 from sweep.storage import (
     StorageError,
     behind_pgbouncer,

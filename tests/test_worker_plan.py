@@ -40,7 +40,7 @@ def test_one_gpu_is_pinned_in_this_process(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_several_gpus_become_supervised_children_sharing_the_cores() -> None:
-    plan = _plan(all_gpus="all", per_gpu=2, n_trials=3, artifacts="/shared/a", wait_paused=True)
+    plan = _plan(all_gpus=True, per_gpu=2, n_trials=3, artifacts="/shared/a", wait_paused=True)
     assert [s.label for s in plan.slots] == ["gpu0.0", "gpu0.1", "gpu1.0", "gpu1.1"]
     assert plan.threads == 2
     assert plan.child_args(plan.slots[0]) == [
@@ -59,8 +59,7 @@ def test_cpu_workers_without_a_study_name() -> None:
 @pytest.mark.parametrize(
     ("kw", "visible", "message"),
     [
-        ({"all_gpus": "some"}, (0,), "--gpus 'some': only 'all' is allowed"),
-        ({"all_gpus": "all"}, (), "--gpus all: no CUDA GPU is visible on this machine"),
+        ({"all_gpus": True}, (), "--gpus all: no CUDA GPU is visible on this machine"),
         ({"gpu": [0, 3]}, (0, 1), "--gpu 3: no such GPU; visible GPUs: 0, 1"),
         ({"gpu": [0]}, (), "--gpu 0: no such GPU; visible GPUs: none"),
     ],

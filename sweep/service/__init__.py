@@ -10,11 +10,10 @@ makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into 
 :mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
 report); :mod:`~sweep.service.lifecycle` pauses, resumes and extends them; and
-:mod:`~sweep.service.models` exports, predicts with and reruns trained models. The public names are
+:mod:`~sweep.service.results` exports, predicts with and reruns trained models. The public names are
 re-exported here; import from ``sweep.service``. None of it imports torch at module level.
 """
 
-from sweep.control import RETRY_KEY  # imported from here by older code; sweep.control owns it
 from sweep.service.common import (
     FINGERPRINT_ATTR,
     SPEC_ATTR,
@@ -29,8 +28,8 @@ from sweep.service.common import (
 from sweep.service.create import CreateResult, create_study
 from sweep.service.gate import BudgetGate, Decision
 from sweep.service.lifecycle import ControlResult, extend_study, pause_study, resume_study
-from sweep.service.models import ExportResult, RerunResult, export_trial, predict, rerun_trial
 from sweep.service.plan import WorkerPlan, plan_workers
+from sweep.service.results import ExportResult, RerunResult, export_trial, predict, rerun_trial
 from sweep.service.status import (
     StudyStatus,
     default_report_path,
@@ -43,7 +42,6 @@ from sweep.service.worker import TrialRunner, WorkerEvents, WorkerSummary, run_w
 
 __all__ = [
     "FINGERPRINT_ATTR",
-    "RETRY_KEY",
     "SPEC_ATTR",
     "BudgetGate",
     "ControlResult",

@@ -35,7 +35,7 @@ def plan_workers(
     *,
     storage_url: str,
     gpu: Sequence[int] = (),
-    all_gpus: str | None = None,
+    all_gpus: bool = False,
     per_gpu: int = 1,
     device: str = "auto",
     workers: int = 1,
@@ -48,17 +48,13 @@ def plan_workers(
 ) -> WorkerPlan:
     """Turn ``sweep worker``'s options into a plan: which GPUs, how many processes, threads each.
 
-    ``gpu``: GPU indices (one child per GPU and replica); ``all_gpus``: "all" = every visible GPU.
+    ``gpu``: GPU indices (one child per GPU and replica); ``all_gpus``: every visible GPU.
     GPUs are counted by ``visible`` without starting CUDA in this process, so that one pinned GPU
     (``env``) still takes effect. Threads default to the cores shared by the processes.
     """
     gpus = list(gpu)
     cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    if all_gpus is not None:
-        if all_gpus != "all":
-            raise ServiceError(
-                f"--gpus {all_gpus!r}: only 'all' is allowed; use --gpu N (repeatable) for specific GPUs"
-            )
+    if all_gpus:
         gpus = visible()
         if not gpus:
             raise ServiceError("--gpus all: no CUDA GPU is visible on this machine")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep import control, provenance
 from sweep.control import RETRY_KEY
@@ -254,48 +254,43 @@ class TrialRunner:
             self.progress.message(f"trial {trial.number}: kept models not updated ({type(exc).__name__}: {exc})")
 
     def _run(self, trial: optuna.Trial, original: int | None) -> TrialOutcome:
-        study = self.study
-
-        def tell(**kwargs: Any) -> Any:
-            return retry_on_locked(lambda: study.tell(trial, **kwargs))
-
         pause = StopFlag()
 
         def check_pause() -> None:
-            if control.is_paused(self.storage.get_study_user_attrs(study._study_id)):
+            if control.is_paused(self.storage.get_study_user_attrs(self.study._study_id)):
                 pause.set()
 
         # The trial comes from BudgetGate.take, which beat it and checked the pause a moment ago.
         with beating(self.storage, trial._trial_id, on_beat=check_pause, beaten=True):
             try:
-                outcome = run_trial(
-                    trial,
-                    self.spec,
-                    self.data,
-                    self.device,
-                    stop=_StopOrPause(event=self.stop.event, pause=pause),
-                    progress=self.progress,
-                    original_number=original,
-                    artifacts=self.artifacts,
-                )
+                outcome = run_trial(trial, self.spec, self.data, self.device,
+                                    stop=_StopOrPause(event=self.stop.event, pause=pause), progress=self.progress,
+                                    original_number=original, artifacts=self.artifacts)
             except KeyboardInterrupt:
-                tell(state=TrialState.FAIL)
+                self._tell(trial, state=TrialState.FAIL)
                 raise
             except Exception as exc:  # outside training (sampling, the storage): no fail_reason recorded
-                tell(state=TrialState.FAIL)
+                self._tell(trial, state=TrialState.FAIL)
                 return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
             if outcome.state is not Ending.COMPLETE:
-                frozen = tell(state=TrialState[outcome.state])
-                if outcome.cause is Reason.STOPPED:
-                    # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
-                    # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
-                    # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
-                    _HAND_BACK(study, frozen)
-                    return outcome if self.stop.is_set() else replace(outcome, cause=Reason.PAUSED)
-                if outcome.hand_back:
-                    self._hand_back(frozen)  # a broken CUDA context: counted like a dead worker's trial
-                return outcome
-        tell(values=outcome.value)
+                return self._tell_ended_early(trial, outcome)
+        self._tell(trial, values=outcome.value)
+        return outcome
+
+    def _tell(self, trial: optuna.Trial, **kwargs: Any) -> FrozenTrial:
+        return retry_on_locked(lambda: self.study.tell(trial, **kwargs))
+
+    def _tell_ended_early(self, trial: optuna.Trial, outcome: TrialOutcome) -> TrialOutcome:
+        """Tell a pruned, failed or stopped trial; a stopped one goes back to the queue."""
+        frozen = self._tell(trial, state=TrialState[outcome.state])
+        if outcome.cause is Reason.STOPPED:
+            # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
+            # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
+            # unlike a dead worker's trial (max_retry) it is re-queued however often it happens.
+            _HAND_BACK(self.study, frozen)
+            return outcome if self.stop.is_set() else replace(outcome, cause=Reason.PAUSED)
+        if outcome.hand_back:
+            self._hand_back(frozen)  # a broken CUDA context: counted like a dead worker's trial
         return outcome
 
 
