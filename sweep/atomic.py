@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: str | Path, save: Callable[[str], object], *, durable: bool = True) -> Path:
@@ -32,3 +33,18 @@ def write_atomic(path: str | Path, save: Callable[[str], object], *, durable: bo
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def torch_save_atomic(obj: Any, path: str | Path, *, durable: bool = True) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`write_atomic`, the same bytes for the same ``obj``.
+
+    Saved through a file object: given a path, torch.save names the archive inside after it, and the
+    temporary path is random, so the same weights would hash differently on every save.
+    """
+    import torch  # here, not at the top: the report writes files atomically without torch
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    return write_atomic(path, save, durable=durable)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.atomic import write_atomic
+from sweep.atomic import torch_save_atomic, write_atomic
 from sweep.model import build_model
 
 EXPORT_FORMAT = 1
@@ -104,9 +104,11 @@ def export_model(payload: dict[str, Any], card: dict[str, Any], folder: Path, *,
         program = torch.export.export(model, (torch.zeros(2, 3, res, res),), dynamic_shapes=({0: batch},))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     paths = [folder / PROGRAM, folder / STATE_DICT, folder / CARD]
-    _write(paths[0], lambda p: torch.export.save(program, p))
-    _write(paths[1], lambda p: torch.save(state, p))
-    _write(paths[2], lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"))
+    # Not fsynced: an export is re-run rather than recovered after a power loss.
+    write_atomic(paths[0], lambda p: torch.export.save(program, p), durable=False)
+    torch_save_atomic(state, paths[1], durable=False)
+    write_atomic(paths[2], lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"),
+                 durable=False)
     return paths
 
 
@@ -126,11 +128,6 @@ def write_export(payload: dict[str, Any], record: dict[str, Any], folder: Path, 
 def read_payload(path: str | Path) -> dict[str, Any]:
     """A kept model file (``sweep.objective.final_model_payload``), on the CPU."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _write(path: Path, save: Any) -> None:
-    """Write through a temporary file in the same folder: a reader sees the old file or the new one."""
-    write_atomic(path, save, durable=False)
 
 
 # --------------------------------------------------------------------------- predict

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sweep.atomic import write_atomic
+from sweep.atomic import torch_save_atomic
 from sweep.data import DataBundle, load_split, select_classes
 from sweep.model import weights_sha256
 from sweep.train import EpochResult, FitResult, TrainConfig, fit, resolve_precision
@@ -64,16 +64,6 @@ def source_bundle(root: str | Path, classes: tuple[str, ...], *, cache_dir: str 
     )
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    def save(tmp: str) -> None:
-        # Through a file object: torch.save names the archive after a path it is given, and the
-        # temporary path is random, so the same weights would hash differently on every save.
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-
-    write_atomic(path, save)
-
-
 def to_bf16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Floating tensors in bf16 (BatchNorm statistics included), others (step counters) as they are."""
     return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
@@ -107,7 +97,7 @@ def pretrain(
         final["model"] = resume["model"] if resume is not None else {}
     # The source head would fit a five-class target by shape and be loaded: leave it out.
     backbone = {k: v for k, v in final["model"].items() if not k.startswith("fc.")}
-    _atomic_torch_save(to_bf16(backbone), output)
+    torch_save_atomic(to_bf16(backbone), output)
     meta = _metadata(output, classes, data, result, recipe, started)
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     ckpt_path.unlink(missing_ok=True)
@@ -129,7 +119,7 @@ def _checkpointing(
     """``fit``'s on_epoch: checkpoint, keep the last epoch's model in ``final["model"]``, log the epoch."""
     def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
         state = checkpoint()
-        _atomic_torch_save(state, ckpt_path)  # every epoch: a killed run loses at most one
+        torch_save_atomic(state, ckpt_path)  # every epoch: a killed run loses at most one
         if result.epoch == epochs:
             final["model"] = state["model"]
         rate = train_images / result.seconds

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sweep.atomic import write_atomic
+from sweep.atomic import torch_save_atomic
 from sweep.errors import SpecError
 from sweep.spec import DATASETS, check
 
@@ -277,7 +277,7 @@ def _cached_split(
     entry = {"format": _CACHE_FORMAT, "x": x, "y": y, "classes": list(classes), "hash": _content_hash(x, y)}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save(entry, path)
+        torch_save_atomic(entry, path)  # racing workers each write a whole entry
     except OSError:
         return entry  # a read-only cache costs speed, not correctness
     return torch.load(path, mmap=True, weights_only=True)
@@ -292,18 +292,6 @@ def _source_stamp(name: str, root: Path, split: str) -> str:
     stamps = [f"{folder.stat().st_mtime_ns}"]
     stamps += [f"{e.name}:{e.stat().st_mtime_ns}" for e in sorted(os.scandir(folder), key=lambda e: e.name)]
     return ";".join(stamps)
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    # Concurrent workers either see the whole entry or none of it; two racing to build the same
-    # entry are both fine.
-    def save(tmp: str) -> None:
-        # Through a file object: torch.save names the archive after a path it is given, and the
-        # temporary path is random, so the same weights would hash differently on every save.
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-
-    write_atomic(path, save)
 
 
 def _content_hash(x: Tensor, y: Tensor) -> str:
