@@ -231,8 +231,11 @@ def worker(
 ) -> None:
     """Pull trials from the study and run them until its budget is spent.
 
-    Without a GPU it trains on the CPU. Ctrl-C / SIGTERM: finish the current epoch, checkpoint,
-    hand the trial back (another worker resumes it) and exit 0; a second signal exits at once.
+    Without a GPU it trains on the CPU.
+
+    Ctrl-C / SIGTERM: finish the current epoch, checkpoint, hand the trial back and exit 0.
+
+    Another worker resumes the trial from that checkpoint; a second signal exits at once.
     """
     from sweep.service import plan_workers
 
@@ -525,8 +528,9 @@ def predict(
 ) -> None:
     """Classify images with an exported model: the top classes per image.
 
-    A file that is not a readable image gets a line on stderr; the others are still classified and
-    the command exits with code 1 at the end.
+    A file that is not a readable image gets a line on stderr; the others are still classified.
+
+    Exit code 1 at the end when any file was unreadable.
     """
     from sweep.export import Prediction
     from sweep.service import predict as run_predict
@@ -698,8 +702,10 @@ def bench_pretrain(
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, order and augmentation.")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
 ) -> None:
-    """Pretrain a ResNet-18 (CIFAR stem) on airplane, automobile, bird, cat, deer: the backbone the
-    fine-tune table starts from. Resumes from OUTPUT.ckpt when run again."""
+    """Pretrain the fine-tune table's backbone: a ResNet-18 (CIFAR stem) on airplane to deer.
+
+    The source classes are airplane, automobile, bird, cat and deer; resumes from OUTPUT.ckpt when run again.
+    """
     _bench_installed()
     from sweep.data import DataError
     from sweep_bench.pretrain import Recipe, pretrain
