@@ -62,7 +62,8 @@ class Method:
 
 def default_methods(epochs: int) -> tuple[Method, ...]:
     """(a) random, (b) TPE, (c) TPE + median, (d) TPE + successive halving, (e) TPE + Hyperband,
-    then the later-first-rung variants that did best on the CPU table (BENCHMARKS.md)."""
+    then the later-first-rung variants that did best on the CPU table and on the fine-tune table
+    (BENCHMARKS.md)."""
     return (
         Method("random", "random", "none"),
         Method("tpe", "tpe", "none"),
@@ -74,6 +75,11 @@ def default_methods(epochs: int) -> tuple[Method, ...]:
         Method("tpe+sha(min2)", "tpe", "successive-halving", {"min_resource": 2, "reduction_factor": 3}),
         Method("tpe+hyperband(min2)", "tpe", "hyperband",
                {"min_resource": 2, "max_resource": epochs, "reduction_factor": 3}),
+        # First rung half-way, halving: what the fine-tune table left standing (studies/lr-freeze.toml).
+        Method("tpe+sha(half,rf2)", "tpe", "successive-halving",
+               {"min_resource": max(1, epochs // 2), "reduction_factor": 2}),
+        Method("tpe+hyperband(half,rf2)", "tpe", "hyperband",
+               {"min_resource": max(1, epochs // 2), "max_resource": epochs, "reduction_factor": 2}),
     )
 
 
@@ -504,9 +510,10 @@ def anytime_figure(result: Mapping[str, Any]) -> Any:
     Early on, the mean is over the seeds that have completed a trial (``anytime["n"]`` says how many).
     """
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
 
     fig = go.Figure()
-    palette = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
+    palette = qualitative.Plotly  # ten colours: one per default method
     for i, (name, entry) in enumerate(result["methods"].items()):
         curve = entry["anytime"]
         color = palette[i % len(palette)]
@@ -530,6 +537,9 @@ def anytime_figure(result: Mapping[str, Any]) -> Any:
         template="plotly_white",
         height=620,
     )
+    # Where the methods differ: near the table best (the first trials' low values fall below the axis).
+    best, tolerance = table["best_val_accuracy"], result["tolerance"]
+    fig.update_yaxes(range=[best - max(10 * tolerance, 0.03), best + 2 * tolerance])
     return fig
 
 

@@ -126,7 +126,8 @@ def test_table_is_read_with_every_grid_point(table_url: str) -> None:
 def test_every_proposal_is_a_table_row(table_url: str, result: dict[str, Any]) -> None:
     table = load_table("table-synth", table_url)
     assert set(result["methods"]) == {"random", "tpe", "tpe+median", "tpe+sha", "tpe+hyperband", "tpe+median(w3)",
-                                      "tpe+sha(min2)", "tpe+hyperband(min2)"}
+                                      "tpe+sha(min2)", "tpe+hyperband(min2)", "tpe+sha(half,rf2)",
+                                      "tpe+hyperband(half,rf2)"}
     for entry in result["methods"].values():
         for run in entry["runs"]:
             assert len(run["proposals"]) == run["trials"] > 0
