@@ -247,3 +247,23 @@ def test_table_specs_are_valid_grids(name: str) -> None:
     assert spec.sampler.type == "grid" and spec.pruner.type == "none"
     assert spec.n_trials == math.prod(len(v) for v in grid_space(spec).values())
     assert set(spec.params) == {"lr", "batch_size", "frozen_layers", "aug_strength"}
+
+
+def test_the_committed_finetune_replay_is_what_the_committed_table_gives(tmp_path: Path) -> None:
+    # benchmarks/results/sweep-finetune.json (BENCHMARKS.md, lr-freeze's defaults) must be reproducible
+    # from benchmarks/tables/table-finetune.db by this code: same table figures, same runs.
+    import shutil
+
+    db = tmp_path / "table-finetune.db"  # a copy: reading must not touch the committed file
+    shutil.copy(ROOT / "benchmarks" / "tables" / "table-finetune.db", db)
+    committed = json.loads((ROOT / "benchmarks" / "results" / "sweep-finetune.json").read_text())
+    table = load_table("table-finetune", f"sqlite:///{db}")
+    assert committed["table"]["best_val_accuracy"] == table.best().curve[-1]
+    assert committed["table"]["weights_sha256"] == table.weights_sha256
+    assert committed["table"]["epoch_spearman"] == table.epoch_spearman()
+    assert committed["tolerance"] == round(table.noise_floor(), 6)
+    for method in default_methods(table.epochs):
+        if method.name in ("tpe", "tpe+hyperband(half,rf2)"):
+            again = replay(table, method, 0, committed["budget_epochs"], committed["tolerance"])
+            assert again == committed["methods"][method.name]["runs"][0], method.name
+    assert set(committed["epochs_ratio_vs_random"]) == {m.name for m in default_methods(table.epochs)}
