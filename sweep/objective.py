@@ -143,11 +143,11 @@ class Checkpoints:
             path = os.path.join(tmp, "ckpt.pt")
             try:
                 download_artifact(artifact_store=self.store, file_path=path, artifact_id=self.current["artifact_id"])
+                return torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # lost or unreadable: start over rather than fail the retry
                 self.lost = f"epoch {self.current.get('epoch')}: {first_line(exc)}"
                 self.current = None
                 return None
-            return torch.load(path, map_location="cpu", weights_only=True)
 
     def save(self, state: dict, epoch: int) -> None:
         """Store ``state`` as the trial's checkpoint after ``epoch`` (every ``every`` epochs)."""
@@ -286,7 +286,8 @@ def run_trial(
     checkpoints = Checkpoints(trial, artifacts, every=spec.train.checkpoint_every)
     resume = checkpoints.load()
     resumed_epoch = int(resume["epoch"]) if resume is not None else 0
-    on_epoch = _EpochHook(trial, spec, checkpoints, progress, stop, _epoch_seconds_before(trial, resumed_epoch))
+    on_epoch = _EpochHook(trial, spec, checkpoints, progress, stop, _epoch_seconds_before(trial, resumed_epoch),
+                          retry=original_number is not None)
     _record_setup(trial, config, data, device, resumed_epoch=None if original_number is None else resumed_epoch)
     progress.trial_started(trial.number, {k: params[k] for k in spec.params})
     if resumed_epoch:
@@ -354,8 +355,11 @@ class _EpochHook:
         progress: Progress,
         stop: StopFlag | None,
         epoch_seconds: list[float],
+        *,
+        retry: bool = False,
     ) -> None:
         self.trial = trial
+        self.retry = retry  # a retry may retrain epochs its predecessor reported
         self.spec = spec
         self.checkpoints = checkpoints
         self.progress = progress
@@ -382,11 +386,12 @@ class _EpochHook:
     def _record(self, result: EpochResult) -> None:
         trial = self.trial
         self.epoch_seconds.append(result.seconds)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings() if self.retry else contextlib.nullcontext():
             # A retry retrains the epochs its predecessor reported after its last checkpoint (all of
             # them when the checkpoint was lost). Optuna keeps a step's first value and warns; the
             # first is as good (same params, same seed), so the warning only alarms the reader.
-            warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
+            if self.retry:
+                warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
             trial.report(result.val_accuracy, result.epoch)
         trial.set_user_attr("epochs_run", result.epoch)
         trial.set_user_attr("epoch_seconds", list(self.epoch_seconds))

@@ -1,8 +1,8 @@
 """The benchmarks' synthetic search space and studies: one owner for what every bench suggests.
 
 The storage, scale and report benchmarks time the bookkeeping and the drawing around trials, not
-training, so they all use this one search space, shaped like a real fine-tuning study (the four
-hyperparameters of lr-freeze, ranges widened): its spec ``[params]``, the Optuna distributions the
+training, so they all use this one search space, shaped like a real fine-tuning study (lr-freeze's
+four hyperparameters and ranges, batch sizes one step smaller): its spec ``[params]``, the Optuna distributions the
 spec gives (``sweep.search.distributions``), a random draw from it, and in-memory studies of realistic
 synthetic trials (learning curves, pruned / failed / running, the user attrs a worker writes) for the
 report benchmark and the report tests.

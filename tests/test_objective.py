@@ -188,10 +188,14 @@ def test_a_broken_cuda_context_hands_the_trial_back_and_stops_the_worker(
     assert [t.state for t in study.trials[2:]] == [TrialState.COMPLETE]
 
 
-def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["lost", "corrupt"])
+def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(
+    url: str, tmp_path: Path, damage: str
+) -> None:
     # A worker stopped after epoch 2 hands its trial back with a checkpoint; the artifacts folder is
-    # then lost (not shared with the next worker). The retry must say why it starts over, train
-    # every epoch, and not print Optuna's "already reported" warning for the epochs it retrains.
+    # then lost (not shared with the next worker) or the file damaged. The retry must say why it
+    # starts over, train every epoch, and not print Optuna's "already reported" warning for the
+    # epochs it retrains.
     import shutil
     import warnings
 
@@ -211,7 +215,11 @@ def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(url: s
     assert first.trials == 1
     (handed_back,) = [t for t in study.trials if t.state == TrialState.WAITING]
     assert handed_back.user_attrs["checkpoint"]["epoch"] == 2 and sorted(handed_back.intermediate_values) == [1, 2]
-    shutil.rmtree(artifacts)
+    if damage == "lost":
+        shutil.rmtree(artifacts)
+    else:
+        (checkpoint,) = [f for f in artifacts.iterdir() if f.is_file()]
+        checkpoint.write_bytes(b"not a checkpoint")
 
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
