@@ -43,11 +43,9 @@ def build_model(arch: str, *, weights: str, num_classes: int, stem: str = "image
     ``stem="cifar"`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv and no pool, for small
     images; its kernel is initialised from the centre 3x3 of a pretrained 7x7 kernel if there is one.
     """
-    try:  # the spec's rules, for callers that did not come through a spec
-        check("model.arch", arch)
-        check("train.stem", stem, "model.stem")
-    except SpecError as e:
-        raise ValueError(e.terse()) from None
+    # The spec's rules, for callers that did not come through a spec.
+    check("model.arch", arch, error=ValueError)
+    check("train.stem", stem, "model.stem", error=ValueError)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r}: need an integer >= 2")
     model: nn.Module = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)

@@ -121,9 +121,18 @@ TRAIN_DEFAULTS: dict[str, Any] = {name: s.default for name, s in HPARAMS.items()
 SEARCHABLE = tuple(HPARAMS)
 
 
-def check(key: str, value: Any, fld: str | None = None) -> Any:
-    """``value`` if SETTINGS[key] allows it, else a SpecError naming ``fld`` (default: the key)."""
-    return SETTINGS[key].check(value, fld or key)
+def check(key: str, value: Any, fld: str | None = None, *, error: type[Exception] | None = None) -> Any:
+    """``value`` if SETTINGS[key] allows it, else a SpecError naming ``fld`` (default: the key).
+
+    ``error``: raise this type instead, with the one-line ``field=value: allowed`` message: how the
+    training and data code, called without a spec, report the same rule in their own exception type.
+    """
+    try:
+        return SETTINGS[key].check(value, fld or key)
+    except SpecError as e:
+        if error is None:
+            raise
+        raise error(e.terse()) from None
 
 
 def _default(key: str) -> Any:

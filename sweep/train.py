@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from sweep.data import DataBundle, DeviceData, augment_view, batch_indices, clear_device_cache, device_data, normalize
-from sweep.errors import SpecError
 from sweep.model import (
     build_model,
     freeze_prefix,
@@ -75,11 +74,8 @@ class TrainConfig:
     precision: str = _d("train.precision")  # "auto": bf16 where the device computes it natively, else fp32
 
     def __post_init__(self) -> None:
-        try:
-            for name, key in _SPEC_KEYS.items():
-                check(key, getattr(self, name), f"train.{name}")
-        except SpecError as e:
-            raise ValueError(e.terse()) from None
+        for name, key in _SPEC_KEYS.items():
+            check(key, getattr(self, name), f"train.{name}", error=ValueError)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"train.num_classes={self.num_classes!r}: must be an integer >= 2")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -136,10 +132,7 @@ def resolve_precision(device: torch.device, precision: str = "auto", stem: str =
     gradients, so "auto" keeps it in fp32. Emulated bf16 is slower than fp32: "auto" is fp32 there.
     An explicit "fp32" is taken as it is, and so is "bf16" off CUDA.
     """
-    try:
-        check("train.precision", precision)
-    except SpecError as e:
-        raise ValueError(e.terse()) from None
+    check("train.precision", precision, error=ValueError)
     if precision == "fp32":
         return "fp32"
     if device.type == "cuda":  # "bf16" or "auto": half precision, bf16 where the GPU has it natively

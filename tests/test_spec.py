@@ -167,3 +167,13 @@ def test_checkpoint_keep_best() -> None:
     with pytest.raises(SpecError, match="checkpoint.every = 2: unknown key; allowed: keep_best"):
         load_spec("demo", studies_dir=STUDIES, overrides=["checkpoint.every=2"])
     assert spec_from_dict(spec.to_dict()) == spec
+
+
+def test_check_raises_the_callers_error_type_with_the_same_one_line_message() -> None:
+    from sweep.spec import check
+
+    assert check("train.aug_strength", 0.5, error=ValueError) == 0.5
+    with pytest.raises(SpecError, match=r"train.aug_strength = 1.5"):
+        check("train.aug_strength", 1.5)
+    with pytest.raises(ValueError, match=r"^train\.aug_strength=1\.5: must be a number in \[0\.0, 1\.0\]$"):
+        check("train.aug_strength", 1.5, error=ValueError)

@@ -13,7 +13,6 @@ import threading
 import torch
 from torch import Tensor
 
-from sweep.errors import SpecError
 from sweep.spec import check
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,10 +48,7 @@ def augment_view(x: Tensor, strength: float, generator: torch.Generator | None =
     The network input is a float copy anyway (:func:`normalize`), and converting straight from the
     view saves one pass over the batch.
     """
-    try:
-        check("train.aug_strength", strength)
-    except SpecError as e:
-        raise ValueError(e.terse()) from None
+    check("train.aug_strength", strength, error=ValueError)
     if strength == 0:
         return x
     scale = x.shape[-2] / 32

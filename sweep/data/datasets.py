@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from sweep.atomic import torch_save_atomic
-from sweep.errors import SpecError
 from sweep.spec import DATASETS, check
 
 DEFAULT_CACHE_DIR = "storage/cache"
@@ -94,14 +93,11 @@ def load_data(
 
 def _check_arguments(name: str, resolution: int, val_fraction: float, seed: int, subset: int | None) -> None:
     """The spec's rules (sweep.spec.SETTINGS), for callers that did not come through a spec."""
-    try:
-        for key, value in (("data.name", name), ("data.resolution", resolution),
-                           ("data.val_fraction", val_fraction), ("seed", seed)):
-            check(key, value)
-        if subset is not None:
-            check("data.subset", subset)
-    except SpecError as e:
-        raise DataError(e.terse()) from None
+    for key, value in (("data.name", name), ("data.resolution", resolution),
+                       ("data.val_fraction", val_fraction), ("seed", seed)):
+        check(key, value, error=DataError)
+    if subset is not None:
+        check("data.subset", subset, error=DataError)
 
 
 def _synthetic_splits(resolution: int, subset: int | None) -> tuple[Split, Split]:
