@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sweep.show import short
 from sweep.spec import ARCHS, PRECISIONS, STEMS
@@ -43,9 +43,17 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Measurements, each against its baseline in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: study names, params, paths and error messages are whatever users typed or files held
+# ("[/]" would end in a MarkupError, "[red]x" would print as "x"). Styles go through Text, never markup.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
+
+def _styled(label: str, style: str, rest: str) -> Text:
+    """``label`` in ``style``, then ``rest`` as it is."""
+    return Text.assemble((label, style), rest)
+
+FORCE_HELP = "Replace an existing export folder whole (refused when it holds other files)."
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")]
 StorageOpt = Annotated[
     str,
@@ -59,7 +67,7 @@ StorageOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(_styled("error:", "bold red", f" {message}"), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -102,17 +110,17 @@ def create(
     with _user_errors():
         result = create_study(spec, name=name, overrides=set_ or [], storage_url=storage)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
     where = mask_url(storage)
     if result.created:
         console.print(
-            f"created study [bold]{result.name}[/] in {where}: {result.spec.n_trials} trials × "
+            f"created study {result.name} in {where}: {result.spec.n_trials} trials × "
             f"≤{result.spec.epochs} epochs, searching {', '.join(result.spec.params) or 'nothing'}",
             highlight=False,
         )
     else:
         console.print(
-            f"study [bold]{result.name}[/] already exists in {where} with this spec; nothing to do", highlight=False
+            f"study {result.name} already exists in {where} with this spec; nothing to do", highlight=False
         )
 
 
@@ -125,10 +133,10 @@ class _WorkerDisplay:
     def __init__(self, label: str | None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.prefix = escape(f"[{label}] ") if label else ""
+        self.prefix = f"[{label}] " if label else ""
         self.plain = label is not None or not console.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -139,7 +147,7 @@ class _WorkerDisplay:
         self.task: Any = None
 
     def message(self, text: str) -> None:
-        console.print(f"{self.prefix}{escape(text)}", highlight=False, soft_wrap=True)
+        console.print(f"{self.prefix}{text}", highlight=False, soft_wrap=True)
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={short(v)}" for k, v in params.items()) or "no searched params"
@@ -160,12 +168,12 @@ class _WorkerDisplay:
             self.progress.remove_task(self.task)
             self.task = None
         colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(state, "red")
-        text = f"trial {number} [{colour}]{state}[/]"
+        text = Text.assemble(f"{self.prefix}trial {number} ", (state, colour))
         if value is not None:
-            text += f" val_acc={value:.4f}"
+            text.append(f" val_acc={value:.4f}")
         if why:
-            text += f" ({why})"
-        console.print(f"{self.prefix}{text}", highlight=False, soft_wrap=True)
+            text.append(f" ({why})")
+        console.print(text, highlight=False, soft_wrap=True)
 
 
 def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
@@ -248,7 +256,7 @@ def worker(
 
         console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
         raise typer.Exit(supervise(plan.slots, plan.child_args,
-                                   log=lambda m: console.print(escape(m), highlight=False)))
+                                   log=lambda m: console.print(m, highlight=False)))
     _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait)
 
 
@@ -459,7 +467,7 @@ def rerun(
     export: Annotated[
         Path | None, typer.Option("--export", help="Also write the retrained model here, as `sweep export` does.")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite the export files in an existing folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Train one trial's params again from scratch (same seed) and compare with the stored values.
@@ -501,7 +509,7 @@ def export(
     trial: Annotated[
         int | None, typer.Option("--trial", min=0, help="Trial number (default: the best trial).")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite the export files in an existing folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     artifacts: Annotated[
         str | None,
         typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
@@ -528,6 +536,9 @@ def predict(
 ) -> None:
     """Classify images with an exported model: the top classes per image.
 
+    Nothing in the folder is unpickled: the network is rebuilt from model.json and state_dict.pt is loaded as
+    plain tensors after its SHA-256 is checked (model.pt2 is never opened).
+
     A file that is not a readable image gets a line on stderr; the others are still classified.
 
     Exit code 1 at the end when any file was unreadable.
@@ -540,7 +551,7 @@ def predict(
     bad = [r for r in results if not isinstance(r, Prediction)]
     good = [r for r in results if isinstance(r, Prediction)]
     for r in bad:
-        err_console.print(f"[bold red]error:[/] {escape(r.path)}: {escape(r.reason)}", highlight=False,
+        err_console.print(_styled("error:", "bold red", f" {r.path}: {r.reason}"), highlight=False,
                           soft_wrap=True)
     if as_json:
         print(json.dumps([{"path": r.path, "top": [{"class": c, "probability": p} for c, p in r.top]}
@@ -551,7 +562,7 @@ def predict(
         for i in range(1, top + 1):
             table.add_column(f"top-{i}" if top > 1 else "class")
         for r in good:
-            table.add_row(escape(r.path), *(f"{escape(c)} {p:.3f}" for c, p in r.top))
+            table.add_row(r.path, *(f"{c} {p:.3f}" for c, p in r.top))
         console.print(table)
     if bad:
         raise typer.Exit(1)
@@ -778,7 +789,7 @@ def bench_scale(
         sizes=[int(x) for x in sizes.split(",") if x.strip() and x.strip() != "0"],
         pg_url=pg_url, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
         trials_per_worker=trials_per_worker, procs=procs, json_path=json_path,
-        log=lambda line: console.print(line, markup=False, highlight=False),
+        log=lambda line: console.print(line, highlight=False),
     )
 
 

@@ -26,6 +26,7 @@ import optuna
 
 from sweep.kept import FINAL_MODEL_ATTR
 from sweep.search import suggest_params
+from sweep.show import first_line
 from sweep.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -82,11 +83,6 @@ class TrialOutcome:
     @property
     def device_lost(self) -> bool:
         return self.cause is Reason.DEVICE
-
-
-def first_line(exc: BaseException) -> str:
-    """An error in one line of at most 200 characters (its repr when it has no message)."""
-    return str(exc).splitlines()[0][:200] if str(exc) else repr(exc)
 
 
 class StopRequested(Exception):

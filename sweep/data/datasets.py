@@ -356,7 +356,13 @@ def decode_image(path: str, resolution: int) -> np.ndarray:
     """Decode one image to RGB ``[resolution, resolution, 3]`` uint8: shorter side resized, centre crop."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        # PIL's own guard (over twice Image.MAX_IMAGE_PIXELS): an unreadable image like any other,
+        # so callers report it in one line instead of it escaping as an unknown exception type.
+        raise ValueError(str(exc)) from None
+    with opened as im:
         if im.size != (resolution, resolution):
             im.draft("RGB", (resolution, resolution))  # JPEG: let the decoder downscale for free
         im = im.convert("RGB")

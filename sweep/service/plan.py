@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sweep.service.common import ServiceError
 from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
@@ -66,9 +66,12 @@ def plan_workers(
             raise ServiceError(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
     processes = len(gpus) * per_gpu if gpus else (workers if device in ("auto", "cpu") else 1)
     if processes > 1:
-        slots = tuple(gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers))
+        # The storage URL reaches each child through its environment, never its argv: a password in
+        # /proc/PID/cmdline is readable by every local user (`ps`), the environment by the owner only.
+        slots = tuple(replace(s, env={**s.env, "SWEEP_STORAGE": storage_url})
+                      for s in (gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers)))
         threads = threads if threads is not None else max(1, cores // len(slots))
-        options = ["--storage", storage_url, "--threads", str(threads)]
+        options = ["--threads", str(threads)]
         options += ["--artifacts", artifacts] if artifacts else []
         options += ["--wait"] if wait_paused else []
         options += ["--n-trials", str(n_trials)] if n_trials else []

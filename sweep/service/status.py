@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,12 +19,35 @@ from sweep.kept import KeptModel, kept_models
 from sweep.service.common import SPEC_ATTR, open_read_only, resolve_study_name
 from sweep.storage import mask_url, sqlite_path, study_names
 
+# A file name stays well under every filesystem's 255 bytes, whatever the study names.
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_STEM = 96
+
+
+def report_file_stem(names: Sequence[str]) -> str:
+    """A file name for a report of ``names`` ("a+b"): no separators, no ``..``, capped in length.
+
+    Study names come from whoever created the study (Optuna accepts any string): ``../x`` or a
+    name of 200 characters must still give one file inside the reports folder. A name that had to
+    change gets a short hash of the original, so two different studies never share a report file.
+    """
+    stem = "+".join(_safe(n, _MAX_STEM) for n in names)
+    return stem if len(stem) <= _MAX_STEM else _safe(stem, _MAX_STEM, force_hash=True)
+
+
+def _safe(name: str, limit: int, *, force_hash: bool = False) -> str:
+    safe = _NAME_CHARS.sub("_", name).lstrip(".") or "study"
+    if safe == name and len(safe) <= limit and not force_hash:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+    return f"{safe[:limit - 11]}-{digest}"
+
 
 def default_report_path(names: Sequence[str], storage_url: str) -> Path:
     """storage/reports/<study>.html beside the SQLite file (or under ./storage for PostgreSQL)."""
     path = sqlite_path(storage_url)
     home = path.parent if path is not None else Path("storage")
-    return home / "reports" / f"{'+'.join(names)}.html"
+    return home / "reports" / f"{report_file_stem(names)}.html"
 
 
 def write_report(
