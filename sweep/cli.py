@@ -42,6 +42,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Measurements, each against its baseline in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+specs_app = typer.Typer(help="The study specs SPEC can name: ./studies/*.toml and the ones shipped with sweep.")
+app.add_typer(specs_app, name="specs")
 
 # Markup off: study names, params, paths and error messages are whatever users typed or files held
 # ("[/]" would end in a MarkupError, "[red]x" would print as "x"). Styles go through Text, never markup.
@@ -90,7 +92,7 @@ def _user_errors() -> Iterator[None]:
 @app.command()
 def create(
     spec: Annotated[
-        str, typer.Argument(help="A spec name under ./studies/ (e.g. lr-freeze) or a path to a .toml file.")
+        str, typer.Argument(help="A spec name (./studies/NAME.toml, else built in: sweep specs) or a .toml path.")
     ],
     name: Annotated[str | None, typer.Option("--name", help="Study name (default: the spec's `name`).")] = None,
     set_: Annotated[
@@ -122,6 +124,45 @@ def create(
         console.print(
             f"study {result.name} already exists in {where} with this spec; nothing to do", highlight=False
         )
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@specs_app.callback(invoke_without_command=True)
+def specs(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """List the specs `sweep create SPEC` can name; a local studies/NAME.toml wins over a built-in one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sweep.spec import spec_files
+
+    files = spec_files()
+    if as_json:
+        print(json.dumps([f.to_json() for f in files], indent=2))
+        return
+    table = Table(title="study specs (sweep specs show NAME prints one)")
+    for col in ("spec", "source", "about"):
+        table.add_column(col, overflow="fold")
+    for f in files:
+        table.add_row(f.name, f.source if f.source == "built-in" else str(f.path), f.about)
+    console.print(table)
+
+
+@specs_app.command("show")
+def specs_show(
+    spec: Annotated[str, typer.Argument(help="A spec name (sweep specs) or a path to a .toml file.")],
+) -> None:
+    """Print a spec's TOML, to start a new spec from: sweep specs show lr-freeze > studies/mine.toml."""
+    from sweep.spec import SpecError, find_spec_file
+
+    try:
+        path = find_spec_file(spec)
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+    print(path.read_text(encoding="utf-8"), end="")
 
 
 # --------------------------------------------------------------------------- worker

@@ -1,7 +1,8 @@
 """The study spec: one frozen, typed description of a sweep, validated at the boundary.
 
-A spec comes from a TOML file (``studies/<name>.toml``) plus ``--set key=value`` overrides. It is
-validated here, once, with messages that name the field, the bad value and what is allowed. The
+A spec comes from a TOML file (``studies/<name>.toml``, or a built-in one) plus ``--set key=value``
+overrides. It is validated here, once, with messages that name the field, the bad value and what is
+allowed. The
 resolved spec (every default filled in) is stored inside the Optuna study, so every worker on every
 machine reads the same thing from the database.
 
@@ -259,18 +260,64 @@ class StudySpec:
 # --------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class SpecFile:
+    """A spec SPEC can name: its name, its file and where it comes from."""
+
+    name: str
+    path: Path
+    source: str  # "local" (./studies/ or a path) or "built-in" (shipped with sweep)
+    about: str = ""  # the file's first comment line
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "path": str(self.path), "source": self.source, "about": self.about}
+
+
+def builtin_specs_dir() -> Path:
+    """The specs shipped with sweep (package data; in a checkout, links to the top-level studies/)."""
+    return Path(__file__).resolve().parent / "studies"
+
+
+def spec_files(studies_dir: str | Path = "studies") -> list[SpecFile]:
+    """Every spec a name can pick, sorted by name: ./studies/ first, then built-in ones it does not shadow."""
+    found: dict[str, SpecFile] = {}
+    for folder, source in ((Path(studies_dir), "local"), (builtin_specs_dir(), "built-in")):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.toml")):
+            if path.stem not in found:
+                found[path.stem] = SpecFile(path.stem, path, source, _first_comment(path))
+    return [found[k] for k in sorted(found)]
+
+
+def _first_comment(path: Path) -> str:
+    """The first sentence of the file's leading comment block."""
+    try:
+        lines = path.read_text(encoding="utf-8").lstrip().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    block = []
+    for line in lines:
+        if not line.startswith("#") or not line.lstrip("#").strip():
+            break
+        block.append(line.lstrip("#").strip())
+    return re.split(r"(?<=[.?!])\s", " ".join(block), maxsplit=1)[0]
+
+
 def find_spec_file(spec: str, studies_dir: str | Path = "studies") -> Path:
-    """Resolve SPEC: a name under ./studies/ (``lr-freeze``) or a path to a .toml file."""
+    """Resolve SPEC: a path to a .toml file, a name under ./studies/ (``lr-freeze``), or a built-in spec.
+
+    A local file wins over the built-in spec of the same name, so a team can keep its own lr-freeze.
+    """
     as_path = Path(spec)
     if as_path.suffix == ".toml" or "/" in spec or as_path.is_file():
         if as_path.is_file():
             return as_path
-        raise SpecError("SPEC", spec, "file not found; give a name under studies/ or a path to a .toml file")
-    candidate = Path(studies_dir) / f"{spec}.toml"
-    if candidate.is_file():
-        return candidate
-    available = sorted(p.stem for p in Path(studies_dir).glob("*.toml")) if Path(studies_dir).is_dir() else []
-    allowed = f"one of {', '.join(available)}" if available else f"no specs found in {studies_dir}/"
+        raise SpecError("SPEC", spec, "file not found; give a spec name (sweep specs) or a path to a .toml file")
+    known = {f.name: f for f in spec_files(studies_dir)}
+    if spec in known:
+        return known[spec].path
+    allowed = f"one of {', '.join(known)}" if known else f"no specs found in {studies_dir}/ or built in"
     raise SpecError("SPEC", spec, f"no such study spec; expected {allowed}, or a path to a .toml file")
 
 
