@@ -32,12 +32,26 @@ if TYPE_CHECKING:  # the service (Optuna, SQLAlchemy) is imported by the command
 # SQLAlchemy), and sweep.storage imports both.
 DEFAULT_URL = "sqlite:///storage/sweep.db"
 
+# Every environment variable sweep reads, shown at the end of `sweep --help`.
+ENVIRONMENT = {
+    "SWEEP_STORAGE": "database URL, instead of --storage (keeps a password off command lines)",
+    "SWEEP_ARTIFACTS": "folder for checkpoints and kept models, instead of --artifacts (shared by workers)",
+    "SWEEP_CACHE_DIR": "decoded-image cache (default storage/cache)",
+    "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
+    "SWEEP_GRACE_PERIOD": "seconds without a heartbeat before a trial counts as dead (default 30)",
+    "SWEEP_WORKER_LABEL": "prefix of a worker's output lines (set by the supervisor for its children)",
+    "SWEEP_DEVICE": "device of `sweep bench live`",
+    "SWEEP_BENCH_PG_URL": "PostgreSQL of `sweep bench storage|scale` (default: a throwaway cluster)",
+    "SWEEP_CHROMIUM": "browser of `sweep bench report` (default: chromium on PATH)",
+}
+JSON_NOTE = "--json (every command that reports something): one JSON document on stdout (README: Machine output)."
+
 app = typer.Typer(
     name="sweep",
     help="Hyperparameter sweeps for fine-tuning ResNet image classifiers. "
     "One SQL database (SQLite or PostgreSQL) is the only coordinator between workers.",
+    epilog="\n\n".join(["Environment:", *(f"{k}: {v}" for k, v in ENVIRONMENT.items()), JSON_NOTE]),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 bench_app = typer.Typer(help="Measurements, each against its baseline in the same run.", no_args_is_help=True)
@@ -66,6 +80,33 @@ StorageOpt = Annotated[
         show_default=True,
     ),
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sweep import __version__
+
+        print(f"sweep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print sweep's version and exit.")
+    ] = False,
+) -> None:
+    """Hyperparameter sweeps for fine-tuning ResNet image classifiers.
+
+    One SQL database (SQLite or PostgreSQL) is the only coordinator between workers.
+    """
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+
+
+def _json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -103,6 +144,7 @@ def create(
             "--set params.lr.high=0.01 --set data.name=synthetic. Repeatable.",
         ),
     ] = None,
+    as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Define a study from a spec and store it (with its resolved spec) in the shared storage."""
@@ -114,6 +156,10 @@ def create(
     for warning in result.warnings:
         err_console.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
     where = mask_url(storage)
+    if as_json:
+        _json({"study": result.name, "created": result.created, "storage": where, "n_trials": result.spec.n_trials,
+               "epochs": result.spec.epochs, "params": list(result.spec.params), "warnings": list(result.warnings)})
+        return
     if result.created:
         console.print(
             f"created study {result.name} in {where}: {result.spec.n_trials} trials × "
@@ -365,6 +411,7 @@ def report(
     watch: Annotated[
         float | None, typer.Option("--watch", min=1, help="Rewrite the report every SECONDS until Ctrl-C.")
     ] = None,
+    as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Write a self-contained HTML dashboard comparing the trials of one or more studies."""
@@ -379,7 +426,10 @@ def report(
                 plotlyjs=plotlyjs.value,
                 refresh_s=int(watch) if watch else None,
             )
-        console.print(f"report written: {path.resolve()}", highlight=False, soft_wrap=True)
+        if as_json:
+            _json({"path": str(path.resolve())})
+        else:
+            console.print(f"report written: {path.resolve()}", highlight=False, soft_wrap=True)
         if watch is None:
             return
         try:
@@ -408,22 +458,7 @@ def status(
     with _user_errors():
         st = status_of(storage, study)
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "name": st.name,
-                    "n_trials": st.n_trials,
-                    "states": st.states,
-                    "best_value": st.best_value,
-                    "best_params": st.best_params,
-                    "best_number": st.best_number,
-                    "running": [{k: v for k, v in r.items() if k != "started"} for r in st.running],
-                    "state": st.state.value,
-                    "kept_models": [k.to_json() for k in st.kept],
-                    "cost": st.cost.to_json() if st.cost is not None else None,
-                }
-            )
-        )
+        _json(_status_json(st))
         return
     table = Table(title=f"study {st.name}", show_header=False)
     table.add_column(overflow="fold")
@@ -453,6 +488,22 @@ def status(
         console.print(run)
 
 
+def _status_json(st: Any) -> dict[str, Any]:
+    """One study as `status --json` and each entry of `list --json` print it."""
+    return {
+        "name": st.name,
+        "n_trials": st.n_trials,
+        "states": st.states,
+        "best_value": st.best_value,
+        "best_params": st.best_params,
+        "best_number": st.best_number,
+        "running": [{k: v for k, v in r.items() if k != "started"} for r in st.running],
+        "state": st.state.value,
+        "kept_models": [k.to_json() for k in st.kept],
+        "cost": st.cost.to_json() if st.cost is not None else None,
+    }
+
+
 def _cost_rows(table: Table, cost: Any) -> None:
     """Best trial's compute and the cheapest trial within one point of it."""
     if cost is None or cost.best is None:
@@ -469,12 +520,15 @@ def _cost_rows(table: Table, cost: Any) -> None:
 
 
 @app.command("list")
-def list_(storage: StorageOpt = DEFAULT_URL) -> None:
+def list_(as_json: JsonFlag = False, storage: StorageOpt = DEFAULT_URL) -> None:
     """List the studies in the storage with their progress and best value."""
     from sweep.service import list_statuses
 
     with _user_errors():
         statuses = list_statuses(storage)
+    if as_json:
+        _json([_status_json(st) for st in statuses])
+        return
     if not statuses:
         console.print("no studies yet; create one: sweep create SPEC")
         return
@@ -556,6 +610,7 @@ def export(
         typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
                      help="The folder the workers stored models in (default: storage/artifacts)."),
     ] = None,
+    as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Export a kept model: a torch.export program, a torchvision state dict and model.json."""
@@ -563,6 +618,10 @@ def export(
 
     with _user_errors():
         r = export_trial(study, trial, output, storage_url=storage, artifacts=artifacts, force=force)
+    if as_json:
+        _json({"study": r.study, "trial": r.number, "value": r.value, "output": str(output.resolve()),
+               "files": [str(p.resolve()) for p in r.files]})
+        return
     console.print(f"trial {r.number} of {r.study} (val acc {r.value:.4f}) exported to {output.resolve()}: "
                   + ", ".join(p.name for p in r.files), highlight=False, soft_wrap=True)
 
@@ -612,13 +671,18 @@ def predict(
 # --------------------------------------------------------------------------- pause / resume / extend
 
 
-def _said(r: Any, what: str) -> None:
+def _said(r: Any, what: str, as_json: bool) -> None:
+    if as_json:
+        _json({"study": r.study, "state": r.state.value, "n_trials": r.n_trials,
+               "previous_n_trials": r.previous_n_trials, "running": r.running})
+        return
     console.print(f"study {r.study}: {what}; now {r.state.value}, budget {r.n_trials} trials", highlight=False)
 
 
 @app.command()
 def pause(
     study: Annotated[str, typer.Argument(help="Study name.")],
+    as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """No worker takes a new trial; running trials finish their epoch, checkpoint and go back to the queue.
@@ -629,12 +693,13 @@ def pause(
 
     with _user_errors():
         r = pause_study(storage, study)
-    _said(r, f"paused ({r.running} running trials hand themselves back after their current epoch)")
+    _said(r, f"paused ({r.running} running trials hand themselves back after their current epoch)", as_json)
 
 
 @app.command()
 def resume(
     study: Annotated[str, typer.Argument(help="Study name.")],
+    as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Hand trials out again; a handed-back trial resumes from its checkpoint. Start workers if none wait."""
@@ -642,13 +707,14 @@ def resume(
 
     with _user_errors():
         r = resume_study(storage, study)
-    _said(r, "resumed")
+    _said(r, "resumed", as_json)
 
 
 @app.command()
 def extend(
     study: Annotated[str, typer.Argument(help="Study name.")],
     n_trials: Annotated[int, typer.Option("--n-trials", min=1, help="The new trial budget of the whole study.")],
+    as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Set a new trial budget (never below the trials already finished, running or queued)."""
@@ -657,7 +723,7 @@ def extend(
     with _user_errors():
         r = extend_study(storage, study, n_trials)
     before = r.previous_n_trials if r.previous_n_trials is not None else r.n_trials
-    _said(r, f"budget {before} -> {r.n_trials}")
+    _said(r, f"budget {before} -> {r.n_trials}", as_json)
 
 
 # --------------------------------------------------------------------------- bench
