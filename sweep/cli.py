@@ -144,6 +144,11 @@ def create(
             "--set params.lr.high=0.01 --set data.name=synthetic. Repeatable.",
         ),
     ] = None,
+    warm_start: Annotated[
+        str | None,
+        typer.Option("--warm-start", help="An existing study whose finished trials the new one starts from "
+                     "(params both search, values inside the new space); the budget grows by as many."),
+    ] = None,
     as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
@@ -152,19 +157,23 @@ def create(
     from sweep.storage import mask_url
 
     with _user_errors():
-        result = create_study(spec, name=name, overrides=set_ or [], storage_url=storage)
+        result = create_study(spec, name=name, overrides=set_ or [], storage_url=storage, warm_start=warm_start)
     for warning in result.warnings:
         err_console.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
     where = mask_url(storage)
     if as_json:
         _json({"study": result.name, "created": result.created, "storage": where, "n_trials": result.spec.n_trials,
-               "epochs": result.spec.epochs, "params": list(result.spec.params), "warnings": list(result.warnings)})
+               "epochs": result.spec.epochs, "params": list(result.spec.params), "warnings": list(result.warnings),
+               "warm_started": result.warm_started})
         return
     if result.created:
         console.print(
             f"created study {result.name} in {where}: {result.spec.n_trials} trials × "
-            f"≤{result.spec.epochs} epochs, searching {', '.join(result.spec.params) or 'nothing'}",
+            f"≤{result.spec.epochs} epochs, searching {', '.join(result.spec.params) or 'nothing'}"
+            + (f"; {result.warm_started} finished trials of {warm_start} copied in as a warm start"
+               if warm_start else ""),
             highlight=False,
+            soft_wrap=True,
         )
     else:
         console.print(
@@ -666,6 +675,36 @@ def predict(
         console.print(table)
     if bad:
         raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- enqueue
+
+
+@app.command()
+def enqueue(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    param: Annotated[
+        list[str],
+        typer.Option("--param", help="NAME=VALUE of a searched param (repeatable); the others are sampled."),
+    ],
+    as_json: JsonFlag = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Queue a config you already believe in: a worker runs it before sampling new ones.
+
+    It counts against the budget (refused when the budget is spent: sweep extend first). Each value is
+    checked against the study's search space.
+    """
+    from sweep.service import enqueue_trial
+
+    with _user_errors():
+        r = enqueue_trial(storage, study, param)
+    if as_json:
+        _json({"study": r.study, "params": r.params, "queued": r.queued, "n_trials": r.n_trials})
+        return
+    shown = ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
+    console.print(f"study {r.study}: queued {shown} ({r.queued} queued, budget {r.n_trials} trials)",
+                  highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- pause / resume / extend

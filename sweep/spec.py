@@ -450,6 +450,27 @@ def _check_hparam(name: str, value: Any, fld: str) -> Any:
     return HPARAMS[name].check(value, fld)
 
 
+def check_param_value(spec: StudySpec, name: str, value: Any, fld: str) -> Any:
+    """A value given for one of ``spec``'s searched params (``sweep enqueue --param``), checked against
+    the search space: a SpecError naming ``fld`` unless the study could have sampled it."""
+    if name not in spec.params:
+        raise SpecError(fld, value, f"not searched by this study; searched: {', '.join(spec.params) or 'nothing'}")
+    p = spec.params[name]
+    checked = _check_hparam(name, value, fld)
+    if p.type == "categorical":
+        if checked not in (p.choices or ()):
+            raise SpecError(fld, value, f"must be one of {', '.join(map(str, p.choices or ()))}")
+        return checked
+    assert p.low is not None and p.high is not None
+    if not p.low <= checked <= p.high:
+        raise SpecError(fld, value, f"must be in [{p.low}, {p.high}]" + (" (log scale)" if p.log else ""))
+    if p.step is not None:
+        steps = (checked - p.low) / p.step
+        if abs(steps - round(steps)) > 1e-9:
+            raise SpecError(fld, value, f"must be {p.low} plus a multiple of step {p.step}")
+    return checked
+
+
 def _parse_param(name: str, raw: Any) -> ParamSpec:
     fld = f"params.{name}"
     if name not in SEARCHABLE:

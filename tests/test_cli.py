@@ -291,6 +291,7 @@ def test_json_on_every_reporting_command(workdir: Path) -> None:
         "epochs": 1,
         "params": ["lr", "batch_size", "frozen_layers", "aug_strength"],
         "warnings": [],
+        "warm_started": 0,
     }
     assert doc("create", "tiny", "--set", "n_trials=1", "--set", "epochs=1")["created"] is False
     assert doc("pause", "tiny") == {

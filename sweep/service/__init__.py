@@ -9,7 +9,8 @@ the spec attributes, finding a study, its spec, its data and a device); :mod:`~s
 makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into processes,
 :mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
-report); :mod:`~sweep.service.lifecycle` pauses, resumes and extends them; and
+report); :mod:`~sweep.service.lifecycle` pauses, resumes and extends them; :mod:`~sweep.service.warm` queues
+configs and warm-starts a study from another; and
 :mod:`~sweep.service.results` exports, predicts with and reruns trained models. The public names are
 re-exported here; import from ``sweep.service``. None of it imports torch at module level.
 """
@@ -38,6 +39,7 @@ from sweep.service.status import (
     study_status,
     write_report,
 )
+from sweep.service.warm import ENQUEUED_ATTR, WARM_START_ATTR, EnqueueResult, enqueue_trial
 from sweep.service.worker import TrialRunner, WorkerEvents, WorkerSummary, run_worker
 
 __all__ = [
@@ -47,16 +49,20 @@ __all__ = [
     "ControlResult",
     "CreateResult",
     "Decision",
+    "ENQUEUED_ATTR",
+    "EnqueueResult",
     "ExportResult",
     "RerunResult",
     "ServiceError",
     "StudyStatus",
     "TrialRunner",
+    "WARM_START_ATTR",
     "WorkerEvents",
     "WorkerPlan",
     "WorkerSummary",
     "create_study",
     "default_report_path",
+    "enqueue_trial",
     "export_trial",
     "extend_study",
     "list_statuses",
