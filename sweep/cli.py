@@ -103,6 +103,11 @@ def main(
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+StoredArtifactsOpt = Annotated[
+    str | None,
+    typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
+                 help="The folder the workers stored checkpoints and models in (default: storage/artifacts)."),
+]
 
 
 def _json(doc: Any) -> None:
@@ -614,11 +619,7 @@ def export(
         int | None, typer.Option("--trial", min=0, help="Trial number (default: the best trial).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
-    artifacts: Annotated[
-        str | None,
-        typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
-                     help="The folder the workers stored models in (default: storage/artifacts)."),
-    ] = None,
+    artifacts: StoredArtifactsOpt = None,
     as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
@@ -747,6 +748,43 @@ def resume(
     with _user_errors():
         r = resume_study(storage, study)
     _said(r, "resumed", as_json)
+
+
+@app.command()
+def stop(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    as_json: JsonFlag = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """End a sweep early: no new trials; running trials checkpoint after their epoch and go back to the queue.
+
+    Workers exit 0, even with --wait. `sweep extend STUDY --n-trials N` reopens it; the queued trials resume first.
+    """
+    from sweep.service import stop_study
+
+    with _user_errors():
+        r = stop_study(storage, study)
+    _said(r, f"stopped ({r.running} running trials checkpoint and hand themselves back after their epoch)", as_json)
+
+
+@app.command()
+def delete(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete: the study, its trials, checkpoints and kept "
+                                      "models, for good.")] = False,
+    artifacts: StoredArtifactsOpt = None,
+    as_json: JsonFlag = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Delete a study with its trials and every checkpoint and kept model file (refused while trials run)."""
+    from sweep.service import delete_study
+
+    with _user_errors():
+        r = delete_study(storage, study, yes=yes, artifacts=artifacts)
+    if as_json:
+        _json({"study": r.study, "trials": r.trials, "artifacts_removed": r.artifacts_removed})
+        return
+    console.print(f"deleted study {r.study}: {r.trials} trials, {r.artifacts_removed} artifact files", highlight=False)
 
 
 @app.command()

@@ -1,7 +1,7 @@
-"""Sweep controls kept in the database: pause, resume and a budget changed after ``sweep create``.
+"""Sweep controls kept in the database: pause, resume, stop and a budget changed after ``sweep create``.
 
 Two study user attributes carry them, so every worker on every machine sees them without any other
-channel: ``control`` ("paused" or "running") and ``n_trials`` (the budget ``sweep extend`` set;
+channel: ``control`` ("paused", "stopped" or "running") and ``n_trials`` (the budget ``sweep extend`` set;
 without it the spec's). Workers read them where they decide anyway: under the budget lock before
 taking a trial, and on every heartbeat of a running trial (which then stops after its epoch and
 goes back to the queue). No torch here: ``sweep status`` and the report read this module.
@@ -27,12 +27,18 @@ class SweepState(enum.StrEnum):
 
     RUNNING = "running"  # trials left in the budget, or still running / queued
     PAUSED = "paused"  # `sweep pause`: no trial is handed out until `sweep resume`
+    STOPPED = "stopped"  # `sweep stop`: no trial is handed out, workers exit; `sweep extend` reopens
     FINISHED = "finished"  # budget spent and nothing running or queued
 
 
 def is_paused(study_attrs: Mapping[str, Any]) -> bool:
-    """Whether ``sweep pause`` is in force."""
-    return study_attrs.get(CONTROL_ATTR) == SweepState.PAUSED.value
+    """Whether no trial may be handed out and running ones hand themselves back: ``sweep pause`` or ``stop``."""
+    return study_attrs.get(CONTROL_ATTR) in (SweepState.PAUSED.value, SweepState.STOPPED.value)
+
+
+def is_stopped(study_attrs: Mapping[str, Any]) -> bool:
+    """Whether ``sweep stop`` is in force (workers exit instead of waiting for a resume)."""
+    return study_attrs.get(CONTROL_ATTR) == SweepState.STOPPED.value
 
 
 def budget(study_attrs: Mapping[str, Any], spec_n_trials: int) -> int:
@@ -43,8 +49,10 @@ def budget(study_attrs: Mapping[str, Any], spec_n_trials: int) -> int:
     return spec_n_trials
 
 
-def sweep_state(paused: bool, budget_n: int, counted: int, active: int) -> SweepState:
+def sweep_state(paused: bool, budget_n: int, counted: int, active: int, stopped: bool = False) -> SweepState:
     """``counted``: trials that count against the budget; ``active``: trials running or queued."""
+    if stopped:
+        return SweepState.STOPPED
     if paused:
         return SweepState.PAUSED
     return SweepState.FINISHED if counted >= budget_n and active == 0 else SweepState.RUNNING
@@ -56,4 +64,5 @@ def state_of(study_attrs: Mapping[str, Any], spec_n_trials: int, trials: Iterabl
     for t in trials:
         counted += RETRY_KEY not in t.system_attrs
         active += t.state in (TrialState.RUNNING, TrialState.WAITING)
-    return sweep_state(is_paused(study_attrs), budget(study_attrs, spec_n_trials), counted, active)
+    return sweep_state(is_paused(study_attrs), budget(study_attrs, spec_n_trials), counted, active,
+                       is_stopped(study_attrs))

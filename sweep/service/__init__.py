@@ -9,8 +9,8 @@ the spec attributes, finding a study, its spec, its data and a device); :mod:`~s
 makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into processes,
 :mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
-report); :mod:`~sweep.service.lifecycle` pauses, resumes and extends them; :mod:`~sweep.service.warm` queues
-configs and warm-starts a study from another; and
+report); :mod:`~sweep.service.lifecycle` pauses, resumes, stops, extends and deletes them;
+:mod:`~sweep.service.warm` queues configs and warm-starts a study from another; and
 :mod:`~sweep.service.results` exports, predicts with and reruns trained models. The public names are
 re-exported here; import from ``sweep.service``. None of it imports torch at module level.
 """
@@ -28,7 +28,15 @@ from sweep.service.common import (
 )
 from sweep.service.create import CreateResult, create_study
 from sweep.service.gate import BudgetGate, Decision
-from sweep.service.lifecycle import ControlResult, extend_study, pause_study, resume_study
+from sweep.service.lifecycle import (
+    ControlResult,
+    DeleteResult,
+    delete_study,
+    extend_study,
+    pause_study,
+    resume_study,
+    stop_study,
+)
 from sweep.service.plan import WorkerPlan, plan_workers
 from sweep.service.results import ExportResult, RerunResult, export_trial, predict, rerun_trial
 from sweep.service.status import (
@@ -48,6 +56,7 @@ __all__ = [
     "BudgetGate",
     "ControlResult",
     "CreateResult",
+    "DeleteResult",
     "Decision",
     "ENQUEUED_ATTR",
     "EnqueueResult",
@@ -62,6 +71,7 @@ __all__ = [
     "WorkerSummary",
     "create_study",
     "default_report_path",
+    "delete_study",
     "enqueue_trial",
     "export_trial",
     "extend_study",
@@ -79,6 +89,7 @@ __all__ = [
     "resume_study",
     "run_worker",
     "status_of",
+    "stop_study",
     "study_status",
     "write_report",
 ]

@@ -21,6 +21,7 @@ class Decision(enum.StrEnum):
     WAIT = "wait"  # budget spent, but a running trial may still come back for a retry
     DONE = "done"  # budget spent, nothing running
     PAUSED = "paused"  # `sweep pause`: no trial is handed out
+    STOPPED = "stopped"  # `sweep stop`: no trial is handed out; the worker exits
 
 
 class BudgetGate:
@@ -64,6 +65,8 @@ class BudgetGate:
     def _reserve(self) -> tuple[Decision, int | None]:
         """The decision, and the id of the trial taken (a WAITING one popped, else a new one)."""
         attrs = self.storage.get_study_user_attrs(self.study._study_id)  # pause and budget: read fresh
+        if control.is_stopped(attrs):
+            return Decision.STOPPED, None
         if control.is_paused(attrs):
             return Decision.PAUSED, None
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)

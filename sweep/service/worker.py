@@ -157,6 +157,9 @@ class _TrialLoop:
             decision, trial = self.gate.take()
             if decision == Decision.DONE:
                 return
+            if decision == Decision.STOPPED:
+                self.events.message("study stopped (sweep stop): no new trials; exiting (sweep extend reopens it)")
+                return
             if decision in (Decision.PAUSED, Decision.WAIT):
                 if not self._wait(decision):
                     return
