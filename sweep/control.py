@@ -28,6 +28,7 @@ class SweepState(enum.StrEnum):
     RUNNING = "running"  # trials left in the budget, or still running / queued
     PAUSED = "paused"  # `sweep pause`: no trial is handed out until `sweep resume`
     STOPPED = "stopped"  # `sweep stop`: no trial is handed out, workers exit; `sweep extend` reopens
+    IDLE = "idle"  # trials left, but no worker is running one (none beats): start workers
     FINISHED = "finished"  # budget spent and nothing running or queued
 
 
@@ -58,11 +59,18 @@ def sweep_state(paused: bool, budget_n: int, counted: int, active: int, stopped:
     return SweepState.FINISHED if counted >= budget_n and active == 0 else SweepState.RUNNING
 
 
-def state_of(study_attrs: Mapping[str, Any], spec_n_trials: int, trials: Iterable[FrozenTrial]) -> SweepState:
-    """The state of a study from its attributes and trials (what the report and status read)."""
+def state_of(
+    study_attrs: Mapping[str, Any], spec_n_trials: int, trials: Iterable[FrozenTrial], live: int | None = None
+) -> SweepState:
+    """The state of a study from its attributes and trials (what the report and status read).
+
+    ``live``: running trials whose worker still beats (None: unknown); with 0, a study with work left
+    is IDLE, not RUNNING: nobody is working on it.
+    """
     counted = active = 0
     for t in trials:
         counted += RETRY_KEY not in t.system_attrs
         active += t.state in (TrialState.RUNNING, TrialState.WAITING)
-    return sweep_state(is_paused(study_attrs), budget(study_attrs, spec_n_trials), counted, active,
-                       is_stopped(study_attrs))
+    state = sweep_state(is_paused(study_attrs), budget(study_attrs, spec_n_trials), counted, active,
+                        is_stopped(study_attrs))
+    return SweepState.IDLE if state == SweepState.RUNNING and live == 0 else state

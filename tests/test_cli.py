@@ -304,7 +304,7 @@ def test_json_on_every_reporting_command(workdir: Path) -> None:
     assert doc("resume", "tiny")["state"] == "running"
     assert doc("extend", "tiny", "--n-trials", "2")["previous_n_trials"] == 1
     (listed,) = doc("list")
-    assert listed == doc("status", "tiny") and listed["n_trials"] == 2 and listed["state"] == "running"
+    assert listed == doc("status", "tiny") and listed["n_trials"] == 2 and listed["state"] == "idle"
     assert Path(doc("report", "tiny", "--plotlyjs", "cdn")["path"]).is_file()
     specs = doc("specs")
     assert "tiny" in {s["name"] for s in specs}

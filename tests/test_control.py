@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from sweep.cli import app
 from sweep.control import SweepState, state_of
 from sweep.service import create_study
+from sweep.storage import open_storage
 
 runner = CliRunner()
 
@@ -50,9 +51,9 @@ def test_commands_change_state_and_budget_and_refuse_bad_input(tmp_path: Path) -
     code, out = _cli(url, "extend", "tiny", "--n-trials", "5")
     assert code == 0 and "budget 2 -> 5" in out
     status = json.loads(_cli(url, "status", "tiny", "--json")[1])
-    assert status["state"] == "running" and status["n_trials"] == 5
+    assert status["state"] == "idle" and status["n_trials"] == 5  # trials left, no worker beating
     code, out = _cli(url, "list")
-    assert code == 0 and re.search(r"tiny\s*│\s*running\s*│\s*5", out)
+    assert code == 0 and re.search(r"tiny\s*│\s*idle\s*│\s*5", out)
 
 
 def test_help_of_the_new_commands() -> None:
@@ -181,3 +182,22 @@ def test_stop_a_training_worker_then_extend_resumes_and_delete_removes_every_fil
     code, out = _cli(url, "delete", "tiny", "--yes")
     assert code == 0 and out.startswith("deleted study tiny: ") and " 1 artifact files" in out, out
     assert optuna.get_all_study_names(url) == [] and not any(artifacts.iterdir())
+
+
+def test_status_tells_running_from_idle_by_live_heartbeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    monkeypatch.setenv("SWEEP_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SWEEP_GRACE_PERIOD", "2")
+    write_tiny_spec(tmp_path, n_trials=2)
+    create_study("tiny", storage_url=url, studies_dir=tmp_path / "studies")
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "idle"  # no worker yet
+    storage = open_storage(url, heartbeat=True)
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name("tiny"))
+    storage.record_heartbeat(trial_id)  # a worker beating now
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "running"
+    deadline = time.monotonic() + 30
+    while json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] != "idle":  # its beats stopped
+        assert time.monotonic() < deadline, "a trial without heartbeats for the grace period still counts as live"
+        time.sleep(0.2)
+    storage.record_heartbeat(trial_id)
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "running"

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from sweep import control
 from sweep.control import SweepState
 from sweep.kept import KeptModel, kept_models
-from sweep.service.common import SPEC_ATTR, open_read_only, resolve_study_name
-from sweep.storage import mask_url, sqlite_path, study_names
+from sweep.service.common import SPEC_ATTR, open_read_only, quiet_optuna, resolve_study_name
+from sweep.storage import mask_url, open_storage, sqlite_path, study_names
 
 # A file name stays well under every filesystem's 255 bytes, whatever the study names.
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -121,6 +121,7 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         for t in trials
         if t.state == TrialState.RUNNING
     )
+    running_ids = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
     return StudyStatus(
         name=name,
         n_trials=budget,
@@ -129,19 +130,37 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         best_params=dict(best.params) if best else {},
         best_number=best.number if best else None,
         running=running,
-        state=control.state_of(attrs, budget, trials),
+        state=control.state_of(attrs, budget, trials, live_running(storage, study._study_id, running_ids)),
         kept=kept_models(attrs),
         cost=cost_summary_of(name, trials, attrs.get(SPEC_ATTR, {})),
     )
 
 
+def live_running(storage: Any, study_id: int, running_ids: Sequence[int]) -> int | None:
+    """How many running trials still beat: RUNNING ones minus those past the grace period (the trials
+    of dead workers, until a worker's stale check fails them). None when the storage keeps no heartbeats."""
+    if not running_ids:
+        return 0
+    backend = getattr(storage, "_backend", storage)
+    stale = getattr(backend, "_get_stale_trial_ids", None)  # Optuna's heartbeat API (BaseHeartbeat)
+    if stale is None or not getattr(backend, "get_heartbeat_interval", lambda: None)():
+        return None
+    return len(set(running_ids) - set(stale(study_id)))
+
+
+def _open_with_heartbeats(storage_url: str) -> Any:
+    """A read-only storage that knows the heartbeat settings, to tell live running trials from dead ones."""
+    quiet_optuna()
+    return open_storage(storage_url, create=False, heartbeat=True)
+
+
 def list_statuses(storage_url: str) -> list[StudyStatus]:
     """Status of every study in the storage."""
-    storage = open_read_only(storage_url)
+    storage = _open_with_heartbeats(storage_url)
     return [study_status(storage, n) for n in sorted(study_names(storage))]
 
 
 def status_of(storage_url: str, name: str | None) -> StudyStatus:
     """Status of one study (or the only one)."""
-    storage = open_read_only(storage_url)
+    storage = _open_with_heartbeats(storage_url)
     return study_status(storage, resolve_study_name(storage, name, storage_url))
