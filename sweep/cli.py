@@ -487,6 +487,8 @@ def status(
     for k, v in st.best_params.items():
         table.add_row(f"  {k}", short(v))
     _cost_rows(table, st.cost)
+    hours = f"{st.compute_hours:.2f} h" + (f" of max_hours {short(st.max_hours)}" if st.max_hours is not None else "")
+    table.add_row("compute", hours)
     kept = f"{len(st.kept)} (sweep export {st.name} --trial N --output DIR)" if st.kept else "none"
     table.add_row("kept models", kept)
     for k in st.kept:
@@ -515,6 +517,8 @@ def _status_json(st: Any) -> dict[str, Any]:
         "state": st.state.value,
         "kept_models": [k.to_json() for k in st.kept],
         "cost": st.cost.to_json() if st.cost is not None else None,
+        "compute_hours": round(st.compute_hours, 6),
+        "max_hours": st.max_hours,
     }
 
 

@@ -59,18 +59,44 @@ def sweep_state(paused: bool, budget_n: int, counted: int, active: int, stopped:
     return SweepState.FINISHED if counted >= budget_n and active == 0 else SweepState.RUNNING
 
 
+def compute_seconds(trials: Iterable[FrozenTrial]) -> float:
+    """Seconds of every epoch the study's trials trained, once each: a retry's epochs inherited from the
+    trial it resumes (``resumed_from_epoch``) are that trial's, not counted again."""
+    total = 0.0
+    for t in trials:
+        secs = t.user_attrs.get("epoch_seconds")
+        if not isinstance(secs, list):
+            continue
+        skip = t.user_attrs.get("resumed_from_epoch", 0) if RETRY_KEY in t.system_attrs else 0
+        skip = skip if isinstance(skip, int) and not isinstance(skip, bool) else 0
+        total += sum(float(s) for s in secs[skip:] if isinstance(s, (int, float)) and not isinstance(s, bool))
+    return total
+
+
+def hours_spent(max_hours: float | None, trials: Iterable[FrozenTrial]) -> bool:
+    """Whether the study's ``max_hours`` of summed trial compute are spent (never without one)."""
+    return max_hours is not None and compute_seconds(trials) >= max_hours * 3600
+
+
 def state_of(
-    study_attrs: Mapping[str, Any], spec_n_trials: int, trials: Iterable[FrozenTrial], live: int | None = None
+    study_attrs: Mapping[str, Any],
+    spec_n_trials: int,
+    trials: Iterable[FrozenTrial],
+    live: int | None = None,
+    max_hours: float | None = None,
 ) -> SweepState:
     """The state of a study from its attributes and trials (what the report and status read).
 
     ``live``: running trials whose worker still beats (None: unknown); with 0, a study with work left
     is IDLE, not RUNNING: nobody is working on it.
     """
+    trials = list(trials)
     counted = active = 0
     for t in trials:
         counted += RETRY_KEY not in t.system_attrs
         active += t.state in (TrialState.RUNNING, TrialState.WAITING)
-    state = sweep_state(is_paused(study_attrs), budget(study_attrs, spec_n_trials), counted, active,
-                        is_stopped(study_attrs))
+    budget_n = budget(study_attrs, spec_n_trials)
+    if hours_spent(max_hours, trials):
+        budget_n = min(budget_n, counted)  # no new trial: the study finishes with those it has
+    state = sweep_state(is_paused(study_attrs), budget_n, counted, active, is_stopped(study_attrs))
     return SweepState.IDLE if state == SweepState.RUNNING and live == 0 else state

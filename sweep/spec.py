@@ -75,6 +75,8 @@ class Setting:
 # argument checks of sweep.data and sweep.model read it.
 SETTINGS: dict[str, Setting] = {
     "n_trials": Setting(int, 60, "the budget all workers share", low=1, high=10_000_000),
+    "max_hours": Setting(float, None, "None: trials only; else also a budget of summed trial compute (all "
+                         "workers' epochs): no new trial once spent, running ones finish", low=0.0, open_low=True),
     "epochs": Setting(int, 12, "max epochs per trial, the pruner's max resource", low=1, high=100_000),
     "seed": Setting(int, 0, "a 32-bit seed, as NumPy's generators (Optuna's samplers) take it",
                     low=0, high=2**32 - 1),
@@ -219,6 +221,7 @@ class StudySpec:
 
     name: str
     n_trials: int = _default("n_trials")
+    max_hours: float | None = _default("max_hours")
     epochs: int = _default("epochs")
     seed: int = _default("seed")
     data: DataSpec = field(default_factory=DataSpec)
@@ -232,6 +235,8 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain JSON-able data (what is stored in the study)."""
         out = dataclasses.asdict(self)
+        if out["max_hours"] is None:  # unset: absent, so specs stored before the key keep their fingerprint
+            del out["max_hours"]
         out["sampler"] = {"type": self.sampler.type, **dict(self.sampler.args)}
         out["pruner"] = {"type": self.pruner.type, **dict(self.pruner.args)}
         params: dict[str, Any] = {}
@@ -512,7 +517,8 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
 
 
 _TOP_KEYS = (
-    "name", "n_trials", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params", "checkpoint"
+    "name", "n_trials", "max_hours", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params",
+    "checkpoint",
 )
 
 
@@ -531,7 +537,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     params = _parse_params(raw.get("params", {}), sampler.type)
     spec = StudySpec(
         name=name,
-        **{k: check(k, raw[k]) for k in ("n_trials", "epochs", "seed") if k in raw},
+        **{k: check(k, raw[k]) for k in ("n_trials", "max_hours", "epochs", "seed") if k in raw},
         data=data,
         model=model,
         train=train,

@@ -201,3 +201,30 @@ def test_status_tells_running_from_idle_by_live_heartbeats(tmp_path: Path, monke
         time.sleep(0.2)
     storage.record_heartbeat(trial_id)
     assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "running"
+
+
+def test_max_hours_stops_new_trials_once_the_compute_is_spent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    write_tiny_spec(tmp_path, n_trials=10, epochs=1)
+    # A budget of 0.36 ms: any trial's first epoch spends it, so one worker runs exactly one trial.
+    create_study("tiny", storage_url=url, studies_dir=tmp_path / "studies", overrides=["max_hours=1e-7"])
+    from sweep.service import run_worker
+
+    summary = run_worker("tiny", storage_url=url, device="cpu", threads=1)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in study.trials)
+    assert len(study.trials) == 1 and sum(summary.states.values()) == 1 and spent > 1e-7 * 3600
+    status = json.loads(_cli(url, "status", "tiny", "--json")[1])
+    assert status["state"] == "finished" and status["max_hours"] == 1e-7 and status["n_trials"] == 10
+    assert status["compute_hours"] == pytest.approx(spent / 3600, abs=1e-6)
+
+
+def test_compute_seconds_counts_a_resumed_retry_once() -> None:
+    from sweep.control import compute_seconds
+
+    first = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"epoch_seconds": [1.0, 2.0]})
+    retry = optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=0.5, system_attrs={"failed_trial": 0},
+        user_attrs={"epoch_seconds": [1.0, 2.0, 4.0], "resumed_from_epoch": 2},
+    )
+    assert compute_seconds([first, retry]) == 7.0

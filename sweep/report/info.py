@@ -378,7 +378,9 @@ def _control_fields(study: optuna.Study, spec: Mapping[str, Any], trials: Sequen
     attrs = study.user_attrs
     planned = spec.get("n_trials")
     budget = control.budget(attrs, planned if isinstance(planned, int) and not isinstance(planned, bool) else 0)
-    return {"state": control.state_of(attrs, budget, trials), "n_trials": budget or None,
+    hours = spec.get("max_hours")
+    hours = float(hours) if isinstance(hours, (int, float)) and not isinstance(hours, bool) else None
+    return {"state": control.state_of(attrs, budget, trials, max_hours=hours), "n_trials": budget or None,
             "kept": kept_models(attrs)}
 
 

@@ -40,10 +40,12 @@ class BudgetGate:
         self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
         self.last_stale_check = float("-inf")
         self._popped = False  # the last trial reserved was a WAITING one (_trial syncs the cache)
+        self._hours_spent = False  # spec.max_hours reached, read before the lock (reading trials is slow)
 
     def take(self) -> tuple[Decision, optuna.Trial | None]:
         """The worker's step: (RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
         self._check_stale()
+        self._check_hours()
         with budget_lock(self.storage, self.study.study_name):
             decision, trial_id = retry_on_locked(self._reserve)
         return decision, None if trial_id is None else self._trial(trial_id)
@@ -51,6 +53,7 @@ class BudgetGate:
     def next_trial(self) -> tuple[Decision, optuna.Trial | None]:
         """``take`` for a caller that already holds the budget lock."""
         self._check_stale()
+        self._check_hours()
         decision, trial_id = self._reserve()
         return decision, None if trial_id is None else self._trial(trial_id)
 
@@ -62,6 +65,12 @@ class BudgetGate:
             optuna.storages.fail_stale_trials(self.study)
             self.last_stale_check = now
 
+    def _check_hours(self) -> None:
+        # Outside the lock: it reads every trial. Workers deciding meanwhile may each start one more
+        # trial, so a max_hours budget is exact to within one trial per worker (README).
+        if self.spec.max_hours is not None:
+            self._hours_spent = control.hours_spent(self.spec.max_hours, self.study.get_trials(deepcopy=False))
+
     def _reserve(self) -> tuple[Decision, int | None]:
         """The decision, and the id of the trial taken (a WAITING one popped, else a new one)."""
         attrs = self.storage.get_study_user_attrs(self.study._study_id)  # pause and budget: read fresh
@@ -70,7 +79,7 @@ class BudgetGate:
         if control.is_paused(attrs):
             return Decision.PAUSED, None
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
-        if waiting or spent < control.budget(attrs, self.spec.n_trials):
+        if waiting or (spent < control.budget(attrs, self.spec.n_trials) and not self._hours_spent):
             # What Study.ask does before it samples (its relative sampling is _trial's, outside the lock).
             trial_id = pop_waiting_trial(self.study)
             self._popped = trial_id is not None

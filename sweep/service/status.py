@@ -93,6 +93,8 @@ class StudyStatus:
     state: SweepState = SweepState.RUNNING
     kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept (best first)
     cost: Any = None  # sweep.report.CostSummary: accuracy against compute
+    compute_hours: float = 0.0  # summed seconds of every epoch trained, in hours (control.compute_seconds)
+    max_hours: float | None = None  # the spec's budget of compute, if any
 
 
 def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus:
@@ -130,10 +132,18 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         best_params=dict(best.params) if best else {},
         best_number=best.number if best else None,
         running=running,
-        state=control.state_of(attrs, budget, trials, live_running(storage, study._study_id, running_ids)),
+        state=control.state_of(attrs, budget, trials, live_running(storage, study._study_id, running_ids),
+                               _max_hours(attrs)),
         kept=kept_models(attrs),
+        compute_hours=control.compute_seconds(trials) / 3600,
+        max_hours=_max_hours(attrs),
         cost=cost_summary_of(name, trials, attrs.get(SPEC_ATTR, {})),
     )
+
+
+def _max_hours(attrs: dict[str, Any]) -> float | None:
+    value = attrs.get(SPEC_ATTR, {}).get("max_hours")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def live_running(storage: Any, study_id: int, running_ids: Sequence[int]) -> int | None:
