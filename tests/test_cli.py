@@ -238,8 +238,10 @@ def test_a_bad_environment_value_is_one_line_where_it_is_used(workdir: Path) -> 
         return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
     assert sweep("create", "tiny").returncode == 0
-    listed = sweep("list")  # no heartbeat here: the variable is never read
-    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    written = sweep("report", "tiny", "--plotlyjs", "cdn")  # no heartbeat here: the variable is never read
+    assert written.returncode == 0 and "Traceback" not in written.stderr, written.stderr
+    listed = sweep("list")  # reads heartbeats (idle or running): the same one line
+    assert listed.returncode == 2 and listed.stderr.startswith("error: SWEEP_HEARTBEAT_INTERVAL = '10s'")
     ran = sweep("worker", "tiny", "--threads", "1")
     lines = ran.stderr.strip().splitlines()
     assert ran.returncode == 2 and len(lines) == 1, ran.stderr
