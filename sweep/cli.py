@@ -456,8 +456,8 @@ def status(
         for col in ("trial", "host", "device", "epoch", "last val acc"):
             run.add_column(col)
         for r in st.running:
-            acc = f"{r['last_acc']:.4f}" if r["last_acc"] is not None else "-"
-            run.add_row(str(r["number"]), str(r["host"]), str(r["device"]), str(r["epoch"]), acc)
+            acc = f"{r.last_acc:.4f}" if r.last_acc is not None else "-"
+            run.add_row(str(r.number), r.host, r.device, str(r.epoch), acc)
         console.print(run)
 
 
@@ -470,7 +470,7 @@ def _status_json(st: Any) -> dict[str, Any]:
         "best_value": st.best_value,
         "best_params": st.best_params,
         "best_number": st.best_number,
-        "running": [{k: v for k, v in r.items() if k != "started"} for r in st.running],
+        "running": [r.to_json() for r in st.running],
         "state": st.state.value,
         "kept_models": [k.to_json() for k in st.kept],
         "cost": st.cost.to_json() if st.cost is not None else None,

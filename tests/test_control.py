@@ -194,7 +194,11 @@ def test_status_tells_running_from_idle_by_live_heartbeats(tmp_path: Path, monke
     storage = open_storage(url, heartbeat=True)
     trial_id = storage.create_new_trial(storage.get_study_id_from_name("tiny"))
     storage.record_heartbeat(trial_id)  # a worker beating now
-    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "running"
+    status = json.loads(_cli(url, "status", "tiny", "--json")[1])
+    assert status["state"] == "running"
+    assert status["running"] == [{"number": 0, "host": "?", "device": "?", "epoch": 0, "last_acc": None}]
+    code, out = _cli(url, "status", "tiny")
+    assert code == 0 and re.search(r"running.*trial.*host.*device.*epoch", out) and "│ 0 " in out
     deadline = time.monotonic() + 30
     while json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] != "idle":  # its beats stopped
         assert time.monotonic() < deadline, "a trial without heartbeats for the grace period still counts as live"
