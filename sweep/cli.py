@@ -173,12 +173,10 @@ def specs_show(
     spec: Annotated[str, typer.Argument(help="A spec name (sweep specs) or a path to a .toml file.")],
 ) -> None:
     """Print a spec's TOML, to start a new spec from: sweep specs show lr-freeze > studies/mine.toml."""
-    from sweep.spec import SpecError, find_spec_file
+    from sweep.spec import find_spec_file
 
-    try:
+    with user_errors():
         path = find_spec_file(spec)
-    except SpecError as exc:
-        raise fail(str(exc)) from None
     print(path.read_text(encoding="utf-8"), end="")
 
 

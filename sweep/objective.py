@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from sweep.errors import UserError
 from sweep.kept import FINAL_MODEL_ATTR
 from sweep.search import suggest_params
 from sweep.show import first_line
@@ -445,7 +446,7 @@ def _store_final_model(
         progress.message(f"trial {checkpoints.trial.number}: final model not stored ({type(exc).__name__}: {exc})")
 
 
-class SetupError(Exception):
+class SetupError(UserError):
     """Data or weights this machine cannot provide, phrased on one line for the user."""
 
 

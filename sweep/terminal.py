@@ -48,11 +48,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and exit code 2."""
-    from sweep.service import ServiceError
-    from sweep.spec import SpecError
-    from sweep.storage import StorageError
+    from sweep.errors import UserError
 
     try:
         yield
-    except (SpecError, StorageError, ServiceError) as exc:
+    except UserError as exc:
         raise fail(str(exc)) from None

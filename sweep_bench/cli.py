@@ -104,18 +104,15 @@ def bench_pretrain(
 
     The source classes are airplane, automobile, bird, cat and deer; resumes from OUTPUT.ckpt when run again.
     """
-    from sweep.data import DataError
     from sweep_bench.pretrain import Recipe, pretrain
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    try:
+    with user_errors():
         pretrain(data_root, output, recipe=Recipe(epochs=epochs, lr=lr, seed=seed),
                  log=lambda line: console.print(line, highlight=False))
-    except DataError as exc:
-        raise fail(str(exc)) from None
 
 
 @bench_app.command("storage")

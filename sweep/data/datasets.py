@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from sweep.atomic import torch_save_atomic
+from sweep.errors import UserError
 from sweep.spec import DATASETS, check
 
 DEFAULT_CACHE_DIR = "storage/cache"
@@ -30,7 +31,7 @@ _SUBSET_SEED = 0
 _CACHE_FORMAT = 1
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data problem the user has to fix; the message is one line naming the field and the fix."""
 
 
