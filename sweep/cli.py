@@ -286,10 +286,15 @@ def _run_in_this_process(
         )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     how = ("stopped" if summary.stopped else "lost its GPU" if summary.device_lost
-           else "paused" if summary.paused else "done")
+           else "paused" if summary.paused else "tripped" if summary.tripped else "done")
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
+    if summary.tripped:
+        from sweep.service import BREAKER_TRIPS
+
+        raise _fail(f"{BREAKER_TRIPS} trials in a row failed with the same error, so this worker takes no more "
+                    f"(restarting it would fail more of the budget): {summary.tripped}")
     if summary.device_lost:
         from sweep.workers import EXIT_DEVICE_LOST
 

@@ -38,9 +38,10 @@ from sweep.service.status import (
     study_status,
     write_report,
 )
-from sweep.service.worker import TrialRunner, WorkerEvents, WorkerSummary, run_worker
+from sweep.service.worker import BREAKER_TRIPS, TrialRunner, WorkerEvents, WorkerSummary, run_worker
 
 __all__ = [
+    "BREAKER_TRIPS",
     "FINGERPRINT_ATTR",
     "SPEC_ATTR",
     "BudgetGate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class WorkerSummary:
     # The CUDA context broke (objective.Reason.DEVICE): the process must exit and be restarted.
     device_lost: str | None = None
     paused: bool = False  # the study was paused while this worker ran
+    # The circuit breaker tripped: BREAKER_TRIPS trials in a row failed with this error.
+    tripped: str | None = None
 
     @property
     def trials(self) -> int:
@@ -133,6 +136,34 @@ def _worker_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySp
     return study
 
 
+# Consecutive trials failing with the same error (not a training outcome) that stop a worker: a broken
+# install, a missing file or a bad argument fails every trial alike, and would fail the whole budget.
+BREAKER_TRIPS = 3
+
+
+@dataclass
+class _Breaker:
+    """Counts this worker's consecutive trials failing with the same error (``Reason.ERROR``).
+
+    Errors are compared with their digits masked: a trial number or an address in the message must
+    not make the same failure look new. OOM, divergence, stops and completions reset the count.
+    """
+
+    trips: int = BREAKER_TRIPS
+    error: str | None = None
+    count: int = 0
+
+    def tripped(self, outcome: TrialOutcome) -> bool:
+        """Record ``outcome``; True when it is the ``trips``-th same error in a row."""
+        if outcome.cause is not Reason.ERROR:
+            self.error, self.count = None, 0
+            return False
+        error = re.sub(r"\d+", "#", outcome.detail)
+        self.count = self.count + 1 if error == self.error else 1
+        self.error = error
+        return self.count >= self.trips
+
+
 @dataclass
 class _TrialLoop:
     """``run_worker``'s loop: take trials from the gate and run them until the budget, a stop, a pause
@@ -147,6 +178,7 @@ class _TrialLoop:
     poll_s: float
     wait_paused: bool
     said: str = ""  # the last waiting message: said once per wait
+    breaker: _Breaker = field(default_factory=_Breaker)
 
     def run(self) -> None:
         """Take and run trials until one of the loop's endings."""
@@ -196,6 +228,9 @@ class _TrialLoop:
         if outcome.device_lost:
             self.summary.device_lost = outcome.reason
             self.events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
+            return False
+        if self.breaker.tripped(outcome):
+            self.summary.tripped = outcome.detail
             return False
         return True
 
