@@ -11,6 +11,7 @@ import enum
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,17 +169,28 @@ class _WorkerDisplay:
         console.print(f"{self.prefix}{text}", highlight=False, soft_wrap=True)
 
 
-def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
-    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now."""
+def _install_stop_handlers(stop: Any, display: _WorkerDisplay, *, supervised: bool) -> None:
+    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now.
+
+    ``supervised`` (a child of ``sweep worker --workers/--gpus``): SIGINT stays ignored (a terminal's
+    Ctrl-C reaches the supervisor too, which forwards a SIGTERM) and a repeated SIGTERM is the same stop;
+    the supervisor kills its children when the user insists (sweep.workers).
+    """
 
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
+            if supervised:
+                return
             display.message("second signal: exiting now")
             os._exit(128 + signum)
         stop.set()
-        display.message("stopping after the current epoch (the trial goes back to the queue); signal again to exit now")
+        text = "stopping after the current epoch (the trial goes back to the queue)"
+        # From a thread of its own: the handler may interrupt a print of the main thread, and rich's
+        # buffer is per thread, so a print nested in that one could be lost.
+        threading.Thread(target=display.message, args=(text + ("" if supervised else "; signal again to exit now"),),
+                         daemon=True).start()
 
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -262,9 +274,10 @@ def _run_in_this_process(
     display = _WorkerDisplay(label)
     from sweep.objective import StopFlag
     from sweep.service import WorkerEvents, run_worker
+    from sweep.workers import SUPERVISED_ENV
 
     stop = StopFlag()
-    _install_stop_handlers(stop, display)
+    _install_stop_handlers(stop, display, supervised=os.environ.get(SUPERVISED_ENV) == "1")
     events = WorkerEvents(
         message=display.message,
         trial_started=display.trial_started,
