@@ -298,8 +298,11 @@ def _run_in_this_process(
             wait_paused=wait,
         )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
+    if summary.lost:
+        counts += f", {summary.lost} failed meanwhile by a peer (retried there)"
     how = ("stopped" if summary.stopped else "lost its GPU" if summary.device_lost
-           else "paused" if summary.paused else "tripped" if summary.tripped else "done")
+           else "paused" if summary.paused else "tripped" if summary.tripped
+           else "out of disk" if summary.disk_full else "done")
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
@@ -308,6 +311,11 @@ def _run_in_this_process(
 
         raise _fail(f"{BREAKER_TRIPS} trials in a row failed with the same error, so this worker takes no more "
                     f"(restarting it would fail more of the budget): {summary.tripped}")
+    if summary.disk_full:
+        from sweep.service import EXIT_DISK_FULL
+
+        raise _fail(f"the disk of {summary.disk_full} is full: this worker takes no more trials (the rest of the "
+                    "budget is left); free space there and start it again", EXIT_DISK_FULL)
     if summary.device_lost:
         from sweep.workers import EXIT_DEVICE_LOST
 
@@ -580,6 +588,35 @@ def predict(
 
 def _said(r: Any, what: str) -> None:
     console.print(f"study {r.study}: {what}; now {r.state.value}, budget {r.n_trials} trials", highlight=False)
+
+
+@app.command("clean-artifacts")
+def clean_artifacts(
+    artifacts: Annotated[
+        str | None,
+        typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", help="The workers' artifact folder (default: "
+                     "storage/artifacts).", show_default=False),
+    ] = None,
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0, help="Only files older than this many seconds.")
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Remove artifact files no trial refers to: checkpoints of crashed workers, writes cut off by a full disk.
+
+    Only files this storage's trials stored are judged (a folder shared with another storage is safe);
+    workers do the same on start for files older than an hour.
+    """
+    from sweep.service import clean_artifacts as clean
+
+    with _user_errors():
+        result = clean(storage, artifacts=artifacts, older_than_s=older_than, dry_run=dry_run)
+    verb = "would remove" if result.dry_run else "removed"
+    for name in result.orphans.files:
+        console.print(f"  {name}", highlight=False)
+    console.print(f"{verb} {len(result.orphans.files)} files ({result.orphans.bytes / 1e6:.1f} MB) from "
+                  f"{result.folder}", highlight=False)
 
 
 @app.command()
