@@ -23,6 +23,7 @@ def _copy_then_fill_the_disk(src: io.BufferedIOBase, dst: io.BufferedIOBase) -> 
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+@pytest.mark.faults
 def test_a_write_that_fills_the_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = AtomicFileStore(tmp_path)
     store.write("whole", io.BytesIO(b"x" * 5000))
@@ -124,3 +125,20 @@ def test_clean_artifacts_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert list((tmp_path / "artifacts").iterdir()) == []
     missing = runner.invoke(app, ["clean-artifacts", "--storage", f"sqlite:///{tmp_path / 'none.db'}"])
     assert missing.exit_code == 2 and "no sweep database" in missing.output
+
+
+def test_a_worker_start_removes_what_a_crash_left_and_says_so(tmp_path: Path) -> None:
+    from sweep.service.worker import WorkerEvents, _worker_store
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    trial = optuna.create_study(storage=storage, study_name="s").ask()
+    crashed = _upload(trial, AtomicFileStore(folder), b"x" * 3_000_000, tmp_path)  # never recorded on its trial
+    recent = _upload(trial, AtomicFileStore(folder), b"y", tmp_path)
+    _age(folder / crashed, 7200)
+    said: list[str] = []
+    store = _worker_store(storage, optuna.artifacts.FileSystemArtifactStore(folder), WorkerEvents(message=said.append))
+    assert isinstance(store, AtomicFileStore) and store.base_path == folder
+    assert said == [f"removed 1 artifact files no trial refers to (3.0 MB) from {folder}"]
+    assert [p.name for p in folder.iterdir()] == [recent]  # younger than an hour: its record may be on its way

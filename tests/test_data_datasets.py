@@ -156,6 +156,7 @@ def test_cache_notices_added_images(folder: Path, tmp_path: Path) -> None:
 
 
 
+@pytest.mark.faults
 def test_cache_notices_an_image_overwritten_in_place(folder: Path, tmp_path: Path) -> None:
     """Same name, same folder (whose mtime does not change): the old pixels must not be served."""
     kw = {"val_fraction": 0.5, "seed": 0, "resolution": 8, "cache_dir": tmp_path / "c"}
@@ -169,6 +170,7 @@ def test_cache_notices_an_image_overwritten_in_place(folder: Path, tmp_path: Pat
     assert after.fingerprint != before.fingerprint
 
 
+@pytest.mark.faults
 def test_cache_entry_whose_pixels_do_not_match_its_hash_is_decoded_again(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

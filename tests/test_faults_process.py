@@ -82,10 +82,10 @@ def test_worker_refuses_a_grace_period_under_two_heartbeats(tmp_path: Path) -> N
     assert out.count("\n") == 1 and "SWEEP_GRACE_PERIOD=15 is less than twice" in out, out
 
 
-def test_a_trial_failed_by_a_peer_meanwhile_is_let_go_and_its_retry_resumes(tmp_path: Path) -> None:
+def test_a_trial_failed_by_a_peer_meanwhile_is_let_go_and_its_retry_resumes(tmp_path: Path, storage_url: str) -> None:
     """The owner is held in its second epoch while a second storage client fails its trial as stale, as a
     peer's stale check does after a partition longer than the grace period."""
-    _create(tmp_path, "data.subset=400", n_trials=2, epochs=3)
+    _create(tmp_path, "data.subset=400", n_trials=2, epochs=3, url=storage_url)
     held, hold = held_worker_env(tmp_path)
     owner = _sweep(tmp_path, "worker", "--threads", "1", **held)
     _wait_for(owner, "epoch 1/3")
