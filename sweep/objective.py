@@ -206,7 +206,10 @@ class Checkpoints:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, name)
-            torch.save(payload, path)
+            # Through a Python file: a full disk then surfaces as OSError (ENOSPC) under torch's error,
+            # which disk_full finds; given a path, torch's own writer reports only "file write failed".
+            with open(path, "wb") as fh:
+                torch.save(payload, fh)
             return upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
 
     def _record(self, key: str, value: dict[str, Any], artifact_id: str) -> None:

@@ -142,3 +142,40 @@ def test_a_worker_start_removes_what_a_crash_left_and_says_so(tmp_path: Path) ->
     assert isinstance(store, AtomicFileStore) and store.base_path == folder
     assert said == [f"removed 1 artifact files no trial refers to (3.0 MB) from {folder}"]
     assert [p.name for p in folder.iterdir()] == [recent]  # younger than an hour: its record may be on its way
+
+
+class _FullFile(io.RawIOBase):
+    """A file on a disk that fills up after 1000 bytes."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.written += len(b)
+        if self.written > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(b)
+
+
+@pytest.mark.faults
+def test_a_checkpoint_that_cannot_be_written_is_one_warning_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from sweep import objective
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    trial = study.ask()
+    said: list[str] = []
+    checkpoints = objective.Checkpoints(trial, AtomicFileStore(tmp_path), warn=said.append)
+    checkpoints.save({"w": torch.zeros(10)}, 1)
+    monkeypatch.setattr(objective, "open", _FullFile, raising=False)  # the temporary copy's disk is full
+    checkpoints.save({"w": torch.zeros(100_000)}, 2)
+    checkpoints.save({"w": torch.zeros(100_000)}, 3)
+    assert len(said) == 1 and "checkpoint after epoch 2 not stored" in said[0] and "from epoch 1" in said[0]
+    assert (checkpoints.failed, checkpoints.disk_errors) == (2, 2)
+    assert study.trials[0].user_attrs[CHECKPOINT_ATTR]["epoch"] == 1  # the retry's is still the last one stored
