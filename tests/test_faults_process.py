@@ -63,6 +63,13 @@ def _no_running_and_counted_once(tmp_path: Path) -> list:
     return trials
 
 
+def _only_kept_models_left(tmp_path: Path) -> None:
+    """No artifact file without a trial that needs it: the kept models are all that is left."""
+    folder = tmp_path / ("artifacts" if _url(tmp_path).startswith("sqlite") else "storage/artifacts")
+    kept = {k["artifact_id"] for k in _study(tmp_path).user_attrs.get("kept_models", [])}
+    assert set(os.listdir(folder)) == kept
+
+
 def test_the_same_error_three_times_in_a_row_stops_the_worker(tmp_path: Path) -> None:
     _create(tmp_path, n_trials=6, epochs=1)
     proc = _sweep(tmp_path, "worker", "--threads", "1", **_hooks(tmp_path, BROKEN_INSTALL))
@@ -111,6 +118,7 @@ def test_a_trial_failed_by_a_peer_meanwhile_is_let_go_and_its_retry_resumes(tmp_
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params
     assert retry.user_attrs["resumed_from_epoch"] == 1  # the checkpoint the owner left, not removed
     assert sorted(retry.intermediate_values) == [1, 2, 3]
+    _only_kept_models_left(tmp_path)
 
 
 def test_a_trial_failed_by_a_peer_after_its_last_epoch_is_let_go(
@@ -242,11 +250,18 @@ def _supervised_group(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[s
     )
 
 
-def _until_both_in_epoch_2(proc: subprocess.Popen[str]) -> str:
-    """Read the group's output until both children have reported epoch 1 (and are held in epoch 2)."""
+def _until_both_in_epoch_2(proc: subprocess.Popen[str], tmp_path: Path) -> str:
+    """Read the group's output until both children have reported epoch 1, then wait for both epoch-1
+    checkpoints: stored after the epoch's stop check, so a stop from now on ends epoch 2 (held)."""
     seen = ""
     while not ("[cpu0] trial" in seen and "[cpu1] trial" in seen and seen.count("epoch 1/3") >= 2):
         seen += _wait_for(proc, "epoch 1/3")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = _study(tmp_path).trials
+        if len(trials) == 2 and all(t.user_attrs.get("checkpoint") for t in trials):
+            break
+        time.sleep(0.05)
     return seen
 
 
@@ -254,7 +269,7 @@ def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -
     _create(tmp_path, "data.subset=400", n_trials=2, epochs=3)
     held, hold = held_worker_env(tmp_path)
     group = _supervised_group(tmp_path, held)
-    seen = _until_both_in_epoch_2(group)
+    seen = _until_both_in_epoch_2(group, tmp_path)
     os.killpg(group.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
     seen += _wait_for(group, "stopping workers")
     hold.unlink()
@@ -275,13 +290,14 @@ def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -
     trials = _no_running_and_counted_once(tmp_path)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     assert len([t for t in trials if "failed_trial" not in t.system_attrs]) == 2
+    _only_kept_models_left(tmp_path)
 
 
 def test_a_second_ctrl_c_stops_the_group_at_once(tmp_path: Path) -> None:
     _create(tmp_path, "data.subset=400", n_trials=2, epochs=3)
     held, _hold = held_worker_env(tmp_path)  # held for good: only the second Ctrl-C ends the epoch
     group = _supervised_group(tmp_path, held)
-    seen = _until_both_in_epoch_2(group)
+    seen = _until_both_in_epoch_2(group, tmp_path)
     os.killpg(group.pid, signal.SIGINT)
     seen += _wait_for(group, "stopping workers")
     os.killpg(group.pid, signal.SIGINT)
@@ -298,3 +314,4 @@ def test_a_second_ctrl_c_stops_the_group_at_once(tmp_path: Path) -> None:
     trials = _no_running_and_counted_once(tmp_path)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     assert len([t for t in trials if "failed_trial" not in t.system_attrs]) == 2
+    _only_kept_models_left(tmp_path)
