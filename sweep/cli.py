@@ -605,8 +605,9 @@ def clean_artifacts(
 ) -> None:
     """Remove artifact files no trial refers to: checkpoints of crashed workers, writes cut off by a full disk.
 
-    Only files this storage's trials stored are judged (a folder shared with another storage is safe);
-    workers do the same on start for files older than an hour.
+    Only files this storage's trials stored are judged, so a folder shared with another storage is safe.
+
+    Every worker does the same when it starts, for files older than an hour.
     """
     from sweep.service import clean_artifacts as clean
 

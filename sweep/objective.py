@@ -141,6 +141,9 @@ class Checkpoints:
     Only the newest checkpoint is kept (the previous one is removed after the new one is stored),
     and it is removed when the trial ends for good. A trial handed back (SIGTERM) or re-queued after
     its worker died keeps it: the retry, which inherits the trial's user attributes, resumes from it.
+    A checkpoint that cannot be written (a full disk) is a warning, not the trial's end: the trial
+    trains on and its retry would resume from the last one stored. A file stored but not recorded on
+    the trial (a peer failed it meanwhile) is removed at once.
     """
 
     ATTR = CHECKPOINT_ATTR
