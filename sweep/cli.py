@@ -10,6 +10,7 @@ import enum
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -232,17 +233,28 @@ class _WorkerDisplay:
         console.print(text, highlight=False, soft_wrap=True)
 
 
-def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
-    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now."""
+def _install_stop_handlers(stop: Any, display: _WorkerDisplay, *, supervised: bool) -> None:
+    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now.
+
+    ``supervised`` (a child of ``sweep worker --workers/--gpus``): SIGINT stays ignored (a terminal's
+    Ctrl-C reaches the supervisor too, which forwards a SIGTERM) and a repeated SIGTERM is the same stop;
+    the supervisor kills its children when the user insists (sweep.workers).
+    """
 
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
+            if supervised:
+                return
             display.message("second signal: exiting now")
             os._exit(128 + signum)
         stop.set()
-        display.message("stopping after the current epoch (the trial goes back to the queue); signal again to exit now")
+        text = "stopping after the current epoch (the trial goes back to the queue)"
+        # From a thread of its own: the handler may interrupt a print of the main thread, and rich's
+        # buffer is per thread, so a print nested in that one could be lost.
+        threading.Thread(target=display.message, args=(text + ("" if supervised else "; signal again to exit now"),),
+                         daemon=True).start()
 
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -326,9 +338,10 @@ def _run_in_this_process(
     display = _WorkerDisplay(label)
     from sweep.objective import StopFlag
     from sweep.service import WorkerEvents, run_worker
+    from sweep.workers import SUPERVISED_ENV
 
     stop = StopFlag()
-    _install_stop_handlers(stop, display)
+    _install_stop_handlers(stop, display, supervised=os.environ.get(SUPERVISED_ENV) == "1")
     events = WorkerEvents(
         message=display.message,
         trial_started=display.trial_started,
@@ -349,11 +362,24 @@ def _run_in_this_process(
             wait_paused=wait,
         )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
+    if summary.lost:
+        counts += f", {summary.lost} failed meanwhile by a peer (retried there)"
     how = ("stopped" if summary.stopped else "lost its GPU" if summary.device_lost
-           else "paused" if summary.paused else "done")
+           else "paused" if summary.paused else "tripped" if summary.tripped
+           else "out of disk" if summary.disk_full else "done")
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
+    if summary.tripped:
+        from sweep.service import BREAKER_TRIPS
+
+        raise fail(f"{BREAKER_TRIPS} trials in a row failed with the same error, so this worker takes no more "
+                   f"(restarting it would fail more of the budget): {summary.tripped}")
+    if summary.disk_full:
+        from sweep.service import EXIT_DISK_FULL
+
+        raise fail(f"the disk of {summary.disk_full} is full: this worker takes no more trials (the rest of the "
+                   "budget is left); free space there and start it again", EXIT_DISK_FULL)
     if summary.device_lost:
         from sweep.workers import EXIT_DEVICE_LOST
 
@@ -676,6 +702,36 @@ def _said(r: Any, what: str, as_json: bool) -> None:
                "previous_n_trials": r.previous_n_trials, "running": r.running})
         return
     console.print(f"study {r.study}: {what}; now {r.state.value}, budget {r.n_trials} trials", highlight=False)
+
+
+@app.command("clean-artifacts")
+def clean_artifacts(
+    artifacts: Annotated[
+        str | None,
+        typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", help="The workers' artifact folder (default: "
+                     "storage/artifacts).", show_default=False),
+    ] = None,
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0, help="Only files older than this many seconds.")
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Remove artifact files no trial refers to: checkpoints of crashed workers, writes cut off by a full disk.
+
+    Only files this storage's trials stored are judged, so a folder shared with another storage is safe.
+
+    Every worker does the same when it starts, for files older than an hour.
+    """
+    from sweep.service import clean_artifacts as clean
+
+    with user_errors():
+        result = clean(storage, artifacts=artifacts, older_than_s=older_than, dry_run=dry_run)
+    verb = "would remove" if result.dry_run else "removed"
+    for name in result.orphans.files:
+        console.print(f"  {name}", highlight=False)
+    console.print(f"{verb} {len(result.orphans.files)} files ({result.orphans.bytes / 1e6:.1f} MB) from "
+                  f"{result.folder}", highlight=False)
 
 
 @app.command()

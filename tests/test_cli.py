@@ -139,6 +139,7 @@ def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> Non
         (["create", "tiny", "--set", "params.batch_size.choices=[]"], "params.batch_size.choices"),
         (["create", "tiny", "--set", "model.arch=vgg"], "model.arch"),
         (["create", "tiny", "--set", "pruner.type=asha"], "pruner.type"),
+        (["create", "tiny", "--set", 'sampler.n_startup_trials="x"'], "sampler.n_startup_trials"),
         (["create", "tiny", "--storage", "mysql://u:pw@h/db"], "not supported"),
         (["create", "tiny", "--storage", "not a url"], "malformed"),
     ],
