@@ -34,6 +34,7 @@ ENVIRONMENT = {
     "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
     "SWEEP_GRACE_PERIOD": "seconds without a heartbeat before a trial counts as dead (default 30)",
     "SWEEP_WORKER_LABEL": "prefix of a worker's output lines (set by the supervisor for its children)",
+    "SWEEP_SUPERVISED": "set by the supervisor for its children: the group's Ctrl-C reaches them as one SIGTERM",
     "SWEEP_DEVICE": "device of `sweep bench live`",
     "SWEEP_BENCH_PG_URL": "PostgreSQL of `sweep bench storage|scale` (default: a throwaway cluster)",
     "SWEEP_CHROMIUM": "browser of `sweep bench report` (default: chromium on PATH)",
