@@ -39,6 +39,7 @@ from sweep.service.common import ServiceError, cache_dir, load_spec_of, quiet_op
 from sweep.service.gate import BudgetGate, Decision
 from sweep.spec import StudySpec
 from sweep.storage import artifact_store, open_storage, retry_on_locked
+from sweep.tracking import tracked
 
 
 @dataclass
@@ -101,9 +102,10 @@ def run_worker(
     store = _worker_store(storage, artifact_store(storage_url, artifacts), events)
     summary = WorkerSummary(study=name, device=device)
     gate = BudgetGate(study, spec)
-    runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
-    loop = _TrialLoop(gate, runner, events, summary, provenance.environment(), n_trials, poll_s, wait_paused)
-    loop.run()
+    with tracked(spec, study, events) as events:  # the study's [tracking]: listeners on the trials' events
+        runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
+        loop = _TrialLoop(gate, runner, events, summary, provenance.environment(), n_trials, poll_s, wait_paused)
+        loop.run()
     return summary
 
 
