@@ -554,7 +554,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     model = _parse_model(_table(raw, "model"))
     train = _parse_settings(raw, "train", TrainSpec)
     checkpoint = _parse_settings(raw, "checkpoint", CheckpointSpec)
-    tracking = _parse_settings(raw, "tracking", TrackingSpec)
+    tracking = _parse_tracking(raw)
     s = dict(_table(raw, "sampler"))
     sampler = SamplerSpec(type=_str(s.pop("type", SamplerSpec.type), "sampler.type", SAMPLERS), args=s)
     p = dict(_table(raw, "pruner"))
@@ -611,6 +611,22 @@ def _parse_settings(raw: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
     t = _table(raw, key)
     _check_keys(t, f"{key}.", tuple(f.name for f in dataclasses.fields(cls)))
     return cls(**{k: check(f"{key}.{k}", t[k]) for k in t})
+
+
+# scheme://user:PASSWORD@host: the password is group 2.
+_URI_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*:)([^/@]*)@")
+
+
+def _parse_tracking(raw: Mapping[str, Any]) -> TrackingSpec:
+    """``[tracking]``, with no password in the MLflow URI: the spec is stored in the database and shown in
+    the report and by optuna-dashboard. MLflow reads credentials from the workers' environment instead."""
+    tracking = _parse_settings(raw, "tracking", TrackingSpec)
+    if _URI_PASSWORD.match(tracking.mlflow):
+        raise SpecError("tracking.mlflow", _URI_PASSWORD.sub(r"\1***@", tracking.mlflow),
+                        "no password in the URI (the spec is stored in the database and shown in reports); set "
+                        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) on "
+                        "the workers")
+    return tracking
 
 
 def _parse_params(params_raw: Any, sampler: str) -> dict[str, ParamSpec]:

@@ -219,11 +219,7 @@ class _Listener:
             (k.path or k.artifact_id for k in kept_models(storage.get_study_user_attrs(study_id)) if k.trial == number),
             None,
         )
-        tags = {
-            k: str(attrs[k])
-            for k in ("host", "device", "precision", "retry_of", "warm_start_from")
-            if attrs.get(k) is not None
-        }
+        tags = {k: str(attrs[k]) for k in ("host", "device", "precision", "retry_of") if attrs.get(k) is not None}
         test = attrs.get("test_accuracy")
         return TrialFinished(
             self.study.study_name,
