@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.kept import kept_models
 from sweep.service import WorkerEvents, create_study, enqueue_trial, run_worker
 from sweep.spec import SpecError, load_spec
-from sweep.tracking import tracked
+from sweep.tracking import EpochDone, TrialStarted, _Channel, tracked
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -225,3 +226,37 @@ def test_untracked_commands_never_import_the_trackers(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+class _FailsFromTheSecondEpoch:
+    """A tracker whose server goes away mid-trial."""
+
+    def __init__(self) -> None:
+        self.logged: list[object] = []
+
+    def started(self, event: TrialStarted) -> None:
+        self.logged.append(event)
+
+    def epoch(self, event: EpochDone) -> None:
+        if event.epoch >= 2:
+            raise ConnectionError(f"gone at epoch {event.epoch}\nsecond line")
+        self.logged.append(event)
+
+    def finished(self, event: object) -> None:
+        self.logged.append(event)
+
+    def close(self) -> None:
+        self.logged.append("closed")
+
+
+def test_a_tracker_that_fails_later_is_said_once_and_then_left_alone() -> None:
+    tracker, said = _FailsFromTheSecondEpoch(), []
+    channel = _Channel("Fake (x)", lambda: tracker, said.append, "")
+    channel.send(lambda t: t.started(TrialStarted("s", 0, {}, 0.0)))
+    for epoch in (1, 2, 3):
+        channel.send(lambda t, e=epoch: t.epoch(EpochDone(0, e, 0.5, 1.0, 0.0)))
+    channel.close(time.monotonic() + 30)
+    assert said == [
+        "Fake (x) tracking off for this worker (ConnectionError: gone at epoch 2); the trials go on untracked"
+    ]
+    assert [type(x).__name__ if x != "closed" else x for x in tracker.logged] == ["TrialStarted", "EpochDone", "closed"]

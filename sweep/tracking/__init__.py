@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 # How long a worker that is done waits for its trackers to log what is still queued.
 CLOSE_TIMEOUT_S = 60.0
+_STATES = TrialState.__members__  # the worker's state names (objective.Ending) are Optuna's
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,17 @@ class _Listener:
                 )
                 self.failed = True
             event = TrialFinished(
-                self.study.study_name, number, TrialState[state], value, why, None, None, 0, {}, {}, time.time()
+                self.study.study_name,
+                number,
+                _STATES.get(state, TrialState.FAIL),
+                value,
+                why,
+                None,
+                None,
+                0,
+                {},
+                {},
+                time.time(),
             )
         self._send(lambda t: t.finished(event))
 
