@@ -97,7 +97,7 @@ def test_dashboard_without_the_package_is_one_line_naming_the_extra(
     assert result.output.strip() == "error: sweep dashboard needs optuna-dashboard: pip install 'sweep[dashboard]'"
 
 
-def test_dashboard_refuses_a_busy_port_and_an_unknown_study(tmp_path: Path) -> None:
+def test_dashboard_refuses_a_busy_port_an_unknown_study_and_a_storage_it_cannot_reach(tmp_path: Path) -> None:
     url = _study(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -109,6 +109,9 @@ def test_dashboard_refuses_a_busy_port_and_an_unknown_study(tmp_path: Path) -> N
     assert len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["dashboard", "nope", "--storage", url])
     assert result.exit_code == 2 and "study 'nope' not found" in result.output
+    # A storage it cannot reach: one line, the password masked as everywhere.
+    result = runner.invoke(app, ["dashboard", "--storage", "postgresql+psycopg://sweep:s3cret@127.0.0.1:9/db"])
+    assert result.exit_code == 2 and "sweep:***@127.0.0.1:9" in result.output and "s3cret" not in result.output
 
 
 def test_dashboard_json_says_where_it_listens_and_sigterm_stops_it(tmp_path: Path) -> None:
