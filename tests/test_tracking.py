@@ -197,6 +197,7 @@ def test_a_missing_package_is_one_line_naming_the_extra(monkeypatch: pytest.Monk
 def test_tracking_settings_live_in_the_spec() -> None:
     default = load_spec("demo")
     assert default.tracking.mlflow == "" and default.tracking.tensorboard == "" and not default.tracking.enabled
+    assert "tracking" not in default.to_dict()  # off: absent, so specs stored before the key compare equal
     on = load_spec("demo", overrides=["tracking.mlflow=http://mlflow:5000", "tracking.tensorboard=runs/tb"])
     assert (on.tracking.mlflow, on.tracking.tensorboard) == ("http://mlflow:5000", "runs/tb")
     assert on.to_dict()["tracking"] == {"mlflow": "http://mlflow:5000", "tensorboard": "runs/tb"}
