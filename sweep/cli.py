@@ -66,12 +66,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and exit code 2."""
+    from sweep.outage import EX_UNAVAILABLE, DatabaseUnavailable
     from sweep.service import ServiceError
     from sweep.spec import SpecError
     from sweep.storage import StorageError
 
     try:
         yield
+    except DatabaseUnavailable as exc:  # a worker past SWEEP_DB_PATIENCE: its supervisor restarts it later
+        raise _fail(f"{exc}; exiting with code {EX_UNAVAILABLE} to be restarted", EX_UNAVAILABLE) from None
     except (SpecError, StorageError, ServiceError) as exc:
         raise _fail(str(exc)) from None
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from sweep.kept import FINAL_MODEL_ATTR
+from sweep.outage import DatabaseUnavailable
 from sweep.search import suggest_params
 from sweep.spec import StudySpec
 
@@ -300,6 +301,8 @@ def run_trial(
     # dropped before the caller frees memory after an OOM.
     try:
         result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
+    except DatabaseUnavailable:
+        raise  # nothing can be recorded: the trial stays RUNNING and is retried from its checkpoint
     except Exception as exc:
         return _ended_early(trial, exc, checkpoints, started)
     checkpoints.discard()
