@@ -295,6 +295,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._mirror: OrderedDict[int, _Mirrored] = OrderedDict()
         self._mirror_lock = threading.Lock()
         self._statements: dict[tuple[Any, ...], Any] = {}
+        self._unsure: set[int] = set()  # trials whose end was written when the connection died
         self._write_lock = threading.Lock()
         self.autocommit_engine = self.engine
         # The connection a thread's budget (or kept-models) lock transaction holds (pinned): every call
@@ -320,6 +321,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         state.pop("_mirror", None)
         state.pop("_mirror_lock", None)
         state.pop("_statements", None)
+        state.pop("_unsure", None)
         state.pop("_write_lock", None)
         state.pop("autocommit_engine", None)
         state.pop("_pins", None)
@@ -819,6 +821,10 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 update = sqlalchemy.update(_trials).where(*guard).values(state=state, datetime_complete=now)
             popped = conn.execute(update.returning(_trials.c.study_id)).first()
             if popped is None:
+                if trial_id in self._unsure and state in (TrialState.COMPLETE, TrialState.PRUNED):
+                    done = sqlalchemy.select(_trials.c.state).where(_trials.c.trial_id == trial_id)
+                    if conn.execute(done).scalar() == state:
+                        return True  # ours: only the owner ends a trial so, and that answer was lost
                 self._raise_if_not_updatable(conn, trial_id)
                 return False  # RUNNING asked of a trial that is not WAITING (another worker took it)
             won.append(popped.study_id)
@@ -842,6 +848,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 return False
         except sqlalchemy.exc.IntegrityError:
             return False
+        except optuna.exceptions.StorageInternalError as exc:
+            if transient(exc):
+                # The connection died, maybe after the commit: a retry (Patience) that finds the trial
+                # already in this state finds this call's own commit, not a peer's.
+                self._unsure.add(trial_id)
+            raise
+        self._unsure.discard(trial_id)
         if state == TrialState.RUNNING:  # a popped WAITING trial is now this process's: mirror it
             for trial in self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id)):
                 if trial.state == TrialState.RUNNING:

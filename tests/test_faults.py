@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from conftest import PG_CLUSTER, _libpq_url, postgres_installed
 from helpers import held_worker_env, write_tiny_spec
 from optuna.trial import TrialState
@@ -333,10 +335,7 @@ def test_a_trial_is_created_with_its_first_heartbeat(any_url: str) -> None:
 
 
 def _beaten(storage: optuna.storages.RDBStorage) -> set[int]:
-    from optuna.storages._rdb import models
-
-    with storage.engine.connect() as conn:
-        return set(conn.execute(models.TrialHeartbeatModel.__table__.select()).scalars())
+    return set(_beats_of(storage))
 
 
 def test_a_running_trial_without_a_heartbeat_is_failed_after_the_grace_period(tmp_path: Path, any_url: str) -> None:
@@ -358,6 +357,61 @@ def test_a_running_trial_without_a_heartbeat_is_failed_after_the_grace_period(tm
     trials = _assert_budget_kept(any_url, 2, worker.stdout + worker.stderr)
     assert trials[0].state == TrialState.FAIL  # failed as stale, and its retry counted in its place
     assert [t.user_attrs.get("retry_of") for t in trials].count(0) == 1
+
+
+def test_a_heartbeat_is_not_held_up_by_a_stuck_call(pg_fresh_url: str) -> None:
+    storage = open_storage(pg_fresh_url, heartbeat=True)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial_id = storage.create_new_trial(study._study_id)
+    first = _beats_of(storage)[trial_id]
+    stuck, release = threading.Event(), threading.Event()
+
+    def stuck_call() -> None:
+        with storage._calls:  # what a statement waiting on a dead path holds (until it is cut)
+            stuck.set()
+            release.wait()
+
+    threading.Thread(target=stuck_call, daemon=True).start()
+    stuck.wait()
+    try:
+        beat = threading.Thread(target=storage.record_heartbeat, args=(trial_id,), daemon=True)
+        beat.start()
+        beat.join(timeout=120)
+        assert not beat.is_alive(), "the beat waited for the stuck call"
+        assert _beats_of(storage)[trial_id] > first
+    finally:
+        release.set()
+
+
+def _beats_of(storage: optuna.storages.RDBStorage) -> dict[int, object]:
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    with storage.engine.connect() as conn:
+        return dict(conn.execute(sqlalchemy.select(table.c.trial_id, table.c.heartbeat)).all())
+
+
+def test_a_trial_end_whose_answer_was_lost_is_not_told_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The connection dies after the COMMIT of a tell reached the server (a partition, a failover): the
+    # retry finds the trial finished. It was this call's own commit, not a peer's FAIL: no error.
+    storage = open_storage(f"sqlite:///{tmp_path / 'sweep.db'}", heartbeat=True)
+    storage.patience = Patience(600, say=lambda _: None)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial_id = storage.create_new_trial(study._study_id)
+    run, lost = storage._run, []
+
+    def answer_lost(kind: str, op: object) -> object:
+        result = run(kind, op)  # type: ignore[arg-type]
+        if kind == "durable" and not lost:
+            lost.append(kind)
+            raise optuna.exceptions.StorageInternalError("lost") from sqlite3.OperationalError("database is locked")
+        return result
+
+    monkeypatch.setattr(storage, "_run", answer_lost)
+    assert storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+    assert lost and storage.get_trial(trial_id).state == TrialState.COMPLETE
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # a second tell is still refused
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
 
 
 # --------------------------------------------------------------------------- a fresh database, many openers
