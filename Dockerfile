@@ -23,16 +23,18 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > 
 
 # 2. The package itself (no dependency resolution: layer 1 has them). Not sweep_bench/: the benchmarks
 #    are no part of a worker (`sweep bench` says so in the image), and pyproject installs without them.
+#    studies/ installs as package data: the built-in specs (`sweep create lr-freeze` from any folder).
 COPY README.md ./
 COPY sweep/ sweep/
+COPY studies/ studies/
 RUN pip install --no-deps . && rm -rf build
 
-# 3. Where workers run: specs in ./studies, datasets in ./data, cache/checkpoints/reports in ./storage. The
-#    mount points exist, owned by the user, so fresh named volumes inherit that ownership.
+# 3. Where workers run: the user's own specs in ./studies (a mount; the built-in ones need none), datasets
+#    in ./data, cache/checkpoints/reports in ./storage. The mount points exist, owned by the user, so
+#    fresh named volumes inherit that ownership.
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin sweep
 WORKDIR /work
-COPY --chown=sweep:sweep studies/ studies/
-RUN mkdir -p storage/cache storage/artifacts storage/reports data && chown -R sweep:sweep storage data
+RUN mkdir -p studies storage/cache storage/artifacts storage/reports data && chown -R sweep:sweep studies storage data
 USER sweep
 # Pretrained weights are downloaded once into the storage cache (a volume), not into the image.
 ENV TORCH_HOME=/work/storage/cache/torch

@@ -4,18 +4,19 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SWEEP := $(VENV)/bin/sweep
-# This machine's pip takes torch from local disk and caps it at 2.14.1; users elsewhere get CUDA builds.
-TORCH := torch==2.14.1 torchvision==0.29.1
+# The build machine's pins (torch from this machine's disk, the Optuna sweep is tested against):
+# constraints.txt. pyproject.toml's requirements stay open for users' environments.
+CONSTRAINTS := constraints.txt
 DEMO_STORAGE ?= sqlite:///storage/sweep.db
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv system-deps lint clean-demo
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) torch torchvision
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ def write_atomic(path: str | Path, save: Callable[[str], object], *, durable: bo
     The rename is atomic on one filesystem: concurrent workers building the same cache entry, a
     report being re-rendered while a browser reloads it, both see a whole file. ``durable`` flushes
     the file to disk before the rename (a power loss then leaves the old file or the whole new one).
-    The file is readable by everyone, as a plain ``open`` would leave it (mkstemp makes it 0600).
+    The file gets the mode a plain ``open`` would give it, ``0o666 & ~umask`` (mkstemp makes it 0600):
+    under ``umask 077`` a report, an export or a cache entry stays private.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -27,12 +29,30 @@ def write_atomic(path: str | Path, save: Callable[[str], object], *, durable: bo
         if durable:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way is to set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def torch_save_atomic(obj: Any, path: str | Path, *, durable: bool = True) -> Path:

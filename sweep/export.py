@@ -10,12 +10,21 @@
 
 ``predict_files`` applies the preprocessing ``model.json`` states (the same decode and normalization
 the sweep trained and validated with) and returns the top classes per image.
+
+Reading an export never unpickles: export folders are passed around ("the best model of my sweep"),
+and a ``.pt2`` archive may mark any weight ``use_pickle``, which ``torch.export.load`` then unpickles,
+running whatever its author put there. ``predict`` rebuilds the network from ``model.json`` (arch, stem,
+classes) and loads ``state_dict.pt`` with ``weights_only=True``, after checking its SHA-256 against the
+one ``model.json`` records. ``model.pt2`` stays the deployment artefact, for whoever trusts its author.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.atomic import torch_save_atomic, write_atomic
+from sweep.atomic import current_umask, torch_save_atomic, write_atomic
+from sweep.errors import UserError
 from sweep.model import build_model
+from sweep.show import first_line
 
 EXPORT_FORMAT = 1
 PROGRAM, STATE_DICT, CARD = "model.pt2", "state_dict.pt", "model.json"
@@ -36,7 +47,7 @@ STEM_NOTES = {
 }
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """An export folder or an input that cannot be used; one line for the user."""
 
 
@@ -87,29 +98,81 @@ def build_trained(payload: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
+EXPORT_FILES = (PROGRAM, STATE_DICT, CARD)
+
+
 def export_model(payload: dict[str, Any], card: dict[str, Any], folder: Path, *, force: bool = False) -> list[Path]:
     """Write model.pt2, state_dict.pt and model.json into ``folder``; return their paths.
 
-    An existing folder is refused unless ``force`` (then only these three files are replaced).
+    An existing folder is refused unless ``force``, and even then when it holds anything but an
+    export's files (``--force`` never deletes a user's other files). The new export is written whole
+    into a folder beside ``folder`` and swapped in by renames: an interrupted export leaves the old
+    folder or the new one, each file of one trial, never a mix.
     """
-    if folder.exists() and not folder.is_dir():
-        raise ExportError(f"--output {folder}: is a file; give a folder")
-    if folder.exists() and not force:
-        raise ExportError(f"--output {folder}: already exists; choose a new folder or pass --force")
-    folder.mkdir(parents=True, exist_ok=True)
+    _check_target(folder, force=force)
     model = build_trained(payload)
     res = int(card["input_resolution"])
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         program = torch.export.export(model, (torch.zeros(2, 3, res, res),), dynamic_shapes=({0: batch},))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    paths = [folder / PROGRAM, folder / STATE_DICT, folder / CARD]
-    # Not fsynced: an export is re-run rather than recovered after a power loss.
-    write_atomic(paths[0], lambda p: torch.export.save(program, p), durable=False)
-    torch_save_atomic(state, paths[1], durable=False)
-    write_atomic(paths[2], lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"),
-                 durable=False)
-    return paths
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.new-"))
+    try:
+        # Not fsynced: an export is re-run rather than recovered after a power loss.
+        write_atomic(staging / PROGRAM, lambda p: torch.export.save(program, p), durable=False)
+        torch_save_atomic(state, staging / STATE_DICT, durable=False)
+        card = {**card, "state_dict_sha256": file_sha256(staging / STATE_DICT)}
+        write_atomic(staging / CARD, lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n",
+                                                                   encoding="utf-8"), durable=False)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a plain mkdir honours the umask
+        _swap_in(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [folder / name for name in EXPORT_FILES]
+
+
+def _check_target(folder: Path, *, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"--output {folder}: is a file; give a folder")
+    if not folder.exists():
+        return
+    if not force:
+        raise ExportError(f"--output {folder}: already exists; choose a new folder or pass --force")
+    others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ExportError(f"--output {folder}: holds files that are not an export's ({shown}); "
+                          "--force replaces a whole export folder only: choose a new folder")
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Rename ``staging`` to ``folder``; an old ``folder`` is moved aside first and removed after.
+
+    Between the two renames ``folder`` is briefly absent; a failure there puts the old one back.
+    """
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+    os.rename(folder, old / "x")  # into a fresh empty folder: no name can be taken meanwhile
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        os.rename(old / "x", folder)
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (``model.json`` records the one of ``state_dict.pt``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_export(payload: dict[str, Any], record: dict[str, Any], folder: Path, *, force: bool = False) -> list[Path]:
@@ -138,15 +201,44 @@ def read_card(folder: Path) -> dict[str, Any]:
     path = folder / CARD
     if not folder.is_dir():
         raise ExportError(f"DIR {folder}: not a folder; give the --output folder of `sweep export`")
-    if not path.is_file() or not (folder / PROGRAM).is_file():
-        raise ExportError(f"DIR {folder}: no {CARD} and {PROGRAM} in it; give the --output folder of `sweep export`")
+    if not path.is_file() or not (folder / STATE_DICT).is_file():
+        raise ExportError(f"DIR {folder}: no {CARD} and {STATE_DICT} in it; give the --output folder of `sweep export`")
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("classes", "data_resolution", "input_resolution", "mean", "std"):
+        for key in ("arch", "stem", "num_classes", "classes", "data_resolution", "input_resolution", "mean", "std"):
             card[key]  # noqa: B018 - presence check
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"DIR {folder}: {CARD} is not a sweep model card ({type(exc).__name__}: {exc})") from None
     return card
+
+
+def load_exported(folder: Path, card: dict[str, Any]) -> torch.nn.Module:
+    """The network of an export, rebuilt from ``model.json`` and ``state_dict.pt``; nothing unpickled.
+
+    ``model.pt2`` is never read here: loading it runs whatever pickled objects its author put in it.
+    """
+    from sweep.spec import ARCHS, STEMS
+
+    path = folder / STATE_DICT
+    if card["arch"] not in ARCHS or card["stem"] not in STEMS:
+        raise ExportError(f"DIR {folder}: {CARD} names arch {card['arch']!r} / stem {card['stem']!r}; "
+                          f"allowed: {', '.join(ARCHS)} / {', '.join(STEMS)}")
+    expected = card.get("state_dict_sha256")
+    if expected is not None and file_sha256(path) != expected:
+        raise ExportError(f"DIR {folder}: {STATE_DICT} is not the file {CARD} was written with "
+                          "(its SHA-256 differs); export again")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler refuses in several ways
+        raise ExportError(f"DIR {folder}: {STATE_DICT} is not a plain tensor file; refusing to load it "
+                          f"({type(exc).__name__}: {first_line(exc)})") from None
+    model = build_model(card["arch"], weights="none", num_classes=int(card["num_classes"]), stem=card["stem"])
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ExportError(f"DIR {folder}: {STATE_DICT} does not fit {card['arch']} ({card['stem']} stem, "
+                          f"{card['num_classes']} classes): {first_line(exc)}") from None
+    return model.eval()
 
 
 def expand_inputs(inputs: Sequence[str]) -> Iterator[str | Unreadable]:
@@ -196,7 +288,7 @@ def predict_files(
     from sweep.data import decode_image
 
     card = read_card(folder)
-    program = torch.export.load(str(folder / PROGRAM)).module()
+    program = load_exported(folder, card)
     data_res = int(card["data_resolution"])
     results: list[Prediction | Unreadable] = []
     pending: list[tuple[int, str, Any]] = []

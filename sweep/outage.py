@@ -23,10 +23,10 @@ from typing import TypeVar
 import optuna
 import sqlalchemy
 
-from sweep.errors import env_int
+from sweep.errors import EX_UNAVAILABLE, Unavailable, env_int
 
 _T = TypeVar("_T")
-EX_UNAVAILABLE = 69  # sysexits.h: a service this program needs is unavailable; try again later
+__all__ = ["EX_UNAVAILABLE", "CallWatchdog", "DatabaseUnavailable", "Patience", "patience_s", "transient"]
 DEFAULT_PATIENCE_S = 600
 _FIRST_DELAY_S = 0.5
 # A statement a worker waits for longer is cut (CallWatchdog): a worker's statements take milliseconds
@@ -42,7 +42,7 @@ _log = logging.getLogger("sweep.storage")
 _TRANSIENT_STATES = ("08", "57P", "53", "40", "55P03", "57014", "58")
 
 
-class DatabaseUnavailable(optuna.exceptions.StorageInternalError):
+class DatabaseUnavailable(optuna.exceptions.StorageInternalError, Unavailable):
     """The database stayed unreachable for the whole patience (one line; the worker exits with 69)."""
 
 

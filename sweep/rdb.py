@@ -25,7 +25,7 @@ trial:
 
 Everything not on the per-trial path (studies, templates from retries, stale-trial detection) is
 Optuna's own code; its read-only calls begin without SQLite's write lock. Database errors are Optuna's
-``StorageInternalError``. Built on Optuna's internals of the releases in ``TESTED_OPTUNA``: on any other
+``StorageInternalError``. Built on Optuna's internals of the releases in ``sweep.compat.TESTED_OPTUNA``: on any other
 Optuna, ``UNSUPPORTED`` says why in one line and sweep.storage opens Optuna's own RDBStorage instead.
 """
 
@@ -53,6 +53,7 @@ import sqlalchemy.orm
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.compat import untested_optuna
 from sweep.outage import Patience, transient
 
 _T = TypeVar("_T")
@@ -75,10 +76,8 @@ _MIRROR_EXACT = frozenset({TrialState.RUNNING, TrialState.COMPLETE, TrialState.P
 # 65,535 parameters per statement, with room for the other parameters of the query.
 _IN_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
 
-# The Optuna releases this module was written and tested against (pyproject pins the same range): it
-# overrides RDBStorage's private methods and writes its tables directly, so a new minor may change
-# what it relies on without any API saying so.
-TESTED_OPTUNA = ((5, 0), (5, 1))
+# sweep.compat owns the Optuna releases this module was tested against: it overrides RDBStorage's
+# private methods and writes its tables directly, so a new minor may change what it relies on.
 # Optuna internals used below, checked at import so that a different Optuna is refused in one line
 # (sweep.storage then falls back to Optuna's own RDBStorage) instead of failing in the middle of a sweep.
 _RDB_STORAGE_NEEDS = ("_get_trials", "_create_new_trial", "_set_trial_param", "check_trial_is_updatable")
@@ -97,13 +96,9 @@ _MODEL_NEEDS = {
 
 def _unsupported_reason() -> str | None:
     """Why this Optuna cannot run under SweepRDBStorage (None: it can)."""
-    try:
-        release = tuple(int(x) for x in optuna.__version__.split(".")[:2])
-    except ValueError:
-        return f"cannot read Optuna's version {optuna.__version__!r}"
-    if not TESTED_OPTUNA[0] <= release < TESTED_OPTUNA[1]:
-        low, high = (".".join(map(str, v)) for v in TESTED_OPTUNA)
-        return f"it was tested with Optuna >={low},<{high}, not {optuna.__version__}"
+    untested = untested_optuna()
+    if untested is not None:
+        return untested
     try:
         from optuna.storages._rdb import models as rdb_models
     except ImportError as exc:

@@ -15,6 +15,11 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error in one line of at most 200 characters (its repr when it has no message)."""
+    return str(exc).splitlines()[0][:200] if str(exc) else repr(exc)
+
+
 def short(v: Any) -> str:
     """A param or metric value, short."""
     if isinstance(v, bool) or v is None:

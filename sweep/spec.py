@@ -1,7 +1,8 @@
 """The study spec: one frozen, typed description of a sweep, validated at the boundary.
 
-A spec comes from a TOML file (``studies/<name>.toml``) plus ``--set key=value`` overrides. It is
-validated here, once, with messages that name the field, the bad value and what is allowed. The
+A spec comes from a TOML file (``studies/<name>.toml``, or a built-in one) plus ``--set key=value``
+overrides. It is validated here, once, with messages that name the field, the bad value and what is
+allowed. The
 resolved spec (every default filled in) is stored inside the Optuna study, so every worker on every
 machine reads the same thing from the database.
 
@@ -74,6 +75,8 @@ class Setting:
 # argument checks of sweep.data and sweep.model read it.
 SETTINGS: dict[str, Setting] = {
     "n_trials": Setting(int, 60, "the budget all workers share", low=1, high=10_000_000),
+    "max_hours": Setting(float, None, "None: trials only; else also a budget of summed trial compute (all "
+                         "workers' epochs): no new trial once spent, running ones finish", low=0.0, open_low=True),
     "epochs": Setting(int, 12, "max epochs per trial, the pruner's max resource", low=1, high=100_000),
     "seed": Setting(int, 0, "a 32-bit seed, as NumPy's generators (Optuna's samplers) take it",
                     low=0, high=2**32 - 1),
@@ -218,6 +221,7 @@ class StudySpec:
 
     name: str
     n_trials: int = _default("n_trials")
+    max_hours: float | None = _default("max_hours")
     epochs: int = _default("epochs")
     seed: int = _default("seed")
     data: DataSpec = field(default_factory=DataSpec)
@@ -231,6 +235,8 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain JSON-able data (what is stored in the study)."""
         out = dataclasses.asdict(self)
+        if out["max_hours"] is None:  # unset: absent, so specs stored before the key keep their fingerprint
+            del out["max_hours"]
         out["sampler"] = {"type": self.sampler.type, **dict(self.sampler.args)}
         out["pruner"] = {"type": self.pruner.type, **dict(self.pruner.args)}
         params: dict[str, Any] = {}
@@ -259,18 +265,64 @@ class StudySpec:
 # --------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class SpecFile:
+    """A spec SPEC can name: its name, its file and where it comes from."""
+
+    name: str
+    path: Path
+    source: str  # "local" (./studies/ or a path) or "built-in" (shipped with sweep)
+    about: str = ""  # the file's first comment line
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "path": str(self.path), "source": self.source, "about": self.about}
+
+
+def builtin_specs_dir() -> Path:
+    """The specs shipped with sweep (package data; in a checkout, links to the top-level studies/)."""
+    return Path(__file__).resolve().parent / "studies"
+
+
+def spec_files(studies_dir: str | Path = "studies") -> list[SpecFile]:
+    """Every spec a name can pick, sorted by name: ./studies/ first, then built-in ones it does not shadow."""
+    found: dict[str, SpecFile] = {}
+    for folder, source in ((Path(studies_dir), "local"), (builtin_specs_dir(), "built-in")):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.toml")):
+            if path.stem not in found:
+                found[path.stem] = SpecFile(path.stem, path, source, _first_comment(path))
+    return [found[k] for k in sorted(found)]
+
+
+def _first_comment(path: Path) -> str:
+    """The first sentence of the file's leading comment block."""
+    try:
+        lines = path.read_text(encoding="utf-8").lstrip().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    block = []
+    for line in lines:
+        if not line.startswith("#") or not line.lstrip("#").strip():
+            break
+        block.append(line.lstrip("#").strip())
+    return re.split(r"(?<=[.?!])\s", " ".join(block), maxsplit=1)[0]
+
+
 def find_spec_file(spec: str, studies_dir: str | Path = "studies") -> Path:
-    """Resolve SPEC: a name under ./studies/ (``lr-freeze``) or a path to a .toml file."""
+    """Resolve SPEC: a path to a .toml file, a name under ./studies/ (``lr-freeze``), or a built-in spec.
+
+    A local file wins over the built-in spec of the same name, so a team can keep its own lr-freeze.
+    """
     as_path = Path(spec)
     if as_path.suffix == ".toml" or "/" in spec or as_path.is_file():
         if as_path.is_file():
             return as_path
-        raise SpecError("SPEC", spec, "file not found; give a name under studies/ or a path to a .toml file")
-    candidate = Path(studies_dir) / f"{spec}.toml"
-    if candidate.is_file():
-        return candidate
-    available = sorted(p.stem for p in Path(studies_dir).glob("*.toml")) if Path(studies_dir).is_dir() else []
-    allowed = f"one of {', '.join(available)}" if available else f"no specs found in {studies_dir}/"
+        raise SpecError("SPEC", spec, "file not found; give a spec name (sweep specs) or a path to a .toml file")
+    known = {f.name: f for f in spec_files(studies_dir)}
+    if spec in known:
+        return known[spec].path
+    allowed = f"one of {', '.join(known)}" if known else f"no specs found in {studies_dir}/ or built in"
     raise SpecError("SPEC", spec, f"no such study spec; expected {allowed}, or a path to a .toml file")
 
 
@@ -403,6 +455,27 @@ def _check_hparam(name: str, value: Any, fld: str) -> Any:
     return HPARAMS[name].check(value, fld)
 
 
+def check_param_value(spec: StudySpec, name: str, value: Any, fld: str) -> Any:
+    """A value given for one of ``spec``'s searched params (``sweep enqueue --param``), checked against
+    the search space: a SpecError naming ``fld`` unless the study could have sampled it."""
+    if name not in spec.params:
+        raise SpecError(fld, value, f"not searched by this study; searched: {', '.join(spec.params) or 'nothing'}")
+    p = spec.params[name]
+    checked = _check_hparam(name, value, fld)
+    if p.type == "categorical":
+        if checked not in (p.choices or ()):
+            raise SpecError(fld, value, f"must be one of {', '.join(map(str, p.choices or ()))}")
+        return checked
+    assert p.low is not None and p.high is not None
+    if not p.low <= checked <= p.high:
+        raise SpecError(fld, value, f"must be in [{p.low}, {p.high}]" + (" (log scale)" if p.log else ""))
+    if p.step is not None:
+        steps = (checked - p.low) / p.step
+        if abs(steps - round(steps)) > 1e-9:
+            raise SpecError(fld, value, f"must be {p.low} plus a multiple of step {p.step}")
+    return checked
+
+
 def _parse_param(name: str, raw: Any) -> ParamSpec:
     fld = f"params.{name}"
     if name not in SEARCHABLE:
@@ -444,7 +517,8 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
 
 
 _TOP_KEYS = (
-    "name", "n_trials", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params", "checkpoint"
+    "name", "n_trials", "max_hours", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params",
+    "checkpoint",
 )
 
 
@@ -463,7 +537,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     params = _parse_params(raw.get("params", {}), sampler.type)
     spec = StudySpec(
         name=name,
-        **{k: check(k, raw[k]) for k in ("n_trials", "epochs", "seed") if k in raw},
+        **{k: check(k, raw[k]) for k in ("n_trials", "max_hours", "epochs", "seed") if k in raw},
         data=data,
         model=model,
         train=train,

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
@@ -30,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sweep import rdb
-from sweep.errors import env_int
+from sweep.errors import UserError, env_int
 from sweep.outage import CallWatchdog, DatabaseUnavailable, Patience
 from sweep.rdb import SweepRDBStorage
 
@@ -49,26 +50,31 @@ TCP_USER_TIMEOUT_MS = 10_000
 LOCK_SAY_S = 30.0
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage problem, phrased for the user on one line (password already masked)."""
 
 
-_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
+# The places a database URL carries a password: its userinfo (``//user:pw@host``) and libpq's query keys
+# (``?password=pw``, ``&sslpassword=pw``: the client certificate key's passphrase).
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*:)([^@]*)(@)")
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)([^&#\s'\"]*)", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """Hide the password in a database URL (``postgresql://u:***@host/db``)."""
-    return _PASSWORD.sub(r"\1***\3", url)
+    """Hide every password in a database URL (``postgresql://u:***@host/db?sslpassword=***``)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***\3", url))
 
 
 def mask_text(text: str, url: str) -> str:
-    """Remove the password of ``url`` from any text (driver errors quote it sometimes)."""
+    """Remove the passwords of ``url`` from any text (driver errors quote them sometimes)."""
     text = text.replace(url, mask_url(url))
+    secrets = [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
     with contextlib.suppress(ArgumentError, ValueError):
-        password = make_url(url).password
-        if password:
-            text = text.replace(str(password), "***")
-    return _PASSWORD.sub(r"\1***\3", text)
+        secrets.append(str(make_url(url).password or ""))
+    # Quoted as in the URL and decoded as the driver saw it; longest first, so no part of one is left.
+    for secret in sorted({v for s in secrets for v in (s, unquote(s)) if v}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return mask_url(text)
 
 
 def validate_url(url: str) -> str:

@@ -19,6 +19,7 @@ TPE internals differ) it defers to ``TPESampler`` for that ask. Sampling from se
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from optuna.samplers._tpe import sampler as _tpe
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from sweep.compat import untested_optuna
+
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 _COMPLETE, _PRUNED, _FAIL = 0, 1, 2
 _LOCK_CREATION = threading.Lock()
+_log = logging.getLogger("sweep.search")
 _MAX_PARAM_COLUMNS = 64  # (name, distribution) columns kept; a space that keeps changing starts afresh
 _STATE_CODE = {TrialState.COMPLETE: _COMPLETE, TrialState.PRUNED: _PRUNED, TrialState.FAIL: _FAIL}
 # What this module reads of Optuna's TPE; if a future Optuna renames any of it, stock TPE runs instead.
@@ -51,6 +55,18 @@ _SAMPLER_NEEDS = (
     "_compare",
     "_compute_acquisition_func",
 )
+
+
+# None on the Optuna releases this module was checked against; else why not (every ask is then stock TPE's).
+UNTESTED = untested_optuna()
+_fallback_said = False
+
+
+def _say_fallback() -> None:
+    global _fallback_said
+    if not _fallback_said:
+        _fallback_said = True
+        _log.warning("sweep: using Optuna's own TPE (slower per ask): sweep.tpe %s", UNTESTED)
 
 
 class _Fallback(Exception):
@@ -195,6 +211,9 @@ class IncrementalTPESampler(TPESampler):
         return state
 
     def _incremental_applies(self, study: Study) -> bool:
+        if UNTESTED is not None:
+            _say_fallback()
+            return False
         ok = all(hasattr(_tpe, n) for n in _MODULE_NEEDS) and all(hasattr(self, n) for n in _SAMPLER_NEEDS)
         return ok and len(study.directions) == 1
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -136,6 +139,7 @@ def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> Non
         (["create", "tiny", "--set", "params.batch_size.choices=[]"], "params.batch_size.choices"),
         (["create", "tiny", "--set", "model.arch=vgg"], "model.arch"),
         (["create", "tiny", "--set", "pruner.type=asha"], "pruner.type"),
+        (["create", "tiny", "--set", 'sampler.n_startup_trials="x"'], "sampler.n_startup_trials"),
         (["create", "tiny", "--storage", "mysql://u:pw@h/db"], "not supported"),
         (["create", "tiny", "--storage", "not a url"], "malformed"),
     ],
@@ -159,8 +163,7 @@ def test_unknown_study_and_empty_storage(workdir: Path) -> None:
 
 
 def test_worker_fails_before_taking_a_trial_when_data_is_missing(workdir: Path) -> None:
-    result = runner.invoke(app, ["create", "tiny", "--set", "data.name=imagefolder",
-                                 "--set", "data.root=nowhere"])
+    result = runner.invoke(app, ["create", "tiny", "--set", "data.name=imagefolder", "--set", "data.root=nowhere"])
     assert result.exit_code == 0
     assert "warning" in result.output and "nowhere" in result.output
     result = runner.invoke(app, ["worker"])
@@ -187,8 +190,7 @@ def test_console_script_end_to_end(workdir: Path) -> None:
     env = {**os.environ, "SWEEP_STORAGE": "sqlite:///storage/cli.db"}
 
     def sweep(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True,
-                              timeout=600)
+        return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
 
     created = sweep("create", "tiny", "--set", "n_trials=1", "--set", "epochs=1")
     assert created.returncode == 0, created.stderr
@@ -234,13 +236,78 @@ def test_a_bad_environment_value_is_one_line_where_it_is_used(workdir: Path) -> 
     env = {**os.environ, "SWEEP_HEARTBEAT_INTERVAL": "10s"}
 
     def sweep(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
     assert sweep("create", "tiny").returncode == 0
-    listed = sweep("list")  # no heartbeat here: the variable is never read
-    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    written = sweep("report", "tiny", "--plotlyjs", "cdn")  # no heartbeat here: the variable is never read
+    assert written.returncode == 0 and "Traceback" not in written.stderr, written.stderr
+    listed = sweep("list")  # reads heartbeats (idle or running): the same one line
+    assert listed.returncode == 2 and listed.stderr.startswith("error: SWEEP_HEARTBEAT_INTERVAL = '10s'")
     ran = sweep("worker", "tiny", "--threads", "1")
     lines = ran.stderr.strip().splitlines()
     assert ran.returncode == 2 and len(lines) == 1, ran.stderr
     assert "SWEEP_HEARTBEAT_INTERVAL = '10s': a whole number of seconds, at least 1" in lines[0]
+
+
+# --------------------------------------------------------------------------- one CLI convention
+
+
+def test_version_and_completion() -> None:
+    from sweep import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"sweep {__version__}\n"
+    done = subprocess.run(
+        [str(SWEEP), "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SHELL": "/bin/bash"},
+    )
+    assert done.returncode == 0 and "_sweep_completion" in done.stdout
+
+
+def test_every_environment_variable_is_in_the_help() -> None:
+    from sweep.cli import ENVIRONMENT
+
+    root = Path(__file__).resolve().parents[1]
+    used = set()
+    for path in [*root.joinpath("sweep").rglob("*.py"), *root.joinpath("sweep_bench").rglob("*.py")]:
+        used |= set(re.findall(r"\"(SWEEP_[A-Z_]+)\"", path.read_text()))
+    assert used <= set(ENVIRONMENT), used - set(ENVIRONMENT)
+    text = runner.invoke(app, ["--help"], terminal_width=200).output
+    assert all(name in text for name in ENVIRONMENT)
+
+
+def test_json_on_every_reporting_command(workdir: Path) -> None:
+    def doc(*args: str) -> Any:
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    created = doc("create", "tiny", "--set", "n_trials=1", "--set", "epochs=1")
+    assert created == {
+        "study": "tiny",
+        "created": True,
+        "storage": "sqlite:///storage/sweep.db",
+        "n_trials": 1,
+        "epochs": 1,
+        "params": ["lr", "batch_size", "frozen_layers", "aug_strength"],
+        "warnings": [],
+        "warm_started": 0,
+    }
+    assert doc("create", "tiny", "--set", "n_trials=1", "--set", "epochs=1")["created"] is False
+    assert doc("pause", "tiny") == {
+        "study": "tiny",
+        "state": "paused",
+        "n_trials": 1,
+        "previous_n_trials": None,
+        "running": 0,
+    }
+    assert doc("resume", "tiny")["state"] == "running"
+    assert doc("extend", "tiny", "--n-trials", "2")["previous_n_trials"] == 1
+    (listed,) = doc("list")
+    assert listed == doc("status", "tiny") and listed["n_trials"] == 2 and listed["state"] == "idle"
+    assert Path(doc("report", "tiny", "--plotlyjs", "cdn")["path"]).is_file()
+    specs = doc("specs")
+    assert "tiny" in {s["name"] for s in specs}

@@ -12,12 +12,13 @@ import optuna
 import pytest
 from helpers import held_worker_env, write_tiny_spec
 from optuna.trial import TrialState
-from test_workers import SWEEP, _create, _env, _study, _sweep, _wait_for
+from test_workers import SWEEP, _create, _env, _study, _sweep, _url, _wait_for
 from typer.testing import CliRunner
 
 from sweep.cli import app
 from sweep.control import SweepState, state_of
 from sweep.service import create_study
+from sweep.storage import open_storage
 
 runner = CliRunner()
 
@@ -50,13 +51,13 @@ def test_commands_change_state_and_budget_and_refuse_bad_input(tmp_path: Path) -
     code, out = _cli(url, "extend", "tiny", "--n-trials", "5")
     assert code == 0 and "budget 2 -> 5" in out
     status = json.loads(_cli(url, "status", "tiny", "--json")[1])
-    assert status["state"] == "running" and status["n_trials"] == 5
+    assert status["state"] == "idle" and status["n_trials"] == 5  # trials left, no worker beating
     code, out = _cli(url, "list")
-    assert code == 0 and re.search(r"tiny\s*│\s*running\s*│\s*5", out)
+    assert code == 0 and re.search(r"tiny\s*│\s*idle\s*│\s*5", out)
 
 
 def test_help_of_the_new_commands() -> None:
-    for command in ("pause", "resume", "extend", "export", "predict"):
+    for command in ("pause", "resume", "extend", "export", "predict", "stop", "delete", "enqueue", "specs"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, result.output
     assert "--wait" in runner.invoke(app, ["worker", "--help"]).output
@@ -124,3 +125,110 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     status = json.loads(subprocess.run([str(SWEEP), "status", "tiny", "--json"], cwd=tmp_path, env=_env(tmp_path),
                                        text=True, capture_output=True, check=True).stdout)
     assert status["state"] == "finished" and status["n_trials"] == 4
+
+
+def test_stop_and_delete_refuse_bad_input(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    write_tiny_spec(tmp_path, n_trials=2)
+    create_study("tiny", storage_url=url, studies_dir=tmp_path / "studies")
+    code, out = _cli(url, "stop", "tiny")
+    assert code == 0 and "now stopped" in out
+    assert _cli(url, "stop", "tiny") == (2, "error: study 'tiny' is already stopped")
+    reopen = "error: study 'tiny' is stopped; reopen it: sweep extend tiny --n-trials N"
+    assert _cli(url, "resume", "tiny") == (2, reopen)
+    assert _cli(url, "pause", "tiny")[0] == 2
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "stopped"
+    code, out = _cli(url, "extend", "tiny", "--n-trials", "3")
+    assert code == 0 and "now running" in out
+    assert _cli(url, "delete", "tiny") == (
+        2, "error: sweep delete removes study 'tiny', its 0 trials and their checkpoints and kept models for "
+        "good; pass --yes")
+    assert _cli(url, "delete", "nope", "--yes")[0] == 2
+    assert optuna.get_all_study_names(url) == ["tiny"]
+
+
+@pytest.mark.slow
+def test_stop_a_training_worker_then_extend_resumes_and_delete_removes_every_file(tmp_path: Path) -> None:
+    fast = {"SWEEP_HEARTBEAT_INTERVAL": "1"}
+    _create(tmp_path, "data.subset=800", "checkpoint.keep_best=1", n_trials=2, epochs=4)
+    held, hold = held_worker_env(tmp_path)
+    worker = _sweep(tmp_path, "worker", "--threads", "1", "--wait", **held, **fast)
+    output = _wait_for(worker, "epoch 1/4")  # training, held in epoch 2
+    url = _url(tmp_path)
+    code, out = _cli(url, "stop", "tiny")
+    assert code == 0 and "now stopped" in out
+    deadline = time.monotonic() + 60
+    while not _study(tmp_path).user_attrs.get("control") == "stopped" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # three heartbeats: the worker's beat has seen the stop
+    hold.unlink()
+    output += worker.communicate(timeout=300)[0]
+    assert worker.returncode == 0, output  # even with --wait: a stopped study has nothing to wait for
+    assert "study stopped (sweep stop): no new trials; exiting" in output
+    trials = _study(tmp_path).trials
+    (queued,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert queued.user_attrs["checkpoint"]["epoch"] == queued.user_attrs["epochs_run"] >= 2  # nothing lost
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+    assert _cli(url, "extend", "tiny", "--n-trials", "2")[0] == 0  # reopens the stopped study
+    done = _sweep(tmp_path, "worker", "--threads", "1", **fast)
+    output = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, output
+    trials = _study(tmp_path).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and any(t.user_attrs.get("resumed_from_epoch", 0) >= 2 for t in complete)
+    artifacts = tmp_path / "artifacts"  # beside the SQLite file
+    assert any(artifacts.iterdir())  # the kept model
+    code, out = _cli(url, "delete", "tiny", "--yes")
+    assert code == 0 and out.startswith("deleted study tiny: ") and " 1 artifact files" in out, out
+    assert optuna.get_all_study_names(url) == [] and not any(artifacts.iterdir())
+
+
+def test_status_tells_running_from_idle_by_live_heartbeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    monkeypatch.setenv("SWEEP_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SWEEP_GRACE_PERIOD", "2")
+    write_tiny_spec(tmp_path, n_trials=2)
+    create_study("tiny", storage_url=url, studies_dir=tmp_path / "studies")
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "idle"  # no worker yet
+    storage = open_storage(url, heartbeat=True)
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name("tiny"))
+    storage.record_heartbeat(trial_id)  # a worker beating now
+    status = json.loads(_cli(url, "status", "tiny", "--json")[1])
+    assert status["state"] == "running"
+    assert status["running"] == [{"number": 0, "host": "?", "device": "?", "epoch": 0, "last_acc": None}]
+    code, out = _cli(url, "status", "tiny")
+    assert code == 0 and re.search(r"running.*trial.*host.*device.*epoch", out) and "│ 0 " in out
+    deadline = time.monotonic() + 30
+    while json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] != "idle":  # its beats stopped
+        assert time.monotonic() < deadline, "a trial without heartbeats for the grace period still counts as live"
+        time.sleep(0.2)
+    storage.record_heartbeat(trial_id)
+    assert json.loads(_cli(url, "status", "tiny", "--json")[1])["state"] == "running"
+
+
+def test_max_hours_stops_new_trials_once_the_compute_is_spent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    write_tiny_spec(tmp_path, n_trials=10, epochs=1)
+    # A budget of 0.36 ms: any trial's first epoch spends it, so one worker runs exactly one trial.
+    create_study("tiny", storage_url=url, studies_dir=tmp_path / "studies", overrides=["max_hours=1e-7"])
+    from sweep.service import run_worker
+
+    summary = run_worker("tiny", storage_url=url, device="cpu", threads=1)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in study.trials)
+    assert len(study.trials) == 1 and sum(summary.states.values()) == 1 and spent > 1e-7 * 3600
+    status = json.loads(_cli(url, "status", "tiny", "--json")[1])
+    assert status["state"] == "finished" and status["max_hours"] == 1e-7 and status["n_trials"] == 10
+    assert status["compute_hours"] == pytest.approx(spent / 3600, abs=1e-6)
+
+
+def test_compute_seconds_counts_a_resumed_retry_once() -> None:
+    from sweep.control import compute_seconds
+
+    first = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"epoch_seconds": [1.0, 2.0]})
+    retry = optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=0.5, system_attrs={"failed_trial": 0},
+        user_attrs={"epoch_seconds": [1.0, 2.0, 4.0], "resumed_from_epoch": 2},
+    )
+    assert compute_seconds([first, retry]) == 7.0

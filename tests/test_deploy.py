@@ -120,8 +120,8 @@ def test_dockerfile_caches_dependencies_before_the_source() -> None:
     install_deps = index(lambda i, a: i == "RUN" and "pip install" in a and "requirements" in a)
     copy_source = index(lambda i, a: i == "COPY" and a.split()[0] == "sweep/")
     install_pkg = index(lambda i, a: i == "RUN" and "pip install --no-deps ." in a)
-    copy_studies = index(lambda i, a: i == "COPY" and "studies/" in a)
-    assert copy_pyproject < install_deps < copy_source < install_pkg < copy_studies
+    copy_studies = index(lambda i, a: i == "COPY" and a.split()[0] == "studies/")  # the built-in specs
+    assert copy_pyproject < install_deps < copy_source < install_pkg and copy_studies < install_pkg
     # The dependency layer reads pyproject's lists, PostgreSQL driver included.
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(d.startswith("psycopg") for d in extras["postgres"])

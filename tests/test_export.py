@@ -151,14 +151,14 @@ def test_bad_exports_one_line_exit_2(swept: Sweep, tmp_path: Path, monkeypatch: 
         "has trials 0..2": ["export", "tiny", "--trial", "7", "--output", str(tmp_path / "a")],
         f"sweep rerun tiny {not_kept} --export": ["export", "tiny", "--trial", str(not_kept), "--output",
                                                   str(tmp_path / "b")],
-        "no model.json and model.pt2": ["predict", str(tmp_path / "exists"), str(tmp_path)],
+        "no model.json and state_dict.pt": ["predict", str(tmp_path / "exists"), str(tmp_path)],
     }
     for needle, args in cases.items():
         result = runner.invoke(app, [*args, *(base if args[0] == "export" else [])])
         assert result.exit_code == 2, result.output
         assert needle in result.output.replace("\n", "") and "Traceback" not in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    # --force replaces the files in an existing folder.
+    # --force replaces an existing (here empty) export folder.
     result = runner.invoke(app, ["export", "tiny", "--output", str(tmp_path / "exists"), "--force", *base])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "exists" / "model.pt2").is_file()

@@ -473,3 +473,57 @@ def test_cli_plotlyjs_choices_are_the_pages() -> None:
     from sweep.cli import PlotlyJS
 
     assert tuple(m.value for m in PlotlyJS) == report.page.PLOTLYJS_MODES
+
+
+# --------------------------------------------------------------------------- figure polish
+
+
+def _lr_study(n: int) -> optuna.Study:
+    lrs = [10 ** (-5 + 4 * k / (n - 1)) for k in range(n)]
+    return _study("lrs", [_trial(TrialState.COMPLETE, [0.5 + k / 100], params={"lr": lr, "frozen_layers": k % 3})
+                          for k, lr in enumerate(lrs)])
+
+
+def test_history_shows_pruned_trials_and_whole_number_axes() -> None:
+    figs = dict(report.build_figures(report.gather([_small()])))
+    history = figs["Optimization history"]
+    pruned = [t for t in history.data if "pruned" in t.name]
+    assert len(pruned) == 1 and list(pruned[0].x) == [2, 3] and list(pruned[0].y) == [0.95, 0.35]
+    assert not any("pruned" in t.name for t in history.data if t.mode == "lines")  # best-so-far: completed only
+    assert history.layout.xaxis.dtick == 1 and history.layout.xaxis.tickformat == "d"
+    curves = next(f for title, f in figs.items() if title.startswith("Learning curves"))
+    assert curves.layout.xaxis.dtick == 1 and curves.layout.xaxis.tickformat == "d"
+    assert figs["Slice plots"].layout.margin.t == 70
+
+
+def test_heatmap_bins_a_searched_lr_and_keeps_a_grid() -> None:
+    heat = dict(report.build_figures(report.gather([_lr_study(20)])))["Best accuracy by lr × frozen_layers"]
+    assert len(heat.data[0].x) == 8  # 20 distinct floats → 8 log-even bins, not 20 columns
+    assert heat.data[0].x[0].startswith("1e-05") and heat.data[0].x[-1].endswith("0.1")
+    few = dict(report.build_figures(report.gather([_lr_study(4)])))["Best accuracy by lr × frozen_layers"]
+    assert len(few.data[0].x) == 4
+
+
+@pytest.mark.browser
+def test_axis_ticks_are_whole_numbers_and_titles_clear_the_toolbar(browser: Any, tmp_path: Path) -> None:
+    path = report.write_report([_small()], tmp_path / "r.html")
+    view = Page(browser, path)
+    view.wait_for_plots()
+    page = view.page
+    ticks = page.evaluate(
+        "Array.from(document.querySelectorAll('div.js-plotly-plot')).slice(0, 2)"
+        ".map(d => Array.from(d.querySelectorAll('.xtick text')).map(t => t.textContent))"
+    )
+    assert len(ticks) == 2 and all(ticks) and all(re.fullmatch(r"\d+", t) for row in ticks for t in row), ticks
+    # Hover the slice plot: its toolbar shows; no subplot title may sit under it.
+    slices = page.locator("div.js-plotly-plot").nth(4)
+    slices.hover()
+    overlap = slices.evaluate(
+        """d => { const bar = d.querySelector('.modebar'); if (!bar) return 'no toolbar';
+        const b = bar.getBoundingClientRect();
+        return Array.from(d.querySelectorAll('.annotation-text')).map(a => a.getBoundingClientRect())
+          .filter(r => r.left < b.right && b.left < r.right && r.top < b.bottom && b.top < r.bottom).length; }"""
+    )
+    assert overlap == 0
+    assert view.errors == []
+    page.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,11 @@ from sweep.spec import (
     MAX_FROZEN,
     SpecError,
     apply_overrides,
+    find_spec_file,
     load_spec,
     parse_override,
     parse_spec,
+    spec_files,
     spec_from_dict,
 )
 
@@ -78,6 +84,12 @@ def test_overrides_do_not_mutate_input() -> None:
         ("params.lr.log=1", "params.lr.log", "true or false"),
         ("data.val_fraction=0", "data.val_fraction", "(0.0, 0.9]"),
         ("pruner.bogus=3", "pruner.bogus", "not an argument of the median pruner"),
+        # Optuna takes these and fails only when it uses them: every trial of the sweep would fail.
+        ('sampler.n_startup_trials="x"', "sampler.n_startup_trials", "the tpe sampler takes int"),
+        ("sampler.n_startup_trials=true", "sampler.n_startup_trials", "the tpe sampler takes int"),
+        ("sampler.gamma=3", "sampler.gamma", "which a spec cannot hold"),
+        ("pruner.n_warmup_steps=1.5", "pruner.n_warmup_steps", "the median pruner takes int"),
+        ("pruner.n_startup_trials=-1", "pruner", "rejected by Optuna"),
         ("train.stem=tiny", "train.stem", "imagenet, cifar"),
     ],
 )
@@ -120,22 +132,36 @@ def test_round_trip_through_stored_dict() -> None:
 
 
 def test_fixed_params_fill_what_is_not_searched() -> None:
-    spec = parse_spec({"name": "x", "train": {"lr": 0.003}, "params": {"batch_size": {"type": "categorical",
-                                                                                     "choices": [8, 16]}}})
+    spec = parse_spec(
+        {"name": "x", "train": {"lr": 0.003}, "params": {"batch_size": {"type": "categorical", "choices": [8, 16]}}}
+    )
     fixed = spec.fixed_params()
     assert fixed["lr"] == 0.003 and "batch_size" not in fixed and fixed["frozen_layers"] == 0
 
 
 def test_grid_needs_discrete_space() -> None:
     with pytest.raises(SpecError, match="grid sampler"):
-        parse_spec({"name": "g", "sampler": {"type": "grid"},
-                    "params": {"lr": {"type": "float", "low": 0.1, "high": 0.2}}})
-    spec = parse_spec({"name": "g", "n_trials": 3, "sampler": {"type": "grid"},
-                       "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}})
+        parse_spec(
+            {"name": "g", "sampler": {"type": "grid"}, "params": {"lr": {"type": "float", "low": 0.1, "high": 0.2}}}
+        )
+    spec = parse_spec(
+        {
+            "name": "g",
+            "n_trials": 3,
+            "sampler": {"type": "grid"},
+            "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}},
+        }
+    )
     assert spec.params["lr"].step == 0.1
     with pytest.raises(SpecError, match="the grid has 3 points"):
-        parse_spec({"name": "g", "n_trials": 4, "sampler": {"type": "grid"},
-                    "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}})
+        parse_spec(
+            {
+                "name": "g",
+                "n_trials": 4,
+                "sampler": {"type": "grid"},
+                "params": {"lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}},
+            }
+        )
 
 
 def test_max_frozen_matches_model_units() -> None:
@@ -177,3 +203,81 @@ def test_check_raises_the_callers_error_type_with_the_same_one_line_message() ->
         check("train.aug_strength", 1.5)
     with pytest.raises(ValueError, match=r"^train\.aug_strength=1\.5: must be a number in \[0\.0, 1\.0\]$"):
         check("train.aug_strength", 1.5, error=ValueError)
+
+
+# --------------------------------------------------------------------------- built-in specs
+
+SWEEP = Path(sys.executable).with_name("sweep")
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SWEEP), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_builtin_specs_work_from_any_folder_and_a_local_file_wins(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    done = _run("create", "lr-freeze", "--storage", url, cwd=tmp_path)  # no studies/ here
+    assert done.returncode == 0, done.stderr
+    assert "created study lr-freeze" in done.stdout and "60 trials" in done.stdout
+    (tmp_path / "studies").mkdir()
+    mine = tmp_path / "studies" / "lr-freeze.toml"
+    mine.write_text((STUDIES / "lr-freeze.toml").read_text().replace("n_trials = 60", "n_trials = 7"))
+    assert find_spec_file("lr-freeze", tmp_path / "studies") == mine
+    done = _run("create", "lr-freeze", "--name", "mine", "--storage", url, cwd=tmp_path)
+    assert done.returncode == 0 and "7 trials" in done.stdout, done.stdout + done.stderr
+    listed = {f.name: f for f in spec_files(tmp_path / "studies")}
+    assert listed["lr-freeze"].source == "local" and listed["demo"].source == "built-in"
+
+
+def test_sweep_specs_lists_and_shows(tmp_path: Path) -> None:
+    done = _run("specs", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(done.stdout)}
+    assert {"demo", "lr-freeze"} <= set(rows) and rows["demo"]["source"] == "built-in"
+    assert rows["demo"]["about"].startswith("Offline demo:") and rows["demo"]["about"].endswith("cores.")
+    shown = _run("specs", "show", "lr-freeze", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout == (STUDIES / "lr-freeze.toml").read_text()
+    missing = _run("specs", "show", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: SPEC = 'nope': no such study spec")
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_the_specs_as_package_data(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("sweep-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert {p.name for p in (site / "sweep" / "studies").glob("*.toml")} == {p.name for p in STUDIES.glob("*.toml")}
+    code = "from sweep.spec import builtin_specs_dir as d, find_spec_file as f; print(d()); print(f('demo'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [str(site / "sweep" / "studies"), str(site / "sweep" / "studies" / "demo.toml")]
+def test_search_arguments_optuna_only_checks_when_it_uses_them_are_refused() -> None:
+    """Built and tried on a throwaway study: an argument Optuna accepts but fails on at its first use."""
+    with pytest.raises(SpecError, match=r"^sampler/pruner = .*reduction_factor.*Optuna fails using them") as info:
+        load_spec("demo", studies_dir=STUDIES, overrides=["pruner={type='hyperband', reduction_factor=0}"])
+    assert "\n" not in str(info.value)

@@ -44,7 +44,7 @@ def test_several_gpus_become_supervised_children_sharing_the_cores() -> None:
     assert [s.label for s in plan.slots] == ["gpu0.0", "gpu0.1", "gpu1.0", "gpu1.1"]
     assert plan.threads == 2
     assert plan.child_args(plan.slots[0]) == [
-        "worker", "s", "--device", "cuda", "--storage", URL, "--threads", "2",
+        "worker", "s", "--device", "cuda", "--threads", "2",
         "--artifacts", "/shared/a", "--wait", "--n-trials", "3",
     ]
 
@@ -52,7 +52,9 @@ def test_several_gpus_become_supervised_children_sharing_the_cores() -> None:
 def test_cpu_workers_without_a_study_name() -> None:
     plan = _plan(None, workers=3, threads=1)
     assert [s.label for s in plan.slots] == ["cpu0", "cpu1", "cpu2"]
-    assert plan.child_args(plan.slots[2]) == ["worker", "--device", "cpu", "--storage", URL, "--threads", "1"]
+    assert plan.child_args(plan.slots[2]) == ["worker", "--device", "cpu", "--threads", "1"]
+    # The storage URL (it may hold a password) goes by environment, never on a command line.
+    assert all(s.env["SWEEP_STORAGE"] == URL for s in plan.slots)
     assert _plan(workers=3, device="cuda").slots == ()  # --workers counts CPU workers only
 
 
@@ -67,3 +69,21 @@ def test_cpu_workers_without_a_study_name() -> None:
 def test_bad_gpu_choices_are_one_line(kw: dict[str, Any], visible: tuple[int, ...], message: str) -> None:
     with pytest.raises(ServiceError, match="^" + message.replace("(", r"\(")):
         _plan(gpus=visible, **kw)
+
+
+@pytest.mark.parametrize(("interval", "grace", "ok"), [("10", "19", False), ("1", "2", True), ("3", None, True),
+                                                      ("20", None, False)])
+def test_a_grace_period_under_two_heartbeats_is_refused(
+    monkeypatch: pytest.MonkeyPatch, interval: str, grace: str | None, ok: bool
+) -> None:
+    monkeypatch.setenv("SWEEP_HEARTBEAT_INTERVAL", interval)
+    if grace is None:
+        monkeypatch.delenv("SWEEP_GRACE_PERIOD", raising=False)  # the default, 30 s
+    else:
+        monkeypatch.setenv("SWEEP_GRACE_PERIOD", grace)
+    if ok:
+        _plan()
+        return
+    with pytest.raises(ServiceError, match=rf"^SWEEP_GRACE_PERIOD=\d+ is less than twice SWEEP_HEARTBEAT_INTERVAL="
+                                           rf"{interval}: .* at least {2 * int(interval)} s$"):
+        _plan()

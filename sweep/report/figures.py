@@ -56,6 +56,15 @@ def _pick(rows: Sequence[TrialRow], cap: int, best_first: bool) -> list[TrialRow
     return [r for r in rows if r.number in keep]
 
 
+def _integer_axis(fig: go.Figure, values: Iterable[int], axis: str = "x") -> None:
+    """Ticks on whole numbers only (trial numbers, epochs): plotly puts ticks at 1.5 on a short range."""
+    vals = list(values)
+    span = (max(vals) - min(vals)) if vals else 0
+    # Up to a dozen values every one gets a tick; beyond, plotly's own steps (2, 5, 10...) are whole anyway.
+    update = {"tickformat": "d", **({"dtick": 1, "tick0": 0} if span <= 12 else {})}
+    (fig.update_xaxes if axis == "x" else fig.update_yaxes)(**update)
+
+
 def _label(data: ReportData, s: StudyData, what: str) -> str:
     return f"{esc(s.name)}: {what}" if len(data.studies) > 1 else what
 
@@ -64,8 +73,20 @@ def _history(data: ReportData) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    numbers: list[int] = []
     for i, s in enumerate(data.studies):
         done = [r for r in s.trials if r.state == "COMPLETE" and r.value is not None]
+        pruned = [r for r in s.trials if r.state == "PRUNED" and r.curve]
+        numbers += [r.number for r in done + pruned]
+        if pruned:  # where each stopped: the value the pruner judged (never the best-so-far line)
+            fig.add_trace(_scatter(len(pruned))(
+                x=[r.number for r in pruned], y=[_num(r.curve[-1]) for r in pruned], mode="markers",
+                name=_label(data, s, "pruned (value when stopped)"), legendgroup=str(i),
+                marker={"color": "rgba(120,120,120,0.55)", "size": 6, "symbol": "x-thin",
+                        "line": {"width": 1.5, "color": "rgba(120,120,120,0.7)"}},
+                text=[f"trial #{r.number} pruned after epoch {len(r.curve)}" for r in pruned],
+                hovertemplate="%{y:.4f}<br>%{text}<extra></extra>",
+            ))
         if not done:
             continue
         cls = _scatter(len(done))
@@ -89,6 +110,7 @@ def _history(data: ReportData) -> go.Figure:
             line={"color": _color(i), "width": 2.5, "shape": "hv"},
         ))
     fig.update_layout(xaxis_title="trial number", yaxis_title="validation accuracy")
+    _integer_axis(fig, numbers)
     return fig
 
 
@@ -139,6 +161,8 @@ def _curves(data: ReportData) -> tuple[go.Figure, str]:
                 hovertemplate="epoch %{x}: %{y:.4f}<extra></extra>",
             ))
     fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy")
+    longest = max((len(r.curve) for s in data.studies for r in s.trials), default=1)
+    _integer_axis(fig, [1, max(longest, 1)])
     return fig, "; ".join(notes)
 
 
@@ -284,7 +308,8 @@ def _slices(data: ReportData) -> go.Figure | None:
         elif kind == "log" and all(v > 0 for v in all_vals):
             fig.update_xaxes(type="log", row=row, col=col)
     fig.update_yaxes(title_text="validation accuracy", col=1)
-    fig.update_layout(height=360 * nrows, showlegend=len(data.studies) > 1)
+    # Room above the first row's subplot titles for plotly's toolbar, which otherwise sits on them.
+    fig.update_layout(height=360 * nrows, showlegend=len(data.studies) > 1, margin={"t": 70})
     return fig
 
 
@@ -298,10 +323,10 @@ def _sorted_choices(values: Iterable[Any]) -> list[Any]:
     return sorted(nums) + rest
 
 
-def _bins(values: Sequence[Any], log: bool, n: int = 10) -> tuple[list[str], list[int]]:
-    """Labels and each value's bin index: distinct values if few, else (log-)even bins."""
+def _bins(values: Sequence[Any], log: bool, n: int = 10, keep: int = 12) -> tuple[list[str], list[int]]:
+    """Labels and each value's bin index: distinct values if at most ``keep``, else (log-)even bins."""
     distinct = sorted(set(values), key=lambda v: (str(type(v)), v))
-    if len(distinct) <= 12 or not all(isinstance(v, (int, float)) for v in distinct):
+    if len(distinct) <= keep or not all(isinstance(v, (int, float)) for v in distinct):
         labels = [short(v) for v in distinct]
         pos = {v: i for i, v in enumerate(distinct)}
         return labels, [pos[v] for v in values]
@@ -322,7 +347,11 @@ def _heatmap(data: ReportData, s: StudyData) -> go.Figure | None:
             and "lr" in r.params and "frozen_layers" in r.params]
     if not done:
         return None
-    xl, xi = _bins([r.params["lr"] for r in done], s.param_types.get("lr", "log") == "log")
+    # A searched lr is a float per trial: one column each would be as many columns as trials. Binned
+    # (log-even) unless the study used a handful of values (a grid).
+    lr_kind = s.param_types.get("lr", "log")
+    keep = 12 if lr_kind == "categorical" else 5
+    xl, xi = _bins([r.params["lr"] for r in done], lr_kind == "log", n=8, keep=keep)
     yl, yi = _bins([r.params["frozen_layers"] for r in done], False)
     best: list[list[float | None]] = [[None] * len(xl) for _ in yl]
     count = [[0] * len(xl) for _ in yl]

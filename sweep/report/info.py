@@ -44,6 +44,7 @@ class TrialRow:
     fail_reason: str = ""
     epoch_s: float | None = None  # this trial's mean seconds per epoch, when it recorded them
     retry_of: int | None = None
+    warm_from: str = ""  # "STUDY#N": a copy of an earlier study's trial (sweep create --warm-start)
     error: str = ""  # last line of the traceback, if any
     compute_s: float | None = None  # seconds of all its epochs (resumed ones too): what it cost
     frozen_layers: int | None = None
@@ -209,6 +210,7 @@ def _row(study: str, t: FrozenTrial, fixed_frozen: int | None = None) -> TrialRo
         fail_reason=str(attrs.get("fail_reason") or ""),
         epoch_s=epoch_s,
         retry_of=retry if isinstance(retry, int) and not isinstance(retry, bool) else None,
+        warm_from=str(attrs.get("warm_start_from") or ""),  # sweep.service.warm.WARM_START_ATTR
         error=_last_line(attrs.get("traceback")),
         compute_s=compute_s,
         frozen_layers=frozen if isinstance(frozen, int) and not isinstance(frozen, bool) else None,
@@ -376,7 +378,9 @@ def _control_fields(study: optuna.Study, spec: Mapping[str, Any], trials: Sequen
     attrs = study.user_attrs
     planned = spec.get("n_trials")
     budget = control.budget(attrs, planned if isinstance(planned, int) and not isinstance(planned, bool) else 0)
-    return {"state": control.state_of(attrs, budget, trials), "n_trials": budget or None,
+    hours = spec.get("max_hours")
+    hours = float(hours) if isinstance(hours, (int, float)) and not isinstance(hours, bool) else None
+    return {"state": control.state_of(attrs, budget, trials, max_hours=hours), "n_trials": budget or None,
             "kept": kept_models(attrs)}
 
 

@@ -202,6 +202,7 @@ def _table(data: ReportData) -> str:
             cells.append(_cell(r.host))
             cells.append(_cell(r.device))
             fail = r.fail_reason + (f" (retry of #{r.retry_of})" if r.retry_of is not None else "")
+            fail += f" warm start: copy of {r.warm_from}" if r.warm_from else ""
             cells.append(_cell(fail.strip(), cls="fail" if fail else "", title=r.error))
             body.append("<tr>" + "".join(cells) + "</tr>")
     return (

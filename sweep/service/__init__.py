@@ -9,11 +9,14 @@ the spec attributes, finding a study, its spec, its data and a device); :mod:`~s
 makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into processes,
 :mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
-report); :mod:`~sweep.service.lifecycle` pauses, resumes and extends them; and
-:mod:`~sweep.service.results` exports, predicts with and reruns trained models. The public names are
+report); :mod:`~sweep.service.lifecycle` pauses, resumes, stops, extends and deletes them;
+:mod:`~sweep.service.warm` queues configs and warm-starts a study from another;
+:mod:`~sweep.service.results` exports, predicts with and reruns trained models; and
+:mod:`~sweep.service.clean` clears the artifact folder of files no trial refers to. The public names are
 re-exported here; import from ``sweep.service``. None of it imports torch at module level.
 """
 
+from sweep.service.clean import CleanResult, clean_artifacts
 from sweep.service.common import (
     FINGERPRINT_ATTR,
     SPEC_ATTR,
@@ -27,7 +30,15 @@ from sweep.service.common import (
 )
 from sweep.service.create import CreateResult, create_study
 from sweep.service.gate import BudgetGate, Decision
-from sweep.service.lifecycle import ControlResult, extend_study, pause_study, resume_study
+from sweep.service.lifecycle import (
+    ControlResult,
+    DeleteResult,
+    delete_study,
+    extend_study,
+    pause_study,
+    resume_study,
+    stop_study,
+)
 from sweep.service.plan import WorkerPlan, plan_workers
 from sweep.service.results import ExportResult, RerunResult, export_trial, predict, rerun_trial
 from sweep.service.status import (
@@ -38,25 +49,36 @@ from sweep.service.status import (
     study_status,
     write_report,
 )
-from sweep.service.worker import TrialRunner, WorkerEvents, WorkerSummary, run_worker
+from sweep.service.warm import ENQUEUED_ATTR, WARM_START_ATTR, EnqueueResult, enqueue_trial
+from sweep.service.worker import BREAKER_TRIPS, EXIT_DISK_FULL, TrialRunner, WorkerEvents, WorkerSummary, run_worker
 
 __all__ = [
+    "BREAKER_TRIPS",
+    "EXIT_DISK_FULL",
     "FINGERPRINT_ATTR",
     "SPEC_ATTR",
     "BudgetGate",
+    "CleanResult",
     "ControlResult",
     "CreateResult",
+    "DeleteResult",
     "Decision",
+    "ENQUEUED_ATTR",
+    "EnqueueResult",
     "ExportResult",
     "RerunResult",
     "ServiceError",
     "StudyStatus",
     "TrialRunner",
+    "WARM_START_ATTR",
     "WorkerEvents",
     "WorkerPlan",
     "WorkerSummary",
+    "clean_artifacts",
     "create_study",
     "default_report_path",
+    "delete_study",
+    "enqueue_trial",
     "export_trial",
     "extend_study",
     "list_statuses",
@@ -73,6 +95,7 @@ __all__ = [
     "resume_study",
     "run_worker",
     "status_of",
+    "stop_study",
     "study_status",
     "write_report",
 ]

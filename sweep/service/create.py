@@ -10,7 +10,15 @@ from typing import Any
 
 import optuna
 
-from sweep.service.common import FINGERPRINT_ATTR, SPEC_ATTR, ServiceError, quiet_optuna, stored_spec_dict
+from sweep.service import warm
+from sweep.service.common import (
+    FINGERPRINT_ATTR,
+    SPEC_ATTR,
+    ServiceError,
+    quiet_optuna,
+    resolve_study_name,
+    stored_spec_dict,
+)
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import mask_url, open_storage
 
@@ -23,6 +31,7 @@ class CreateResult:
     created: bool
     spec: StudySpec
     warnings: tuple[str, ...] = ()
+    warm_started: int = 0  # trials copied from --warm-start's study
 
 
 def _local_warnings(spec: StudySpec) -> list[str]:
@@ -56,18 +65,28 @@ def create_study(
     name: str | None = None,
     overrides: Sequence[str] = (),
     studies_dir: str | Path = "studies",
+    warm_start: str | None = None,
 ) -> CreateResult:
-    """Validate the spec and create its study; identical re-creation is a no-op, a conflict an error."""
+    """Validate the spec and create its study; identical re-creation is a no-op, a conflict an error.
+
+    ``warm_start``: an existing study whose finished trials the new one starts from (sweep.service.warm).
+    """
     quiet_optuna()
     spec = load_spec(spec_arg, overrides=list(overrides), name=name, studies_dir=studies_dir)
     storage = open_storage(storage_url)
     resolved = spec.to_dict()
+    if warm_start is not None:  # checked before anything is written
+        if warm_start == spec.name:
+            raise ServiceError(f"--warm-start {warm_start}: a study cannot warm-start from itself")
+        warm_start = resolve_study_name(storage, warm_start, storage_url)
     try:
         study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
         existing = _resolved_again(stored_spec_dict(storage, spec.name))
-        if existing == resolved:
+        if existing == resolved and warm_start is None:
             return CreateResult(spec.name, created=False, spec=spec)
+        if existing == resolved:
+            raise ServiceError(f"study {spec.name!r} already exists; --warm-start is for a new study") from None
         where = ", ".join(_diff_keys(existing, resolved)[:6]) or "the spec"
         raise ServiceError(
             f"study {spec.name!r} already exists in {mask_url(storage_url)} with a different spec "
@@ -77,11 +96,13 @@ def create_study(
         # The spec goes in before anyone can use the study; a failure removes the half-made study.
         study.set_user_attr(SPEC_ATTR, resolved)
         study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+        copied = warm.warm_start(storage, study, spec, warm_start) if warm_start is not None else 0
     except BaseException:
         with contextlib.suppress(Exception):
             optuna.delete_study(study_name=spec.name, storage=storage)
         raise
-    return CreateResult(spec.name, created=True, spec=spec, warnings=tuple(_local_warnings(spec)))
+    return CreateResult(spec.name, created=True, spec=spec, warnings=tuple(_local_warnings(spec)),
+                        warm_started=copied)
 
 def _resolved_again(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored spec with today's defaults filled in: a study made before a new spec key existed

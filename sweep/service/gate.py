@@ -21,6 +21,7 @@ class Decision(enum.StrEnum):
     WAIT = "wait"  # budget spent, but a running trial may still come back for a retry
     DONE = "done"  # budget spent, nothing running
     PAUSED = "paused"  # `sweep pause`: no trial is handed out
+    STOPPED = "stopped"  # `sweep stop`: no trial is handed out; the worker exits
 
 
 class BudgetGate:
@@ -41,12 +42,14 @@ class BudgetGate:
         self._popped = False  # the last trial reserved was a WAITING one (_trial syncs the cache)
         self._backend = getattr(self.storage, "_backend", self.storage)  # Optuna's cache layer wraps it
         self._beats_when_taken = bool(getattr(self._backend, "BEATS_WHEN_TAKEN", False))
+        self._hours_spent = False  # spec.max_hours reached, read before the lock (reading trials is slow)
 
     def take(self) -> tuple[Decision, optuna.Trial | None]:
         """The worker's step: (RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
         # Each of its storage calls waits out an outage on its own (a stale trial's FAIL and its
         # re-queue are two), the lock's block as a whole (sweep.storage.patiently).
         self._check_stale()
+        self._check_hours()
         decision, trial_id = patiently(self.storage, self._locked_reserve)
         return decision, None if trial_id is None else self._trial(trial_id)
 
@@ -59,6 +62,7 @@ class BudgetGate:
     def next_trial(self) -> tuple[Decision, optuna.Trial | None]:
         """``take`` for a caller that already holds the budget lock."""
         self._check_stale()
+        self._check_hours()
         decision, trial_id = self._reserve()
         return decision, None if trial_id is None else self._trial(trial_id)
 
@@ -75,13 +79,21 @@ class BudgetGate:
             optuna.storages.fail_stale_trials(self.study)
             self.last_stale_check = now
 
+    def _check_hours(self) -> None:
+        # Outside the lock: it reads every trial. Workers deciding meanwhile may each start one more
+        # trial, so a max_hours budget is exact to within one trial per worker (README).
+        if self.spec.max_hours is not None:
+            self._hours_spent = control.hours_spent(self.spec.max_hours, self.study.get_trials(deepcopy=False))
+
     def _reserve(self) -> tuple[Decision, int | None]:
         """The decision, and the id of the trial taken (a WAITING one popped, else a new one)."""
         attrs = self.storage.get_study_user_attrs(self.study._study_id)  # pause and budget: read fresh
+        if control.is_stopped(attrs):
+            return Decision.STOPPED, None
         if control.is_paused(attrs):
             return Decision.PAUSED, None
         spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
-        if waiting or spent < control.budget(attrs, self.spec.n_trials):
+        if waiting or (spent < control.budget(attrs, self.spec.n_trials) and not self._hours_spent):
             # What Study.ask does before it samples (its relative sampling is _trial's, outside the lock).
             trial_id = pop_waiting_trial(self.study)
             self._popped = trial_id is not None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from sweep.errors import env_int
 from sweep.service.common import ServiceError
+from sweep.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
 
 
@@ -52,6 +54,7 @@ def plan_workers(
     GPUs are counted by ``visible`` without starting CUDA in this process, so that one pinned GPU
     (``env``) still takes effect. Threads default to the cores shared by the processes.
     """
+    check_heartbeat_timing()
     gpus = list(gpu)
     cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     if all_gpus:
@@ -66,9 +69,12 @@ def plan_workers(
             raise ServiceError(f"--gpu {bad[0]}: no such GPU; visible GPUs: {shown}")
     processes = len(gpus) * per_gpu if gpus else (workers if device in ("auto", "cpu") else 1)
     if processes > 1:
-        slots = tuple(gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers))
+        # The storage URL reaches each child through its environment, never its argv: a password in
+        # /proc/PID/cmdline is readable by every local user (`ps`), the environment by the owner only.
+        slots = tuple(replace(s, env={**s.env, "SWEEP_STORAGE": storage_url})
+                      for s in (gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers)))
         threads = threads if threads is not None else max(1, cores // len(slots))
-        options = ["--storage", storage_url, "--threads", str(threads)]
+        options = ["--threads", str(threads)]
         options += ["--artifacts", artifacts] if artifacts else []
         options += ["--wait"] if wait_paused else []
         options += ["--n-trials", str(n_trials)] if n_trials else []
@@ -80,3 +86,19 @@ def plan_workers(
     if threads is None and device in ("auto", "cpu"):
         threads = max(1, cores)
     return WorkerPlan(device, threads, env=env)
+
+
+def check_heartbeat_timing() -> None:
+    """Refuse a grace period shorter than two heartbeat intervals (read as ``open_storage`` reads them).
+
+    A trial is failed as stale after the grace period without a beat: with less than two intervals,
+    one beat late by a moment (a slow query, a loaded machine) gets a live worker's trial failed and
+    run twice.
+    """
+    interval = env_int("SWEEP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL)
+    grace = env_int("SWEEP_GRACE_PERIOD", GRACE_PERIOD)
+    if grace < 2 * interval:
+        raise ServiceError(
+            f"SWEEP_GRACE_PERIOD={grace} is less than twice SWEEP_HEARTBEAT_INTERVAL={interval}: one late "
+            f"heartbeat would fail a live worker's trial; use a grace period of at least {2 * interval} s"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,15 +16,38 @@ from optuna.trial import TrialState
 from sweep import control
 from sweep.control import SweepState
 from sweep.kept import KeptModel, kept_models
-from sweep.service.common import SPEC_ATTR, open_read_only, resolve_study_name
-from sweep.storage import mask_url, sqlite_path, study_names
+from sweep.service.common import SPEC_ATTR, open_read_only, quiet_optuna, resolve_study_name
+from sweep.storage import mask_url, open_storage, sqlite_path, study_names
+
+# A file name stays well under every filesystem's 255 bytes, whatever the study names.
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_STEM = 96
+
+
+def report_file_stem(names: Sequence[str]) -> str:
+    """A file name for a report of ``names`` ("a+b"): no separators, no ``..``, capped in length.
+
+    Study names come from whoever created the study (Optuna accepts any string): ``../x`` or a
+    name of 200 characters must still give one file inside the reports folder. A name that had to
+    change gets a short hash of the original, so two different studies never share a report file.
+    """
+    stem = "+".join(_safe(n, _MAX_STEM) for n in names)
+    return stem if len(stem) <= _MAX_STEM else _safe(stem, _MAX_STEM, force_hash=True)
+
+
+def _safe(name: str, limit: int, *, force_hash: bool = False) -> str:
+    safe = _NAME_CHARS.sub("_", name).lstrip(".") or "study"
+    if safe == name and len(safe) <= limit and not force_hash:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+    return f"{safe[:limit - 11]}-{digest}"
 
 
 def default_report_path(names: Sequence[str], storage_url: str) -> Path:
     """storage/reports/<study>.html beside the SQLite file (or under ./storage for PostgreSQL)."""
     path = sqlite_path(storage_url)
     home = path.parent if path is not None else Path("storage")
-    return home / "reports" / f"{'+'.join(names)}.html"
+    return home / "reports" / f"{report_file_stem(names)}.html"
 
 
 def write_report(
@@ -55,6 +80,22 @@ def write_report(
 
 
 @dataclass(frozen=True)
+class RunningTrial:
+    """A trial being trained now, as ``sweep status`` lists it."""
+
+    number: int
+    host: str
+    device: str
+    epoch: int  # epochs done so far
+    last_acc: float | None  # the last epoch's validation accuracy
+    started: Any = None  # datetime the trial started
+
+    def to_json(self) -> dict[str, Any]:
+        return {"number": self.number, "host": self.host, "device": self.device, "epoch": self.epoch,
+                "last_acc": self.last_acc}
+
+
+@dataclass(frozen=True)
 class StudyStatus:
     """A study at a glance, for ``sweep status`` and ``sweep list``."""
 
@@ -64,10 +105,12 @@ class StudyStatus:
     best_value: float | None
     best_params: dict[str, Any]
     best_number: int | None
-    running: tuple[dict[str, Any], ...]
+    running: tuple[RunningTrial, ...]
     state: SweepState = SweepState.RUNNING
     kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept (best first)
     cost: Any = None  # sweep.report.CostSummary: accuracy against compute
+    compute_hours: float = 0.0  # summed seconds of every epoch trained, in hours (control.compute_seconds)
+    max_hours: float | None = None  # the spec's budget of compute, if any
 
 
 def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus:
@@ -85,17 +128,18 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
     except (TypeError, ValueError):
         budget = 0
     running = tuple(
-        {
-            "number": t.number,
-            "host": t.user_attrs.get("host", "?"),
-            "device": t.user_attrs.get("device", "?"),
-            "epoch": t.user_attrs.get("epochs_run", 0),
-            "last_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
-            "started": t.datetime_start,
-        }
+        RunningTrial(
+            number=t.number,
+            host=str(t.user_attrs.get("host", "?")),
+            device=str(t.user_attrs.get("device", "?")),
+            epoch=int(t.user_attrs.get("epochs_run", 0) or 0),
+            last_acc=t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+            started=t.datetime_start,
+        )
         for t in trials
         if t.state == TrialState.RUNNING
     )
+    running_ids = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
     return StudyStatus(
         name=name,
         n_trials=budget,
@@ -104,19 +148,45 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         best_params=dict(best.params) if best else {},
         best_number=best.number if best else None,
         running=running,
-        state=control.state_of(attrs, budget, trials),
+        state=control.state_of(attrs, budget, trials, live_running(storage, study._study_id, running_ids),
+                               _max_hours(attrs)),
         kept=kept_models(attrs),
+        compute_hours=control.compute_seconds(trials) / 3600,
+        max_hours=_max_hours(attrs),
         cost=cost_summary_of(name, trials, attrs.get(SPEC_ATTR, {})),
     )
 
 
+def _max_hours(attrs: dict[str, Any]) -> float | None:
+    value = attrs.get(SPEC_ATTR, {}).get("max_hours")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def live_running(storage: Any, study_id: int, running_ids: Sequence[int]) -> int | None:
+    """How many running trials still beat: RUNNING ones minus those past the grace period (the trials
+    of dead workers, until a worker's stale check fails them). None when the storage keeps no heartbeats."""
+    if not running_ids:
+        return 0
+    backend = getattr(storage, "_backend", storage)
+    stale = getattr(backend, "_get_stale_trial_ids", None)  # Optuna's heartbeat API (BaseHeartbeat)
+    if stale is None or not getattr(backend, "get_heartbeat_interval", lambda: None)():
+        return None
+    return len(set(running_ids) - set(stale(study_id)))
+
+
+def _open_with_heartbeats(storage_url: str) -> Any:
+    """A read-only storage that knows the heartbeat settings, to tell live running trials from dead ones."""
+    quiet_optuna()
+    return open_storage(storage_url, create=False, heartbeat=True)
+
+
 def list_statuses(storage_url: str) -> list[StudyStatus]:
     """Status of every study in the storage."""
-    storage = open_read_only(storage_url)
+    storage = _open_with_heartbeats(storage_url)
     return [study_status(storage, n) for n in sorted(study_names(storage))]
 
 
 def status_of(storage_url: str, name: str | None) -> StudyStatus:
     """Status of one study (or the only one)."""
-    storage = open_read_only(storage_url)
+    storage = _open_with_heartbeats(storage_url)
     return study_status(storage, resolve_study_name(storage, name, storage_url))
