@@ -38,4 +38,17 @@ fi
 # does not confine devices with cgroups, that is the node's first GPU, shared by every task.
 # --signal=TERM@300 reaches the srun step before the time limit: the worker finishes its epoch
 # and hands the trial back to the queue.
-exec srun --kill-on-bad-exit=1 sweep worker "$study" --device cuda --threads "${SLURM_CPUS_PER_TASK:-4}"
+# Exit code 69 (EX_UNAVAILABLE): the database stayed unreachable for SWEEP_DB_PATIENCE (default
+# 10 min). Not the worker's fault: it is started again after a backoff (10 s doubling up to 5 min)
+# instead of ending the task; its trial is resumed from its checkpoint.
+delay=10
+while true; do
+    set +e
+    srun --kill-on-bad-exit=1 sweep worker "$study" --device cuda --threads "${SLURM_CPUS_PER_TASK:-4}"
+    rc=$?
+    set -e
+    [ "$rc" -eq 69 ] || exit "$rc"
+    echo "slurm-array.sh: the database stayed unreachable; starting the worker again in ${delay} s" >&2
+    sleep "$delay"
+    delay=$((delay < 150 ? delay * 2 : 300))
+done

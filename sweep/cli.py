@@ -33,6 +33,7 @@ ENVIRONMENT = {
     "SWEEP_CACHE_DIR": "decoded-image cache (default storage/cache)",
     "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
     "SWEEP_GRACE_PERIOD": "seconds without a heartbeat before a trial counts as dead (default 30)",
+    "SWEEP_DB_PATIENCE": "seconds a worker waits out an unreachable database before it exits 69 (default 600)",
     "SWEEP_WORKER_LABEL": "prefix of a worker's output lines (set by the supervisor for its children)",
     "SWEEP_SUPERVISED": "set by the supervisor for its children: the group's Ctrl-C reaches them as one SIGTERM",
     "SWEEP_DEVICE": "device of `sweep bench live`",

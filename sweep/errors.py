@@ -19,6 +19,14 @@ class UserError(Exception):
     """An error a user can fix; its message is the one line the CLI prints (exit code 2)."""
 
 
+EX_UNAVAILABLE = 69  # sysexits.h: a service this program needs is unavailable; try again later
+
+
+class Unavailable(Exception):
+    """A service a command needs (the database) stayed unreachable; its message is the one line the CLI
+    prints, and it exits with EX_UNAVAILABLE for its supervisor to start it again later."""
+
+
 class SpecError(UserError, ValueError):
     """A spec problem, phrased for the user on one line."""
 

@@ -27,6 +27,7 @@ import optuna
 from sweep.artifacts import CHECKPOINT_ATTR, disk_full
 from sweep.errors import UserError
 from sweep.kept import FINAL_MODEL_ATTR
+from sweep.outage import DatabaseUnavailable
 from sweep.search import suggest_params
 from sweep.show import first_line
 from sweep.spec import StudySpec
@@ -352,6 +353,8 @@ def run_trial(
     # dropped before the caller frees memory after an OOM.
     try:
         result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
+    except DatabaseUnavailable:
+        raise  # nothing can be recorded: the trial stays RUNNING and is retried from its checkpoint
     except Exception as exc:
         outcome = _ended_early(trial, exc, checkpoints, started)
     else:

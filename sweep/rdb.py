@@ -54,6 +54,7 @@ from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.compat import untested_optuna
+from sweep.outage import Patience, transient
 
 _T = TypeVar("_T")
 # Indexes sweep adds to Optuna's schema (storage/README.md): what the budget gate reads under its lock
@@ -66,6 +67,7 @@ INDEXES = (
 )
 _MIRROR_SIZE = 256  # trials kept in memory; a running trial evicted early is simply read from the database
 _log = logging.getLogger("sweep.storage")
+_BEAT_WAIT_S = 1.0  # how long a heartbeat waits for the process's connection before taking its own
 _HELD_RECYCLE_S = 1800.0  # the held connection is renewed as often as the pool recycles (pool_recycle)
 _INHERITED: list[Any] = []  # held connections a forked child inherited: kept alive, never touched
 # States in which a mirrored trial is exactly what the database holds, children included (_read_trials).
@@ -288,6 +290,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._mirror: OrderedDict[int, _Mirrored] = OrderedDict()
         self._mirror_lock = threading.Lock()
         self._statements: dict[tuple[Any, ...], Any] = {}
+        self._unsure: set[int] = set()  # trials whose end was written when the connection died
         self._write_lock = threading.Lock()
         self.autocommit_engine = self.engine
         # The connection a thread's budget (or kept-models) lock transaction holds (pinned): every call
@@ -299,6 +302,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         self._held: Any = None
         self._held_since = 0.0
         self._held_pid = os.getpid()
+        # Set by sweep.storage.open_storage: storage calls then wait out an unreachable database.
+        self.patience: Patience | None = None
         if self.engine.dialect.name == "postgresql":
             # Reads and one-statement writes run in autocommit on the connections of the same pool as
             # Optuna's ORM sessions (sweep.storage sizes it: one connection at rest, two at a peak), so
@@ -311,11 +316,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         state.pop("_mirror", None)
         state.pop("_mirror_lock", None)
         state.pop("_statements", None)
+        state.pop("_unsure", None)
         state.pop("_write_lock", None)
         state.pop("autocommit_engine", None)
         state.pop("_pins", None)
         state.pop("_calls", None)
         state.pop("_held", None)
+        state.pop("patience", None)  # its lines go to this process's display
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -336,10 +343,12 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         """A connection for one unit of work, and the transaction to commit (None: nothing to commit).
 
         ``kind``: "read" (a snapshot; on SQLite a deferred transaction, never the write lock), "write"
-        (one statement), "txn" (several statements, atomic) or "durable" (a "txn" whose commit waits
-        for the disk on PostgreSQL: the trial state changes). On SQLite every write takes the write
-        lock at BEGIN, and the threads of one process (a worker and its heartbeat) queue on a Python
-        lock first: SQLite's busy handler would sleep in steps of milliseconds instead. On PostgreSQL
+        (one statement), "beat" (a heartbeat: a "write" that on PostgreSQL takes a connection of its
+        own rather than wait long for the process's), "txn" (several statements, atomic) or "durable"
+        (a "txn" whose commit waits for the disk on PostgreSQL: the trial state changes). On SQLite
+        every write takes the write lock at BEGIN, and the threads of one process (a worker and its
+        heartbeat) queue on a Python lock first: SQLite's busy handler would sleep in steps of
+        milliseconds instead. On PostgreSQL
         a read or a one-statement write runs in autocommit: no BEGIN/COMMIT round trips (under read
         committed, separate statements never shared a snapshot anyway), and its commit does not wait
         for the WAL flush (2.5-4 ms on an ordinary disk, the bulk of a stock Optuna trial's time).
@@ -360,6 +369,18 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         elif sqlite:
             with self._write_lock, self.engine.connect() as conn:
                 yield conn, conn.begin()
+        elif kind == "beat":
+            # A beat never waits long behind a stuck call of the trial's thread (a dead path is only
+            # dropped after tcp_user_timeout, sweep.storage): past a second it takes a connection of
+            # its own (the pool's second), so the trial is not declared stale while its owner lives.
+            if self._calls.acquire(timeout=_BEAT_WAIT_S):
+                try:
+                    yield self._held_connection(), None
+                finally:
+                    self._calls.release()
+            else:
+                with self.autocommit_engine.connect() as conn:
+                    yield conn, None
         elif kind in ("read", "write"):
             # The process's calls take turns on its one connection (a beat waits for a report's round
             # trip, under a millisecond): overlapping calls would open and close the pool's second
@@ -474,9 +495,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 raise  # as Optuna's sessions do: callers tell a lost race from a fault
             except sqlalchemy.exc.DBAPIError as exc:
                 retry = exc.connection_invalidated and self._pinned() is None  # a lock's transaction is lost
-                if exc.connection_invalidated:
+                if exc.connection_invalidated or transient(exc):
+                    # Also a connection cut under a statement (sweep.outage.CallWatchdog) that the
+                    # driver did not report as a disconnect: it is never used again.
                     with self._calls:
                         self._drop_held()
+                    if self.patience is not None:
+                        self.patience.noticed(exc)
                 if attempt == 2 or not retry or (committing and kind != "write"):
                     raise _fault(exc) from exc
             except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -623,6 +648,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 ),
             )
             trial_id, number = conn.execute(insert.returning(_trials.c.trial_id, _trials.c.number)).one()
+            self._first_beat(conn, trial_id)
             return number, trial_id
 
         number, trial_id = self._run("txn", create)
@@ -642,6 +668,53 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         )
         self._remember(study_id, now, _copy(trial))
         return trial
+
+    # A trial is created (or a WAITING one taken) with its first heartbeat, in one transaction: killed
+    # in between, it would be RUNNING without a heartbeat row, which Optuna's stale check never finds.
+    BEATS_WHEN_TAKEN = True
+
+    def _first_beat(self, conn: Any, trial_id: int) -> None:
+        if self.heartbeat_interval is None:
+            return
+        stmt = self._statements.get(("first beat",))
+        if stmt is None:
+            stmt = self._insert(_beats).values(
+                trial_id=sqlalchemy.bindparam("trial_id", type_=_beats.c.trial_id.type), heartbeat=sqlalchemy.func.now()
+            )
+            stmt = self._statements[("first beat",)] = stmt.on_conflict_do_update(
+                index_elements=[_beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()}
+            )
+        conn.execute(stmt, {"trial_id": trial_id})
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna's, plus the RUNNING trials without a heartbeat row started longer than the grace period
+        # ago (Optuna skips those: made by a process killed before its first beat, they would stay
+        # RUNNING for ever and the study would wait for them). One select instead of loading every
+        # running trial with its heartbeat through the ORM.
+        assert self.heartbeat_interval is not None
+        grace = dt.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+
+        def read(conn: Any) -> list[int]:
+            # Heartbeats are the database's clock (func.now()), start times the workers' (naive UTC).
+            now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+            beat_before = now.replace(tzinfo=None) - grace
+            start_before = _utc_now() - grace
+            stale = (
+                sqlalchemy.select(_trials.c.trial_id)
+                .select_from(_trials.outerjoin(_beats, _beats.c.trial_id == _trials.c.trial_id))
+                .where(
+                    _trials.c.study_id == study_id,
+                    _trials.c.state == TrialState.RUNNING,
+                    sqlalchemy.or_(
+                        _beats.c.heartbeat < beat_before,
+                        sqlalchemy.and_(_beats.c.trial_id.is_(None), _trials.c.datetime_start < start_before),
+                    ),
+                )
+                .order_by(_trials.c.trial_id)
+            )
+            return list(conn.execute(stale).scalars())
+
+        return self._run("read", read)
 
     def _set_trial_param(
         self,
@@ -743,9 +816,15 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 update = sqlalchemy.update(_trials).where(*guard).values(state=state, datetime_complete=now)
             popped = conn.execute(update.returning(_trials.c.study_id)).first()
             if popped is None:
+                if trial_id in self._unsure and state in (TrialState.COMPLETE, TrialState.PRUNED):
+                    done = sqlalchemy.select(_trials.c.state).where(_trials.c.trial_id == trial_id)
+                    if conn.execute(done).scalar() == state:
+                        return True  # ours: only the owner ends a trial so, and that answer was lost
                 self._raise_if_not_updatable(conn, trial_id)
                 return False  # RUNNING asked of a trial that is not WAITING (another worker took it)
             won.append(popped.study_id)
+            if state == TrialState.RUNNING:
+                self._first_beat(conn, trial_id)
             for objective, value in enumerate(values or ()):
                 stored, kind = models.TrialValueModel.value_to_stored_repr(value)
                 stmt = self._insert(_values).values(
@@ -764,6 +843,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 return False
         except sqlalchemy.exc.IntegrityError:
             return False
+        except optuna.exceptions.StorageInternalError as exc:
+            if transient(exc):
+                # The connection died, maybe after the commit: a retry (Patience) that finds the trial
+                # already in this state finds this call's own commit, not a peer's.
+                self._unsure.add(trial_id)
+            raise
+        self._unsure.discard(trial_id)
         if state == TrialState.RUNNING:  # a popped WAITING trial is now this process's: mirror it
             for trial in self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id)):
                 if trial.state == TrialState.RUNNING:
@@ -974,7 +1060,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 index_elements=[_beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()}
             ).returning(_beats.c.trial_id)
             self._statements[("heartbeat",)] = stmt
-        if self._run("write", lambda conn: conn.execute(stmt, {"trial_id": trial_id}).first()) is None:
+        if self._run("beat", lambda conn: conn.execute(stmt, {"trial_id": trial_id}).first()) is None:
             self._forget(trial_id)
 
 
@@ -1062,3 +1148,53 @@ if UNSUPPORTED is None:
 for _name in _ORM_READS:
     if _name not in vars(SweepRDBStorage) and hasattr(optuna.storages.RDBStorage, _name):  # never wrap ours
         setattr(SweepRDBStorage, _name, _lock_free(_name))
+
+
+# The storage's calls, each waited out as a whole while the database is away (Patience): a read or a
+# guarded write is idempotent, and a transaction is retried only when it failed before its commit
+# (_run). record_heartbeat is one: a beat that waits does not add a line, and the outage is timed once.
+_PATIENT = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_best_trial",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: SweepRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        patience = getattr(self, "patience", None)
+        if patience is None or self._pinned() is not None:
+            # Inside a lock's transaction the call fails at once: the transaction is lost with its
+            # connection, so the lock's holder redoes the whole block (sweep.storage.patiently).
+            return method(self, *args, **kwargs)
+        return patience.call(lambda: method(self, *args, **kwargs))
+
+    return call
+
+
+for _name in _PATIENT:
+    setattr(SweepRDBStorage, _name, _patient(getattr(SweepRDBStorage, _name)))

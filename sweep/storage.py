@@ -15,13 +15,14 @@ import logging
 import os
 import random
 import re
+import socket
 import sqlite3
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import optuna
@@ -31,8 +32,10 @@ from sqlalchemy.exc import ArgumentError
 
 from sweep import rdb
 from sweep.errors import UserError, env_int
+from sweep.outage import CallWatchdog, DatabaseUnavailable, Patience
 from sweep.rdb import SweepRDBStorage
 
+_T = TypeVar("_T")
 DEFAULT_URL = "sqlite:///storage/sweep.db"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 PGBOUNCER_OPTION = "pgbouncer"  # a storage URL option of sweep's (behind_pgbouncer), not libpq's
@@ -42,6 +45,9 @@ _BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
 # tests and for clusters with slow or flaky networks.
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
+TCP_USER_TIMEOUT_MS = 10_000
+# A lock waited for this long is said, with its holder where the backend can tell, and waited for again.
+LOCK_SAY_S = 30.0
 
 
 class StorageError(UserError, RuntimeError):
@@ -190,11 +196,23 @@ def storage_engine_kwargs(sa_url: str, *, pgbouncer: bool = False) -> dict[str, 
             # Writes commit without waiting for the WAL flush, except a trial's state changes
             # (sweep.rdb), which flush everything before them with them. A PostgreSQL crash (not a
             # worker crash) can lose the last ~0.6 s of writes to running trials, never a result.
-            "options": "-c synchronous_commit=off",
+            # Bounds on every call, so that none holds the process's storage lock (and with it the
+            # heartbeat) for long: a statement runs ≤ 60 s, waits for a row lock ≤ 10 s (a stopped
+            # peer's transaction), and a transaction left open by a stopped process (SIGSTOP, a
+            # suspended Slurm job) is ended by the server after 60 s, releasing the budget lock it held.
+            "options": "-c synchronous_commit=off -c statement_timeout=60s -c lock_timeout=10s "
+            "-c idle_in_transaction_session_timeout=60s",
+            # A dead network path (a partition, a blackholed server) is noticed in seconds, not after the
+            # kernel's ~15 min of retransmissions: data unacknowledged for 10 s (tcp_user_timeout), or a
+            # silent connection probed after 5 s, every 2 s, 3 times (11 s) drops the connection, and
+            # the call is retried (sweep.outage). Also what notices a server gone while a trial trains.
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
             "keepalives": 1,
-            "keepalives_idle": 60,
-            "keepalives_interval": 10,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
             "keepalives_count": 3,
+            # Who holds a lock, as a waiter's line says it (pg_stat_activity).
+            "application_name": f"sweep {socket.gethostname()[:40]} pid {os.getpid()}",
         },
     }
 
@@ -223,6 +241,7 @@ def open_storage(
     max_retry: int | None = 3,
     wait_s: float = 0.0,
     create: bool = True,
+    patience: Patience | None = None,
 ) -> optuna.storages.RDBStorage:
     """Open (and create when missing) the Optuna RDB storage behind ``url``.
 
@@ -230,6 +249,8 @@ def open_storage(
     failed after ``grace_period`` s (default: SWEEP_GRACE_PERIOD, else 30; the interval:
     SWEEP_HEARTBEAT_INTERVAL, else 10) and re-queued (same params) by RetryHeartbeatStaleTrialCallback.
     ``wait_s`` retries an unreachable database (a worker started before its PostgreSQL) that long.
+    ``patience`` (a worker's): opening and every later storage call wait out an unreachable database
+    for that long instead (sweep.outage), then raise DatabaseUnavailable.
     ``create=False`` refuses to create a missing SQLite file (read-only commands).
     """
     sa_url = validate_url(url)
@@ -238,9 +259,32 @@ def open_storage(
         raise StorageError(f"no sweep database at {path}; create a study first: sweep create SPEC")
     engine_kwargs = storage_engine_kwargs(sa_url, pgbouncer=behind_pgbouncer(url))
     hb = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat else {}
-    return _until_reachable(
-        functools.partial(_connect, url, sa_url, engine_kwargs, hb), url=url, sa_url=sa_url, wait_s=wait_s
-    )
+    connect = functools.partial(_connect, url, sa_url, engine_kwargs, hb)
+    if patience is None:
+        return _until_reachable(connect, url=url, sa_url=sa_url, wait_s=wait_s)
+    patience.mask = functools.partial(mask_text, url=sa_url)
+    try:
+        storage = patience.call(connect)
+    except DatabaseUnavailable:
+        raise
+    except _UNREACHABLE as exc:  # not an outage: a wrong password, a database that does not exist
+        raise StorageError(f"cannot open storage {mask_url(url)}: {_first_line(exc, sa_url)}") from None
+    if isinstance(storage, SweepRDBStorage):
+        storage.patience = patience
+        if path is None:
+            CallWatchdog().watch(storage.engine)
+    return storage
+
+
+def patiently(storage: optuna.storages.BaseStorage, fn: Callable[[], _T]) -> _T:
+    """``fn()``, a unit of storage calls (a lock's block), redone as a whole while the database is away,
+    for as long as the storage's patience (sweep.outage); once when the storage has none."""
+    patience = getattr(getattr(storage, "_backend", storage), "patience", None)
+    return fn() if patience is None else patience.call(fn)
+
+
+def _first_line(exc: BaseException, sa_url: str) -> str:
+    return mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], sa_url)
 
 
 def _heartbeat_kwargs(interval: int | None, grace_period: int | None, max_retry: int | None) -> dict[str, Any]:
@@ -263,7 +307,7 @@ def _heartbeat_kwargs(interval: int | None, grace_period: int | None, max_retry:
 def _connect(url: str, sa_url: str, engine_kwargs: dict[str, Any], hb: dict[str, Any]) -> optuna.storages.RDBStorage:
     """One attempt to open the storage (sweep.rdb's, else Optuna's own); a missing driver is a StorageError."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(sa_url, engine_kwargs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if rdb.UNSUPPORTED is None:
                 return SweepRDBStorage(sa_url, engine_kwargs=engine_kwargs, **hb)
@@ -272,6 +316,43 @@ def _connect(url: str, sa_url: str, engine_kwargs: dict[str, Any], hb: dict[str,
         raise StorageError(
             f"no driver for {mask_url(url)}; install PostgreSQL support: pip install 'sweep[postgres]'"
         ) from None
+
+
+_SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"sweep:schema").digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _schema_lock(sa_url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Held while a storage is opened on a database that may lack Optuna's schema: processes opening a
+    fresh database at once (four `sweep create`, a job array's workers) would each create the tables
+    (SQLite: "table studies already exists"; PostgreSQL: a duplicate key in pg_type). One creates them,
+    the others wait and find them. SQLite: an flock beside the file; PostgreSQL: a transaction-scoped
+    advisory lock on a connection of its own, only while the schema is not complete."""
+    path = sqlite_path(sa_url)
+    if path is not None:
+        with _flocked(_lock_dir(path) / "schema.lock", "the schema lock"):
+            yield
+        return
+    engine = sqlalchemy.create_engine(
+        sa_url, poolclass=sqlalchemy.pool.NullPool, connect_args=engine_kwargs.get("connect_args", {})
+    )
+    try:
+        with engine.connect() as conn:
+            # alembic_version is stamped last (Optuna's _VersionManager): its row means the schema is whole.
+            if conn.exec_driver_sql("SELECT to_regclass('alembic_version') IS NOT NULL").scalar() and (
+                conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar()
+            ):
+                conn.rollback()
+                yield
+                return
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '120s'")  # the first opener may be creating it
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+            try:
+                yield
+            finally:
+                conn.rollback()  # releases the lock
+    finally:
+        engine.dispose()
 
 
 # What an unreachable (not yet started, restarting) database raises while connecting.
@@ -295,9 +376,8 @@ def _until_reachable(
             return connect()
         except _UNREACHABLE as exc:
             if time.monotonic() >= deadline:
-                reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], sa_url)
                 raise StorageError(
-                    f"cannot reach storage {mask_url(url)}: {reason}"
+                    f"cannot reach storage {mask_url(url)}: {_first_line(exc, sa_url)}"
                     + (f" (retried for {wait_s:.0f} s)" if wait_s else "")
                 ) from None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -314,39 +394,110 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 _memory_lock = threading.Lock()
 
 
+def _lock_dir(path: Path) -> Path:
+    """The folder of a SQLite database's lock files (``sweep.db.locks/`` beside ``sweep.db``)."""
+    folder = path.with_name(path.name + ".locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _lock_key(study_name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
+
+
+def _say(storage: Any) -> Callable[[str], None]:
+    patience = getattr(storage, "patience", None)
+    return patience.say if patience is not None else _log.warning
+
+
+@contextlib.contextmanager
+def _flocked(lock_path: Path, what: str, say: Callable[[str], None] = _log.warning) -> Iterator[None]:
+    """An exclusive flock on ``lock_path``; a wait past LOCK_SAY_S is said (with the holder the file
+    names: each holder writes its pid and host into it) and waited for again, every LOCK_SAY_S."""
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _wait_flock(fh, what, say)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _LockWait:
+    """A wait for a lock: said with its holder every LOCK_SAY_S (a stopped holder would otherwise stall
+    every worker without a word), and waited for again."""
+
+    def __init__(self, what: str, say: Callable[[str], None]) -> None:
+        self.what = what
+        self.say = say
+        self.started = time.monotonic()
+        self.next_say = self.started + LOCK_SAY_S
+
+    def still(self, holder: Callable[[], str]) -> None:
+        """The lock was not free again: say so, with ``holder()``, once LOCK_SAY_S more have passed."""
+        now = time.monotonic()
+        if now >= self.next_say:
+            waited = now - self.started
+            self.say(f"{self.what} is held by {holder()} (waited {waited:.0f} s; a stopped process?); still waiting")
+            self.next_say = now + LOCK_SAY_S
+
+
+def _wait_flock(fh: Any, what: str, say: Callable[[str], None]) -> None:
+    wait = _LockWait(what, say)
+    delay = 0.002
+    while True:
+        time.sleep(delay * (0.5 + random.random()))  # jitter: waiters do not retry in step
+        delay = min(delay * 1.5, 0.05)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            wait.still(lambda: _flock_holder(fh))
+
+
+def _flock_holder(fh: Any) -> str:
+    fh.seek(0)
+    return fh.read().strip() or "another process"
+
+
 @contextlib.contextmanager
 def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
     """Hold a lock shared by every worker of ``study_name``, on every machine that can see the lock.
 
-    SQLite: an flock on a file beside the database (SQLite only spans one machine anyway).
-    PostgreSQL: a transaction-scoped advisory lock (``pg_try_advisory_xact_lock``, retried with a
+    SQLite: an flock on a file of the study's own (``sweep.db.locks/``; SQLite only spans one machine
+    anyway). PostgreSQL: a transaction-scoped advisory lock (``pg_try_advisory_xact_lock``, retried with a
     jittered backoff up to 0.1 s); on SweepRDBStorage the block's storage calls run in the lock's
-    transaction, on the same connection.
+    transaction, on the same connection. A wait past LOCK_SAY_S is said with the holder, every LOCK_SAY_S.
     """
     backend = getattr(storage, "_backend", storage)  # a study's storage: Optuna's cache layer around it
     url = getattr(backend, "url", None)
     path = sqlite_path(url) if url else None
+    what = f"the lock of study {study_name!r}"
     if path is not None:
-        lock_path = path.with_name(path.name + ".lock")
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        name = hashlib.sha256(study_name.encode()).hexdigest()[:16]
+        with _flocked(_lock_dir(path) / f"{name}.lock", what, _say(backend)):
+            yield
         return
     engine = getattr(backend, "engine", None)
     if engine is not None and engine.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
+        key = _lock_key(study_name)
         # A transaction-scoped lock: released by the commit (or by the server when the connection
-        # dies), and it holds behind PgBouncer in transaction pooling mode, where a session lock could
-        # be taken on one server connection and released on another. sweep.rdb runs every call of
-        # the block inside this transaction (pinned), so the lock costs no connection of its own
-        # and the decision commits with the trial it hands out.
+        # dies, or after idle_in_transaction_session_timeout when its holder is stopped), and it holds
+        # behind PgBouncer in transaction pooling mode, where a session lock could be taken on one
+        # server connection and released on another. sweep.rdb runs every call of the block inside
+        # this transaction (pinned), so the lock costs no connection of its own and the decision
+        # commits with the trial it hands out.
         # Tried, not waited for: a waiter would hold a connection (behind PgBouncer, a server
         # connection of its small pool) for as long as it waits, and a few hundred waiters would
         # starve every other statement, heartbeats included. A failed try costs one short round trip.
         delay = 0.002
+        wait = _LockWait(what, _say(backend))
         # SweepRDBStorage's pool_connection: the worker's held connection, not a second one.
         with getattr(backend, "pool_connection", engine.connect)() as conn:
             while True:
@@ -356,10 +507,29 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterat
                         with pin(conn) if pin is not None else contextlib.nullcontext():
                             yield
                         return
+                    wait.still(lambda: _pg_holder(conn, key))
                 time.sleep(delay * (0.5 + random.random()))  # jitter: waiters do not retry in step
                 delay = min(delay * 1.5, 0.1)
     with _memory_lock:
         yield
+
+
+def _pg_holder(conn: sqlalchemy.Connection, key: int) -> str:
+    """Who holds advisory lock ``key``: its session's application name (sweep's: host and pid), address,
+    state and transaction age, from pg_locks and pg_stat_activity."""
+    row = conn.execute(
+        sqlalchemy.text(
+            "SELECT a.application_name, a.client_addr, a.state, "
+            "extract(epoch FROM now() - a.xact_start)::int AS age "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
+        ),
+        {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
+    ).first()
+    if row is None:
+        return "a session this role cannot see"
+    where = row.client_addr or "a local socket"
+    return f"'{row.application_name or '?'}' from {where} ({row.state}, in its transaction for {row.age} s)"
 
 
 def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retry_key: str) -> tuple[int, int, int]:

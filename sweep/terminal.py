@@ -47,10 +47,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into one line on stderr and exit code 2."""
-    from sweep.errors import UserError
+    """Turn the errors a user can fix into one line on stderr and exit code 2, and a database that stayed
+    away (a worker past SWEEP_DB_PATIENCE) into one line and exit code 69, for a restart later."""
+    from sweep.errors import EX_UNAVAILABLE, Unavailable, UserError
 
     try:
         yield
     except UserError as exc:
         raise fail(str(exc)) from None
+    except Unavailable as exc:
+        raise fail(f"{exc}; exiting with code {EX_UNAVAILABLE} to be restarted", EX_UNAVAILABLE) from None

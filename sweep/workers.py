@@ -23,8 +23,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sweep.errors import EX_UNAVAILABLE
+
 # Exit code of a worker whose CUDA context broke (EX_TEMPFAIL): the supervisor restarts it.
 EXIT_DEVICE_LOST = 75
+# Exit code of a worker that waited out an unreachable database for SWEEP_DB_PATIENCE (EX_UNAVAILABLE,
+# sweep.outage): restarted after a backoff (OUTAGE_BACKOFF_S doubling, up to 5 min), OUTAGE_RESTARTS times.
+EXIT_DB_UNAVAILABLE = EX_UNAVAILABLE
+OUTAGE_BACKOFF_S = 10.0
+OUTAGE_RESTARTS = 10
 # Set to "1" in a supervised child's environment: its stop signals are the supervisor's to escalate.
 SUPERVISED_ENV = "SWEEP_SUPERVISED"
 
@@ -100,6 +107,8 @@ def supervise(
     """Run every slot as a child process until all finish; return 0 when every child ended cleanly."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     restarts: dict[str, int] = {s.label: 0 for s in slots}
+    outages: dict[str, int] = {s.label: 0 for s in slots}
+    later: dict[str, float] = {}  # label → when it restarts (an outage's backoff)
     results: dict[str, int] = {}
     signals_seen = 0
     last_signal = 0
@@ -131,7 +140,14 @@ def supervise(
         for slot in slots:
             start(slot)
         by_label = {s.label: s for s in slots}
-        while procs:
+        while procs or later:
+            for label, at in list(later.items()):
+                if signals_seen:
+                    del later[label]
+                    results[label] = EXIT_DB_UNAVAILABLE
+                elif time.monotonic() >= at:
+                    del later[label]
+                    start(by_label[label])
             for label, p in list(procs.items()):
                 code = p.poll()
                 if code is None:
@@ -140,6 +156,16 @@ def supervise(
                 if code == 0 or signals_seen or code == 2:
                     # 2 = a usage/config error: restarting would only repeat it.
                     results[label] = code
+                    continue
+                if code == EXIT_DB_UNAVAILABLE and outages[label] < OUTAGE_RESTARTS:
+                    # Not a crash: the database is away. Later, not at once, and not counted as one.
+                    outages[label] += 1
+                    delay = min(OUTAGE_BACKOFF_S * 2 ** (outages[label] - 1), 300.0)
+                    log(
+                        f"[{label}] the database stayed unreachable; restarting it in {delay:.0f} s "
+                        f"({outages[label]}/{OUTAGE_RESTARTS})"
+                    )
+                    later[label] = time.monotonic() + delay
                     continue
                 restarts[label] += 1
                 why = f"exited with code {code}"

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from sweep import control
 from sweep.control import RETRY_KEY
 from sweep.spec import StudySpec
-from sweep.storage import budget_counts, budget_lock, pop_waiting_trial, retry_on_locked
+from sweep.storage import budget_counts, budget_lock, patiently, pop_waiting_trial, retry_on_locked
 
 
 class Decision(enum.StrEnum):
@@ -40,15 +40,24 @@ class BudgetGate:
         self.interval = float(getattr(self.storage, "get_heartbeat_interval", lambda: None)() or 0)
         self.last_stale_check = float("-inf")
         self._popped = False  # the last trial reserved was a WAITING one (_trial syncs the cache)
+        self._backend = getattr(self.storage, "_backend", self.storage)  # Optuna's cache layer wraps it
+        self._beats_when_taken = bool(getattr(self._backend, "BEATS_WHEN_TAKEN", False))
         self._hours_spent = False  # spec.max_hours reached, read before the lock (reading trials is slow)
 
     def take(self) -> tuple[Decision, optuna.Trial | None]:
         """The worker's step: (RUN, trial) / (WAIT, None) / (DONE, None) / (PAUSED, None)."""
+        # Each of its storage calls waits out an outage on its own (a stale trial's FAIL and its
+        # re-queue are two), the lock's block as a whole (sweep.storage.patiently).
         self._check_stale()
         self._check_hours()
-        with budget_lock(self.storage, self.study.study_name):
-            decision, trial_id = retry_on_locked(self._reserve)
+        decision, trial_id = patiently(self.storage, self._locked_reserve)
         return decision, None if trial_id is None else self._trial(trial_id)
+
+    def _locked_reserve(self) -> tuple[Decision, int | None]:
+        # On PostgreSQL a call inside the lock's transaction cannot be retried alone: the
+        # transaction went with its connection.
+        with budget_lock(self.storage, self.study.study_name):
+            return retry_on_locked(self._reserve)
 
     def next_trial(self) -> tuple[Decision, optuna.Trial | None]:
         """``take`` for a caller that already holds the budget lock."""
@@ -62,6 +71,11 @@ class BudgetGate:
         # Stale trials only appear after a grace period of several heartbeats: checking once per
         # heartbeat interval finds them as early, at a fraction of the cost per trial.
         if now - self.last_stale_check >= self.interval:
+            patience = getattr(self._backend, "patience", None)
+            if patience is not None and patience.down_within(float(self._backend.grace_period or 0)):
+                # After an outage every heartbeat is old, the live owners' too: failing their trials
+                # now would retry every trial of the study. Checked again once they beat again.
+                return
             optuna.storages.fail_stale_trials(self.study)
             self.last_stale_check = now
 
@@ -85,10 +99,10 @@ class BudgetGate:
             self._popped = trial_id is not None
             if trial_id is None:
                 trial_id = self.storage.create_new_trial(self.study._study_id)
-            if self.interval:
+            if self.interval and not self._beats_when_taken:
                 # Beat at once: a trial whose worker dies before its heartbeat thread starts (in the
-                # sampler, say) is then failed as stale and retried; without a beat no stale check
-                # ever finds it, and the study would wait for it forever.
+                # sampler, say) is then failed as stale and retried. sweep.rdb's storage writes this
+                # beat with the trial, in one transaction (Optuna's own writes it just after).
                 self.storage.record_heartbeat(trial_id)
             return Decision.RUN, trial_id
         if running:

@@ -34,11 +34,12 @@ from sweep.objective import (
     run_trial,
     set_threads,
 )
+from sweep.outage import DatabaseUnavailable, Patience, patience_s
 from sweep.search import build_pruner, build_sampler
 from sweep.service.common import ServiceError, cache_dir, load_spec_of, quiet_optuna, resolve_device, resolve_study_name
 from sweep.service.gate import BudgetGate, Decision
 from sweep.spec import StudySpec
-from sweep.storage import artifact_store, open_storage, retry_on_locked
+from sweep.storage import artifact_store, open_storage, patiently, retry_on_locked
 from sweep.tracking import tracked
 
 
@@ -79,7 +80,6 @@ def run_worker(
     threads: int | None = None,
     stop: StopFlag | None = None,
     events: WorkerEvents | None = None,
-    wait_s: float = 30.0,
     poll_s: float = 5.0,
     artifacts: str | None = None,
     wait_paused: bool = False,
@@ -88,12 +88,14 @@ def run_worker(
 
     ``artifacts`` is where epoch checkpoints go (see ``sweep.storage.artifact_store``). While the
     study is paused (``sweep pause``) the worker hands its trial back after the current epoch and
-    returns, or with ``wait_paused`` polls every ``poll_s`` until ``sweep resume``.
+    returns, or with ``wait_paused`` polls every ``poll_s`` until ``sweep resume``. An unreachable
+    database is waited out for SWEEP_DB_PATIENCE (sweep.outage), then DatabaseUnavailable.
     """
     quiet_optuna()
     events = events or WorkerEvents()
     stop = stop or StopFlag()
-    storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
+    patience = Patience(patience_s(), say=events.message, stop=stop.event)
+    storage = open_storage(storage_url, heartbeat=True, create=False, patience=patience)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
     device = _worker_device(device, threads, events)
@@ -329,8 +331,8 @@ class TrialRunner:
         study = self.study
         # After the tell: the top K are read from the database (see sweep.kept).
         try:
-            retry_on_locked(lambda: reconcile(self.storage, study._study_id, study.study_name, self.artifacts,
-                                              self.spec.checkpoint.keep_best))
+            patiently(self.storage, lambda: retry_on_locked(lambda: reconcile(
+                self.storage, study._study_id, study.study_name, self.artifacts, self.spec.checkpoint.keep_best)))
         except Exception as exc:  # noqa: BLE001 - the result is told; the next completion reconciles
             self.progress.message(f"trial {trial.number}: kept models not updated ({type(exc).__name__}: {exc})")
 
@@ -350,6 +352,8 @@ class TrialRunner:
             except KeyboardInterrupt:
                 self._tell(trial, state=TrialState.FAIL)
                 raise
+            except DatabaseUnavailable:
+                raise  # nothing can be told: the trial stays RUNNING, a peer fails it and retries it
             except Exception as exc:  # outside training (sampling, the storage): no fail_reason recorded
                 if lost_to_a_peer(exc) or self._tell(trial, state=TrialState.FAIL) is None:
                     return LOST

@@ -1,6 +1,6 @@
 # Vendored from Optuna (https://github.com/optuna/optuna) tests/storages_tests/test_heartbeat.py, commit 1d8ce7bb6f3c
 # (version 5.0.0.dev) by scripts/vendor-optuna-tests. Copyright (c) 2018 Preferred Networks, Inc.,
-# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; the racing peers of test_fail_stale_trials_with_race_condition are SweepRDBStorage too; run on the uncached modes only (a study wraps them in Optuna's cache layer itself).
+# MIT licence: tests/optuna_conformance/LICENSE.optuna. Changes for sweep: storages from supplier.py (SweepRDBStorage on SQLite and PostgreSQL) instead of optuna.testing.storages; the racing peers of test_fail_stale_trials_with_race_condition are SweepRDBStorage too; test_fail_stale_trials xfails (strict): a trial is born beaten and one without a beat goes stale; run on the uncached modes only (a study wraps them in Optuna's cache layer itself).
 from __future__ import annotations
 
 import itertools
@@ -26,6 +26,11 @@ from .supplier import sweep_rdb_storage
 from optuna.testing.threading import _TestableThread
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+
+
+NO_BEAT_IS_STALE = (
+    'sweep differs on purpose: a trial is created with its first heartbeat, and a RUNNING trial without one is stale after the grace period too (storage/README.md)'
+)
 
 
 @pytest.mark.parametrize("storage_mode", STORAGE_MODES_HEARTBEAT)
@@ -233,6 +238,7 @@ def test_retry_heartbeat_stale_trial_callback_intermediate(
             assert study.trials[0].intermediate_values == study.trials[1].intermediate_values
 
 
+@pytest.mark.xfail(strict=True, reason=NO_BEAT_IS_STALE)
 @pytest.mark.parametrize("grace_period", [None, 2])
 def test_fail_stale_trials(grace_period: int | None) -> None:
     storage_mode = "sqlite"
