@@ -35,7 +35,8 @@ DEFAULT_URL = "sqlite:///storage/sweep.db"
 # Every environment variable sweep reads, shown at the end of `sweep --help`.
 ENVIRONMENT = {
     "SWEEP_STORAGE": "database URL, instead of --storage (keeps a password off command lines)",
-    "SWEEP_ARTIFACTS": "folder for checkpoints and kept models, instead of --artifacts (shared by workers)",
+    "SWEEP_ARTIFACTS": "checkpoints and kept models: a folder or s3://bucket/prefix, instead of --artifacts",
+    "AWS_ENDPOINT_URL": "with s3:// artifacts: an S3-compatible endpoint (MinIO, Ceph, R2); AWS_* credentials too",
     "SWEEP_CACHE_DIR": "decoded-image cache (default storage/cache)",
     "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
     "SWEEP_GRACE_PERIOD": "seconds without a heartbeat before a trial counts as dead (default 30)",
@@ -106,7 +107,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document 
 StoredArtifactsOpt = Annotated[
     str | None,
     typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
-                 help="The folder the workers stored checkpoints and models in (default: storage/artifacts)."),
+                 help="Where the workers stored checkpoints and models: a folder (default: storage/artifacts) "
+                      "or s3://bucket/prefix."),
 ]
 
 
@@ -329,7 +331,8 @@ def worker(
         typer.Option(
             "--artifacts",
             envvar="SWEEP_ARTIFACTS",
-            help="Folder for epoch checkpoints, shared by all workers (default: storage/artifacts).",
+            help="Checkpoints and kept models, shared by all workers: a folder (default: storage/artifacts) or "
+            "s3://bucket/prefix (endpoint and credentials from the AWS environment).",
             show_default=False,
         ),
     ] = None,

@@ -180,13 +180,13 @@ class Checkpoints:
         import torch
         from optuna.artifacts import upload_artifact
 
+        from sweep.artifacts import location_of
+
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial{self.trial.number}-final.pt")
             torch.save(payload, path)
             artifact_id = upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
-        base = getattr(self.store, "_base_path", None)  # FileSystemArtifactStore: say where the file is
-        where = os.path.abspath(os.path.join(base, artifact_id)) if base else None
-        record = {"artifact_id": artifact_id, "path": where}
+        record = {"artifact_id": artifact_id, "path": location_of(self.store, artifact_id)}
         self.trial.set_user_attr(FINAL_MODEL_ATTR, record)
         return record
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, write_tiny_spec
+from helpers import held_worker_env, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -48,21 +48,6 @@ def _create(tmp_path: Path, *sets: str, url: str | None = None, **kw: object) ->
     subprocess.run([str(SWEEP), *args], cwd=tmp_path, env=_env(tmp_path), check=True, capture_output=True)
 
 
-def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 300) -> str:
-    """Read the process output until ``needle`` appears."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return "".join(seen)
-    raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")
-
-
 @pytest.mark.pgbouncer
 def test_two_worker_processes_finish_a_shared_budget_exactly(tmp_path: Path, storage_url: str) -> None:
     _create(tmp_path, n_trials=5, epochs=1, url=storage_url)
@@ -88,7 +73,7 @@ def test_supervisor_runs_cpu_workers(tmp_path: Path) -> None:
 def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> None:
     _create(tmp_path, "data.subset=400", n_trials=1, epochs=3)
     proc = _sweep(tmp_path, "worker", "--threads", "1")
-    _wait_for(proc, "epoch 1/3")
+    wait_for_line(proc, "epoch 1/3")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
@@ -128,7 +113,7 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, stor
     # machine lets this test read the study (the survivor runs without the hold).
     held, _ = held_worker_env(tmp_path)
     victim = _sweep(tmp_path, "worker", "--threads", "1", **held, **fast)
-    _wait_for(victim, "epoch 1/4")
+    wait_for_line(victim, "epoch 1/4")
     deadline = time.monotonic() + 60  # the epoch-1 checkpoint is stored just after the line is printed
     while not _study(tmp_path).trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
         time.sleep(0.05)

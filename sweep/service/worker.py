@@ -86,10 +86,10 @@ def run_worker(
     storage = open_storage(storage_url, heartbeat=True, wait_s=wait_s, create=False)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
+    store = artifact_store(storage_url, artifacts)  # a missing bucket fails before any data is loaded
     device = _worker_device(device, threads, events)
     data = _worker_data(spec, storage_url, events)
     study = _worker_study(name, storage, spec)
-    store = artifact_store(storage_url, artifacts)
     summary = WorkerSummary(study=name, device=device)
     gate = BudgetGate(study, spec)
     runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
