@@ -180,7 +180,7 @@ class Checkpoints:
         import torch
         from optuna.artifacts import upload_artifact
 
-        from sweep.artifacts import location_of
+        from sweep.objectstore import location_of
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial{self.trial.number}-final.pt")

@@ -34,7 +34,7 @@ from sweep.errors import env_int
 from sweep.rdb import SweepRDBStorage
 
 if TYPE_CHECKING:  # optuna.artifacts imports boto3 when installed: only commands that store files pay
-    from sweep.artifacts import ArtifactStore
+    from sweep.objectstore import ArtifactStore
 
 DEFAULT_URL = "sqlite:///storage/sweep.db"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
@@ -489,7 +489,7 @@ def artifact_store(storage_url: str, location: str | None = None) -> ArtifactSto
 
     Workers on several machines need a location they all see: object storage, or an NFS path.
     """
-    from sweep.artifacts import ArtifactLocationError, open_store
+    from sweep.objectstore import ArtifactLocationError, open_store
 
     where = location or os.environ.get("SWEEP_ARTIFACTS")
     if not where:

@@ -22,7 +22,7 @@ from conftest import S3_KEYS
 from helpers import held_worker_env, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 
-from sweep.artifacts import S3ArtifactStore, describe, location_of, present
+from sweep.objectstore import S3ArtifactStore, describe, location_of, present
 from sweep.storage import StorageError, artifact_store, open_storage
 
 pytestmark = pytest.mark.s3
@@ -50,6 +50,8 @@ def test_objects_go_under_the_prefix_and_come_back(s3_bucket: str, tmp_path: Pat
     # One listing says what is left: objects of another prefix in the same bucket are not this store's.
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="team/other/x", Body=b"")
     assert present(store, [artifact_id, "gone"]) == {artifact_id}
+    ((listed, age),) = store.listing().items()  # with its age: what an orphan sweep needs
+    assert listed == artifact_id and 0 <= age < 600
     store.remove(artifact_id)
     assert present(store, [artifact_id]) == set() and _keys(s3_bucket) == ["team/other/x"]
     with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):

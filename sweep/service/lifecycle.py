@@ -117,7 +117,7 @@ def delete_study(storage_url: str, name: str, *, yes: bool, artifacts: str | Non
     from optuna.artifacts import get_all_artifact_meta
     from optuna.trial import TrialState
 
-    from sweep.artifacts import present
+    from sweep.objectstore import present
     from sweep.storage import artifact_store
 
     quiet_optuna()

@@ -101,8 +101,8 @@ def export_trial(
 def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
     from optuna.artifacts import download_artifact
 
-    from sweep.artifacts import describe
     from sweep.export import read_payload
+    from sweep.objectstore import describe
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.pt")

@@ -1,4 +1,4 @@
-"""Where checkpoints and kept models live: a folder, or object storage (``s3://bucket/prefix``).
+"""Where checkpoints and kept models live: a folder, or S3-compatible object storage (``s3://bucket/prefix``).
 
 Object storage goes through Optuna's ``Boto3ArtifactStore`` (boto3: ``pip install 'sweep[s3]'``); its
 endpoint and credentials come from the standard AWS environment and config files only
@@ -9,6 +9,7 @@ nothing secret is ever part of a location sweep stores in the database or prints
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -71,13 +72,18 @@ class S3ArtifactStore(Boto3ArtifactStore):
     def remove(self, artifact_id: str) -> None:
         super().remove(self.key(artifact_id))
 
-    def stored_ids(self) -> set[str]:
-        """The artifact ids under the prefix: one listing request per 1,000 objects."""
+    def listing(self) -> dict[str, float]:
+        """Every artifact under the prefix and its age in seconds: one request per 1,000 objects. What an
+        orphan sweep or a removal asks instead of a request per artifact id."""
         start = f"{self.prefix}/" if self.prefix else ""
-        ids: set[str] = set()
+        now = time.time()
+        found: dict[str, float] = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
-            ids.update(obj["Key"][len(start) :] for obj in page.get("Contents", ()))
-        return {i for i in ids if i and "/" not in i}
+            for obj in page.get("Contents", ()):
+                artifact_id = obj["Key"][len(start) :]
+                if artifact_id and "/" not in artifact_id:  # deeper keys belong to longer prefixes
+                    found[artifact_id] = now - obj["LastModified"].timestamp()
+        return found
 
     def check(self) -> None:
         """Fail now, on one line, when the bucket cannot be used (before a worker trains an epoch)."""
@@ -146,5 +152,5 @@ def present(store: Any, ids: Iterable[str]) -> set[str]:
     folder every id (a failing unlink costs a syscall)."""
     wanted = set(ids)
     if isinstance(store, S3ArtifactStore) and wanted:
-        return wanted & store.stored_ids()
+        return wanted & store.listing().keys()
     return wanted
