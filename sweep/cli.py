@@ -36,6 +36,7 @@ DEFAULT_URL = "sqlite:///storage/sweep.db"
 ENVIRONMENT = {
     "SWEEP_STORAGE": "database URL, instead of --storage (keeps a password off command lines)",
     "SWEEP_ARTIFACTS": "checkpoints and kept models: a folder or s3://bucket/prefix, instead of --artifacts",
+    "SWEEP_SIGNAL_EXIT": "exit code of a worker a signal stopped, instead of --signal-exit (Kubernetes: 143)",
     "AWS_ENDPOINT_URL": "with s3:// artifacts: an S3-compatible endpoint (MinIO, Ceph, R2); AWS_* credentials too",
     "SWEEP_CACHE_DIR": "decoded-image cache (default storage/cache)",
     "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
@@ -339,6 +340,17 @@ def worker(
     wait: Annotated[
         bool, typer.Option("--wait", help="While the study is paused (sweep pause), stay and poll instead of exiting.")
     ] = False,
+    signal_exit: Annotated[
+        int,
+        typer.Option(
+            "--signal-exit",
+            envvar="SWEEP_SIGNAL_EXIT",
+            min=0,
+            max=255,
+            help="Exit code after a signal made this worker hand its trial back (default 0). Kubernetes: 143, "
+            "so that a preempted pod counts as failed and its index is started again.",
+        ),
+    ] = 0,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Pull trials from the study and run them until its budget is spent.
@@ -361,11 +373,13 @@ def worker(
         console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
         raise typer.Exit(supervise(plan.slots, plan.child_args,
                                    log=lambda m: console.print(m, highlight=False)))
-    _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait)
+    _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait,
+                         signal_exit=signal_exit)
 
 
 def _run_in_this_process(
-    plan: WorkerPlan, study: str | None, storage: str, *, n_trials: int | None, artifacts: str | None, wait: bool
+    plan: WorkerPlan, study: str | None, storage: str, *, n_trials: int | None, artifacts: str | None, wait: bool,
+    signal_exit: int = 0,
 ) -> None:
     """One worker here: its display, its stop handlers, the run, the one-line summary, the exit code."""
     plan.pin_here()
@@ -406,6 +420,10 @@ def _run_in_this_process(
         from sweep.workers import EXIT_DEVICE_LOST
 
         raise typer.Exit(EXIT_DEVICE_LOST)  # a fresh process gets a fresh CUDA context: restart me
+    if summary.stopped and signal_exit:
+        # Work is left (the trial just handed back): an engine that reads 0 as "this worker's work is
+        # done" (a Kubernetes Job's index) must start it again.
+        raise typer.Exit(signal_exit)
 
 
 # --------------------------------------------------------------------------- report

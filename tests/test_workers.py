@@ -105,6 +105,25 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
     assert [p.name for p in (tmp_path / "artifacts").iterdir()] == [kept[0]["artifact_id"]]
 
 
+def test_signal_exit_code_only_when_a_signal_stopped_the_worker(tmp_path: Path) -> None:
+    """SWEEP_SIGNAL_EXIT (Kubernetes: 143): a preempted worker must not look done, a finished one must."""
+    _create(tmp_path, n_trials=1, epochs=3)
+    held, hold = held_worker_env(tmp_path)
+    proc = _sweep(tmp_path, "worker", "--threads", "1", SWEEP_SIGNAL_EXIT="143", **held)
+    wait_for_line(proc, "epoch 1/3")
+    proc.send_signal(signal.SIGTERM)
+    wait_for_line(proc, "stopping after the current epoch")
+    hold.unlink()
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out
+    first, retry = _study(tmp_path).trials
+    assert first.user_attrs["fail_reason"] == "stopped" and retry.state == TrialState.WAITING
+    done = _sweep(tmp_path, "worker", "--threads", "1", SWEEP_SIGNAL_EXIT="143")
+    out = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, out
+    assert _study(tmp_path).trials[1].state == TrialState.COMPLETE
+
+
 @pytest.mark.pgbouncer
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, storage_url: str) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
