@@ -13,6 +13,7 @@ storage/README.md recommends for many workers.
 ``s3_endpoint`` is a real S3-compatible server on 127.0.0.1 for the session (moto's standalone server,
 ``moto[server]`` from the test extra); ``s3_bucket`` points the AWS environment at it and makes a fresh
 bucket. Without moto those tests are skipped locally and fail in CI, like the PostgreSQL ones.
+``slurm_conf`` is a throwaway single-node Slurm (``scripts/slurm-test-cluster``), the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
 PGBOUNCER = ROOT / "scripts" / "pgbouncer-test"
+SLURM_CLUSTER = ROOT / "scripts" / "slurm-test-cluster"
 INSTALL_HINT = "apt-get install -y postgresql"
 BACKENDS = [
     "sqlite",
@@ -153,6 +155,19 @@ def pgbouncer_url(pg_url: str) -> Iterator[str]:
     if shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists():
         _missing("PgBouncer is not installed (run: apt-get install -y pgbouncer)")
     yield from _started(PGBOUNCER, "sweep-pgbouncer-", [pg_url])
+
+
+@pytest.fixture(scope="session")
+def slurm_conf() -> Iterator[str]:
+    """The slurm.conf of a throwaway single-node Slurm for this session (scripts/slurm-test-cluster:
+    Debian's slurmctld, slurmd and munge; slurmd must run as root): export it as SLURM_CONF."""
+    if not all(Path(f"/usr/sbin/{d}").exists() for d in ("slurmctld", "slurmd", "munged")) or not shutil.which(
+        "sbatch"
+    ):
+        _missing("Slurm is not installed (run: apt-get install -y slurmctld slurmd slurm-client munge)")
+    if os.geteuid() != 0:
+        _missing("the throwaway Slurm needs root (slurmd starts every job's processes)")
+    yield from _started(SLURM_CLUSTER, "sweep-slurm-", [])
 
 
 @pytest.fixture(params=BACKENDS)

@@ -321,10 +321,15 @@ def test_slurm_array_is_valid_bash_one_gpu_per_task() -> None:
     subprocess.run(["bash", "-n", str(SLURM)], check=True)
     text = SLURM.read_text()
     sbatch = dict(
-        line.removeprefix("#SBATCH ").split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --")
+        line.removeprefix("#SBATCH ").partition("=")[::2] for line in text.splitlines() if line.startswith("#SBATCH --")
     )
+    assert "--requeue" in sbatch and sbatch["--signal"].startswith("TERM@"), "preempted and timed-out tasks hand back"
     assert "--array" in sbatch
     assert sbatch.get("--gres") == "gpu:1" or sbatch.get("--gpus-per-task") == "1"
+
+
+# What the Slurm script's variables hold by default (deploy/slurm-array.sh sets them; others become "4").
+SHELL_DEFAULTS = {"1": "lr-freeze", "study": "lr-freeze", "device": "cuda"}
 
 
 def _sweep_invocations(text: str, comments: bool = True) -> list[list[str]]:
@@ -337,8 +342,8 @@ def _sweep_invocations(text: str, comments: bool = True) -> list[list[str]]:
                 continue
             line = line.lstrip("#").strip()
         for match in re.finditer(r"(?:^|[\s`(])sweep ((?:create|worker|report|status|list|rerun|bench)\b[^`]*)", line):
-            body = _interpolate(match.group(1).split(" #", 1)[0])
-            body = re.sub(r"\$\{?(\w+)\}?", lambda m: "lr-freeze" if m.group(1) in ("1", "study") else "4", body)
+            body = _interpolate(match.group(1).split(" #", 1)[0]).rstrip().removesuffix("&")  # run in the background
+            body = re.sub(r"\$\{?(\w+)\}?", lambda m: SHELL_DEFAULTS.get(m.group(1), "4"), body)
             out.append(shlex.split(body))
     return out
 
@@ -350,7 +355,9 @@ def test_slurm_uses_the_gpu_slurm_gave_it() -> None:
         params = parse_cli(args)
         # --gpu N would overwrite the CUDA_VISIBLE_DEVICES Slurm set for this task.
         assert params["device"] == "cuda" and not params["gpu"]
-    assert re.search(r"\bsrun\b.*\bsweep worker\b", SLURM.read_text()), "--signal reaches job steps only: use srun"
+    text = SLURM.read_text()
+    assert re.search(r"\bsrun\b.*\\\n\s*sweep worker\b", text), "--signal reaches job steps only: use srun"
+    assert "device=${SWEEP_DEVICE:-cuda}\n" in text, "a GPU worker unless told otherwise"
 
 
 # --------------------------------------------------------------------------- README + secrets
