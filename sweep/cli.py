@@ -370,6 +370,8 @@ def worker(
     if plan.slots:
         from sweep.workers import supervise
 
+        if signal_exit:  # the children decide it: each is stopped by the signal the supervisor passes on
+            os.environ["SWEEP_SIGNAL_EXIT"] = str(signal_exit)
         console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
         raise typer.Exit(supervise(plan.slots, plan.child_args,
                                    log=lambda m: console.print(m, highlight=False)))

@@ -124,6 +124,20 @@ def test_signal_exit_code_only_when_a_signal_stopped_the_worker(tmp_path: Path) 
     assert _study(tmp_path).trials[1].state == TrialState.COMPLETE
 
 
+def test_signal_exit_code_reaches_supervised_workers(tmp_path: Path) -> None:
+    _create(tmp_path, n_trials=2, epochs=3)
+    held, hold = held_worker_env(tmp_path)
+    proc = _sweep(tmp_path, "worker", "--device", "cpu", "--workers", "2", "--signal-exit", "143", **held)
+    wait_for_line(proc, "epoch 1/3")
+    wait_for_line(proc, "epoch 1/3")  # both children are in a trial
+    proc.send_signal(signal.SIGTERM)
+    wait_for_line(proc, "stopping after the current epoch")
+    hold.unlink()
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out
+    assert sum(t.state == TrialState.WAITING for t in _study(tmp_path).trials) == 2  # both handed back
+
+
 @pytest.mark.pgbouncer
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, storage_url: str) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
