@@ -60,6 +60,10 @@ class S3ArtifactStore(Boto3ArtifactStore):
     def __str__(self) -> str:
         return f"{S3}{self.bucket}/{self.prefix}".rstrip("/")
 
+    @property
+    def _start(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
     def key(self, artifact_id: str) -> str:
         return f"{self.prefix}/{artifact_id}" if self.prefix else artifact_id
 
@@ -75,7 +79,7 @@ class S3ArtifactStore(Boto3ArtifactStore):
     def listing(self) -> dict[str, float]:
         """Every artifact under the prefix and its age in seconds: one request per 1,000 objects. What an
         orphan sweep or a removal asks instead of a request per artifact id."""
-        start = f"{self.prefix}/" if self.prefix else ""
+        start = self._start
         now = time.time()
         found: dict[str, float] = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
@@ -90,7 +94,9 @@ class S3ArtifactStore(Boto3ArtifactStore):
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            # A listing of the prefix, not HeadBucket: it is what the store needs (``listing``), and a
+            # policy that grants the prefix alone denies HeadBucket.
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._start, MaxKeys=1)
         except NoCredentialsError:
             raise ArtifactLocationError(
                 f"--artifacts {self}: no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
