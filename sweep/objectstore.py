@@ -37,7 +37,9 @@ def parse_s3(location: str) -> tuple[str, str]:
             "--artifacts: an s3:// location takes no credentials; set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
         )
-    if not parts.netloc or parts.query or parts.fragment:
+    if parts.query or parts.fragment:  # not echoed either: a query may carry a token
+        raise ArtifactLocationError("--artifacts: an s3:// location has no ?query or #fragment; use s3://bucket/prefix")
+    if not parts.netloc:
         raise ArtifactLocationError(f"--artifacts {location!r}: expected s3://bucket or s3://bucket/prefix")
     return parts.netloc, parts.path.strip("/")
 

@@ -64,6 +64,7 @@ def test_unusable_locations_are_refused_in_one_line(s3_bucket: str, monkeypatch:
         ("s3://no-such-bucket-here/x", "s3://no-such-bucket-here/x: the bucket does not exist"),
         (f"s3://AKIAKEY:{S3_KEYS['AWS_SECRET_ACCESS_KEY']}@{s3_bucket}/x", "an s3:// location takes no credentials"),
         ("s3:///x", "expected s3://bucket or s3://bucket/prefix"),
+        (f"s3://{s3_bucket}/x?token=abc", "has no \\?query"),
         ("gs://bucket/x", "use a folder or s3://bucket/prefix"),
     ):
         with pytest.raises(StorageError, match=why):
