@@ -6,31 +6,25 @@ fix print one line on stderr and exit with code 2 — never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import os
 import signal
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from sweep.show import short
-from sweep.spec import ARCHS, PRECISIONS, STEMS
+from sweep.spec import PRECISIONS
+from sweep.terminal import DEFAULT_URL, StorageOpt, console, err_console, fail, styled, user_errors
 
 if TYPE_CHECKING:  # the service (Optuna, SQLAlchemy) is imported by the commands that use it
     from sweep.service import WorkerPlan
-
-# sweep.storage's DEFAULT_URL (tests/test_cli.py holds them equal), not imported: `python -m sweep bench
-# train` must start where only PyTorch is installed (scripts/gpu-bench on the GPU machine: no Optuna, no
-# SQLAlchemy), and sweep.storage imports both.
-DEFAULT_URL = "sqlite:///storage/sweep.db"
 
 # Every environment variable sweep reads, shown at the end of `sweep --help`.
 ENVIRONMENT = {
@@ -42,6 +36,7 @@ ENVIRONMENT = {
     "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
     "SWEEP_GRACE_PERIOD": "seconds without a heartbeat before a trial counts as dead (default 30)",
     "SWEEP_WORKER_LABEL": "prefix of a worker's output lines (set by the supervisor for its children)",
+    "SWEEP_SUPERVISED": "set by the supervisor for its children: the group's Ctrl-C reaches them as one SIGTERM",
     "SWEEP_DEVICE": "device of `sweep bench live`",
     "SWEEP_BENCH_PG_URL": "PostgreSQL of `sweep bench storage|scale` (default: a throwaway cluster)",
     "SWEEP_CHROMIUM": "browser of `sweep bench report` (default: chromium on PATH)",
@@ -56,32 +51,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Measurements, each against its baseline in the same run.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
 specs_app = typer.Typer(help="The study specs SPEC can name: ./studies/*.toml and the ones shipped with sweep.")
 app.add_typer(specs_app, name="specs")
 
-# Markup off: study names, params, paths and error messages are whatever users typed or files held
-# ("[/]" would end in a MarkupError, "[red]x" would print as "x"). Styles go through Text, never markup.
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
-
-
-def _styled(label: str, style: str, rest: str) -> Text:
-    """``label`` in ``style``, then ``rest`` as it is."""
-    return Text.assemble((label, style), rest)
 
 FORCE_HELP = "Replace an existing export folder whole (refused when it holds other files)."
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")]
-StorageOpt = Annotated[
-    str,
-    typer.Option(
-        "--storage",
-        envvar="SWEEP_STORAGE",
-        help="Database URL shared by all workers: sqlite:///path.db or postgresql+psycopg://user:pw@host/db.",
-        show_default=True,
-    ),
-]
 
 
 def _version(value: bool) -> None:
@@ -117,22 +91,7 @@ def _json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, default=str))
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(_styled("error:", "bold red", f" {message}"), highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into one line on stderr and exit code 2."""
-    from sweep.service import ServiceError
-    from sweep.spec import SpecError
-    from sweep.storage import StorageError
-
-    try:
-        yield
-    except (SpecError, StorageError, ServiceError) as exc:
-        raise _fail(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- create
@@ -164,10 +123,10 @@ def create(
     from sweep.service import create_study
     from sweep.storage import mask_url
 
-    with _user_errors():
+    with user_errors():
         result = create_study(spec, name=name, overrides=set_ or [], storage_url=storage, warm_start=warm_start)
     for warning in result.warnings:
-        err_console.print(_styled("warning:", "yellow", f" {warning}"), highlight=False)
+        err_console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     where = mask_url(storage)
     if as_json:
         _json({"study": result.name, "created": result.created, "storage": where, "n_trials": result.spec.n_trials,
@@ -219,12 +178,10 @@ def specs_show(
     spec: Annotated[str, typer.Argument(help="A spec name (sweep specs) or a path to a .toml file.")],
 ) -> None:
     """Print a spec's TOML, to start a new spec from: sweep specs show lr-freeze > studies/mine.toml."""
-    from sweep.spec import SpecError, find_spec_file
+    from sweep.spec import find_spec_file
 
-    try:
+    with user_errors():
         path = find_spec_file(spec)
-    except SpecError as exc:
-        raise _fail(str(exc)) from None
     print(path.read_text(encoding="utf-8"), end="")
 
 
@@ -280,17 +237,28 @@ class _WorkerDisplay:
         console.print(text, highlight=False, soft_wrap=True)
 
 
-def _install_stop_handlers(stop: Any, display: _WorkerDisplay) -> None:
-    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now."""
+def _install_stop_handlers(stop: Any, display: _WorkerDisplay, *, supervised: bool) -> None:
+    """First SIGTERM/SIGINT: finish the epoch, hand the trial back, exit 0. Second: exit now.
+
+    ``supervised`` (a child of ``sweep worker --workers/--gpus``): SIGINT stays ignored (a terminal's
+    Ctrl-C reaches the supervisor too, which forwards a SIGTERM) and a repeated SIGTERM is the same stop;
+    the supervisor kills its children when the user insists (sweep.workers).
+    """
 
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
+            if supervised:
+                return
             display.message("second signal: exiting now")
             os._exit(128 + signum)
         stop.set()
-        display.message("stopping after the current epoch (the trial goes back to the queue); signal again to exit now")
+        text = "stopping after the current epoch (the trial goes back to the queue)"
+        # From a thread of its own: the handler may interrupt a print of the main thread, and rich's
+        # buffer is per thread, so a print nested in that one could be lost.
+        threading.Thread(target=display.message, args=(text + ("" if supervised else "; signal again to exit now"),),
+                         daemon=True).start()
 
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -363,7 +331,7 @@ def worker(
     """
     from sweep.service import plan_workers
 
-    with _user_errors():
+    with user_errors():
         plan = plan_workers(study, storage_url=storage, gpu=gpu or [], all_gpus=gpus is GpuSet.all, per_gpu=per_gpu,
                             device=device, workers=workers, threads=threads, n_trials=n_trials,
                             artifacts=artifacts, wait_paused=wait)
@@ -390,9 +358,10 @@ def _run_in_this_process(
     display = _WorkerDisplay(label)
     from sweep.objective import StopFlag
     from sweep.service import WorkerEvents, run_worker
+    from sweep.workers import SUPERVISED_ENV
 
     stop = StopFlag()
-    _install_stop_handlers(stop, display)
+    _install_stop_handlers(stop, display, supervised=os.environ.get(SUPERVISED_ENV) == "1")
     events = WorkerEvents(
         message=display.message,
         trial_started=display.trial_started,
@@ -400,7 +369,7 @@ def _run_in_this_process(
         trial_finished=display.trial_finished,
     )
     started = time.time()
-    with _user_errors(), display.progress:
+    with user_errors(), display.progress:
         summary = run_worker(
             study,
             storage_url=storage,
@@ -413,11 +382,24 @@ def _run_in_this_process(
             wait_paused=wait,
         )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
+    if summary.lost:
+        counts += f", {summary.lost} failed meanwhile by a peer (retried there)"
     how = ("stopped" if summary.stopped else "lost its GPU" if summary.device_lost
-           else "paused" if summary.paused else "done")
+           else "paused" if summary.paused else "tripped" if summary.tripped
+           else "out of disk" if summary.disk_full else "done")
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
+    if summary.tripped:
+        from sweep.service import BREAKER_TRIPS
+
+        raise fail(f"{BREAKER_TRIPS} trials in a row failed with the same error, so this worker takes no more "
+                   f"(restarting it would fail more of the budget): {summary.tripped}")
+    if summary.disk_full:
+        from sweep.service import EXIT_DISK_FULL
+
+        raise fail(f"the disk of {summary.disk_full} is full: this worker takes no more trials (the rest of the "
+                   "budget is left); free space there and start it again", EXIT_DISK_FULL)
     if summary.device_lost:
         from sweep.workers import EXIT_DEVICE_LOST
 
@@ -455,7 +437,7 @@ def report(
     from sweep.service import write_report
 
     while True:
-        with _user_errors():
+        with user_errors():
             path = write_report(
                 studies or [],
                 storage_url=storage,
@@ -492,7 +474,7 @@ def status(
     """Show one study: trials by state, best value and params, running trials."""
     from sweep.service import status_of
 
-    with _user_errors():
+    with user_errors():
         st = status_of(storage, study)
     if as_json:
         _json(_status_json(st))
@@ -522,8 +504,8 @@ def status(
         for col in ("trial", "host", "device", "epoch", "last val acc"):
             run.add_column(col)
         for r in st.running:
-            acc = f"{r['last_acc']:.4f}" if r["last_acc"] is not None else "-"
-            run.add_row(str(r["number"]), str(r["host"]), str(r["device"]), str(r["epoch"]), acc)
+            acc = f"{r.last_acc:.4f}" if r.last_acc is not None else "-"
+            run.add_row(str(r.number), r.host, r.device, str(r.epoch), acc)
         console.print(run)
 
 
@@ -536,7 +518,7 @@ def _status_json(st: Any) -> dict[str, Any]:
         "best_value": st.best_value,
         "best_params": st.best_params,
         "best_number": st.best_number,
-        "running": [{k: v for k, v in r.items() if k != "started"} for r in st.running],
+        "running": [r.to_json() for r in st.running],
         "state": st.state.value,
         "kept_models": [k.to_json() for k in st.kept],
         "cost": st.cost.to_json() if st.cost is not None else None,
@@ -565,7 +547,7 @@ def list_(as_json: JsonFlag = False, storage: StorageOpt = DEFAULT_URL) -> None:
     """List the studies in the storage with their progress and best value."""
     from sweep.service import list_statuses
 
-    with _user_errors():
+    with user_errors():
         statuses = list_statuses(storage)
     if as_json:
         _json([_status_json(st) for st in statuses])
@@ -615,7 +597,7 @@ def rerun(
     def show(epoch: int, epochs: int, acc: float) -> None:
         console.print(f"epoch {epoch}/{epochs}: val_acc={acc:.4f}", highlight=False)
 
-    with _user_errors():
+    with user_errors():
         r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show,
                         precision=precision.value if precision is not None else None, export=export, force=force)
     table = Table(
@@ -653,7 +635,7 @@ def export(
     """Export a kept model: a torch.export program, a torchvision state dict and model.json."""
     from sweep.service import export_trial
 
-    with _user_errors():
+    with user_errors():
         r = export_trial(study, trial, output, storage_url=storage, artifacts=artifacts, force=force)
     if as_json:
         _json({"study": r.study, "trial": r.number, "value": r.value, "output": str(output.resolve()),
@@ -683,12 +665,12 @@ def predict(
     from sweep.export import Prediction
     from sweep.service import predict as run_predict
 
-    with _user_errors():
+    with user_errors():
         results = run_predict(model_dir, inputs, k=top, threads=threads)
     bad = [r for r in results if not isinstance(r, Prediction)]
     good = [r for r in results if isinstance(r, Prediction)]
     for r in bad:
-        err_console.print(_styled("error:", "bold red", f" {r.path}: {r.reason}"), highlight=False,
+        err_console.print(styled("error:", "bold red", f" {r.path}: {r.reason}"), highlight=False,
                           soft_wrap=True)
     if as_json:
         print(json.dumps([{"path": r.path, "top": [{"class": c, "probability": p} for c, p in r.top]}
@@ -725,7 +707,7 @@ def enqueue(
     """
     from sweep.service import enqueue_trial
 
-    with _user_errors():
+    with user_errors():
         r = enqueue_trial(storage, study, param)
     if as_json:
         _json({"study": r.study, "params": r.params, "queued": r.queued, "n_trials": r.n_trials})
@@ -746,6 +728,36 @@ def _said(r: Any, what: str, as_json: bool) -> None:
     console.print(f"study {r.study}: {what}; now {r.state.value}, budget {r.n_trials} trials", highlight=False)
 
 
+@app.command("clean-artifacts")
+def clean_artifacts(
+    artifacts: Annotated[
+        str | None,
+        typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", help="The workers' artifact folder (default: "
+                     "storage/artifacts).", show_default=False),
+    ] = None,
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0, help="Only files older than this many seconds.")
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Remove artifact files no trial refers to: checkpoints of crashed workers, writes cut off by a full disk.
+
+    Only files this storage's trials stored are judged, so a folder shared with another storage is safe.
+
+    Every worker does the same when it starts, for files older than an hour.
+    """
+    from sweep.service import clean_artifacts as clean
+
+    with user_errors():
+        result = clean(storage, artifacts=artifacts, older_than_s=older_than, dry_run=dry_run)
+    verb = "would remove" if result.dry_run else "removed"
+    for name in result.orphans.files:
+        console.print(f"  {name}", highlight=False)
+    console.print(f"{verb} {len(result.orphans.files)} files ({result.orphans.bytes / 1e6:.1f} MB) from "
+                  f"{result.folder}", highlight=False)
+
+
 @app.command()
 def pause(
     study: Annotated[str, typer.Argument(help="Study name.")],
@@ -758,7 +770,7 @@ def pause(
     """
     from sweep.service import pause_study
 
-    with _user_errors():
+    with user_errors():
         r = pause_study(storage, study)
     _said(r, f"paused ({r.running} running trials hand themselves back after their current epoch)", as_json)
 
@@ -772,7 +784,7 @@ def resume(
     """Hand trials out again; a handed-back trial resumes from its checkpoint. Start workers if none wait."""
     from sweep.service import resume_study
 
-    with _user_errors():
+    with user_errors():
         r = resume_study(storage, study)
     _said(r, "resumed", as_json)
 
@@ -789,7 +801,7 @@ def stop(
     """
     from sweep.service import stop_study
 
-    with _user_errors():
+    with user_errors():
         r = stop_study(storage, study)
     _said(r, f"stopped ({r.running} running trials checkpoint and hand themselves back after their epoch)", as_json)
 
@@ -806,7 +818,7 @@ def delete(
     """Delete a study with its trials and every checkpoint and kept model file (refused while trials run)."""
     from sweep.service import delete_study
 
-    with _user_errors():
+    with user_errors():
         r = delete_study(storage, study, yes=yes, artifacts=artifacts)
     if as_json:
         _json({"study": r.study, "trials": r.trials, "artifacts_removed": r.artifacts_removed})
@@ -824,7 +836,7 @@ def extend(
     """Set a new trial budget (never below the trials already finished, running or queued)."""
     from sweep.service import extend_study
 
-    with _user_errors():
+    with user_errors():
         r = extend_study(storage, study, n_trials)
     before = r.previous_n_trials if r.previous_n_trials is not None else r.n_trials
     _said(r, f"budget {before} -> {r.n_trials}", as_json)
@@ -833,267 +845,23 @@ def extend(
 # --------------------------------------------------------------------------- bench
 
 
-def _bench_installed() -> None:
-    """``sweep bench`` runs sweep_bench, a package of its own that the worker image leaves out."""
+def _mount_bench() -> None:
+    """``sweep bench``: sweep_bench's own sub-app where that package is installed (a checkout), else one
+    line saying it is not (the worker image ships sweep alone)."""
     import importlib.util
 
-    if importlib.util.find_spec("sweep_bench") is None:
-        raise _fail("the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; "
+    if importlib.util.find_spec("sweep_bench") is not None:
+        from sweep_bench.cli import bench_app
+
+        app.add_typer(bench_app, name="bench")
+        return
+
+    @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 add_help_option=False)
+    def bench_missing(ctx: typer.Context) -> None:
+        """Measurements (package sweep_bench: not installed here)."""
+        raise fail("the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; "
                     "run `sweep bench` from a checkout: pip install -e .")
 
 
-# The choices of the spec keys model.arch and train.stem (sweep.spec owns them).
-Arch = enum.StrEnum("Arch", {a: a for a in ARCHS})
-Stem = enum.StrEnum("Stem", {s: s for s in STEMS})
-
-
-@bench_app.command("train")
-def bench_train(
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps measured per pipeline.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
-    data_root: Annotated[
-        Path | None, typer.Option("--data-root", help="ImageFolder root with real images (default: synthetic).")
-    ] = None,
-    subset: Annotated[int, typer.Option("--subset", min=100, help="Training images used from the data.")] = 5000,
-    arch: Annotated[Arch, typer.Option("--arch", help="torchvision ResNet to train.")] = Arch.resnet18,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
-    json_path: JsonOpt = None,
-    stem: Annotated[
-        Stem, typer.Option("--stem", help="ResNet stem of both pipelines (cifar: 3x3 stride 1, no max-pool).")
-    ] = Stem.imagenet,
-    compile_model: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the engine's model (used on CUDA).")
-    ] = False,
-    compile_backend: Annotated[
-        str | None,
-        typer.Option("--compile-backend", help="torch.compile backend (default inductor; eager: a dry run)."),
-    ] = None,
-    seed_workers: Annotated[
-        int, typer.Option("--seed-workers", min=0, help="DataLoader workers of the tutorial pipeline.")
-    ] = 2,
-    data_only: Annotated[bool, typer.Option("--data-only", help="Only the data pipelines, no training.")] = False,
-) -> None:
-    """Images/s of the article's DataLoader+PIL loop against this engine, in one run."""
-    _bench_installed()
-    from sweep_bench.train import run_train_bench
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    if compile_backend:
-        from sweep import train
-
-        train.COMPILE_BACKEND = compile_backend
-    run_train_bench(
-        device,
-        steps=steps,
-        batch_size=batch_size,
-        json_path=json_path,
-        data_root=data_root,
-        subset=subset,
-        arch=arch.value,
-        console=console,
-        stem=stem.value,
-        compile=compile_model,
-        seed_workers=seed_workers,
-        data_only=data_only,
-    )
-
-
-@bench_app.command("gpu-checks")
-def bench_gpu_checks(json_path: JsonOpt = None) -> None:
-    """Checks only a GPU settles (OOM recovery: memory given back, the next trial resident); skipped without CUDA."""
-    _bench_installed()
-    from sweep_bench.gpu_checks import run_gpu_checks
-
-    run_gpu_checks(json_path)
-
-
-@bench_app.command("pretrain")
-def bench_pretrain(
-    data_root: Annotated[
-        Path, typer.Option("--data-root", help="CIFAR-10 as an ImageFolder (train/ and test/), e.g. the JPEGs.")
-    ],
-    output: Annotated[
-        Path, typer.Option("--output", help="The backbone state dict to write (.pt; metadata beside it as .json).")
-    ] = Path("benchmarks/backbones/resnet18-cifar5.pt"),
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW peak learning rate.")] = 2e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, order and augmentation.")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")] = None,
-) -> None:
-    """Pretrain the fine-tune table's backbone: a ResNet-18 (CIFAR stem) on airplane to deer.
-
-    The source classes are airplane, automobile, bird, cat and deer; resumes from OUTPUT.ckpt when run again.
-    """
-    _bench_installed()
-    from sweep.data import DataError
-    from sweep_bench.pretrain import Recipe, pretrain
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    try:
-        pretrain(data_root, output, recipe=Recipe(epochs=epochs, lr=lr, seed=seed),
-                 log=lambda line: console.print(line, highlight=False))
-    except DataError as exc:
-        raise _fail(str(exc)) from None
-
-
-@bench_app.command("storage")
-def bench_storage(
-    trials: Annotated[int, typer.Option("--trials", min=10, help="Trials timed per backend.")] = 200,
-    big: Annotated[int, typer.Option("--big", min=100, help="Trials already in the study for the scale test.")] = 5000,
-    pg_url: Annotated[
-        str | None,
-        typer.Option(
-            "--pg-url",
-            envvar="SWEEP_BENCH_PG_URL",
-            help="PostgreSQL URL to measure (default: start a throwaway cluster).",
-        ),
-    ] = None,
-    backends: Annotated[
-        str | None,
-        typer.Option("--backends", help="Comma-separated subset of memory, sqlite, postgresql, "
-                     "postgresql_8_workers (default: all)."),
-    ] = None,
-    json_path: JsonOpt = None,
-) -> None:
-    """Per-trial orchestration overhead on memory, SQLite and PostgreSQL against stock Optuna."""
-    _bench_installed()
-    from sweep_bench.storage import BACKENDS, run_storage_bench
-
-    chosen = BACKENDS if backends is None else tuple(b for b in backends.split(",") if b)
-    unknown = [b for b in chosen if b not in BACKENDS]
-    if unknown:
-        raise _fail(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    run_storage_bench(trials=trials, big=big, pg_url=pg_url, json_path=json_path, console=console, backends=chosen)
-
-
-@bench_app.command("scale")
-def bench_scale(
-    workers: Annotated[str, typer.Option("--workers", help="Simulated worker counts, comma-separated.")] = "16,64,256",
-    sizes: Annotated[
-        str, typer.Option("--sizes", help="Finished trials for the study-size axis, comma-separated (0: skip).")
-    ] = "1000,10000,100000",
-    pgbouncer: Annotated[bool, typer.Option(help="Also run every worker count behind PgBouncer.")] = True,
-    stock: Annotated[bool, typer.Option(help="Also run stock Optuna's RDBStorage.")] = True,
-    stock_max: Annotated[int, typer.Option("--stock-max", help="Largest worker count stock Optuna runs at.")] = 64,
-    trial_s: Annotated[float, typer.Option("--trial-s", min=0.1, help="Median simulated trial, seconds.")] = 2.0,
-    trials_per_worker: Annotated[int, typer.Option("--trials-per-worker", min=1)] = 3,
-    procs: Annotated[int, typer.Option("--procs", min=1, help="Processes the workers are spread over.")] = 8,
-    pg_url: Annotated[
-        str | None,
-        typer.Option("--pg-url", envvar="SWEEP_BENCH_PG_URL", help="PostgreSQL URL (default: a throwaway cluster)."),
-    ] = None,
-    json_path: JsonOpt = None,
-) -> None:
-    """Hundreds of simulated workers on one PostgreSQL, directly and behind PgBouncer, against stock Optuna."""
-    _bench_installed()
-    from sweep_bench.scale import run_scale_bench
-
-    run_scale_bench(
-        workers=[int(x) for x in workers.split(",") if x.strip()],
-        sizes=[int(x) for x in sizes.split(",") if x.strip() and x.strip() != "0"],
-        pg_url=pg_url, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
-        trials_per_worker=trials_per_worker, procs=procs, json_path=json_path,
-        log=lambda line: console.print(line, highlight=False),
-    )
-
-
-@bench_app.command("report")
-def bench_report(
-    n_trials: Annotated[int, typer.Option("--n-trials", min=1, help="Trials in the synthetic study.")] = 10_000,
-    output: Annotated[Path | None, typer.Option("--output", help="Where to write the HTML.")] = None,
-    json_path: JsonOpt = None,
-) -> None:
-    """Time the report on a synthetic study of many trials."""
-    _bench_installed()
-    from sweep_bench.report import run_report_bench
-
-    run_report_bench(n_trials, json_path=json_path, output=output, console=console)
-
-
-@bench_app.command("sweep")
-def bench_sweep(
-    table: Annotated[
-        str | None,
-        typer.Argument(help="Learning-curve table study (grid sampler, pruner none), e.g. table-cpu."),
-    ] = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Replays per method (seeds 0..N-1).")] = 10,
-    budget_epochs: Annotated[
-        int | None,
-        typer.Option("--budget-epochs", min=1, help="Epochs per replay (default: a third of the table's epochs)."),
-    ] = None,
-    json_path: JsonOpt = None,
-    html_path: Annotated[
-        Path | None, typer.Option("--html", help="Anytime-curve figure (default: beside --json).")
-    ] = None,
-    tolerance: Annotated[
-        float | None,
-        typer.Option("--tolerance", min=0.0, help="Target: within this many points of the table best (default: "
-                     "the table's noise floor, the binomial s.e. of its best on its validation images; else 0.5)."),
-    ] = None,
-    storage: StorageOpt = DEFAULT_URL,
-) -> None:
-    """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
-    _bench_installed()
-    from sweep_bench.sweep import run_sweep_bench
-
-    with _user_errors():
-        run_sweep_bench(
-            table,
-            storage_url=storage,
-            seeds=seeds,
-            budget_epochs=budget_epochs,
-            json_path=json_path,
-            html_path=html_path,
-            console=console,
-            tolerance=None if tolerance is None else tolerance / 100,
-        )
-
-
-
-@bench_app.command("live")
-def bench_live(
-    table: Annotated[str | None, typer.Argument(help="The learning-curve table study the replay reads.")] = None,
-    methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated replay methods to run for real.")
-    ] = "random,tpe+hyperband",
-    seed: Annotated[int, typer.Option("--seed", help="Sampler seed, the same in the live run and its replay.")] = 0,
-    budget_epochs: Annotated[
-        int | None,
-        typer.Option("--budget-epochs", min=1, help="Epochs per method (default: 12 full trials' worth)."),
-    ] = None,
-    live_storage: Annotated[
-        str | None, typer.Option("--live-storage", help="Where the live studies go (default: a new SQLite file).")
-    ] = None,
-    device: Annotated[
-        str, typer.Option("--device", envvar="SWEEP_DEVICE", help="cpu, cuda or cuda:N for the live training.")
-    ] = "cpu",
-    json_path: JsonOpt = None,
-    html_path: Annotated[
-        Path | None, typer.Option("--html", help="Live against replayed curves (default: beside --json).")
-    ] = None,
-    storage: StorageOpt = DEFAULT_URL,
-) -> None:
-    """Run replay methods for real (real training) at one seed and compare with their replayed curves."""
-    _bench_installed()
-    from sweep_bench.live import run_live_check
-
-    with _user_errors():
-        run_live_check(
-            table,
-            storage_url=storage,
-            live_storage_url=live_storage,
-            methods=[m for m in methods.split(",") if m],
-            seed=seed,
-            budget_epochs=budget_epochs,
-            device=device,
-            json_path=json_path,
-            html_path=html_path,
-        )
-
+_mount_bench()

@@ -1,7 +1,11 @@
-"""The one error type a user can fix by editing a spec, an argument or an environment variable.
+"""The errors a user can fix: ``UserError`` and, beside it, the spec's own ``SpecError``.
 
-A leaf module, so that the spec (which defines the rules) and the search module (which asks Optuna
-whether sampler and pruner arguments fit) both raise it without importing each other.
+Every error a user can fix (a spec, an argument, an environment variable, a storage URL, data or
+weights a machine lacks, an export folder) is a ``UserError``: its message is the one line the CLI
+prints, and the CLI exits with code 2. The specific types (SpecError here; StorageError, ServiceError,
+DataError, WeightsError, ExportError, SetupError in their modules) subclass it, like Optuna's
+``OptunaError`` tree, so the CLI catches one type. A leaf module: the spec, the search module, the
+storage and the training code all import it without importing each other.
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ import os
 from typing import Any
 
 
-class SpecError(ValueError):
+class UserError(Exception):
+    """An error a user can fix; its message is the one line the CLI prints (exit code 2)."""
+
+
+class SpecError(UserError, ValueError):
     """A spec problem, phrased for the user on one line."""
 
     def __init__(self, field: str, value: Any, allowed: str) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from sweep.atomic import current_umask, torch_save_atomic, write_atomic
+from sweep.errors import UserError
 from sweep.model import build_model
 from sweep.show import first_line
 
@@ -46,7 +47,7 @@ STEM_NOTES = {
 }
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """An export folder or an input that cannot be used; one line for the user."""
 
 

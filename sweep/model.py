@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from sweep.errors import SpecError
+from sweep.errors import SpecError, UserError
 from sweep.spec import check
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ _WEIGHT_ENUMS = {
 }
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """Pretrained weights cannot be loaded; the message is one line naming the field and the fix."""
 
 

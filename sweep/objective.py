@@ -18,12 +18,14 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from sweep.artifacts import CHECKPOINT_ATTR, disk_full
+from sweep.errors import UserError
 from sweep.kept import FINAL_MODEL_ATTR
 from sweep.search import suggest_params
 from sweep.show import first_line
@@ -50,9 +52,13 @@ class Reason(enum.StrEnum):
     ERROR = "error"
     DEVICE = "device"  # the CUDA context broke (see DeviceLost)
     STOPPED = "stopped"  # SIGTERM/SIGINT: handed back after the epoch
+    DISK_FULL = "disk_full"  # ENOSPC/EDQUOT outside the checkpoints (those only warn): handed back
     # ``sweep pause``: handed back like a stop (stored as "stopped": the objective sees one flag,
     # only the worker knows which of the two set it).
     PAUSED = "paused"
+    # A peer failed the trial while this worker could not reach the database (no heartbeat for longer
+    # than the grace period) and re-queued it: nothing more is written to it; its checkpoint stays.
+    LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class TrialOutcome:
     detail: str = ""  # ERROR/DEVICE: the error's first line
     # FAIL: the same params go back to the queue (a stop, a pause, a first broken CUDA context).
     hand_back: bool = False
+    # Writes that failed on a full disk (ENOSPC, EDQUOT) during the trial: checkpoints, the final model.
+    disk_errors: int = 0
 
     @property
     def reason(self) -> str | None:
@@ -74,6 +82,11 @@ class TrialOutcome:
         if self.cause is Reason.DEVICE:
             how = "handed back" if self.hand_back else "second broken context: failed for good"
             return f"device lost, {how}: {self.detail}"
+        if self.cause is Reason.DISK_FULL:
+            return f"disk full, handed back: {self.detail}"
+        if self.cause is Reason.LOST:
+            return ("failed meanwhile by another worker, as this one's heartbeats had not reached the database "
+                    "for longer than the grace period; its checkpoint stays for the retry")
         return None if self.cause is None else self.cause.value
 
     @property
@@ -83,6 +96,14 @@ class TrialOutcome:
     @property
     def device_lost(self) -> bool:
         return self.cause is Reason.DEVICE
+
+
+LOST = TrialOutcome(Ending.FAIL, cause=Reason.LOST)
+
+
+def lost_to_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused because the trial is finished: a peer failed it as stale."""
+    return isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
 
 
 class StopRequested(Exception):
@@ -117,16 +138,24 @@ class Checkpoints:
     Only the newest checkpoint is kept (the previous one is removed after the new one is stored),
     and it is removed when the trial ends for good. A trial handed back (SIGTERM) or re-queued after
     its worker died keeps it: the retry, which inherits the trial's user attributes, resumes from it.
+    A checkpoint that cannot be written (a full disk) is a warning, not the trial's end: the trial
+    trains on and its retry would resume from the last one stored. A file stored but not recorded on
+    the trial (a peer failed it meanwhile) is removed at once.
     """
 
-    ATTR = "checkpoint"
+    ATTR = CHECKPOINT_ATTR
 
-    def __init__(self, trial: optuna.Trial, store: Any | None, every: int = 1) -> None:
+    def __init__(
+        self, trial: optuna.Trial, store: Any | None, every: int = 1, warn: Callable[[str], None] = lambda text: None
+    ) -> None:
         self.trial = trial
         self.store = store
         self.every = every
+        self.warn = warn
         self.current: dict[str, Any] | None = trial.user_attrs.get(self.ATTR) if store is not None else None
         self.lost: str | None = None  # why an inherited checkpoint could not be read
+        self.failed = 0  # checkpoints that could not be written (the first one is warned about)
+        self.disk_errors = 0  # writes that failed on a full disk: the worker stops after a few
 
     def load(self) -> dict | None:
         """The inherited checkpoint's state (on the CPU), or None to start from scratch."""
@@ -149,23 +178,56 @@ class Checkpoints:
         """Store ``state`` as the trial's checkpoint after ``epoch`` (every ``every`` epochs)."""
         if self.store is None or self.every <= 0 or epoch % self.every:
             return
+        try:
+            artifact_id = self._upload(state, f"trial{self.trial.number}-epoch{epoch}.pt")
+        except Exception as exc:  # noqa: BLE001 - a checkpoint is insurance: the trial itself goes on
+            if lost_to_a_peer(exc):
+                raise
+            self.write_failed(exc)
+            if self.failed == 1:
+                since = f"epoch {self.current['epoch']}" if self.current else "scratch"
+                self.warn(f"trial {self.trial.number}: checkpoint after epoch {epoch} not stored ({first_line(exc)});"
+                          f" training goes on, a retry would start from {since} (said once per trial)")
+            return
+        previous = self.current
+        self._record(self.ATTR, {"artifact_id": artifact_id, "epoch": epoch}, artifact_id)
+        self.current = {"artifact_id": artifact_id, "epoch": epoch}
+        self._remove(previous)
+
+    def write_failed(self, exc: BaseException) -> None:
+        """Count a write that failed (a full disk separately)."""
+        self.failed += 1
+        self.disk_errors += disk_full(exc)
+
+    def _upload(self, payload: dict, name: str) -> str:
+        """Store ``payload`` (torch.save) as a new artifact of the trial; its artifact id."""
         import torch
         from optuna.artifacts import upload_artifact
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f"trial{self.trial.number}-epoch{epoch}.pt")
-            torch.save(state, path)
-            artifact_id = upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
-        previous = self.current
-        self.current = {"artifact_id": artifact_id, "epoch": epoch}
-        self.trial.set_user_attr(self.ATTR, self.current)
-        self._remove(previous)
+            path = os.path.join(tmp, name)
+            # Through a Python file: a full disk then surfaces as OSError (ENOSPC) under torch's error,
+            # which disk_full finds; given a path, torch's own writer reports only "file write failed".
+            with open(path, "wb") as fh:
+                torch.save(payload, fh)
+            return upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
+
+    def _record(self, key: str, value: dict[str, Any], artifact_id: str) -> None:
+        """Point the trial at a file just stored; a file no trial points at is removed at once."""
+        try:
+            self.trial.set_user_attr(key, value)
+        except BaseException:
+            # E.g. a peer failed the trial meanwhile: the retry keeps the files it inherited.
+            self._remove({"artifact_id": artifact_id})
+            raise
 
     def discard(self) -> None:
         """The trial is over: its checkpoint is no longer needed."""
         if self.current:
-            self._remove(self.current)
+            # The reference first: when a peer has failed the trial meanwhile this write is refused,
+            # and the file stays for the retry, which inherited the reference.
             self.trial.set_user_attr(self.ATTR, None)
+            self._remove(self.current)
             self.current = None
 
     def store_final(self, payload: dict) -> dict[str, Any] | None:
@@ -177,17 +239,11 @@ class Checkpoints:
         """
         if self.store is None:
             return None
-        import torch
-        from optuna.artifacts import upload_artifact
-
         from sweep.objectstore import location_of
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f"trial{self.trial.number}-final.pt")
-            torch.save(payload, path)
-            artifact_id = upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
+        artifact_id = self._upload(payload, f"trial{self.trial.number}-final.pt")
         record = {"artifact_id": artifact_id, "path": location_of(self.store, artifact_id)}
-        self.trial.set_user_attr(FINAL_MODEL_ATTR, record)
+        self._record(FINAL_MODEL_ATTR, record, artifact_id)
         return record
 
     def _remove(self, ckpt: dict[str, Any] | None) -> None:
@@ -279,7 +335,7 @@ def run_trial(
     seed = trial_seed(spec, trial.number if original_number is None else original_number)
     config = train_config(spec, params, num_classes=data.num_classes, seed=seed)
     started = time.time()
-    checkpoints = Checkpoints(trial, artifacts, every=spec.train.checkpoint_every)
+    checkpoints = Checkpoints(trial, artifacts, every=spec.train.checkpoint_every, warn=progress.message)
     resume = checkpoints.load()
     resumed_epoch = int(resume["epoch"]) if resume is not None else 0
     on_epoch = _EpochHook(trial, spec, checkpoints, progress, stop, _epoch_seconds_before(trial, resumed_epoch),
@@ -297,13 +353,15 @@ def run_trial(
     try:
         result = fit(config, data, device, on_epoch=on_epoch, resume=resume)
     except Exception as exc:
-        return _ended_early(trial, exc, checkpoints, started)
-    checkpoints.discard()
-    _finish(trial, started)
-    trial.set_user_attr("test_accuracy", result.test_accuracy)
-    if on_epoch.final_model is not None:
-        _store_final_model(checkpoints, on_epoch.final_model, config, data, progress)
-    return TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
+        outcome = _ended_early(trial, exc, checkpoints, started)
+    else:
+        checkpoints.discard()
+        _finish(trial, started)
+        trial.set_user_attr("test_accuracy", result.test_accuracy)
+        if on_epoch.final_model is not None:
+            _store_final_model(checkpoints, on_epoch.final_model, config, data, progress)
+        outcome = TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
+    return replace(outcome, disk_errors=outcome.disk_errors + checkpoints.disk_errors)
 
 
 def _epoch_seconds_before(trial: optuna.Trial, resumed_epoch: int) -> list[float]:
@@ -405,6 +463,8 @@ def _ended_early(trial: optuna.Trial, exc: Exception, checkpoints: Checkpoints, 
     """The outcome of a ``fit`` that raised (called while ``exc`` is being handled)."""
     from sweep.train import Diverged
 
+    if lost_to_a_peer(exc):
+        return LOST  # nothing can be written to the trial any more; its checkpoint is the retry's
     if isinstance(exc, optuna.TrialPruned):
         checkpoints.discard()
         _finish(trial, started)
@@ -425,6 +485,12 @@ def _ended_early(trial: optuna.Trial, exc: Exception, checkpoints: Checkpoints, 
         trial.set_user_attr(DEVICE_LOST_ATTR, lost)
         _finish(trial, started, Reason.DEVICE)
         return TrialOutcome(Ending.FAIL, cause=Reason.DEVICE, detail=first_line(exc), hand_back=lost == 1)
+    if disk_full(exc):
+        # Not the trial's fault and not the budget's: it goes back to the queue with its checkpoint,
+        # and the worker, counting this, stops taking trials (service.worker).
+        _finish(trial, started, Reason.DISK_FULL)
+        return TrialOutcome(Ending.FAIL, cause=Reason.DISK_FULL, detail=first_line(exc), hand_back=True,
+                            disk_errors=1)
     checkpoints.discard()
     if _is_oom(exc):
         _finish(trial, started, Reason.OOM)
@@ -442,10 +508,14 @@ def _store_final_model(
     try:
         checkpoints.store_final(final_model_payload(model, config, data))
     except Exception as exc:  # noqa: BLE001 - a full disk must not cost the trial its result
-        progress.message(f"trial {checkpoints.trial.number}: final model not stored ({type(exc).__name__}: {exc})")
+        if lost_to_a_peer(exc):
+            raise
+        checkpoints.write_failed(exc)
+        progress.message(f"trial {checkpoints.trial.number}: final model not stored ({first_line(exc)}); its result "
+                         "is recorded, `sweep rerun` can train the model again")
 
 
-class SetupError(Exception):
+class SetupError(UserError):
     """Data or weights this machine cannot provide, phrased on one line for the user."""
 
 

@@ -14,7 +14,9 @@ from collections.abc import Iterable
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts import Boto3ArtifactStore
+
+from sweep.artifacts import AtomicFileStore
 
 S3 = "s3://"
 
@@ -78,17 +80,17 @@ class S3ArtifactStore(Boto3ArtifactStore):
     def remove(self, artifact_id: str) -> None:
         super().remove(self.key(artifact_id))
 
-    def listing(self) -> dict[str, float]:
-        """Every artifact under the prefix and its age in seconds: one request per 1,000 objects. What an
-        orphan sweep or a removal asks instead of a request per artifact id."""
+    def listing(self) -> dict[str, tuple[float, int]]:
+        """Every artifact under the prefix: its age in seconds and its size in bytes, one request per
+        1,000 objects. What an orphan sweep or a removal asks instead of a request per artifact id."""
         start = self._start
         now = time.time()
-        found: dict[str, float] = {}
+        found: dict[str, tuple[float, int]] = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
             for obj in page.get("Contents", ()):
                 artifact_id = obj["Key"][len(start) :]
                 if artifact_id and "/" not in artifact_id:  # deeper keys belong to longer prefixes
-                    found[artifact_id] = now - obj["LastModified"].timestamp()
+                    found[artifact_id] = (now - obj["LastModified"].timestamp(), int(obj["Size"]))
         return found
 
     def check(self) -> None:
@@ -122,11 +124,12 @@ class S3ArtifactStore(Boto3ArtifactStore):
             ) from None
 
 
-ArtifactStore = FileSystemArtifactStore | S3ArtifactStore
+ArtifactStore = AtomicFileStore | S3ArtifactStore
 
 
 def open_store(location: str) -> ArtifactStore:
-    """The artifact store at ``location``: ``s3://bucket/prefix`` (checked now) or a folder (created)."""
+    """The artifact store at ``location``: ``s3://bucket/prefix`` (checked now) or a folder (created;
+    written whole-file-or-nothing)."""
     if is_object_store(location):
         store = S3ArtifactStore(*parse_s3(location))
         store.check()
@@ -137,7 +140,7 @@ def open_store(location: str) -> ArtifactStore:
             "(S3-compatible stores: set AWS_ENDPOINT_URL)"
         )
     os.makedirs(location, exist_ok=True)
-    return FileSystemArtifactStore(location)
+    return AtomicFileStore(location)
 
 
 def describe(store: Any) -> str:

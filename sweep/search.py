@@ -7,6 +7,7 @@ sampler and pruner arguments fit the Optuna classes; this module needs the spec 
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -110,14 +111,70 @@ def grid_space(spec: StudySpec) -> dict[str, list[Any]]:
 
 
 def _check_args(kind: str, type_: str, cls: Any, args: dict[str, Any]) -> None:
-    allowed = sorted(k for k in inspect.signature(cls).parameters if k not in _RESERVED and k != "self")
-    for key in args:
-        if key not in allowed:
+    """Every argument a parameter of ``cls``, of the type its annotation names."""
+    parameters = {k: p for k, p in inspect.signature(cls).parameters.items() if k not in _RESERVED and k != "self"}
+    for key, value in args.items():
+        if key not in parameters:
             raise SpecError(
                 f"{kind}.{key}",
-                args[key],
-                f"not an argument of the {type_} {kind}; allowed: {', '.join(allowed) or 'none'}",
+                value,
+                f"not an argument of the {type_} {kind}; allowed: {', '.join(sorted(parameters)) or 'none'}",
             )
+        annotation = parameters[key].annotation
+        wanted = _annotation_types(annotation)
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+            names = " or ".join(sorted({t.__name__ for t in wanted} - {"NoneType"}))
+            raise SpecError(
+                f"{kind}.{key}",
+                value,
+                f"the {type_} {kind} takes {names} here"
+                if names
+                else f"the {type_} {kind} takes {annotation} here, which a spec cannot hold; leave it out",
+            )
+
+
+# What a TOML value can be for each name an Optuna signature uses; any other name (Callable, a class)
+# is an object a spec cannot hold. bool is an int to isinstance: _check_args tells them apart.
+_TOML_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "str": (str,),
+    "None": (type(None),),
+}
+
+
+def _annotation_types(annotation: Any) -> tuple[type, ...]:
+    """The value types an annotation (``int``, ``"str | int"``, ``"float | None"``) allows from a spec;
+    an unannotated parameter allows any."""
+    if annotation is inspect.Parameter.empty:
+        return (object,)
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    allowed: tuple[type, ...] = ()
+    for part in text.split("|"):
+        allowed += _TOML_TYPES.get(part.strip(), ())
+    return allowed or (type(None),)  # nothing a spec can give: only leaving it out passes
+
+
+def _try_out(spec: StudySpec) -> None:
+    """Ask, report to and tell a few trials of a throwaway in-memory study with the spec's sampler and
+    pruner: Optuna checks most arguments only when it uses them (TPE compares ``n_startup_trials`` with
+    a trial count at its first sample), and a worker must not find that out by failing every trial."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec))
+            for number in range(3):
+                trial = study.ask()
+                suggest_params(trial, spec)
+                for step in range(1, min(spec.epochs, 3) + 1):
+                    trial.report(0.1 * (number + 1), step)
+                    trial.should_prune()
+                study.tell(trial, 0.1 * (number + 1))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def build_sampler(spec: StudySpec) -> BaseSampler:
@@ -161,6 +218,11 @@ def check_search_args(spec: StudySpec) -> None:
         except (TypeError, ValueError) as exc:
             args = dict(getattr(spec, kind).args)
             raise SpecError(kind, args, f"rejected by Optuna: {str(exc).splitlines()[0]}") from None
+    try:
+        _try_out(spec)
+    except Exception as exc:  # noqa: BLE001 - whatever Optuna raises, the spec is what to fix
+        args = {"sampler": dict(spec.sampler.args), "pruner": dict(spec.pruner.args)}
+        raise SpecError("sampler/pruner", args, f"Optuna fails using them: {str(exc).splitlines()[0]}") from None
 
 
 def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sweep import rdb
-from sweep.errors import env_int
+from sweep.errors import UserError, env_int
 from sweep.rdb import SweepRDBStorage
 
 if TYPE_CHECKING:  # optuna.artifacts imports boto3 when installed: only commands that store files pay
@@ -47,7 +47,7 @@ HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage problem, phrased for the user on one line (password already masked)."""
 
 

@@ -4,6 +4,13 @@ Each child is an ordinary ``sweep worker`` (so any launcher — shell, systemd, 
 start the same thing by hand), pinned to its GPU with CUDA_VISIBLE_DEVICES. The parent restarts a
 child that crashes (a bounded number of times), and passes Ctrl-C / SIGTERM on: the first asks every
 child to finish its epoch and hand its trial back, the second kills them.
+
+Ctrl-C at a terminal reaches the whole process group, children included, and the supervisor forwards a
+SIGTERM too: a child counting both as two signals would exit at once, its trial left RUNNING. So the
+children of a supervisor start with SIGINT ignored and are told (SUPERVISED_ENV) that stopping is the
+supervisor's: they ignore SIGINT throughout and take a repeated SIGTERM (systemd and Slurm signal every
+process of a job) as the same stop. One Ctrl-C is one graceful stop; a second makes the supervisor
+kill them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from dataclasses import dataclass
 
 # Exit code of a worker whose CUDA context broke (EX_TEMPFAIL): the supervisor restarts it.
 EXIT_DEVICE_LOST = 75
+# Set to "1" in a supervised child's environment: its stop signals are the supervisor's to escalate.
+SUPERVISED_ENV = "SWEEP_SUPERVISED"
 
 
 @dataclass(frozen=True)
@@ -93,14 +102,20 @@ def supervise(
     restarts: dict[str, int] = {s.label: 0 for s in slots}
     results: dict[str, int] = {}
     signals_seen = 0
+    last_signal = 0
 
     def start(slot: Slot) -> None:
         env = {**os.environ, **slot.env, "SWEEP_WORKER_LABEL": slot.label}
-        procs[slot.label] = subprocess.Popen([sys.executable, "-m", "sweep", *child_args(slot)], env=env)
+        env[SUPERVISED_ENV] = "1"
+        # Ignored from the start: a Ctrl-C while the child still imports torch must not kill it either.
+        procs[slot.label] = subprocess.Popen(
+            [sys.executable, "-m", "sweep", *child_args(slot)], env=env, preexec_fn=_ignore_sigint
+        )
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal signals_seen
+        nonlocal signals_seen, last_signal
         signals_seen += 1
+        last_signal = signum
         how = signal.SIGTERM if signals_seen == 1 else signal.SIGKILL
         log(
             "stopping workers: each finishes its epoch and hands its trial back"
@@ -140,4 +155,11 @@ def supervise(
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+    if signals_seen > 1:
+        return 128 + last_signal  # killed on the user's insistence: the shell's code for that signal
     return 0 if all(c == 0 for c in results.values()) else max(abs(c) for c in results.values())
+
+
+def _ignore_sigint() -> None:
+    """Run in a child between fork and exec: SIGINT ignored, which Python then leaves ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

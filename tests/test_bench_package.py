@@ -68,27 +68,33 @@ def test_the_repositorys_scripts_forward_to_the_packaged_copies(name: str) -> No
 
 
 def test_the_worker_never_imports_the_bench() -> None:
-    """sweep_bench lives beside sweep: the package, the service and the CLI load none of it."""
-    code = ("import sys, sweep, sweep.service, sweep.cli, sweep.workers; "
+    """sweep_bench lives beside sweep: the package, the service and the worker load none of it; the CLI
+    mounts the benches' own sub-app (sweep_bench.cli) and nothing else of it."""
+    code = ("import sys, sweep, sweep.service, sweep.workers; "
             "print(sorted(m for m in sys.modules if m.startswith(('sweep_bench', 'sweep.bench'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+    code = "import sys, sweep.cli; print(sorted(m for m in sys.modules if m.startswith('sweep_bench')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "['sweep_bench', 'sweep_bench.cli']"
 
 
-def test_sweep_bench_without_the_bench_installed_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_bench_without_the_bench_installed_says_so() -> None:
     """The worker image ships sweep alone: ``sweep bench`` there is one line on stderr, no traceback."""
-    import importlib.util
-
-    from typer.testing import CliRunner
-
-    from sweep.cli import app
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "sweep_bench" else real(name, *a))
-    result = CliRunner().invoke(app, ["bench", "report", "--n-trials", "10"])
-    assert result.exit_code == 2 and "not installed here" in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    code = (
+        "import importlib.util as u, sys\n"
+        "real = u.find_spec\n"
+        "u.find_spec = lambda name, *a: None if name == 'sweep_bench' else real(name, *a)\n"
+        "from sweep.cli import app\n"
+        "sys.argv = ['sweep', 'bench', 'report', '--n-trials', '10']\n"
+        "app()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; run "
+        "`sweep bench` from a checkout: pip install -e ."
+    ]
 
 
 def test_the_docker_image_leaves_the_bench_out() -> None:

@@ -139,6 +139,7 @@ def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> Non
         (["create", "tiny", "--set", "params.batch_size.choices=[]"], "params.batch_size.choices"),
         (["create", "tiny", "--set", "model.arch=vgg"], "model.arch"),
         (["create", "tiny", "--set", "pruner.type=asha"], "pruner.type"),
+        (["create", "tiny", "--set", 'sampler.n_startup_trials="x"'], "sampler.n_startup_trials"),
         (["create", "tiny", "--storage", "mysql://u:pw@h/db"], "not supported"),
         (["create", "tiny", "--storage", "not a url"], "malformed"),
     ],
@@ -238,8 +239,10 @@ def test_a_bad_environment_value_is_one_line_where_it_is_used(workdir: Path) -> 
         return subprocess.run([str(SWEEP), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
     assert sweep("create", "tiny").returncode == 0
-    listed = sweep("list")  # no heartbeat here: the variable is never read
-    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    written = sweep("report", "tiny", "--plotlyjs", "cdn")  # no heartbeat here: the variable is never read
+    assert written.returncode == 0 and "Traceback" not in written.stderr, written.stderr
+    listed = sweep("list")  # reads heartbeats (idle or running): the same one line
+    assert listed.returncode == 2 and listed.stderr.startswith("error: SWEEP_HEARTBEAT_INTERVAL = '10s'")
     ran = sweep("worker", "tiny", "--threads", "1")
     lines = ran.stderr.strip().splitlines()
     assert ran.returncode == 2 and len(lines) == 1, ran.stderr
@@ -271,7 +274,7 @@ def test_every_environment_variable_is_in_the_help() -> None:
     used = set()
     for path in [*root.joinpath("sweep").rglob("*.py"), *root.joinpath("sweep_bench").rglob("*.py")]:
         used |= set(re.findall(r"\"(SWEEP_[A-Z_]+)\"", path.read_text()))
-    assert used - {"SWEEP_WORKER_LABEL"} <= set(ENVIRONMENT), used - set(ENVIRONMENT)
+    assert used <= set(ENVIRONMENT), used - set(ENVIRONMENT)
     text = runner.invoke(app, ["--help"], terminal_width=200).output
     assert all(name in text for name in ENVIRONMENT)
 

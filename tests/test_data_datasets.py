@@ -155,6 +155,42 @@ def test_cache_notices_added_images(folder: Path, tmp_path: Path) -> None:
     assert len(load_data("imagefolder", folder, **kw).train_y) + 6 == 25
 
 
+
+@pytest.mark.faults
+def test_cache_notices_an_image_overwritten_in_place(folder: Path, tmp_path: Path) -> None:
+    """Same name, same folder (whose mtime does not change): the old pixels must not be served."""
+    kw = {"val_fraction": 0.5, "seed": 0, "resolution": 8, "cache_dir": tmp_path / "c"}
+    before = load_data("imagefolder", folder, **kw)
+    assert not (before.test_x == 0).all(dim=(1, 2, 3)).any()  # solid colours: no all-black image yet
+    folder_mtime = (folder / "test" / "bird").stat().st_mtime_ns
+    Image.new("RGB", (16, 16), (0, 0, 0)).save(folder / "test" / "bird" / "0000.jpg")
+    assert (folder / "test" / "bird").stat().st_mtime_ns == folder_mtime  # the old stamp could not see it
+    after = load_data("imagefolder", folder, **kw)
+    assert (after.test_x == 0).all(dim=(1, 2, 3)).sum() == 1
+    assert after.fingerprint != before.fingerprint
+
+
+@pytest.mark.faults
+def test_cache_entry_whose_pixels_do_not_match_its_hash_is_decoded_again(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "c"
+    kw = {"val_fraction": 0.5, "seed": 0, "resolution": 8, "cache_dir": cache}
+    good = load_data("imagefolder", folder, **kw)
+    good_test_x = good.test_x.clone()  # the bundle maps the file that is damaged below
+    entry = next(cache.glob("imagefolder-test-*.pt"))
+    damaged = torch.load(entry, weights_only=True)
+    damaged["x"][0] = 0  # the stored hash is left as it was
+    torch.save(damaged, entry)
+    calls: list[str] = []
+    real = datasets.decode_image
+    monkeypatch.setattr(datasets, "decode_image", lambda path, r: calls.append(path) or real(path, r))
+    again = load_data("imagefolder", folder, **kw)
+    assert len(calls) == 6, "only the damaged split is decoded again"
+    assert torch.equal(again.test_x, good_test_x) and again.fingerprint == good.fingerprint
+    assert torch.load(entry, weights_only=True)["x"].equal(good_test_x)  # and rewritten whole
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 

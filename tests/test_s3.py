@@ -50,13 +50,39 @@ def test_objects_go_under_the_prefix_and_come_back(s3_bucket: str, tmp_path: Pat
     # One listing says what is left: objects of another prefix in the same bucket are not this store's.
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="team/other/x", Body=b"")
     assert present(store, [artifact_id, "gone"]) == {artifact_id}
-    ((listed, age),) = store.listing().items()  # with its age: what an orphan sweep needs
-    assert listed == artifact_id and 0 <= age < 600
+    ((listed, (age, size)),) = store.listing().items()  # with its age and size: what an orphan sweep needs
+    assert listed == artifact_id and 0 <= age < 600 and size == 7000
     store.remove(artifact_id)
     assert present(store, [artifact_id]) == set() and _keys(s3_bucket) == ["team/other/x"]
     with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):
         store.open_reader(artifact_id)
     assert not (Path.cwd() / "unused.db").exists() and not (Path.cwd() / "artifacts").exists()
+
+
+def test_orphans_in_the_bucket_are_removed_and_only_this_storages(s3_bucket: str, tmp_path: Path) -> None:
+    from sweep.artifacts import remove_orphans
+    from sweep.service import clean_artifacts
+
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    location = f"s3://{s3_bucket}/p"
+    store, storage = artifact_store(url, location), open_storage(url)
+    trial = optuna.create_study(storage=storage, study_name="s").ask()
+    src = tmp_path / "file.pt"
+    src.write_bytes(b"x" * 1000)
+
+    def upload() -> str:
+        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(src), study_or_trial=trial)
+
+    orphan, checkpoint = upload(), upload()  # the orphan: stored, never recorded (its worker crashed)
+    trial.set_user_attr("checkpoint", {"artifact_id": checkpoint, "epoch": 1})
+    foreign = "0b7c6f0e-4c1d-4f7e-9d3a-3f6e2b1a9c00"  # another storage's object under the same prefix
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"p/{foreign}", Body=b"")
+    assert remove_orphans(storage, store, min_age_s=3600).files == ()  # younger than an hour
+    dry = remove_orphans(storage, store, min_age_s=0, dry_run=True)
+    assert dry.files == (orphan,) and dry.bytes == 1000 and len(_keys(s3_bucket, "p/")) == 3
+    cleaned = clean_artifacts(url, artifacts=location, older_than_s=0)
+    assert cleaned.orphans.files == (orphan,) and cleaned.folder == location
+    assert _keys(s3_bucket, "p/") == sorted([f"p/{checkpoint}", f"p/{foreign}"])
 
 
 def test_unusable_locations_are_refused_in_one_line(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,6 +84,12 @@ def test_overrides_do_not_mutate_input() -> None:
         ("params.lr.log=1", "params.lr.log", "true or false"),
         ("data.val_fraction=0", "data.val_fraction", "(0.0, 0.9]"),
         ("pruner.bogus=3", "pruner.bogus", "not an argument of the median pruner"),
+        # Optuna takes these and fails only when it uses them: every trial of the sweep would fail.
+        ('sampler.n_startup_trials="x"', "sampler.n_startup_trials", "the tpe sampler takes int"),
+        ("sampler.n_startup_trials=true", "sampler.n_startup_trials", "the tpe sampler takes int"),
+        ("sampler.gamma=3", "sampler.gamma", "which a spec cannot hold"),
+        ("pruner.n_warmup_steps=1.5", "pruner.n_warmup_steps", "the median pruner takes int"),
+        ("pruner.n_startup_trials=-1", "pruner", "rejected by Optuna"),
         ("train.stem=tiny", "train.stem", "imagenet, cifar"),
     ],
 )
@@ -270,3 +276,8 @@ def test_a_wheel_ships_the_specs_as_package_data(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [str(site / "sweep" / "studies"), str(site / "sweep" / "studies" / "demo.toml")]
+def test_search_arguments_optuna_only_checks_when_it_uses_them_are_refused() -> None:
+    """Built and tried on a throwaway study: an argument Optuna accepts but fails on at its first use."""
+    with pytest.raises(SpecError, match=r"^sampler/pruner = .*reduction_factor.*Optuna fails using them") as info:
+        load_spec("demo", studies_dir=STUDIES, overrides=["pruner={type='hyperband', reduction_factor=0}"])
+    assert "\n" not in str(info.value)

@@ -69,3 +69,21 @@ def test_cpu_workers_without_a_study_name() -> None:
 def test_bad_gpu_choices_are_one_line(kw: dict[str, Any], visible: tuple[int, ...], message: str) -> None:
     with pytest.raises(ServiceError, match="^" + message.replace("(", r"\(")):
         _plan(gpus=visible, **kw)
+
+
+@pytest.mark.parametrize(("interval", "grace", "ok"), [("10", "19", False), ("1", "2", True), ("3", None, True),
+                                                      ("20", None, False)])
+def test_a_grace_period_under_two_heartbeats_is_refused(
+    monkeypatch: pytest.MonkeyPatch, interval: str, grace: str | None, ok: bool
+) -> None:
+    monkeypatch.setenv("SWEEP_HEARTBEAT_INTERVAL", interval)
+    if grace is None:
+        monkeypatch.delenv("SWEEP_GRACE_PERIOD", raising=False)  # the default, 30 s
+    else:
+        monkeypatch.setenv("SWEEP_GRACE_PERIOD", grace)
+    if ok:
+        _plan()
+        return
+    with pytest.raises(ServiceError, match=rf"^SWEEP_GRACE_PERIOD=\d+ is less than twice SWEEP_HEARTBEAT_INTERVAL="
+                                           rf"{interval}: .* at least {2 * int(interval)} s$"):
+        _plan()

@@ -10,11 +10,13 @@ makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into 
 :mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
 report); :mod:`~sweep.service.lifecycle` pauses, resumes, stops, extends and deletes them;
-:mod:`~sweep.service.warm` queues configs and warm-starts a study from another; and
-:mod:`~sweep.service.results` exports, predicts with and reruns trained models. The public names are
+:mod:`~sweep.service.warm` queues configs and warm-starts a study from another;
+:mod:`~sweep.service.results` exports, predicts with and reruns trained models; and
+:mod:`~sweep.service.clean` clears the artifact folder of files no trial refers to. The public names are
 re-exported here; import from ``sweep.service``. None of it imports torch at module level.
 """
 
+from sweep.service.clean import CleanResult, clean_artifacts
 from sweep.service.common import (
     FINGERPRINT_ATTR,
     SPEC_ATTR,
@@ -48,12 +50,15 @@ from sweep.service.status import (
     write_report,
 )
 from sweep.service.warm import ENQUEUED_ATTR, WARM_START_ATTR, EnqueueResult, enqueue_trial
-from sweep.service.worker import TrialRunner, WorkerEvents, WorkerSummary, run_worker
+from sweep.service.worker import BREAKER_TRIPS, EXIT_DISK_FULL, TrialRunner, WorkerEvents, WorkerSummary, run_worker
 
 __all__ = [
+    "BREAKER_TRIPS",
+    "EXIT_DISK_FULL",
     "FINGERPRINT_ATTR",
     "SPEC_ATTR",
     "BudgetGate",
+    "CleanResult",
     "ControlResult",
     "CreateResult",
     "DeleteResult",
@@ -69,6 +74,7 @@ __all__ = [
     "WorkerEvents",
     "WorkerPlan",
     "WorkerSummary",
+    "clean_artifacts",
     "create_study",
     "default_report_path",
     "delete_study",

@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from sweep.errors import UserError
 from sweep.objective import gpu_visible, load_study_data
 from sweep.spec import StudySpec, spec_from_dict
 from sweep.storage import mask_url, open_storage, sqlite_path, study_names
@@ -20,7 +21,7 @@ SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "spec_fingerprint"
 
 
-class ServiceError(RuntimeError):
+class ServiceError(UserError, RuntimeError):
     """A problem the user can fix, phrased on one line."""
 
 

@@ -6,7 +6,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from sweep.errors import env_int
 from sweep.service.common import ServiceError
+from sweep.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
 
 
@@ -52,6 +54,7 @@ def plan_workers(
     GPUs are counted by ``visible`` without starting CUDA in this process, so that one pinned GPU
     (``env``) still takes effect. Threads default to the cores shared by the processes.
     """
+    check_heartbeat_timing()
     gpus = list(gpu)
     cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     if all_gpus:
@@ -83,3 +86,19 @@ def plan_workers(
     if threads is None and device in ("auto", "cpu"):
         threads = max(1, cores)
     return WorkerPlan(device, threads, env=env)
+
+
+def check_heartbeat_timing() -> None:
+    """Refuse a grace period shorter than two heartbeat intervals (read as ``open_storage`` reads them).
+
+    A trial is failed as stale after the grace period without a beat: with less than two intervals,
+    one beat late by a moment (a slow query, a loaded machine) gets a live worker's trial failed and
+    run twice.
+    """
+    interval = env_int("SWEEP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL)
+    grace = env_int("SWEEP_GRACE_PERIOD", GRACE_PERIOD)
+    if grace < 2 * interval:
+        raise ServiceError(
+            f"SWEEP_GRACE_PERIOD={grace} is less than twice SWEEP_HEARTBEAT_INTERVAL={interval}: one late "
+            f"heartbeat would fail a live worker's trial; use a grace period of at least {2 * interval} s"
+        )

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import provenance
 from sweep.control import RETRY_KEY
 from sweep.kept import KeptModel, kept_models
-from sweep.objective import Retrained, SetupError, retrain, set_threads, trial_seed
+from sweep.objective import Retrained, retrain, set_threads, trial_seed
 from sweep.service.common import (
     ServiceError,
     load_spec_data,
@@ -73,7 +73,7 @@ def export_trial(
     force: bool = False,
 ) -> ExportResult:
     """Write a kept model (default: the best trial's) as model.pt2, state_dict.pt and model.json."""
-    from sweep.export import ExportError, write_export
+    from sweep.export import write_export
 
     out = Path(output)
     if out.exists() and not force:  # before any work: nothing is read or written
@@ -91,10 +91,7 @@ def export_trial(
             f"that: sweep rerun {name} {trial.number} --export {out}"
         )
     payload = _download_model(artifact_store(storage_url, artifacts), kept[trial.number])
-    try:
-        files = write_export(payload, _card(name, trial), out, force=force)
-    except ExportError as exc:
-        raise ServiceError(str(exc)) from None
+    files = write_export(payload, _card(name, trial), out, force=force)
     return ExportResult(name, trial.number, float(trial.value or 0.0), tuple(files))
 
 
@@ -139,14 +136,12 @@ def predict(
 ) -> list[Any]:
     """Top-``k`` classes of every image under ``inputs`` with an export (sweep.export.Prediction /
     Unreadable per input file, in order)."""
-    from sweep.export import ExportError, predict_files
+    from sweep.export import predict_files
 
     if threads:
         set_threads(threads)
-    try:
-        return predict_files(Path(folder), inputs, k=k)
-    except ExportError as exc:
-        raise ServiceError(str(exc)) from None
+    return predict_files(Path(folder), inputs, k=k)
+
 
 # --------------------------------------------------------------------------- rerun
 
@@ -184,7 +179,6 @@ def rerun_trial(
     in both precisions shows what bf16 costs in accuracy. ``export``: a folder to write the
     retrained model to, as ``sweep export`` does.
     """
-    from sweep.export import ExportError
 
     if export is not None and Path(export).exists() and not force:
         raise ServiceError(f"--export {export}: already exists; choose a new folder or pass --force")
@@ -197,14 +191,11 @@ def rerun_trial(
         set_threads(threads)
     params = {**spec.fixed_params(), **trial.params}
     original = trial.system_attrs.get(RETRY_KEY, trial.number)
-    try:
-        data = load_spec_data(spec, storage_url)
-        retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
-                            keep_final=export is not None, on_epoch=on_epoch)
-        if retrained.payload is not None and export is not None:
-            _export_retrained(name, trial, retrained, Path(export), force=force)
-    except (SetupError, ExportError) as exc:
-        raise ServiceError(str(exc)) from None
+    data = load_spec_data(spec, storage_url)
+    retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
+                        keep_final=export is not None, on_epoch=on_epoch)
+    if retrained.payload is not None and export is not None:
+        _export_retrained(name, trial, retrained, Path(export), force=force)
     return _rerun_result(name, trial, retrained.result)
 
 

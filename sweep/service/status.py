@@ -80,6 +80,22 @@ def write_report(
 
 
 @dataclass(frozen=True)
+class RunningTrial:
+    """A trial being trained now, as ``sweep status`` lists it."""
+
+    number: int
+    host: str
+    device: str
+    epoch: int  # epochs done so far
+    last_acc: float | None  # the last epoch's validation accuracy
+    started: Any = None  # datetime the trial started
+
+    def to_json(self) -> dict[str, Any]:
+        return {"number": self.number, "host": self.host, "device": self.device, "epoch": self.epoch,
+                "last_acc": self.last_acc}
+
+
+@dataclass(frozen=True)
 class StudyStatus:
     """A study at a glance, for ``sweep status`` and ``sweep list``."""
 
@@ -89,7 +105,7 @@ class StudyStatus:
     best_value: float | None
     best_params: dict[str, Any]
     best_number: int | None
-    running: tuple[dict[str, Any], ...]
+    running: tuple[RunningTrial, ...]
     state: SweepState = SweepState.RUNNING
     kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept (best first)
     cost: Any = None  # sweep.report.CostSummary: accuracy against compute
@@ -112,14 +128,14 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
     except (TypeError, ValueError):
         budget = 0
     running = tuple(
-        {
-            "number": t.number,
-            "host": t.user_attrs.get("host", "?"),
-            "device": t.user_attrs.get("device", "?"),
-            "epoch": t.user_attrs.get("epochs_run", 0),
-            "last_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
-            "started": t.datetime_start,
-        }
+        RunningTrial(
+            number=t.number,
+            host=str(t.user_attrs.get("host", "?")),
+            device=str(t.user_attrs.get("device", "?")),
+            epoch=int(t.user_attrs.get("epochs_run", 0) or 0),
+            last_acc=t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+            started=t.datetime_start,
+        )
         for t in trials
         if t.state == TrialState.RUNNING
     )

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import control, provenance
+from sweep.artifacts import ORPHAN_MIN_AGE_S, remove_orphans
 from sweep.control import RETRY_KEY
 from sweep.heartbeat import beating
 from sweep.kept import reconcile
 from sweep.objective import (
+    LOST,
     Ending,
     Progress,
     Reason,
@@ -26,6 +29,7 @@ from sweep.objective import (
     TrialOutcome,
     first_line,
     free_memory,
+    lost_to_a_peer,
     preflight,
     run_trial,
     set_threads,
@@ -34,6 +38,9 @@ from sweep.search import build_pruner, build_sampler
 from sweep.service.common import ServiceError, cache_dir, load_spec_of, quiet_optuna, resolve_device, resolve_study_name
 from sweep.service.gate import BudgetGate, Decision
 from sweep.spec import StudySpec
+
+if TYPE_CHECKING:
+    from sweep.objectstore import ArtifactStore
 from sweep.storage import artifact_store, open_storage, retry_on_locked
 
 
@@ -48,6 +55,11 @@ class WorkerSummary:
     # The CUDA context broke (objective.Reason.DEVICE): the process must exit and be restarted.
     device_lost: str | None = None
     paused: bool = False  # the study was paused while this worker ran
+    # The circuit breaker tripped: BREAKER_TRIPS trials in a row failed with this error.
+    tripped: str | None = None
+    lost: int = 0  # trials a peer failed while this worker could not reach the database (not counted)
+    # Writes failed on a full disk DISK_FULL_STOPS times: the artifact folder, for the user to free.
+    disk_full: str | None = None
 
     @property
     def trials(self) -> int:
@@ -90,6 +102,7 @@ def run_worker(
     device = _worker_device(device, threads, events)
     data = _worker_data(spec, storage_url, events)
     study = _worker_study(name, storage, spec)
+    store = _worker_store(storage, store, events)
     summary = WorkerSummary(study=name, device=device)
     gate = BudgetGate(study, spec)
     runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
@@ -123,6 +136,21 @@ def _worker_data(spec: StudySpec, storage_url: str, events: WorkerEvents) -> Any
     return data
 
 
+def _worker_store(storage: optuna.storages.BaseStorage, store: ArtifactStore, events: WorkerEvents) -> ArtifactStore:
+    """The artifact store (``sweep.storage.artifact_store``), cleared of what crashes left in it."""
+    from sweep.objectstore import describe
+
+    try:
+        orphans = remove_orphans(storage, store, min_age_s=ORPHAN_MIN_AGE_S)
+    except Exception as exc:  # noqa: BLE001 - a read-only folder, a bucket gone: checkpoints say so per trial
+        events.message(f"artifact store {describe(store)} not cleaned up: {first_line(exc)}")
+        return store
+    if orphans.files:
+        events.message(f"removed {len(orphans.files)} artifact files no trial refers to "
+                       f"({orphans.bytes / 1e6:.1f} MB) from {describe(store)}")
+    return store
+
+
 def _worker_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study:
     """The study with the spec's sampler and pruner, the sampler reseeded for this process."""
     # Each worker process gets its own sampler stream; identical seeds in parallel workers would
@@ -131,6 +159,40 @@ def _worker_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySp
     with contextlib.suppress(AttributeError, TypeError):
         study.sampler.reseed_rng()
     return study
+
+
+# Exit code of a worker that stopped on a full disk (EX_CANTCREAT): its trials went back to the queue.
+EXIT_DISK_FULL = 73
+# Writes failing on a full disk (ENOSPC, EDQUOT) after which a worker takes no more trials: one may be a
+# peak (a peer's checkpoint written at the same moment); a second says the disk stays full, and every
+# trial from now on would run without checkpoints or kept models.
+DISK_FULL_STOPS = 2
+# Consecutive trials failing with the same error (not a training outcome) that stop a worker: a broken
+# install, a missing file or a bad argument fails every trial alike, and would fail the whole budget.
+BREAKER_TRIPS = 3
+
+
+@dataclass
+class _Breaker:
+    """Counts this worker's consecutive trials failing with the same error (``Reason.ERROR``).
+
+    Errors are compared with their digits masked: a trial number or an address in the message must
+    not make the same failure look new. OOM, divergence, stops and completions reset the count.
+    """
+
+    trips: int = BREAKER_TRIPS
+    error: str | None = None
+    count: int = 0
+
+    def tripped(self, outcome: TrialOutcome) -> bool:
+        """Record ``outcome``; True when it is the ``trips``-th same error in a row."""
+        if outcome.cause is not Reason.ERROR:
+            self.error, self.count = None, 0
+            return False
+        error = re.sub(r"\d+", "#", outcome.detail)
+        self.count = self.count + 1 if error == self.error else 1
+        self.error = error
+        return self.count >= self.trips
 
 
 @dataclass
@@ -147,6 +209,8 @@ class _TrialLoop:
     poll_s: float
     wait_paused: bool
     said: str = ""  # the last waiting message: said once per wait
+    breaker: _Breaker = field(default_factory=_Breaker)
+    disk_errors: int = 0  # writes this worker saw fail on a full disk
 
     def run(self) -> None:
         """Take and run trials until one of the loop's endings."""
@@ -190,7 +254,19 @@ class _TrialLoop:
         """Run one trial and count it; False: the worker takes no more."""
         outcome = self.runner.run(trial, self._label(trial))
         self.events.trial_finished(trial.number, outcome.state.value, outcome.value, outcome.reason)
+        go_on = self._count(outcome)
+        self.disk_errors += outcome.disk_errors
+        if go_on and self.disk_errors >= DISK_FULL_STOPS:
+            self.summary.disk_full = str(getattr(self.runner.artifacts, "base_path", "the artifact folder"))
+            return False
+        return go_on
+
+    def _count(self, outcome: TrialOutcome) -> bool:
+        """Count a trial's outcome in the summary; False: the worker takes no more."""
         if outcome.cause is Reason.PAUSED:  # handed back (not counted): the gate now says paused
+            return True
+        if outcome.cause is Reason.LOST:  # the peer's retry counts it
+            self.summary.lost += 1
             return True
         self.summary.states[outcome.state.value] += 1
         if outcome.cause is Reason.STOPPED:
@@ -199,6 +275,9 @@ class _TrialLoop:
         if outcome.device_lost:
             self.summary.device_lost = outcome.reason
             self.events.message("the CUDA context is broken: taking no more trials; exiting for a restart")
+            return False
+        if self.breaker.tripped(outcome):
+            self.summary.tripped = outcome.detail
             return False
         return True
 
@@ -273,19 +352,32 @@ class TrialRunner:
                 self._tell(trial, state=TrialState.FAIL)
                 raise
             except Exception as exc:  # outside training (sampling, the storage): no fail_reason recorded
-                self._tell(trial, state=TrialState.FAIL)
+                if lost_to_a_peer(exc) or self._tell(trial, state=TrialState.FAIL) is None:
+                    return LOST
                 return TrialOutcome(Ending.FAIL, cause=Reason.ERROR, detail=first_line(exc))
+            if outcome.cause is Reason.LOST:
+                return outcome
             if outcome.state is not Ending.COMPLETE:
                 return self._tell_ended_early(trial, outcome)
-        self._tell(trial, values=outcome.value)
+        if self._tell(trial, values=outcome.value) is None:
+            return replace(LOST, disk_errors=outcome.disk_errors)
         return outcome
 
-    def _tell(self, trial: optuna.Trial, **kwargs: Any) -> FrozenTrial:
-        return retry_on_locked(lambda: self.study.tell(trial, **kwargs))
+    def _tell(self, trial: optuna.Trial, **kwargs: Any) -> FrozenTrial | None:
+        """Tell the storage how ``trial`` ended; None: a peer had failed it already (Reason.LOST)."""
+        try:
+            return retry_on_locked(lambda: self.study.tell(trial, **kwargs))
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # Optuna refuses to tell a finished trial ("Cannot tell a FAIL trial"); read it fresh.
+            if self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                raise
+            return None
 
     def _tell_ended_early(self, trial: optuna.Trial, outcome: TrialOutcome) -> TrialOutcome:
         """Tell a pruned, failed or stopped trial; a stopped one goes back to the queue."""
         frozen = self._tell(trial, state=TrialState[outcome.state])
+        if frozen is None:
+            return replace(LOST, disk_errors=outcome.disk_errors)
         if outcome.cause is Reason.STOPPED:
             # Hand the trial back: the same params re-queued as WAITING, not counted twice; the
             # retry resumes from the checkpoint this epoch left. A hand-back is no failure, so
