@@ -457,6 +457,44 @@ def report(
             return
 
 
+# --------------------------------------------------------------------------- dashboard
+
+
+@app.command()
+def dashboard(
+    study: Annotated[str | None, typer.Argument(help="Study whose page the URL opens (default: the list).")] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 exposes it (no login, and it can edit).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8080,
+    as_json: JsonFlag = False,
+    storage: StorageOpt = DEFAULT_URL,
+) -> None:
+    """Serve optuna-dashboard's live UI on the storage and print its URL; runs until Ctrl-C.
+
+    Needs the optional package: pip install 'sweep[dashboard]'.
+    """
+    from sweep.service import start_dashboard
+
+    with user_errors():
+        board = start_dashboard(storage, study, host=host, port=port)
+    # Before the URL is out: SIGTERM (a supervisor, `kill`) stops it as Ctrl-C does, and SIGINT is set
+    # again in case the shell that started us in the background ignored it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # from the URL on: whoever reads it may stop us at once
+        if as_json:
+            print(json.dumps({"url": board.url, "study": board.study, "storage": board.storage}), flush=True)
+        else:
+            console.print(f"optuna-dashboard on {board.storage} at {board.url} (Ctrl-C stops it)", highlight=False,
+                          soft_wrap=True)
+        board.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.close()
+
+
 # --------------------------------------------------------------------------- status / list
 
 

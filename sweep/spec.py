@@ -56,6 +56,7 @@ class Setting:
     open_high: bool = False  # high itself is not allowed
     choices: tuple[str, ...] | None = None
     searchable: bool = False  # a hyperparameter: fixed in [train] or searched in [params.<name>]
+    empty: bool = False  # a str setting that may be "" (off)
 
     def check(self, value: Any, fld: str) -> Any:
         """``value`` if it is allowed, else a SpecError naming ``fld``."""
@@ -67,6 +68,8 @@ class Setting:
         if self.type is float:
             return _float(value, fld, low=self.low, high=self.high, open_low=self.open_low,
                           open_high=self.open_high)
+        if self.empty and value == "":
+            return value
         return _str(value, fld, self.choices)
 
 
@@ -116,6 +119,12 @@ SETTINGS: dict[str, Setting] = {
     # artifact store for `sweep export`; 0 keeps none.
     "checkpoint.keep_best": Setting(int, 3, "three leave a choice between near-equal models (e.g. the "
                                     "cheaper one) at ~45 MB each for a ResNet-18", low=0, high=1000),
+    # Experiment trackers listening to each worker's trials (sweep.tracking); "" = off. Off by default:
+    # the database already holds every result, a tracker is a copy for the tools a team already runs.
+    "tracking.mlflow": Setting(str, "", "an MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): one "
+                               "run per trial in an experiment named after the study; '' = off", empty=True),
+    "tracking.tensorboard": Setting(str, "", "a log folder, resolved on each worker: one run folder per trial "
+                                    "under <folder>/<study>/; '' = off", empty=True),
 }
 
 # The hyperparameters a trial understands, by bare name: `[train]` fixes them, `[params.<name>]` searches.
@@ -188,6 +197,18 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """Experiment trackers every worker logs its trials to (sweep.tracking); empty strings are off."""
+
+    mlflow: str = _default("tracking.mlflow")
+    tensorboard: str = _default("tracking.tensorboard")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mlflow or self.tensorboard)
+
+
+@dataclass(frozen=True)
 class SamplerSpec:
     """Optuna sampler type plus keyword arguments passed to it."""
 
@@ -231,12 +252,15 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     params: Mapping[str, ParamSpec] = field(default_factory=dict)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain JSON-able data (what is stored in the study)."""
         out = dataclasses.asdict(self)
         if out["max_hours"] is None:  # unset: absent, so specs stored before the key keep their fingerprint
             del out["max_hours"]
+        if not self.tracking.enabled:  # off: absent, for the same reason
+            del out["tracking"]
         out["sampler"] = {"type": self.sampler.type, **dict(self.sampler.args)}
         out["pruner"] = {"type": self.pruner.type, **dict(self.pruner.args)}
         params: dict[str, Any] = {}
@@ -518,7 +542,7 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
 
 _TOP_KEYS = (
     "name", "n_trials", "max_hours", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params",
-    "checkpoint",
+    "checkpoint", "tracking",
 )
 
 
@@ -530,6 +554,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     model = _parse_model(_table(raw, "model"))
     train = _parse_settings(raw, "train", TrainSpec)
     checkpoint = _parse_settings(raw, "checkpoint", CheckpointSpec)
+    tracking = _parse_tracking(raw)
     s = dict(_table(raw, "sampler"))
     sampler = SamplerSpec(type=_str(s.pop("type", SamplerSpec.type), "sampler.type", SAMPLERS), args=s)
     p = dict(_table(raw, "pruner"))
@@ -545,6 +570,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         pruner=pruner,
         params=params,
         checkpoint=checkpoint,
+        tracking=tracking,
     )
     # Sampler/pruner arguments are checked against the real Optuna classes. Imported here, not at the
     # top: the table above must stay readable without Optuna (sweep.search needs only sweep.errors).
@@ -577,7 +603,7 @@ def _parse_model(m: dict[str, Any]) -> ModelSpec:
     return ModelSpec(**{k: check(f"model.{k}", m.get(k, _default(f"model.{k}"))) for k in ("arch", "weights")})
 
 
-_S = TypeVar("_S", TrainSpec, CheckpointSpec)
+_S = TypeVar("_S", TrainSpec, CheckpointSpec, TrackingSpec)
 
 
 def _parse_settings(raw: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
@@ -585,6 +611,22 @@ def _parse_settings(raw: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
     t = _table(raw, key)
     _check_keys(t, f"{key}.", tuple(f.name for f in dataclasses.fields(cls)))
     return cls(**{k: check(f"{key}.{k}", t[k]) for k in t})
+
+
+# scheme://user:PASSWORD@host: the password is group 2.
+_URI_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*:)([^/@]*)@")
+
+
+def _parse_tracking(raw: Mapping[str, Any]) -> TrackingSpec:
+    """``[tracking]``, with no password in the MLflow URI: the spec is stored in the database and shown in
+    the report and by optuna-dashboard. MLflow reads credentials from the workers' environment instead."""
+    tracking = _parse_settings(raw, "tracking", TrackingSpec)
+    if _URI_PASSWORD.match(tracking.mlflow):
+        raise SpecError("tracking.mlflow", _URI_PASSWORD.sub(r"\1***@", tracking.mlflow),
+                        "no password in the URI (the spec is stored in the database and shown in reports); set "
+                        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) on "
+                        "the workers")
+    return tracking
 
 
 def _parse_params(params_raw: Any, sampler: str) -> dict[str, ParamSpec]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: storage URLs for both backends, and a throwaway PostgreSQL cluster.
+"""Shared fixtures: storage URLs for both backends, a throwaway PostgreSQL cluster, and Chromium.
 
 ``storage_url`` runs a test once on SQLite and once on PostgreSQL, each time on an empty database.
 ``pg_url`` is the PostgreSQL cluster itself: SWEEP_TEST_PG_URL when set (its user needs CREATEDB),
@@ -31,6 +31,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -270,3 +271,33 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     name = f"sweep-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+# --------------------------------------------------------------------------- Chromium
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROME_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+    "--disable-component-update", "--disable-sync",
+    # Network off: every proxied request goes to a closed port, every host name fails to resolve; only
+    # this machine's loopback (never proxied) stays, for servers a test starts (sweep dashboard).
+    "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium driven by playwright (no `playwright install`), network off."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # CI installs it: fail loudly rather than skip
+        pytest.fail("the browser tests need playwright (pip install playwright; no `playwright install`)")
+    with tempfile.TemporaryDirectory(prefix="sweep-chromium-") as profile, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=CHROME_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        yield ctx
+        ctx.close()

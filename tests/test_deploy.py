@@ -126,10 +126,11 @@ def test_dockerfile_caches_dependencies_before_the_source() -> None:
     install_pkg = index(lambda i, a: i == "RUN" and "pip install --no-deps ." in a)
     copy_studies = index(lambda i, a: i == "COPY" and a.split()[0] == "studies/")  # the built-in specs
     assert copy_pyproject < install_deps < copy_source < install_pkg and copy_studies < install_pkg
-    # The dependency layer reads pyproject's lists, PostgreSQL driver included.
+    # The dependency layer reads pyproject's lists, PostgreSQL driver and trackers (workers log to them) included.
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(d.startswith("psycopg") for d in extras["postgres"])
-    assert "optional-dependencies']['postgres']" in steps[install_deps][1]
+    for extra in ("postgres", "mlflow", "tensorboard"):
+        assert f"optional-dependencies']['{extra}']" in steps[install_deps][1]
 
 
 def test_dockerfile_copies_only_what_exists_and_runs_unprivileged() -> None:

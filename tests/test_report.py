@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from sweep_bench.report import run_report_bench
 from sweep_bench.synthetic import synthetic_study
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 XSS = "<script>alert(1)</script>"
 DISTS: dict[str, Any] = {
     "lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -321,31 +319,6 @@ def test_report_bench_small(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- in Chromium
-
-CHROME_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-    "--disable-component-update", "--disable-sync",
-    # Network off: every proxied request goes to a closed port, every host name fails to resolve.
-    "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:  # CI installs it: fail loudly rather than skip
-        pytest.fail("the browser tests need playwright (pip install playwright; no `playwright install`)")
-    with tempfile.TemporaryDirectory(prefix="sweep-chromium-") as profile, sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=CHROME_FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        yield ctx
-        ctx.close()
-
 
 class Page:
     """A report opened from file:// with every non-file request blocked and recorded."""

@@ -11,7 +11,8 @@ makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into 
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
 report); :mod:`~sweep.service.lifecycle` pauses, resumes, stops, extends and deletes them;
 :mod:`~sweep.service.warm` queues configs and warm-starts a study from another;
-:mod:`~sweep.service.results` exports, predicts with and reruns trained models; and
+:mod:`~sweep.service.results` exports, predicts with and reruns trained models;
+:mod:`~sweep.service.dashboard` serves optuna-dashboard on the storage; and
 :mod:`~sweep.service.clean` clears the artifact folder of files no trial refers to. The public names are
 re-exported here; import from ``sweep.service``. None of it imports torch at module level.
 """
@@ -29,6 +30,7 @@ from sweep.service.common import (
     resolve_study_name,
 )
 from sweep.service.create import CreateResult, create_study
+from sweep.service.dashboard import Dashboard, start_dashboard
 from sweep.service.gate import BudgetGate, Decision
 from sweep.service.lifecycle import (
     ControlResult,
@@ -61,6 +63,7 @@ __all__ = [
     "CleanResult",
     "ControlResult",
     "CreateResult",
+    "Dashboard",
     "DeleteResult",
     "Decision",
     "ENQUEUED_ATTR",
@@ -90,6 +93,7 @@ __all__ = [
     "predict",
     "quiet_optuna",
     "rerun_trial",
+    "start_dashboard",
     "resolve_device",
     "resolve_study_name",
     "resume_study",

@@ -42,6 +42,7 @@ from sweep.spec import StudySpec
 if TYPE_CHECKING:
     from sweep.objectstore import ArtifactStore
 from sweep.storage import artifact_store, open_storage, retry_on_locked
+from sweep.tracking import tracked
 
 
 @dataclass
@@ -105,9 +106,10 @@ def run_worker(
     store = _worker_store(storage, store, events)
     summary = WorkerSummary(study=name, device=device)
     gate = BudgetGate(study, spec)
-    runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
-    loop = _TrialLoop(gate, runner, events, summary, provenance.environment(), n_trials, poll_s, wait_paused)
-    loop.run()
+    with tracked(spec, study, events) as events:  # the study's [tracking]: listeners on the trials' events
+        runner = TrialRunner(study, spec, data, device, stop, events, storage, store)
+        loop = _TrialLoop(gate, runner, events, summary, provenance.environment(), n_trials, poll_s, wait_paused)
+        loop.run()
     return summary
 
 
