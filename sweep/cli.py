@@ -771,7 +771,7 @@ def clean_artifacts(
     artifacts: Annotated[
         str | None,
         typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", help="The workers' artifact folder (default: "
-                     "storage/artifacts).", show_default=False),
+                     "storage/artifacts) or s3://bucket/prefix.", show_default=False),
     ] = None,
     older_than: Annotated[
         float, typer.Option("--older-than", min=0, help="Only files older than this many seconds.")
