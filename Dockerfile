@@ -13,12 +13,12 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/sweep
 
-# 1. Dependencies, read from pyproject.toml (plus the PostgreSQL driver and the trackers a study's
-#    [tracking] may name: workers log to them). The constraint file pins the base image's
-#    torch/torchvision, so pip never swaps them for a multi-GB download from PyPI.
+# 1. Dependencies, read from pyproject.toml (plus the PostgreSQL driver, boto3 for s3:// artifacts and
+#    the trackers a study's [tracking] may name: workers log to them). The constraint file pins the base
+#    image's torch/torchvision, so pip never swaps them for a multi-GB download from PyPI.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres'] \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres'] + p['optional-dependencies']['s3'] \
 + p['optional-dependencies']['mlflow'] + p['optional-dependencies']['tensorboard']))" > /tmp/requirements.txt \
  && (pip list --format=freeze | grep -iE '^(torch|torchvision)==' > /tmp/constraints.txt || true) \
  && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt

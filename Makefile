@@ -22,10 +22,13 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 venv: $(VENV)/.installed
 
 # PostgreSQL and PgBouncer (storage tests on both backends, and through PgBouncer in transaction
-# mode) and Chromium (the report in a real browser).
+# mode), Slurm and munge (deploy/slurm-array.sh on a throwaway single-node Slurm, as root) and
+# Chromium (the report in a real browser).
+SYSTEM_PACKAGES := postgresql pgbouncer slurmctld slurmd slurm-client munge
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! test -x /usr/sbin/pgbouncer; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql pgbouncer; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! test -x /usr/sbin/pgbouncer \
+	  || ! test -x /usr/sbin/slurmd || ! test -x /usr/sbin/slurmctld || ! test -x /usr/sbin/munged; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
 	fi
 	scripts/install-browser
 

@@ -3,10 +3,22 @@
 #
 #   export SWEEP_STORAGE='postgresql+psycopg://sweep:<password>@<host>:5432/sweep'
 #   #   (or write the URL to ~/.config/sweep/storage-url, chmod 600: the job reads it from there)
+#   export SWEEP_ARTIFACTS=s3://bucket/lr-freeze    # or a folder every node mounts (AWS_* for the endpoint)
 #   sweep create lr-freeze                          # once, e.g. on the login node
 #   sbatch --array=0-7 deploy/slurm-array.sh lr-freeze
+#   squeue --me; tail -f sweep-<job>_<task>.out; sweep status lr-freeze
+#
+# CPU workers instead (no GPU requested; Slurm's own SBATCH_* variables override the #SBATCH lines):
+#   SBATCH_GRES=none SWEEP_DEVICE=cpu sbatch --cpus-per-task=8 --mem=8G --array=0-3 deploy/slurm-array.sh lr-freeze
+# SWEEP_DEVICE (default cuda) and SWEEP_THREADS (default: the task's CPUs) set the worker's device and threads.
 #
 # Run from the repository root (specs in ./studies, data in ./data); SWEEP_VENV=path activates a venv.
+#
+# Preemption and requeue (scontrol requeue, a preempting partition): Slurm sends SIGTERM, the worker
+# finishes its epoch, checkpoints and hands the trial back; the task is queued again and its worker (or
+# any other) resumes the trial from that checkpoint. The time limit: --signal=TERM@300 does the same
+# five minutes before it, and the task ends. Exit 75 (CUDA context broken) and 69 (database
+# unavailable) requeue the task: a new start, maybe on another node. Exit 2: a setting to fix, no requeue.
 #SBATCH --job-name=sweep
 #SBATCH --array=0-3
 #SBATCH --gres=gpu:1
@@ -14,10 +26,15 @@
 #SBATCH --mem=32G
 #SBATCH --time=24:00:00
 #SBATCH --signal=TERM@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
 #SBATCH --output=sweep-%A_%a.out
 set -euo pipefail
 
 study=${1:-lr-freeze}
+device=${SWEEP_DEVICE:-cuda}
+threads=${SWEEP_THREADS:-${SLURM_CPUS_PER_TASK:-4}}
+readonly EXIT_DEVICE_LOST=75 EXIT_DATABASE_UNAVAILABLE=69
 
 if [ -n "${SWEEP_VENV:-}" ]; then
     # shellcheck disable=SC1091
@@ -33,22 +50,25 @@ if [ -z "${SWEEP_STORAGE:-}" ]; then
     export SWEEP_STORAGE
 fi
 
-# Slurm has already narrowed CUDA_VISIBLE_DEVICES to this task's GPU, so the worker uses the one
-# visible device (--device cuda). `--gpu 0` would reset CUDA_VISIBLE_DEVICES=0: on nodes where Slurm
+# With a GPU, Slurm has already narrowed CUDA_VISIBLE_DEVICES to this task's GPU, so the worker uses the
+# one visible device (--device cuda). `--gpu 0` would reset CUDA_VISIBLE_DEVICES=0: on nodes where Slurm
 # does not confine devices with cgroups, that is the node's first GPU, shared by every task.
-# --signal=TERM@300 reaches the srun step before the time limit: the worker finishes its epoch
-# and hands the trial back to the queue.
-# Exit code 69 (EX_UNAVAILABLE): the database stayed unreachable for SWEEP_DB_PATIENCE (default
-# 10 min). Not the worker's fault: it is started again after a backoff (10 s doubling up to 5 min)
-# instead of ending the task; its trial is resumed from its checkpoint.
-delay=10
-while true; do
-    set +e
-    srun --kill-on-bad-exit=1 sweep worker "$study" --device cuda --threads "${SLURM_CPUS_PER_TASK:-4}"
-    rc=$?
-    set -e
-    [ "$rc" -eq 69 ] || exit "$rc"
-    echo "slurm-array.sh: the database stayed unreachable; starting the worker again in ${delay} s" >&2
-    sleep "$delay"
-    delay=$((delay < 150 ? delay * 2 : 300))
+# --signal=TERM@300 reaches job steps only, hence srun; srun takes --cpus-per-task again (Slurm 22.05+
+# no longer hands the job's to a step).
+# Not exec: the worker's exit code decides below. A requeue or scancel sends SIGTERM to the batch shell
+# too: it must outlive the step (the job ends with the shell), so it waits on through the signal.
+trap ':' TERM
+srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
+    sweep worker "$study" --device "$device" --threads "$threads" &
+step=$!
+while :; do
+    rc=0
+    wait "$step" || rc=$?
+    kill -0 "$step" 2>/dev/null || break # still running: the wait was cut short by the signal
 done
+
+if [ "$rc" -eq "$EXIT_DEVICE_LOST" ] || [ "$rc" -eq "$EXIT_DATABASE_UNAVAILABLE" ]; then
+    echo "slurm-array.sh: the worker exited $rc; requeueing task ${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}" >&2
+    scontrol requeue "$SLURM_JOB_ID" # ends this run; the task starts again when a node is free
+fi
+exit "$rc"

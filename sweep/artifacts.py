@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 import optuna
 import sqlalchemy
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from sweep.atomic import write_atomic
 from sweep.kept import FINAL_MODEL_ATTR
@@ -84,34 +85,55 @@ class Orphans:
 
 
 def remove_orphans(
-    storage: optuna.storages.BaseStorage, store: AtomicFileStore, *, min_age_s: float, dry_run: bool = False
+    storage: optuna.storages.BaseStorage, store: Any, *, min_age_s: float, dry_run: bool = False
 ) -> Orphans:
     """Remove this storage's artifact files that no trial points at, and unfinished temporary files,
-    older than ``min_age_s`` seconds (see the module's docstring)."""
-    now = time.time()
-    files, temporary = {}, {}
-    for entry in _entries(store.base_path):
-        if now - entry.stat().st_mtime < min_age_s:
-            continue
-        if _ARTIFACT.match(entry.name):
-            files[entry.name] = entry
-        elif _TEMPORARY.match(entry.name):
-            temporary[entry.name] = entry  # a write that never finished: no reader can ever want it
+    older than ``min_age_s`` seconds (see the module's docstring). ``store``: an AtomicFileStore, or an
+    S3ArtifactStore (``sweep.objectstore``: one listing of its prefix; an upload is whole or absent there,
+    so it leaves no temporary objects)."""
+    files, temporary = _old_files(store, min_age_s)
     if files:
         # Another storage's file in a shared folder is not this storage's to judge: only its own go.
         ours, pointed_at = _uploaded_here(storage, files), referenced(storage, recent_s=min_age_s)
-        files = {name: e for name, e in files.items() if name in ours and name not in pointed_at}
-    removed, size = [], 0
-    for name, entry in sorted({**files, **temporary}.items()):
+        files = {name: size for name, size in files.items() if name in ours and name not in pointed_at}
+    removed, total = [], 0
+    for name, size in sorted({**files, **temporary}.items()):
         try:
-            length = entry.stat().st_size
             if not dry_run:
-                os.remove(entry.path)
-        except FileNotFoundError:
+                _remove(store, name)
+        except (FileNotFoundError, ArtifactNotFound):
             continue  # removed meanwhile (kept.reconcile, another worker's sweep)
         removed.append(name)
-        size += length
-    return Orphans(tuple(removed), size)
+        total += size
+    return Orphans(tuple(removed), total)
+
+
+def _old_files(store: Any, min_age_s: float) -> tuple[dict[str, int], dict[str, int]]:
+    """(artifact files, unfinished temporary files) older than ``min_age_s``: name → size in bytes."""
+    files, temporary = {}, {}
+    listing = getattr(store, "listing", None)  # object storage: age and size of every object under the prefix
+    if listing is not None:
+        for name, (age, size) in listing().items():
+            if age >= min_age_s and _ARTIFACT.match(name):
+                files[name] = size
+        return files, temporary
+    now = time.time()
+    for entry in _entries(store.base_path):
+        stat = entry.stat()
+        if now - stat.st_mtime < min_age_s:
+            continue
+        if _ARTIFACT.match(entry.name):
+            files[entry.name] = stat.st_size
+        elif _TEMPORARY.match(entry.name):
+            temporary[entry.name] = stat.st_size  # a write that never finished: no reader can ever want it
+    return files, temporary
+
+
+def _remove(store: Any, name: str) -> None:
+    if hasattr(store, "listing"):
+        store.remove(name)
+    else:  # a temporary file is no artifact of the store's: removed by its path
+        os.remove(store.base_path / name)
 
 
 def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:

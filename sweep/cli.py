@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # the service (Optuna, SQLAlchemy) is imported by the command
 # Every environment variable sweep reads, shown at the end of `sweep --help`.
 ENVIRONMENT = {
     "SWEEP_STORAGE": "database URL, instead of --storage (keeps a password off command lines)",
-    "SWEEP_ARTIFACTS": "folder for checkpoints and kept models, instead of --artifacts (shared by workers)",
+    "SWEEP_ARTIFACTS": "checkpoints and kept models: a folder or s3://bucket/prefix, instead of --artifacts",
+    "SWEEP_SIGNAL_EXIT": "exit code of a worker a signal stopped, instead of --signal-exit (Kubernetes: 143)",
+    "AWS_ENDPOINT_URL": "with s3:// artifacts: an S3-compatible endpoint (MinIO, Ceph, R2); AWS_* credentials too",
     "SWEEP_CACHE_DIR": "decoded-image cache (default storage/cache)",
     "SWEEP_HEARTBEAT_INTERVAL": "seconds between a running trial's heartbeats (default 10)",
     "SWEEP_GRACE_PERIOD": "seconds without a heartbeat before a trial counts as dead (default 30)",
@@ -81,7 +83,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document 
 StoredArtifactsOpt = Annotated[
     str | None,
     typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
-                 help="The folder the workers stored checkpoints and models in (default: storage/artifacts)."),
+                 help="Where the workers stored checkpoints and models: a folder (default: storage/artifacts) "
+                      "or s3://bucket/prefix."),
 ]
 
 
@@ -298,13 +301,25 @@ def worker(
         typer.Option(
             "--artifacts",
             envvar="SWEEP_ARTIFACTS",
-            help="Folder for epoch checkpoints, shared by all workers (default: storage/artifacts).",
+            help="Checkpoints and kept models, shared by all workers: a folder (default: storage/artifacts) or "
+            "s3://bucket/prefix (endpoint and credentials from the AWS environment).",
             show_default=False,
         ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="While the study is paused (sweep pause), stay and poll instead of exiting.")
     ] = False,
+    signal_exit: Annotated[
+        int,
+        typer.Option(
+            "--signal-exit",
+            envvar="SWEEP_SIGNAL_EXIT",
+            min=0,
+            max=255,
+            help="Exit code after a signal made this worker hand its trial back (default 0). Kubernetes: 143, "
+            "so that a preempted pod counts as failed and its index is started again.",
+        ),
+    ] = 0,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Pull trials from the study and run them until its budget is spent.
@@ -324,14 +339,18 @@ def worker(
     if plan.slots:
         from sweep.workers import supervise
 
+        if signal_exit:  # the children decide it: each is stopped by the signal the supervisor passes on
+            os.environ["SWEEP_SIGNAL_EXIT"] = str(signal_exit)
         console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
         raise typer.Exit(supervise(plan.slots, plan.child_args,
                                    log=lambda m: console.print(m, highlight=False)))
-    _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait)
+    _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait,
+                         signal_exit=signal_exit)
 
 
 def _run_in_this_process(
-    plan: WorkerPlan, study: str | None, storage: str, *, n_trials: int | None, artifacts: str | None, wait: bool
+    plan: WorkerPlan, study: str | None, storage: str, *, n_trials: int | None, artifacts: str | None, wait: bool,
+    signal_exit: int = 0,
 ) -> None:
     """One worker here: its display, its stop handlers, the run, the one-line summary, the exit code."""
     plan.pin_here()
@@ -386,6 +405,10 @@ def _run_in_this_process(
         from sweep.workers import EXIT_DEVICE_LOST
 
         raise typer.Exit(EXIT_DEVICE_LOST)  # a fresh process gets a fresh CUDA context: restart me
+    if summary.stopped and signal_exit:
+        # Work is left (the trial just handed back): an engine that reads 0 as "this worker's work is
+        # done" (a Kubernetes Job's index) must start it again.
+        raise typer.Exit(signal_exit)
 
 
 # --------------------------------------------------------------------------- report
@@ -749,7 +772,7 @@ def clean_artifacts(
     artifacts: Annotated[
         str | None,
         typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", help="The workers' artifact folder (default: "
-                     "storage/artifacts).", show_default=False),
+                     "storage/artifacts) or s3://bucket/prefix.", show_default=False),
     ] = None,
     older_than: Annotated[
         float, typer.Option("--older-than", min=0, help="Only files older than this many seconds.")

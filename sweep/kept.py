@@ -102,10 +102,13 @@ def reconcile(
     # the block ends): a reader never sees a kept list naming a file already gone. Outside the lock
     # is safe: a trial out of this top K is out of every later one, and a reconcile that ran earlier
     # saw fewer trials, so it keeps a superset of what it could remove.
+    from sweep.objectstore import present
+
     keep_ids = {k.artifact_id for k in kept}
+    stored = present(store, (m.artifact_id for m in models if m.state in _FINISHED and m.artifact_id not in keep_ids))
     removed = []
     for m in models:
-        if m.state in _FINISHED and m.artifact_id not in keep_ids:
+        if m.state in _FINISHED and m.artifact_id not in keep_ids and m.artifact_id in stored:
             # Idempotent: most were removed by an earlier reconcile (a failed unlink costs a syscall).
             with contextlib.suppress(Exception):
                 store.remove(m.artifact_id)

@@ -240,10 +240,10 @@ class Checkpoints:
         """
         if self.store is None:
             return None
+        from sweep.objectstore import location_of
+
         artifact_id = self._upload(payload, f"trial{self.trial.number}-final.pt")
-        base = getattr(self.store, "_base_path", None)  # FileSystemArtifactStore: say where the file is
-        where = os.path.abspath(os.path.join(base, artifact_id)) if base else None
-        record = {"artifact_id": artifact_id, "path": where}
+        record = {"artifact_id": artifact_id, "path": location_of(self.store, artifact_id)}
         self._record(FINAL_MODEL_ATTR, record, artifact_id)
         return record
 

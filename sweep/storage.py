@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 import optuna
@@ -34,6 +34,9 @@ from sweep import rdb
 from sweep.errors import UserError, env_int
 from sweep.outage import CallWatchdog, DatabaseUnavailable, Patience
 from sweep.rdb import SweepRDBStorage
+
+if TYPE_CHECKING:  # optuna.artifacts imports boto3 when installed: only commands that store files pay
+    from sweep.objectstore import ArtifactStore
 
 _T = TypeVar("_T")
 DEFAULT_URL = "sqlite:///storage/sweep.db"
@@ -649,15 +652,20 @@ def retry_on_locked(fn: Callable[[], Any], attempts: int = 5) -> Any:
     return None
 
 
-def artifact_store(storage_url: str, location: str | None = None) -> optuna.artifacts.FileSystemArtifactStore:
-    """Where trial checkpoints go: ``location`` (a path, shared by every worker), else
-    SWEEP_ARTIFACTS, else ``artifacts/`` beside the SQLite file (``storage/artifacts`` otherwise).
+def artifact_store(storage_url: str, location: str | None = None) -> ArtifactStore:
+    """Where trial checkpoints and kept models go: ``location`` (a folder or ``s3://bucket/prefix``,
+    shared by every worker), else SWEEP_ARTIFACTS, else ``artifacts/`` beside the SQLite file
+    (``storage/artifacts`` otherwise). A location that cannot be used is a StorageError (one line).
 
-    Workers on several machines need a location they all see (an NFS path, a mounted bucket).
+    Workers on several machines need a location they all see: object storage, or an NFS path.
     """
+    from sweep.objectstore import ArtifactLocationError, open_store
+
     where = location or os.environ.get("SWEEP_ARTIFACTS")
     if not where:
         path = sqlite_path(storage_url)
         where = str((path.parent if path is not None else Path("storage")) / "artifacts")
-    Path(where).mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(where)
+    try:
+        return open_store(where)
+    except ArtifactLocationError as exc:
+        raise StorageError(str(exc)) from None

@@ -9,6 +9,11 @@ Deselect them with ``-m "not postgres"``.
 A test marked ``pgbouncer`` runs a third time, through a real PgBouncer in transaction pooling mode
 (``scripts/pgbouncer-test``, Debian's ``pgbouncer``) in front of that cluster: the configuration
 storage/README.md recommends for many workers.
+
+``s3_endpoint`` is a real S3-compatible server on 127.0.0.1 for the session (moto's standalone server,
+``moto[server]`` from the test extra); ``s3_bucket`` points the AWS environment at it and makes a fresh
+bucket. Without moto those tests are skipped locally and fail in CI, like the PostgreSQL ones.
+``slurm_conf`` is a throwaway single-node Slurm (``scripts/slurm-test-cluster``), the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +38,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PG_CLUSTER = ROOT / "scripts" / "pg-test-cluster"
 PGBOUNCER = ROOT / "scripts" / "pgbouncer-test"
+SLURM_CLUSTER = ROOT / "scripts" / "slurm-test-cluster"
 INSTALL_HINT = "apt-get install -y postgresql"
 BACKENDS = [
     "sqlite",
@@ -148,6 +158,19 @@ def pgbouncer_url(pg_url: str) -> Iterator[str]:
     yield from _started(PGBOUNCER, "sweep-pgbouncer-", [pg_url])
 
 
+@pytest.fixture(scope="session")
+def slurm_conf() -> Iterator[str]:
+    """The slurm.conf of a throwaway single-node Slurm for this session (scripts/slurm-test-cluster:
+    Debian's slurmctld, slurmd and munge; slurmd must run as root): export it as SLURM_CONF."""
+    if not all(Path(f"/usr/sbin/{d}").exists() for d in ("slurmctld", "slurmd", "munged")) or not shutil.which(
+        "sbatch"
+    ):
+        _missing("Slurm is not installed (run: apt-get install -y slurmctld slurmd slurm-client munge)")
+    if os.geteuid() != 0:
+        _missing("the throwaway Slurm needs root (slurmd starts every job's processes)")
+    yield from _started(SLURM_CLUSTER, "sweep-slurm-", [])
+
+
 @pytest.fixture(params=BACKENDS)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL to an empty sweep database: a SQLite file in tmp_path, or a fresh PostgreSQL database
@@ -184,6 +207,70 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- S3-compatible object storage
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "sweep-test-key", "AWS_SECRET_ACCESS_KEY": "sweep-test-secret-4f1c"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of moto's standalone S3 server on 127.0.0.1, for this session (state in memory)."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        _missing("moto[server] is not installed (pip install 'moto[server]': the test extra)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto's S3 server did not start: {log.read_text()[-2000:]}", pytrace=False)
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh, empty bucket; the AWS environment (endpoint, keys, region; no config file) points at
+    ``s3_endpoint`` for this test and the processes it starts."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    # A developer's ~/.aws must not decide where the test's objects go.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    name = f"sweep-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
 
 
 # --------------------------------------------------------------------------- Chromium

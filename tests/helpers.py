@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 TINY_SPEC = """
@@ -102,3 +104,18 @@ def held_worker_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
     (hooks / "sitecustomize.py").write_text(HOLD_HOOK)
     hold.write_text("held")
     return {"PYTHONPATH": f"{hooks}:{Path(__file__).resolve().parents[1]}", "HOLD": str(hold)}, hold
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 300) -> str:
+    """Read the process output until ``needle`` appears."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")

@@ -15,7 +15,7 @@ from optuna.artifacts import upload_artifact
 from sweep import artifacts
 from sweep.artifacts import CHECKPOINT_ATTR, AtomicFileStore, disk_full, referenced, remove_orphans
 from sweep.kept import FINAL_MODEL_ATTR
-from sweep.storage import open_storage
+from sweep.storage import artifact_store, open_storage
 
 
 def _copy_then_fill_the_disk(src: io.BufferedIOBase, dst: io.BufferedIOBase) -> None:
@@ -138,8 +138,9 @@ def test_a_worker_start_removes_what_a_crash_left_and_says_so(tmp_path: Path) ->
     recent = _upload(trial, AtomicFileStore(folder), b"y", tmp_path)
     _age(folder / crashed, 7200)
     said: list[str] = []
-    store = _worker_store(storage, optuna.artifacts.FileSystemArtifactStore(folder), WorkerEvents(message=said.append))
-    assert isinstance(store, AtomicFileStore) and store.base_path == folder
+    opened = artifact_store(f"sqlite:///{tmp_path / 'db.sqlite'}", str(folder))  # a folder: written whole or not at all
+    assert isinstance(opened, AtomicFileStore) and opened.base_path == folder
+    assert _worker_store(storage, opened, WorkerEvents(message=said.append)) is opened
     assert said == [f"removed 1 artifact files no trial refers to (3.0 MB) from {folder}"]
     assert [p.name for p in folder.iterdir()] == [recent]  # younger than an hour: its record may be on its way
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, write_tiny_spec
+from helpers import held_worker_env, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
-from test_workers import SWEEP, _create, _env, _study, _sweep, _url, _wait_for
+from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 from typer.testing import CliRunner
 
 from sweep.cli import app
@@ -81,7 +81,7 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     _create(tmp_path, "data.subset=800", n_trials=3, epochs=6)
     held, hold = held_worker_env(tmp_path)
     workers = [_sweep(tmp_path, "worker", "--threads", "1", **held, **fast) for _ in range(2)]
-    outputs = [_wait_for(w, "epoch 1/6") for w in workers]  # both are training, held in epoch 2
+    outputs = [wait_for_line(w, "epoch 1/6") for w in workers]  # both are training, held in epoch 2
     paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=_env(tmp_path), text=True,
                             capture_output=True)
     assert paused.returncode == 0, paused.stderr
@@ -101,7 +101,7 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
 
     # A worker that waits while paused; the budget grows by one; resume: it finishes the study.
     waiter = _sweep(tmp_path, "worker", "--threads", "1", "--wait", **fast)
-    outputs.append(_wait_for(waiter, "waiting for `sweep resume`"))
+    outputs.append(wait_for_line(waiter, "waiting for `sweep resume`"))
     for command in (["extend", "tiny", "--n-trials", "4"], ["resume", "tiny"]):
         done = subprocess.run([str(SWEEP), *command], cwd=tmp_path, env=_env(tmp_path), text=True,
                               capture_output=True)
@@ -153,7 +153,7 @@ def test_stop_a_training_worker_then_extend_resumes_and_delete_removes_every_fil
     _create(tmp_path, "data.subset=800", "checkpoint.keep_best=1", n_trials=2, epochs=4)
     held, hold = held_worker_env(tmp_path)
     worker = _sweep(tmp_path, "worker", "--threads", "1", "--wait", **held, **fast)
-    output = _wait_for(worker, "epoch 1/4")  # training, held in epoch 2
+    output = wait_for_line(worker, "epoch 1/4")  # training, held in epoch 2
     url = _url(tmp_path)
     code, out = _cli(url, "stop", "tiny")
     assert code == 0 and "now stopped" in out

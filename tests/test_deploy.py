@@ -1,11 +1,14 @@
 """The deployment files agree with pyproject, with the CLI and with each other; none holds a password.
 
-Docker, Kubernetes and Slurm are not available here: every ``sweep ...`` invocation in these files is
-parsed by the real CLI (without running it), and the files are checked for the facts they share.
+Docker and Kubernetes are not available here: every ``sweep ...`` invocation in these files is parsed by
+the real CLI (without running it), the files are checked for the facts they share, and the Kubernetes Job
+is validated against the Kubernetes OpenAPI schemas that ``kubernetes-validate`` bundles (offline). The
+Slurm script runs for real in tests/test_slurm.py.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shlex
@@ -17,6 +20,8 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
+
+from sweep.errors import EX_UNAVAILABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -221,6 +226,94 @@ def test_k8s_job_one_gpu_per_pod_storage_from_a_secret() -> None:
         assert "value" not in env["SWEEP_STORAGE"]
 
 
+# The Kubernetes releases the Job is checked against: podFailurePolicy is GA from 1.31, backoffLimitPerIndex
+# on by default from 1.29; and the newest schema the validator bundles.
+K8S_VERSIONS = ("1.31", "latest")
+POD_FAILURE_ACTIONS = {"FailJob", "FailIndex", "Ignore", "Count"}  # not an enum in the OpenAPI schema
+EXIT_DATABASE_UNAVAILABLE = EX_UNAVAILABLE  # 69: the worker's code when its database stays away
+
+
+def _validate_k8s(doc: dict[str, Any], version: str) -> None:
+    import kubernetes_validate
+    from kubernetes_validate.utils import latest_version
+
+    kubernetes_validate.validate(doc, latest_version() if version == "latest" else version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_validate_against_the_kubernetes_schema(version: str) -> None:
+    docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+    for doc in docs:
+        _validate_k8s(doc, version)  # strict: an unknown field is an error, as `kubectl apply` makes it
+    # The validator really checks: each of these breaks the Job and is refused.
+    breakages = {
+        "a misspelt field": lambda job: job["spec"]["template"]["spec"].update(terminationGracePeriod=600),
+        "a string for a number": lambda job: job["spec"].update(completions="four"),
+        "a container without a name": lambda job: job["spec"]["template"]["spec"]["containers"][0].pop("name"),
+        "an exit code as a string": lambda job: job["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"].update(
+            values=["75"]
+        ),
+        "a secret reference misspelt": lambda job: job["spec"]["template"]["spec"]["containers"][0]["env"][0][
+            "valueFrom"
+        ].update(secretRef={"name": "sweep-storage"}),
+    }
+    import kubernetes_validate
+
+    for what, breakage in breakages.items():
+        broken = copy.deepcopy(k8s_job())
+        breakage(broken)
+        with pytest.raises(kubernetes_validate.ValidationError):
+            _validate_k8s(broken, version)
+            pytest.fail(f"the schema accepted {what}")
+
+
+def test_k8s_job_survives_preemption_and_retries_what_a_new_pod_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweep.objectstore import parse_s3
+    from sweep.workers import EXIT_DEVICE_LOST
+
+    job = k8s_job()
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert pod["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy: Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {r["action"] for r in rules} <= POD_FAILURE_ACTIONS
+
+    def action_for_exit(code: int) -> str | None:
+        for rule in rules:
+            match = rule.get("onExitCodes")
+            if match and match.get("containerName") in (None, "worker"):
+                if (code in match["values"]) == (match["operator"] == "In"):
+                    return str(rule["action"])
+        return None
+
+    # Restart-worthy: the pod again, counted; a user's setting error: the Job fails at once.
+    assert action_for_exit(EXIT_DEVICE_LOST) == "Count" and action_for_exit(EXIT_DATABASE_UNAVAILABLE) == "Count"
+    assert action_for_exit(2) == "FailJob"
+    # Preemption is not the worker's failure: ignored, the index started again.
+    assert any(
+        r["action"] == "Ignore" and {"type": "DisruptionTarget", "status": "True"} in r.get("onPodConditions", [])
+        for r in rules
+    )
+    (worker,) = pod["containers"]
+    env = {e["name"]: e for e in worker["env"]}
+    # A worker stopped by SIGTERM must not exit 0 (that would complete its index for good), nor with a code
+    # a rule would fail the Job for.
+    params = parse_cli(worker["args"])
+    monkeypatch.setenv("SWEEP_SIGNAL_EXIT", env["SWEEP_SIGNAL_EXIT"]["value"])
+    signal_exit = parse_cli(worker["args"])["signal_exit"]
+    assert params["signal_exit"] == 0 and signal_exit == 143 and action_for_exit(signal_exit) in (None, "Count")
+    # Long enough for an epoch and its upload (lr-freeze: well under 5 minutes on one GPU).
+    assert pod["terminationGracePeriodSeconds"] >= 300
+    # Checkpoints and kept models in object storage; nothing of theirs on a pod's disk.
+    bucket, prefix = parse_s3(env["SWEEP_ARTIFACTS"]["value"])
+    assert bucket and prefix == "lr-freeze"
+    assert not any(m["mountPath"].endswith("artifacts") for m in worker["volumeMounts"])
+    assert not any(v["name"] == "artifacts" for v in pod["volumes"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "sweep-s3"
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True  # AWS S3 needs none
+
+
 # --------------------------------------------------------------------------- Slurm
 
 
@@ -230,10 +323,15 @@ def test_slurm_array_is_valid_bash_one_gpu_per_task() -> None:
     subprocess.run(["bash", "-n", str(SLURM)], check=True)
     text = SLURM.read_text()
     sbatch = dict(
-        line.removeprefix("#SBATCH ").split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --")
+        line.removeprefix("#SBATCH ").partition("=")[::2] for line in text.splitlines() if line.startswith("#SBATCH --")
     )
+    assert "--requeue" in sbatch and sbatch["--signal"].startswith("TERM@"), "preempted and timed-out tasks hand back"
     assert "--array" in sbatch
     assert sbatch.get("--gres") == "gpu:1" or sbatch.get("--gpus-per-task") == "1"
+
+
+# What the Slurm script's variables hold by default (deploy/slurm-array.sh sets them; others become "4").
+SHELL_DEFAULTS = {"1": "lr-freeze", "study": "lr-freeze", "device": "cuda"}
 
 
 def _sweep_invocations(text: str, comments: bool = True) -> list[list[str]]:
@@ -246,8 +344,8 @@ def _sweep_invocations(text: str, comments: bool = True) -> list[list[str]]:
                 continue
             line = line.lstrip("#").strip()
         for match in re.finditer(r"(?:^|[\s`(])sweep ((?:create|worker|report|status|list|rerun|bench)\b[^`]*)", line):
-            body = _interpolate(match.group(1).split(" #", 1)[0])
-            body = re.sub(r"\$\{?(\w+)\}?", lambda m: "lr-freeze" if m.group(1) in ("1", "study") else "4", body)
+            body = _interpolate(match.group(1).split(" #", 1)[0]).rstrip().removesuffix("&")  # run in the background
+            body = re.sub(r"\$\{?(\w+)\}?", lambda m: SHELL_DEFAULTS.get(m.group(1), "4"), body)
             out.append(shlex.split(body))
     return out
 
@@ -259,7 +357,9 @@ def test_slurm_uses_the_gpu_slurm_gave_it() -> None:
         params = parse_cli(args)
         # --gpu N would overwrite the CUDA_VISIBLE_DEVICES Slurm set for this task.
         assert params["device"] == "cuda" and not params["gpu"]
-    assert re.search(r"\bsrun\b.*\bsweep worker\b", SLURM.read_text()), "--signal reaches job steps only: use srun"
+    text = SLURM.read_text()
+    assert re.search(r"\bsrun\b.*\\\n\s*sweep worker\b", text), "--signal reaches job steps only: use srun"
+    assert "device=${SWEEP_DEVICE:-cuda}\n" in text, "a GPU worker unless told otherwise"
 
 
 # --------------------------------------------------------------------------- README + secrets

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, write_tiny_spec
+from helpers import held_worker_env, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
-from test_workers import SWEEP, _create, _env, _study, _sweep, _url, _wait_for
+from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 
 import sweep.train
 from sweep.kept import FINAL_MODEL_ATTR
@@ -95,7 +95,7 @@ def test_a_trial_failed_by_a_peer_meanwhile_is_let_go_and_its_retry_resumes(tmp_
     _create(tmp_path, "data.subset=400", n_trials=2, epochs=3, url=storage_url)
     held, hold = held_worker_env(tmp_path)
     owner = _sweep(tmp_path, "worker", "--threads", "1", **held)
-    _wait_for(owner, "epoch 1/3")
+    wait_for_line(owner, "epoch 1/3")
     study = _study(tmp_path)
     deadline = time.monotonic() + 120  # the epoch-1 checkpoint is stored just after the line is printed
     while not study.trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
@@ -255,7 +255,7 @@ def _until_both_in_epoch_2(proc: subprocess.Popen[str], tmp_path: Path) -> str:
     checkpoints: stored after the epoch's stop check, so a stop from now on ends epoch 2 (held)."""
     seen = ""
     while not ("[cpu0] trial" in seen and "[cpu1] trial" in seen and seen.count("epoch 1/3") >= 2):
-        seen += _wait_for(proc, "epoch 1/3")
+        seen += wait_for_line(proc, "epoch 1/3")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         trials = _study(tmp_path).trials
@@ -271,7 +271,7 @@ def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -
     group = _supervised_group(tmp_path, held)
     seen = _until_both_in_epoch_2(group, tmp_path)
     os.killpg(group.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
-    seen += _wait_for(group, "stopping workers")
+    seen += wait_for_line(group, "stopping workers")
     hold.unlink()
     out = seen + group.communicate(timeout=600)[0]
     assert group.returncode == 0, out
@@ -299,7 +299,7 @@ def test_a_second_ctrl_c_stops_the_group_at_once(tmp_path: Path) -> None:
     group = _supervised_group(tmp_path, held)
     seen = _until_both_in_epoch_2(group, tmp_path)
     os.killpg(group.pid, signal.SIGINT)
-    seen += _wait_for(group, "stopping workers")
+    seen += wait_for_line(group, "stopping workers")
     os.killpg(group.pid, signal.SIGINT)
     out = seen + group.communicate(timeout=120)[0]
     assert group.returncode == 128 + signal.SIGINT, out

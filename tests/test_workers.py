@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, write_tiny_spec
+from helpers import held_worker_env, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -48,21 +48,6 @@ def _create(tmp_path: Path, *sets: str, url: str | None = None, **kw: object) ->
     subprocess.run([str(SWEEP), *args], cwd=tmp_path, env=_env(tmp_path), check=True, capture_output=True)
 
 
-def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 300) -> str:
-    """Read the process output until ``needle`` appears."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return "".join(seen)
-    raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")
-
-
 @pytest.mark.pgbouncer
 def test_two_worker_processes_finish_a_shared_budget_exactly(tmp_path: Path, storage_url: str) -> None:
     _create(tmp_path, n_trials=5, epochs=1, url=storage_url)
@@ -88,7 +73,7 @@ def test_supervisor_runs_cpu_workers(tmp_path: Path) -> None:
 def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> None:
     _create(tmp_path, "data.subset=400", n_trials=1, epochs=3)
     proc = _sweep(tmp_path, "worker", "--threads", "1")
-    _wait_for(proc, "epoch 1/3")
+    wait_for_line(proc, "epoch 1/3")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
@@ -120,6 +105,39 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
     assert [p.name for p in (tmp_path / "artifacts").iterdir()] == [kept[0]["artifact_id"]]
 
 
+def test_signal_exit_code_only_when_a_signal_stopped_the_worker(tmp_path: Path) -> None:
+    """SWEEP_SIGNAL_EXIT (Kubernetes: 143): a preempted worker must not look done, a finished one must."""
+    _create(tmp_path, n_trials=1, epochs=3)
+    held, hold = held_worker_env(tmp_path)
+    proc = _sweep(tmp_path, "worker", "--threads", "1", SWEEP_SIGNAL_EXIT="143", **held)
+    wait_for_line(proc, "epoch 1/3")
+    proc.send_signal(signal.SIGTERM)
+    wait_for_line(proc, "stopping after the current epoch")
+    hold.unlink()
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out
+    first, retry = _study(tmp_path).trials
+    assert first.user_attrs["fail_reason"] == "stopped" and retry.state == TrialState.WAITING
+    done = _sweep(tmp_path, "worker", "--threads", "1", SWEEP_SIGNAL_EXIT="143")
+    out = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, out
+    assert _study(tmp_path).trials[1].state == TrialState.COMPLETE
+
+
+def test_signal_exit_code_reaches_supervised_workers(tmp_path: Path) -> None:
+    _create(tmp_path, n_trials=2, epochs=3)
+    held, hold = held_worker_env(tmp_path)
+    proc = _sweep(tmp_path, "worker", "--device", "cpu", "--workers", "2", "--signal-exit", "143", **held)
+    wait_for_line(proc, "epoch 1/3")
+    wait_for_line(proc, "epoch 1/3")  # both children are in a trial
+    proc.send_signal(signal.SIGTERM)
+    wait_for_line(proc, "stopping after the current epoch")
+    hold.unlink()
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out
+    assert sum(t.state == TrialState.WAITING for t in _study(tmp_path).trials) == 2  # both handed back
+
+
 @pytest.mark.pgbouncer
 def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, storage_url: str) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
@@ -128,7 +146,7 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, stor
     # machine lets this test read the study (the survivor runs without the hold).
     held, _ = held_worker_env(tmp_path)
     victim = _sweep(tmp_path, "worker", "--threads", "1", **held, **fast)
-    _wait_for(victim, "epoch 1/4")
+    wait_for_line(victim, "epoch 1/4")
     deadline = time.monotonic() + 60  # the epoch-1 checkpoint is stored just after the line is printed
     while not _study(tmp_path).trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
         time.sleep(0.05)

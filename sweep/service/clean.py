@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from sweep.artifacts import AtomicFileStore, Orphans, remove_orphans
+from sweep.artifacts import Orphans, remove_orphans
 from sweep.service.common import open_read_only
 from sweep.storage import artifact_store
 
@@ -14,7 +13,7 @@ from sweep.storage import artifact_store
 class CleanResult:
     """What ``clean_artifacts`` removed (or, with ``dry_run``, would remove), and where."""
 
-    folder: Path
+    folder: str  # the folder, or s3://bucket/prefix
     orphans: Orphans
     dry_run: bool
 
@@ -26,6 +25,8 @@ def clean_artifacts(
     older than ``older_than_s`` (``sweep.artifacts.remove_orphans``; every worker does it on start, for
     files older than an hour)."""
     storage = open_read_only(storage_url)
-    store = AtomicFileStore(artifact_store(storage_url, artifacts)._base_path)
+    from sweep.objectstore import describe
+
+    store = artifact_store(storage_url, artifacts)
     orphans = remove_orphans(storage, store, min_age_s=older_than_s, dry_run=dry_run)
-    return CleanResult(store.base_path, orphans, dry_run)
+    return CleanResult(describe(store), orphans, dry_run)

@@ -117,6 +117,7 @@ def delete_study(storage_url: str, name: str, *, yes: bool, artifacts: str | Non
     from optuna.artifacts import get_all_artifact_meta
     from optuna.trial import TrialState
 
+    from sweep.objectstore import present
     from sweep.storage import artifact_store
 
     quiet_optuna()
@@ -136,7 +137,7 @@ def delete_study(storage_url: str, name: str, *, yes: bool, artifacts: str | Non
     ids = {m.artifact_id for t in trials for m in get_all_artifact_meta(t, storage=storage)}
     ids |= {m.artifact_id for m in get_all_artifact_meta(study)}
     removed = 0
-    for artifact_id in sorted(ids):
+    for artifact_id in sorted(present(store, ids)):
         try:
             store.remove(artifact_id)
             removed += 1

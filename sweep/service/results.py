@@ -99,16 +99,16 @@ def _download_model(store: Any, kept: KeptModel) -> dict[str, Any]:
     from optuna.artifacts import download_artifact
 
     from sweep.export import read_payload
+    from sweep.objectstore import describe
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.pt")
         try:
             download_artifact(artifact_store=store, file_path=path, artifact_id=kept.artifact_id)
         except Exception:  # noqa: BLE001 - not found, unreadable: the same advice
-            where = getattr(store, "_base_path", "the artifact store")
             raise ServiceError(
-                f"the kept model of trial {kept.trial} ({kept.artifact_id}) is not in {where}; pass the "
-                "folder the workers stored it in: --artifacts DIR (or SWEEP_ARTIFACTS)"
+                f"the kept model of trial {kept.trial} ({kept.artifact_id}) is not in {describe(store)}; pass the "
+                "location the workers stored it in: --artifacts DIR or s3://bucket/prefix (or SWEEP_ARTIFACTS)"
             ) from None
         return read_payload(path)
 

@@ -9,13 +9,13 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import control, provenance
-from sweep.artifacts import ORPHAN_MIN_AGE_S, AtomicFileStore, remove_orphans
+from sweep.artifacts import ORPHAN_MIN_AGE_S, remove_orphans
 from sweep.control import RETRY_KEY
 from sweep.heartbeat import beating
 from sweep.kept import reconcile
@@ -41,6 +41,9 @@ from sweep.service.gate import BudgetGate, Decision
 from sweep.spec import StudySpec
 from sweep.storage import artifact_store, open_storage, patiently, retry_on_locked
 from sweep.tracking import tracked
+
+if TYPE_CHECKING:
+    from sweep.objectstore import ArtifactStore
 
 
 @dataclass
@@ -98,10 +101,11 @@ def run_worker(
     storage = open_storage(storage_url, heartbeat=True, create=False, patience=patience)
     name = resolve_study_name(storage, study_name, storage_url)
     spec = load_spec_of(storage, name)
+    store = artifact_store(storage_url, artifacts)  # a missing bucket fails before any data is loaded
     device = _worker_device(device, threads, events)
     data = _worker_data(spec, storage_url, events)
     study = _worker_study(name, storage, spec)
-    store = _worker_store(storage, artifact_store(storage_url, artifacts), events)
+    store = _worker_store(storage, store, events)
     summary = WorkerSummary(study=name, device=device)
     gate = BudgetGate(study, spec)
     with tracked(spec, study, events) as events:  # the study's [tracking]: listeners on the trials' events
@@ -136,20 +140,19 @@ def _worker_data(spec: StudySpec, storage_url: str, events: WorkerEvents) -> Any
     return data
 
 
-def _worker_store(
-    storage: optuna.storages.BaseStorage, store: optuna.artifacts.FileSystemArtifactStore, events: WorkerEvents
-) -> AtomicFileStore:
-    """The artifact folder, written whole-file-or-nothing, cleared of what crashes left in it."""
-    atomic = AtomicFileStore(store._base_path)
+def _worker_store(storage: optuna.storages.BaseStorage, store: ArtifactStore, events: WorkerEvents) -> ArtifactStore:
+    """The artifact store (``sweep.storage.artifact_store``), cleared of what crashes left in it."""
+    from sweep.objectstore import describe
+
     try:
-        orphans = remove_orphans(storage, atomic, min_age_s=ORPHAN_MIN_AGE_S)
-    except OSError as exc:  # a read-only or vanished folder: checkpoints will say so per trial
-        events.message(f"artifact folder {atomic.base_path} not cleaned up: {first_line(exc)}")
-        return atomic
+        orphans = remove_orphans(storage, store, min_age_s=ORPHAN_MIN_AGE_S)
+    except Exception as exc:  # noqa: BLE001 - a read-only folder, a bucket gone: checkpoints say so per trial
+        events.message(f"artifact store {describe(store)} not cleaned up: {first_line(exc)}")
+        return store
     if orphans.files:
         events.message(f"removed {len(orphans.files)} artifact files no trial refers to "
-                       f"({orphans.bytes / 1e6:.1f} MB) from {atomic.base_path}")
-    return atomic
+                       f"({orphans.bytes / 1e6:.1f} MB) from {describe(store)}")
+    return store
 
 
 def _worker_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study:
