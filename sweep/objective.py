@@ -221,6 +221,11 @@ def train_config(spec: StudySpec, params: dict[str, Any], *, num_classes: int, s
         eval_batch_size=spec.train.eval_batch_size,
         compile=spec.train.compile,
         precision=spec.train.precision,
+        schedule=spec.train.schedule,
+        decay_fraction=spec.train.decay_fraction,
+        cooldown_epochs=spec.train.cooldown_epochs,
+        ema_halflife=spec.train.ema_halflife,
+        rung_value=spec.train.rung_value,
     )
 
 
