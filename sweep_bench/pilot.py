@@ -390,6 +390,12 @@ def analyse(con: sqlite3.Connection, *, top_k: int | None = None) -> dict[str, A
         "epochs": meta["epochs"],
         "train": meta["train"],
     }
+    # The baseline on every chosen config, finished under wsd or not (the table has all of them).
+    chosen = {c.index: c.cosine_curve for c, _ in stored_configs(con)}
+    if len(chosen) >= 3:
+        k_all = top_k if top_k is not None else max(1, round(len(chosen) / 4))
+        finals_all = {i: c[-1] for i, c in chosen.items()}
+        out["cosine_all_chosen"] = dataclasses.asdict(variant_figures(chosen, finals_all, k_all, "cosine"))
     if n == 0:
         return out
     wsd_final = {i: float(c["trunk"][-1]) for i, c in data.items()}  # type: ignore[arg-type]
@@ -450,6 +456,12 @@ def format_analysis(result: Mapping[str, Any]) -> str:
         f"{'within' if b['wsd_within_noise_of_table_best'] else 'below'}",
         f"Spearman of wsd finals with cosine finals: {result['final_spearman_wsd_vs_cosine']:.2f}",
     ]
+    if "cosine_all_chosen" in result:
+        c = result["cosine_all_chosen"]
+        lines.append(
+            f"cosine on all {result['configs_total']} chosen configs: Spearman e1 {c['spearman'][0]:.2f}, "
+            f"e2 {c['spearman'][1]:.2f}; top-k recall e1 {c['top_recall'][0]:.2f}, e2 {c['top_recall'][1]:.2f}"
+        )
     if "cooldown_cost" in result:
         c = result["cooldown_cost"]
         lines.append(

@@ -154,6 +154,7 @@ def test_analysis_of_a_synthetic_pilot(tmp_path: Path) -> None:
     assert (best["wsd_final"], best["wsd_config"], best["cosine_best_same_configs"]) == (0.895, 5, 0.895)
     assert best["wsd_within_noise_of_table_best"]  # 0.895 >= 0.9 - 0.01
     assert out["final_spearman_wsd_vs_cosine"] == 1.0
+    assert out["cosine_all_chosen"]["spearman"] == (1.0, 1.0, 1.0)  # the table's curves of all seven
     # 2 branch steps after 3 of 4 epochs of 10 steps, and after both epochs of the unfinished config
     # (its cost was paid too).
     assert out["cooldown_cost"]["steps_share"] == pytest.approx(round((6 * 3 * 2 + 2 * 2) / (6 * 4 * 10 + 2 * 10), 4))
