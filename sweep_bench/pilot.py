@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import json
 import math
+import random
 import signal
 import socket
 import sqlite3
@@ -324,6 +325,7 @@ class VariantFigures:
     spearman: tuple[float, ...]  # per epoch 1..E-1: rank correlation with the final values
     top_recall: tuple[float, ...]  # per epoch: share of the top-k finals among the top-k at that epoch
     top_kept_by_half: tuple[float, ...]  # per epoch: share of the top-k finals in the upper half at that epoch
+    spearman_ci: tuple[tuple[float, float], ...]  # per epoch: 90 % bootstrap interval over the configs
 
 
 def curves(con: sqlite3.Connection) -> dict[int, dict[str, list[float | None]]]:
@@ -355,20 +357,42 @@ def variant_figures(
     keys = sorted(finals)
     epochs = min(len(values[k]) for k in keys) if keys else 0
     top_final = set(sorted(keys, key=lambda k: -finals[k])[:top_k])
-    rho, recall, kept = [], [], []
+    nan = float("nan")
+    rho, recall, kept, ci = [], [], [], []
     for e in range(epochs - 1):
         have = [k for k in keys if values[k][e] is not None]
         if len(have) < 3:
-            rho.append(float("nan"))
-            recall.append(float("nan"))
-            kept.append(float("nan"))
+            rho.append(nan)
+            recall.append(nan)
+            kept.append(nan)
+            ci.append((nan, nan))
             continue
         at_e = {k: float(values[k][e]) for k in have}  # type: ignore[arg-type]
         rho.append(round(spearman([at_e[k] for k in have], [finals[k] for k in have]), 4))
+        ci.append(bootstrap_spearman([(at_e[k], finals[k]) for k in have]))
         ranked = sorted(have, key=lambda k: -at_e[k])
         recall.append(round(len(top_final & set(ranked[:top_k])) / top_k, 4))
         kept.append(round(len(top_final & set(ranked[: math.ceil(len(ranked) / 2)])) / top_k, 4))
-    return VariantFigures(variant, tuple(rho), tuple(recall), tuple(kept))
+    return VariantFigures(variant, tuple(rho), tuple(recall), tuple(kept), tuple(ci))
+
+
+def bootstrap_spearman(
+    pairs: Sequence[tuple[float, float]], *, rounds: int = 500, seed: int = 0
+) -> tuple[float, float]:
+    """A 90 % percentile-bootstrap interval of the Spearman correlation of ``pairs`` (configs resampled
+    with replacement): with two dozen configs a single figure says little without its spread."""
+    rng = random.Random(seed)
+    n = len(pairs)
+    draws = []
+    for _ in range(rounds):
+        sample = [pairs[rng.randrange(n)] for _ in range(n)]
+        r = spearman([a for a, _ in sample], [b for _, b in sample])
+        if not math.isnan(r):
+            draws.append(r)
+    if not draws:
+        return (float("nan"), float("nan"))
+    draws.sort()
+    return (round(draws[int(0.05 * (len(draws) - 1))], 4), round(draws[int(0.95 * (len(draws) - 1))], 4))
 
 
 def analyse(con: sqlite3.Connection, *, top_k: int | None = None) -> dict[str, Any]:
@@ -436,16 +460,22 @@ def format_analysis(result: Mapping[str, Any]) -> str:
         return "\n".join(lines)
     lines += [
         "",
-        "| variant | Spearman e1 | e2 | e3 | top-k recall e1 | e2 | kept by half e1 | e2 |",
+        "| variant | Spearman e1 [90 % CI] | e2 [90 % CI] | e3 | top-k recall e1 | e2 | kept by half e1 | e2 |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def g(xs: Sequence[float], i: int) -> str:
+        return f"{xs[i]:.2f}" if i < len(xs) and not math.isnan(xs[i]) else "-"
+
+    def with_ci(f: Mapping[str, Any], i: int) -> str:
+        lo, hi = f["spearman_ci"][i] if i < len(f["spearman_ci"]) else (float("nan"), float("nan"))
+        return g(f["spearman"], i) + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
+
     for v, f in result["variants"].items():
         s, r, h = f["spearman"], f["top_recall"], f["top_kept_by_half"]
-
-        def g(xs: Sequence[float], i: int) -> str:
-            return f"{xs[i]:.2f}" if i < len(xs) and not math.isnan(xs[i]) else "-"
-
-        lines.append(f"| {v} | {g(s, 0)} | {g(s, 1)} | {g(s, 2)} | {g(r, 0)} | {g(r, 1)} | {g(h, 0)} | {g(h, 1)} |")
+        lines.append(
+            f"| {v} | {with_ci(f, 0)} | {with_ci(f, 1)} | {g(s, 2)} | {g(r, 0)} | {g(r, 1)} | {g(h, 0)} | {g(h, 1)} |"
+        )
     b = result["best"]
     lines += [
         "",

@@ -147,6 +147,8 @@ def test_analysis_of_a_synthetic_pilot(tmp_path: Path) -> None:
     assert v["cooldown"]["spearman"] == (1.0, 1.0, 1.0) and v["cooldown"]["top_recall"] == (1.0, 1.0, 1.0)
     assert v["ema"]["spearman"][:2] == (-1.0, -1.0) and v["ema"]["top_recall"][:2] == (0.0, 0.0)
     assert v["ema"]["top_kept_by_half"][:2] == (0.0, 0.0)
+    lo, hi = v["trunk"]["spearman_ci"][0]  # the trunk's epoch 1 ranks by chance: a wide interval around it
+    assert -1 <= lo < v["trunk"]["spearman"][0] < hi <= 1 and hi - lo > 0.5
     assert v["cosine"]["spearman"] == (1.0, 1.0, 1.0)  # against the table's own finals
     assert math.isnan(v["trunk"]["spearman"][2])  # a constant epoch ranks nothing
     assert len(v["trunk"]["spearman"]) == EPOCHS - 1
@@ -159,7 +161,10 @@ def test_analysis_of_a_synthetic_pilot(tmp_path: Path) -> None:
     # (its cost was paid too).
     assert out["cooldown_cost"]["steps_share"] == pytest.approx(round((6 * 3 * 2 + 2 * 2) / (6 * 4 * 10 + 2 * 10), 4))
     text = format_analysis(out)
-    assert "| cooldown | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |" in text and "within" in text
+    assert (
+        "| cooldown | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |" in text
+        and "within" in text
+    )
 
 
 def test_the_database_keeps_its_configs_and_refuses_other_settings(tmp_path: Path) -> None:
