@@ -1,6 +1,6 @@
 """The pilot of anytime-valid rung values (issue 22, item 1) on the fine-tune table's configs.
 
-    python benchmarks/pilot_wsd.py run [--threads 1] [--db benchmarks/tables/table-pilot-wsd.db]
+    python benchmarks/pilot_wsd.py run [--threads 1] [--schedule wsd|schedulefree] [--db DB]
     python benchmarks/pilot_wsd.py analyse [--db ...] [--json out.json]
 
 From the repository root, with the CIFAR-10 JPEGs unpacked where the fine-tune table's spec says
@@ -35,12 +35,14 @@ def _run(args: argparse.Namespace) -> int:
         optuna.load_study(study_name=pilot.TABLE_STUDY, storage=open_read_only(args.table)), table
     )
     configs = pilot.pilot_configs(table, seeds, n_slow=args.slow, n_spread=args.spread)
-    spec = pilot.pilot_spec(table.spec, epochs=args.epochs, data_root=args.data_root)
+    train = pilot.PILOT_TRAINS[args.schedule]
+    db = args.db or Path(f"benchmarks/tables/table-pilot-{args.schedule}.db")
+    spec = pilot.pilot_spec(table.spec, train=train, epochs=args.epochs, data_root=args.data_root)
     cache = Path(os.environ.get("SWEEP_CACHE_DIR", "storage/cache"))
     data = load_study_data(spec, cache)
     meta = {
         "table": pilot.TABLE_STUDY,
-        "train": pilot.PILOT_TRAIN,
+        "train": train,
         "epochs": spec.epochs,
         "data_fingerprint": data.fingerprint,
         "table_best": table.best().curve[-1],
@@ -50,9 +52,9 @@ def _run(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "torch": torch.__version__,
     }
-    con = pilot.open_db(args.db, configs, meta)
+    con = pilot.open_db(db, configs, meta)
     print(
-        f"pilot {args.db}: {len(pilot.stored_configs(con))} configs, {spec.epochs} epochs, train {pilot.PILOT_TRAIN}, "
+        f"pilot {db}: {len(pilot.stored_configs(con))} configs, {spec.epochs} epochs, train {train}, "
         f"{args.threads} thread(s), pid {os.getpid()}",
         flush=True,
     )
@@ -85,7 +87,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train the pilot's unfinished configs")
-    run.add_argument("--db", type=Path, default=pilot.DEFAULT_DB)
+    run.add_argument("--schedule", choices=sorted(pilot.PILOT_TRAINS), default="wsd")
+    run.add_argument("--db", type=Path, default=None, help="default: benchmarks/tables/table-pilot-SCHEDULE.db")
     run.add_argument("--table", default=pilot.TABLE_URL, help="storage URL of the fine-tune table")
     run.add_argument("--data-root", default=None, help="instead of the table spec's data.root")
     run.add_argument("--threads", type=int, default=1)

@@ -42,7 +42,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # their schedules (BENCHMARKS.md: Spearman 0.18 with the final ranking after epoch 1 of 8). "wsd"
 # (warmup, stable, decay) holds the lr until the last `decay_fraction` of the steps; a rung value can
 # then estimate what the config would score if stopped there (sweep.train: EMA, cooldown branch).
-SCHEDULES = ("cosine", "wsd")
+# "schedulefree": schedule-free AdamW (the optional `schedulefree` package), warm-up then a constant lr;
+# its output is an average of the iterates, evaluated after every epoch (BatchNorm statistics recomputed).
+SCHEDULES = ("cosine", "wsd", "schedulefree")
 # What a trial reports to the pruner before its last epoch: the trained weights' own accuracy, that
 # of their moving average, or that of the cooldown branch. The last epoch always reports the trunk.
 RUNG_VALUES = ("trunk", "ema", "cooldown")
@@ -115,8 +117,8 @@ SETTINGS: dict[str, Setting] = {
                                      low=1),
     "train.compile": Setting(bool, False, "torch.compile pays only on CUDA, after a slow warm-up"),
     "train.precision": Setting(str, "auto", "each trial records what it computed in", choices=PRECISIONS),
-    "train.schedule": Setting(str, "cosine", "cosine until a pilot shows wsd's rung values rank better "
-                              "(issue 22)", choices=SCHEDULES),
+    "train.schedule": Setting(str, "cosine", "cosine until a pilot shows that wsd's or schedule-free's rung "
+                              "values rank better (issue 22)", choices=SCHEDULES),
     "train.decay_fraction": Setting(float, 0.2, "wsd's final linear decay, as a fraction of all steps; "
                                     "0.1-0.2 is the usual range", low=0.0, high=1.0, open_low=True),
     "train.cooldown_epochs": Setting(float, 0.0, "wsd only: length of the cooldown branch trained and "

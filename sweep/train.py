@@ -216,8 +216,12 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only; biases and BatchNorm weights get no weight decay."""
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only; biases and BatchNorm weights get no weight decay.
+
+    ``schedule = "schedulefree"``: schedule-free AdamW instead, put in train mode (its warm-up is the
+    scheduler's, see ``make_scheduler``).
+    """
     params = trainable_parameters(model)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -225,6 +229,17 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if config.schedule == "schedulefree":
+        try:
+            import schedulefree
+        except ImportError:
+            raise ValueError("train.schedule='schedulefree' needs the schedulefree package: "
+                             "pip install 'sweep[schedulefree]'") from None
+        # The lr it reads each step is the scheduler's (warm-up, then constant): the same warm-up as the
+        # other schedules, and its iterate weights (lr_max ** 2) follow it as with its own warmup_steps.
+        optimizer = schedulefree.AdamWScheduleFree([g for g in groups if g["params"]], lr=config.lr, warmup_steps=0)
+        optimizer.train()
+        return optimizer
     # The fused kernel is one pass over all tensors: ~4x faster than foreach on CPU, where the
     # update of 11M parameters otherwise costs as much as the backward pass of a small batch.
     fused = bool(params) and params[0].device.type in ("cpu", "cuda")
@@ -240,7 +255,7 @@ class WarmupStableDecay:
     def __init__(self, total_steps: int, decay_fraction: float = 0.2, warmup_fraction: float = 0.05) -> None:
         self.total = max(1, total_steps)
         self.warmup = max(1, round(warmup_fraction * self.total))
-        decay = max(1, round(decay_fraction * self.total))
+        decay = max(1, round(decay_fraction * self.total)) if decay_fraction > 0 else 0  # 0: warm-up, constant
         self.decay_start = max(self.warmup, self.total - decay)
 
     def __call__(self, step: int) -> float:
@@ -254,10 +269,13 @@ class WarmupStableDecay:
 def make_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, schedule: str = "cosine", decay_fraction: float = 0.2
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step LR schedule ``schedule`` ("cosine" or "wsd") over ``total_steps``."""
+    """The per-step LR schedule ``schedule`` over ``total_steps``: "cosine", "wsd", or for "schedulefree"
+    the warm-up followed by a constant lr."""
     check("train.schedule", schedule, error=ValueError)
-    factor = WarmupCosine(total_steps) if schedule == "cosine" else WarmupStableDecay(total_steps, decay_fraction)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps))
+    fraction = decay_fraction if schedule == "wsd" else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupStableDecay(total_steps, fraction))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -497,9 +515,13 @@ def fit(
         set_train_mode(run.model, config.frozen_layers)
         after_step = functools.partial(run.ema.update_parameters, run.rest) if run.ema is not None else None
         loss = _train_epoch(run, config, features, run.perm_gen, after_step=after_step)
-        trunk = _validate(run, config, features)
-        ema = _validate(run, config, features, averaged=True) if run.ema is not None else None
         last = epoch + 1 == config.epochs
+        # Schedule-free's model is the average x of its iterates: the trunk is evaluated there.
+        averaged = _schedule_free_average(run, config, features, epoch) if config.schedule == "schedulefree" else None
+        trunk = _validate(run, config, features, averaged)
+        ema = _validate(run, config, features, run.ema.module) if run.ema is not None else None
+        if averaged is not None and last:  # the run's output: what is checkpointed, tested and kept
+            getattr(run.rest, "_orig_mod", run.rest).load_state_dict(averaged.state_dict())
         cooldown, cooldown_steps, cooldown_s = None, 0, 0.0
         if config.schedule == "wsd" and config.cooldown_epochs > 0 and not last:
             c0 = time.perf_counter()
@@ -587,6 +609,17 @@ def _start_run(
     )
 
 
+def _batches(
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, perm_gen: torch.Generator
+) -> tuple[Iterator[tuple[Tensor, Tensor]], Callable[[Tensor], Tensor] | None, nn.Module | None]:
+    """(training batches in ``perm_gen``'s order, their transform, the prefix to run first): the cached
+    prefix features as they are, else images augmented and passed through the frozen prefix."""
+    if features is not None:
+        return tensor_batches(features[0], run.dd.train_y, config.batch_size, perm_gen), None, None
+    prefix = run.prefix if config.frozen_layers > 0 else None
+    return run.dd.train_batches(config.batch_size, perm_gen), run.train_tf, prefix
+
+
 def _train_epoch(
     run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, perm_gen: torch.Generator, *,
     steps: int | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None | str = "trunk",
@@ -596,12 +629,7 @@ def _train_epoch(
     cached prefix features if any, else on augmented images; ``scheduler="trunk"`` is the run's own."""
     sched = run.scheduler if scheduler == "trunk" else scheduler
     assert not isinstance(sched, str)
-    if features is not None:
-        batches = tensor_batches(features[0], run.dd.train_y, config.batch_size, perm_gen)
-        transform, prefix = None, None
-    else:
-        batches = run.dd.train_batches(config.batch_size, perm_gen)
-        transform, prefix = run.train_tf, run.prefix if config.frozen_layers > 0 else None
+    batches, transform, prefix = _batches(run, config, features, perm_gen)
     return train_one_epoch(
         run.rest, run.optimizer, sched, batches if steps is None else itertools.islice(batches, steps),
         transform=transform, prefix=prefix, label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype,
@@ -610,15 +638,15 @@ def _train_epoch(
 
 
 def _validate(
-    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, *, averaged: bool = False
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, rest: nn.Module | None = None
 ) -> float:
-    """Validation accuracy of the trunk (or, ``averaged``, of its moving average), on the cached prefix
-    features if any."""
-    rest = run.ema.module if averaged and run.ema is not None else run.rest
+    """Validation accuracy of the trunk, or with ``rest`` (e.g. the moving average) in place of its
+    trainable units, on the cached prefix features if any."""
+    full = run.full if rest is None else nn.Sequential(run.prefix, rest)
+    rest = run.rest if rest is None else rest
     if features is not None:
         return evaluate(rest, features[1], run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
                         amp_dtype=run.amp_dtype)
-    full = nn.Sequential(run.prefix, rest) if averaged else run.full
     return evaluate(full, run.dd.val_x, run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
                     transform=run.eval_tf, amp_dtype=run.amp_dtype)
 
@@ -634,6 +662,61 @@ def _weight_average(rest: nn.Module, halflife_steps: float) -> torch.optim.swa_u
     return torch.optim.swa_utils.AveragedModel(
         eager, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
     )
+
+
+# A quarter epoch of training batches estimates BatchNorm statistics well within their change from
+# epoch to epoch, in forward passes only (~1/12 of an epoch's cost).
+BN_RECOMPUTE_EPOCHS = 0.25
+
+
+def _schedule_free_average(
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, epoch: int
+) -> nn.Module:
+    """A copy of ``rest`` at schedule-free's average x (what ``optimizer.eval()`` would make of the
+    weights, without touching them) with its BatchNorm statistics recomputed: the running ones were
+    gathered at the iterates y, and do not fit x."""
+    eager = getattr(run.rest, "_orig_mod", run.rest)
+    averaged = copy.deepcopy(eager)
+    beta1 = run.optimizer.param_groups[0]["betas"][0]
+    with torch.no_grad():
+        for p, q in zip(eager.parameters(), averaged.parameters(), strict=True):
+            z = run.optimizer.state.get(p, {}).get("z")
+            if z is not None:
+                q.copy_(p.lerp(z, 1 - 1 / beta1))
+    seed = _bn_seed(config.seed, epoch)
+    run.aug_gen.manual_seed(seed)  # reseeded from _aug_seed before the trunk's next epoch
+    batches, transform, prefix = _batches(run, config, features, torch.Generator().manual_seed(seed))
+    steps = max(1, round(BN_RECOMPUTE_EPOCHS * run.steps_per_epoch))
+    recompute_batch_norm(averaged, itertools.islice(batches, steps), transform=transform, prefix=prefix,
+                         amp_dtype=run.amp_dtype)
+    return averaged
+
+
+@torch.no_grad()
+def recompute_batch_norm(
+    module: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    prefix: nn.Module | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> None:
+    """Replace ``module``'s BatchNorm running statistics with the plain average over ``batches``
+    (``prefix`` run first, as it is), then put it in eval mode."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average of the batches' statistics
+    module.train()
+    device = next(module.parameters()).device
+    for xb, _ in batches:
+        with _autocast(device, amp_dtype):
+            inputs = transform(xb) if transform is not None else xb
+            module(prefix(inputs) if prefix is not None else inputs)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.eval()
 
 
 class _LinearCooldown:
@@ -691,6 +774,11 @@ def _aug_seed(seed: int, epoch: int) -> int:
 def _cooldown_seed(seed: int, epoch: int) -> int:
     """Seed of the shuffle and augmentation of the cooldown branch after ``epoch`` (0-based)."""
     return (seed + 1) * 2_000_003 + epoch
+
+
+def _bn_seed(seed: int, epoch: int) -> int:
+    """Seed of the batches schedule-free's BatchNorm statistics are recomputed on after ``epoch``."""
+    return (seed + 1) * 3_000_017 + epoch
 
 
 def _cached_features(

@@ -1,7 +1,7 @@
 """Pilot of anytime-valid rung values (issue 22, item 1): part of the fine-tune table retrained under wsd.
 
-    python benchmarks/pilot_wsd.py run [--db benchmarks/tables/table-pilot-wsd.db] [--threads 1]
-    python benchmarks/pilot_wsd.py analyse [--db ...] [--json out.json]
+    python benchmarks/pilot_wsd.py run [--schedule wsd|schedulefree] [--threads 1]
+    python benchmarks/pilot_wsd.py analyse [--db benchmarks/tables/table-pilot-wsd.db] [--json out.json]
 
 The fine-tune table (``studies/table-finetune.toml``, committed as ``benchmarks/tables/table-finetune.db``)
 trained 96 configs for 8 epochs under the cosine schedule, whose early epochs rank configs badly. The
@@ -39,7 +39,7 @@ from sweep_bench.sweep import Table, spearman
 
 TABLE_URL = "sqlite:///benchmarks/tables/table-finetune.db"
 TABLE_STUDY = "table-finetune"
-DEFAULT_DB = Path("benchmarks/tables/table-pilot-wsd.db")
+DEFAULT_DB = Path("benchmarks/tables/table-pilot-wsd.db")  # table-pilot-schedulefree.db for schedule-free
 # The candidates' settings: decay over the last fifth of the run (1.6 of 8 epochs), a cooldown branch
 # of a quarter epoch after each epoch but the last, an EMA with a half-life of half an epoch (short
 # enough to follow the trunk after one epoch, long enough to average the stable phase's noise).
@@ -50,6 +50,10 @@ PILOT_TRAIN: dict[str, Any] = {
     "ema_halflife": 0.5,
     "rung_value": "trunk",
 }
+# Schedule-free AdamW needs runs of its own (issue 22, c): its trunk is the evaluated average x; the
+# same EMA beside it; no cooldown (nothing to decay). decay_fraction is unused, kept at its default.
+PILOT_TRAIN_SCHEDULE_FREE: dict[str, Any] = PILOT_TRAIN | {"schedule": "schedulefree", "cooldown_epochs": 0.0}
+PILOT_TRAINS = {"wsd": PILOT_TRAIN, "schedulefree": PILOT_TRAIN_SCHEDULE_FREE}
 VARIANTS = ("trunk", "ema", "cooldown", "cosine")  # cosine: the fine-tune table's own curve
 
 
@@ -208,9 +212,15 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def pilot_spec(table_spec: StudySpec, *, epochs: int | None = None, data_root: str | None = None) -> StudySpec:
-    """The table's spec with the pilot's training settings (and, for a smoke run, fewer epochs)."""
-    spec = dataclasses.replace(table_spec, train=dataclasses.replace(table_spec.train, **PILOT_TRAIN))
+def pilot_spec(
+    table_spec: StudySpec,
+    *,
+    train: Mapping[str, Any] = PILOT_TRAIN,
+    epochs: int | None = None,
+    data_root: str | None = None,
+) -> StudySpec:
+    """The table's spec with the pilot's training settings ``train`` (and, for a smoke run, fewer epochs)."""
+    spec = dataclasses.replace(table_spec, train=dataclasses.replace(table_spec.train, **train))
     if data_root is not None:
         spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, root=data_root))
     return spec if epochs is None else dataclasses.replace(spec, epochs=epochs)

@@ -314,6 +314,47 @@ def test_a_checkpoint_from_before_the_schedule_setting_resumes_as_cosine(data: D
     assert [r.epoch for r in resumed.history] == [1, 2] and resumed.history[0].trunk_accuracy is None
 
 
+def test_schedule_free_evaluates_its_average_and_resumes_exactly(data: DataBundle) -> None:
+    pytest.importorskip("schedulefree")
+    config = replace(BASE, epochs=3, schedule="schedulefree", frozen_layers=1, aug_strength=0.5, ema_halflife=0.5)
+    checkpoints: dict[int, dict] = {}
+    full = fit(config, data, "cpu", on_epoch=lambda r, ck: checkpoints.__setitem__(r.epoch, roundtrip(ck())))  # type: ignore[operator]
+    assert full.history[-1].val_accuracy > 0.35, full.history
+    assert checkpoints[1]["optimizer"]["param_groups"][0]["train_mode"]  # saved as it trains: resumable
+    resumed = fit(config, data, "cpu", resume=checkpoints[1])
+    for a, b in zip(full.history[1:], resumed.history[1:], strict=True):
+        assert (a.trunk_accuracy, a.ema_accuracy) == (b.trunk_accuracy, b.ema_accuracy)
+    assert resumed.test_accuracy == full.test_accuracy
+    # The run's output is the average x (BatchNorm statistics recomputed): the last checkpoint holds it,
+    # and it is what the test accuracy was measured on.
+    model = build_model("resnet18", weights="none", num_classes=10)
+    model.load_state_dict(checkpoints[3]["model"])
+    assert evaluate(model, data.test_x, data.test_y, batch_size=256, device="cpu") == full.test_accuracy
+    factors = [train_mod.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 100,
+                                        "schedulefree").lr_lambdas[0](s) for s in range(100)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and factors[5:] == [1.0] * 95
+
+
+def test_schedule_free_without_its_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "schedulefree", None)  # import fails as when not installed
+    with pytest.raises(ValueError, match=r"pip install 'sweep\[schedulefree\]'"):
+        make_optimizer(nn.Linear(2, 2), replace(BASE, schedule="schedulefree"))
+
+
+def test_recompute_batch_norm_averages_the_batches_statistics() -> None:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    module[1].running_mean.fill_(5.0)
+    batches = [(torch.randn(8, 3), torch.zeros(8)) for _ in range(3)]
+    train_mod.recompute_batch_norm(module, batches)
+    with torch.no_grad():
+        means = torch.stack([module[0](x).mean(0) for x, _ in batches])
+    torch.testing.assert_close(module[1].running_mean, means.mean(0))
+    assert module[1].momentum == 0.1 and not module.training
+
+
 def test_train_bench_smoke(tmp_path: Path) -> None:
     from sweep_bench.train import run_train_bench
 
