@@ -255,9 +255,10 @@ def _install_stop_handlers(stop: Any, display: _WorkerDisplay, *, supervised: bo
         stop.set()
         text = "stopping after the current epoch (the trial goes back to the queue)"
         # From a thread of its own: the handler may interrupt a print of the main thread, and rich's
-        # buffer is per thread, so a print nested in that one could be lost.
+        # buffer is per thread, so a print nested in that one could be lost. Not a daemon: on a loaded
+        # machine the worker can finish its epoch and exit before the thread is scheduled.
         threading.Thread(target=display.message, args=(text + ("" if supervised else "; signal again to exit now"),),
-                         daemon=True).start()
+                         daemon=False).start()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else handler)
     signal.signal(signal.SIGTERM, handler)

@@ -274,6 +274,11 @@ def train_config(spec: StudySpec, params: dict[str, Any], *, num_classes: int, s
         eval_batch_size=spec.train.eval_batch_size,
         compile=spec.train.compile,
         precision=spec.train.precision,
+        schedule=spec.train.schedule,
+        decay_fraction=spec.train.decay_fraction,
+        cooldown_epochs=spec.train.cooldown_epochs,
+        ema_halflife=spec.train.ema_halflife,
+        rung_value=spec.train.rung_value,
     )
 
 
@@ -296,6 +301,9 @@ _DEVICE_LOST_MARKERS = (
     "invalid program counter",
 )
 DEVICE_LOST_ATTR = "device_lost"
+# Per epoch, when the run measures anytime estimates (train.ema_halflife, wsd's cooldown_epochs):
+# {"trunk", "ema", "cooldown", "cooldown_steps"}.
+RUNG_VALUES_ATTR = "rung_values"
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -422,6 +430,10 @@ class _EpochHook:
         self.progress = progress
         self.stop = stop
         self.epoch_seconds = epoch_seconds
+        t = spec.train
+        self.anytime = t.ema_halflife > 0 or (t.schedule == "wsd" and t.cooldown_epochs > 0)
+        # One entry per epoch like epoch_seconds, which a retry has already cut to its resumed epoch.
+        self.rung_values: list[dict[str, Any]] = list(trial.user_attrs.get(RUNG_VALUES_ATTR, []))[: len(epoch_seconds)]
         self.keep_final = checkpoints.store is not None and spec.checkpoint.keep_best > 0
         self.final_model: dict | None = None  # CPU copies of the final weights (keep_final)
 
@@ -452,6 +464,10 @@ class _EpochHook:
             trial.report(result.val_accuracy, result.epoch)
         trial.set_user_attr("epochs_run", result.epoch)
         trial.set_user_attr("epoch_seconds", list(self.epoch_seconds))
+        if self.anytime:  # every rung-value candidate the run measured; the cooldown's steps are its extra cost
+            self.rung_values.append({"trunk": result.trunk_accuracy, "ema": result.ema_accuracy,
+                                     "cooldown": result.cooldown_accuracy, "cooldown_steps": result.cooldown_steps})
+            trial.set_user_attr(RUNG_VALUES_ATTR, list(self.rung_values))
         self.progress.epoch_done(trial.number, result.epoch, self.spec.epochs, result.val_accuracy, result.seconds)
 
 

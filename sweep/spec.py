@@ -39,6 +39,16 @@ PARAM_TYPES = ("float", "int", "categorical")
 # for the CIFAR stem, where it trains ~3x faster than fp32 at the same accuracy (BENCHMARKS.md);
 # fp32 elsewhere (sweep.train.resolve_precision says why).
 PRECISIONS = ("auto", "bf16", "fp32")
+# "cosine" decays the lr over the whole horizon, so an early rung compares configs in the middle of
+# their schedules (BENCHMARKS.md: Spearman 0.18 with the final ranking after epoch 1 of 8). "wsd"
+# (warmup, stable, decay) holds the lr until the last `decay_fraction` of the steps; a rung value can
+# then estimate what the config would score if stopped there (sweep.train: EMA, cooldown branch).
+# "schedulefree": schedule-free AdamW (the optional `schedulefree` package), warm-up then a constant lr;
+# its output is an average of the iterates, evaluated after every epoch (BatchNorm statistics recomputed).
+SCHEDULES = ("cosine", "wsd", "schedulefree")
+# What a trial reports to the pruner before its last epoch: the trained weights' own accuracy, that
+# of their moving average, or that of the cooldown branch. The last epoch always reports the trunk.
+RUNG_VALUES = ("trunk", "ema", "cooldown")
 # Must equal len(sweep.model.UNITS) (stem, layer1..layer4); spec.py cannot import torch to ask.
 MAX_FROZEN = 5
 
@@ -113,6 +123,18 @@ SETTINGS: dict[str, Setting] = {
                                      low=1),
     "train.compile": Setting(bool, False, "torch.compile pays only on CUDA, after a slow warm-up"),
     "train.precision": Setting(str, "auto", "each trial records what it computed in", choices=PRECISIONS),
+    "train.schedule": Setting(str, "cosine", "cosine until a pilot shows that wsd's or schedule-free's rung "
+                              "values rank better (issue 22)", choices=SCHEDULES),
+    "train.decay_fraction": Setting(float, 0.2, "wsd's final linear decay, as a fraction of all steps; "
+                                    "0.1-0.2 is the usual range", low=0.0, high=1.0, open_low=True),
+    "train.cooldown_epochs": Setting(float, 0.0, "wsd only: length of the cooldown branch trained and "
+                                     "evaluated after each epoch but the last, charged to the trial's cost; "
+                                     "0 = none, more than an epoch costs more than the epoch", low=0.0, high=1.0),
+    "train.ema_halflife": Setting(float, 0.0, "half-life in epochs of the weight average (BatchNorm "
+                                  "statistics included) evaluated after each epoch; 0 = none", low=0.0,
+                                  high=100.0),
+    "train.rung_value": Setting(str, "trunk", "'ema' needs ema_halflife > 0, 'cooldown' needs "
+                                "schedule = wsd and cooldown_epochs > 0", choices=RUNG_VALUES),
     "train.checkpoint_every": Setting(int, 1, "epochs between checkpoints (0 = never); a retry resumes "
                                       "from the last", low=0),
     # The final weights of the study's top-K completed trials (by validation accuracy) stay in the
@@ -145,6 +167,25 @@ def check(key: str, value: Any, fld: str | None = None, *, error: type[Exception
         if error is None:
             raise
         raise error(e.terse()) from None
+
+
+def check_rung_value(
+    rung_value: str, *, schedule: str, cooldown_epochs: float, ema_halflife: float,
+    error: type[Exception] | None = None,
+) -> str:
+    """``rung_value`` if the run it names is measured under these settings (the cross-field rule of
+    ``train.rung_value``), else a SpecError (or ``error``)."""
+    missing = {
+        "ema": "train.ema_halflife > 0" if ema_halflife <= 0 else None,
+        "cooldown": "train.schedule = 'wsd' and train.cooldown_epochs > 0"
+        if schedule != "wsd" or cooldown_epochs <= 0 else None,
+    }.get(rung_value)
+    if missing is not None:
+        exc = SpecError("train.rung_value", rung_value, f"needs {missing}")
+        if error is None:
+            raise exc
+        raise error(exc.terse()) from None
+    return rung_value
 
 
 def _default(key: str) -> Any:
@@ -186,6 +227,11 @@ class TrainSpec:
     eval_batch_size: int = _default("train.eval_batch_size")
     compile: bool = _default("train.compile")
     precision: str = _default("train.precision")  # each trial records what it used (user attr "precision")
+    schedule: str = _default("train.schedule")
+    decay_fraction: float = _default("train.decay_fraction")
+    cooldown_epochs: float = _default("train.cooldown_epochs")
+    ema_halflife: float = _default("train.ema_halflife")
+    rung_value: str = _default("train.rung_value")
     checkpoint_every: int = _default("train.checkpoint_every")
 
 
@@ -610,7 +656,11 @@ def _parse_settings(raw: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
     """A section of plain settings: the keys given are checked, the dataclass fills in the rest."""
     t = _table(raw, key)
     _check_keys(t, f"{key}.", tuple(f.name for f in dataclasses.fields(cls)))
-    return cls(**{k: check(f"{key}.{k}", t[k]) for k in t})
+    out = cls(**{k: check(f"{key}.{k}", t[k]) for k in t})
+    if isinstance(out, TrainSpec):
+        check_rung_value(out.rung_value, schedule=out.schedule, cooldown_epochs=out.cooldown_epochs,
+                         ema_halflife=out.ema_halflife)
+    return out
 
 
 # scheme://user:PASSWORD@host: the password is group 2.

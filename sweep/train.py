@@ -7,14 +7,22 @@ the trainable rest is trained on those cached features. On CUDA: bf16 autocast, 
 cudnn.benchmark and optionally torch.compile. On a CPU with native bf16 (AVX512-BF16 or AMX): bf16
 autocast and channels_last too (about 3x faster for the CIFAR stem); elsewhere fp32. Either way a run
 is deterministic on the CPU for a fixed seed.
+
+Schedules: ``cosine`` (warmup, then cosine decay over the whole run) or ``wsd`` (warmup, constant lr,
+linear decay over the last ``decay_fraction`` of the steps). Under ``wsd`` each epoch but the last can
+also be scored as if training had ended there: a cooldown *branch* (the trunk's state copied, the lr
+decayed to 0 over ``cooldown_epochs``, evaluated, the trunk restored bit for bit) and an exponential
+moving average of the weights (``ema_halflife``, any schedule). ``EpochResult`` records every value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +40,7 @@ from sweep.model import (
     split_model,
     trainable_parameters,
 )
-from sweep.spec import SETTINGS, check
+from sweep.spec import SETTINGS, check, check_rung_value
 
 # Cached frozen-prefix features may use at most this much memory (and at most 40% of what is free
 # on an accelerator); above it the prefix is simply run on every batch.
@@ -72,10 +80,17 @@ class TrainConfig:
     eval_batch_size: int = _d("train.eval_batch_size")
     compile: bool = _d("train.compile")
     precision: str = _d("train.precision")  # "auto": bf16 where the device computes it natively, else fp32
+    schedule: str = _d("train.schedule")  # "cosine" or "wsd" (warmup, stable, decay)
+    decay_fraction: float = _d("train.decay_fraction")  # wsd: the final decay's share of all steps
+    cooldown_epochs: float = _d("train.cooldown_epochs")  # wsd: the cooldown branch after each epoch (0: none)
+    ema_halflife: float = _d("train.ema_halflife")  # in epochs; 0: no weight average
+    rung_value: str = _d("train.rung_value")  # what val_accuracy is before the last epoch
 
     def __post_init__(self) -> None:
         for name, key in _SPEC_KEYS.items():
             check(key, getattr(self, name), f"train.{name}", error=ValueError)
+        check_rung_value(self.rung_value, schedule=self.schedule, cooldown_epochs=self.cooldown_epochs,
+                         ema_halflife=self.ema_halflife, error=ValueError)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"train.num_classes={self.num_classes!r}: must be an integer >= 2")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -87,16 +102,25 @@ _SPEC_KEYS = {"arch": "model.arch", "weights": "model.weights", "epochs": "epoch
     f.removeprefix("train."): f
     for f in ("train.stem", "train.lr", "train.batch_size", "train.frozen_layers", "train.aug_strength",
               "train.weight_decay", "train.label_smoothing", "train.resolution", "train.eval_batch_size",
-              "train.compile", "train.precision")
+              "train.compile", "train.precision", "train.schedule", "train.decay_fraction",
+              "train.cooldown_epochs", "train.ema_halflife", "train.rung_value")
 }
 
 
 @dataclass(frozen=True)
 class EpochResult:
+    """One epoch of a run. ``val_accuracy`` is what the pruner sees (``rung_value``; the trunk's at the
+    last epoch); the others are every rung-value candidate measured, None when not measured."""
+
     epoch: int  # 1-based
     train_loss: float
     val_accuracy: float  # fraction in [0, 1]
-    seconds: float
+    seconds: float  # the whole epoch: training, evaluations and the cooldown branch
+    trunk_accuracy: float | None = None  # the trained weights themselves
+    ema_accuracy: float | None = None  # their moving average (ema_halflife > 0)
+    cooldown_accuracy: float | None = None  # the cooldown branch (wsd, cooldown_epochs > 0, not the last epoch)
+    cooldown_steps: int = 0  # optimizer steps the branch took: extra cost of this epoch
+    cooldown_seconds: float = 0.0  # the branch's training and evaluation
 
 
 @dataclass(frozen=True)
@@ -192,8 +216,12 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only; biases and BatchNorm weights get no weight decay."""
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only; biases and BatchNorm weights get no weight decay.
+
+    ``schedule = "schedulefree"``: schedule-free AdamW instead, put in train mode (its warm-up is the
+    scheduler's, see ``make_scheduler``).
+    """
     params = trainable_parameters(model)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -201,14 +229,53 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if config.schedule == "schedulefree":
+        try:
+            import schedulefree
+        except ImportError:
+            raise ValueError("train.schedule='schedulefree' needs the schedulefree package: "
+                             "pip install 'sweep[schedulefree]'") from None
+        # The lr it reads each step is the scheduler's (warm-up, then constant): the same warm-up as the
+        # other schedules, and its iterate weights (lr_max ** 2) follow it as with its own warmup_steps.
+        optimizer = schedulefree.AdamWScheduleFree([g for g in groups if g["params"]], lr=config.lr, warmup_steps=0)
+        optimizer.train()
+        return optimizer
     # The fused kernel is one pass over all tensors: ~4x faster than foreach on CPU, where the
     # update of 11M parameters otherwise costs as much as the backward pass of a small batch.
     fused = bool(params) and params[0].device.type in ("cpu", "cuda")
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, fused=fused or None)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps))
+class WarmupStableDecay:
+    """LR factor: WarmupCosine's warmup, then 1 until the last ``decay_fraction`` of the steps, then a
+    linear decay towards 0. Before the decay the lr does not depend on the horizon, so a run stopped
+    early (or branched off and decayed, see ``fit``) is the run a shorter horizon would have trained.
+    """
+
+    def __init__(self, total_steps: int, decay_fraction: float = 0.2, warmup_fraction: float = 0.05) -> None:
+        self.total = max(1, total_steps)
+        self.warmup = max(1, round(warmup_fraction * self.total))
+        decay = max(1, round(decay_fraction * self.total)) if decay_fraction > 0 else 0  # 0: warm-up, constant
+        self.decay_start = max(self.warmup, self.total - decay)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if step < self.decay_start:
+            return 1.0
+        return max(0.0, 1 - (step - self.decay_start) / max(1, self.total - self.decay_start))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, schedule: str = "cosine", decay_fraction: float = 0.2
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step LR schedule ``schedule`` over ``total_steps``: "cosine", "wsd", or for "schedulefree"
+    the warm-up followed by a constant lr."""
+    check("train.schedule", schedule, error=ValueError)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps))
+    fraction = decay_fraction if schedule == "wsd" else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupStableDecay(total_steps, fraction))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -293,13 +360,15 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     check_every: int = 50,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
     """One pass over ``batches`` (inputs, labels on the device); returns the mean training loss.
 
     ``model`` is what gets gradients; ``prefix`` (the frozen units, if any) runs before it under
     ``no_grad``. The loss is summed on the device and checked for NaN/inf only every
     ``check_every`` steps and at the end, so the device is not synchronised each step. ``scaler``
-    (fp16 autocast) scales the loss and skips the steps whose gradients overflowed.
+    (fp16 autocast) scales the loss and skips the steps whose gradients overflowed. ``after_step`` runs
+    after every optimizer (and scheduler) step, e.g. to update a weight average.
     """
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     device = next(model.parameters()).device
@@ -322,6 +391,8 @@ def train_one_epoch(
             scaler.update()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         total += loss.detach().float()
         steps += 1
         if steps % check_every == 0 and not torch.isfinite(total).item():
@@ -442,10 +513,26 @@ def fit(
         t0 = time.perf_counter()
         run.aug_gen.manual_seed(_aug_seed(config.seed, epoch))
         set_train_mode(run.model, config.frozen_layers)
-        loss = _train_epoch(run, config, features)
-        val_acc = _validate(run, config, features)
-        result = EpochResult(epoch=epoch + 1, train_loss=loss, val_accuracy=val_acc,
-                             seconds=time.perf_counter() - t0)
+        after_step = functools.partial(run.ema.update_parameters, run.rest) if run.ema is not None else None
+        loss = _train_epoch(run, config, features, run.perm_gen, after_step=after_step)
+        last = epoch + 1 == config.epochs
+        # Schedule-free's model is the average x of its iterates: the trunk is evaluated there.
+        averaged = _schedule_free_average(run, config, features, epoch) if config.schedule == "schedulefree" else None
+        trunk = _validate(run, config, features, averaged)
+        ema = _validate(run, config, features, run.ema.module) if run.ema is not None else None
+        if averaged is not None and last:  # the run's output: what is checkpointed, tested and kept
+            getattr(run.rest, "_orig_mod", run.rest).load_state_dict(averaged.state_dict())
+        cooldown, cooldown_steps, cooldown_s = None, 0, 0.0
+        if config.schedule == "wsd" and config.cooldown_epochs > 0 and not last:
+            c0 = time.perf_counter()
+            cooldown, cooldown_steps = _cooldown(run, config, features, epoch)
+            cooldown_s = time.perf_counter() - c0
+        rung = {"trunk": trunk, "ema": ema, "cooldown": cooldown}[config.rung_value]
+        result = EpochResult(
+            epoch=epoch + 1, train_loss=loss, val_accuracy=trunk if last or rung is None else rung,
+            seconds=time.perf_counter() - t0, trunk_accuracy=trunk, ema_accuracy=ema, cooldown_accuracy=cooldown,
+            cooldown_steps=cooldown_steps, cooldown_seconds=cooldown_s,
+        )
         history.append(result)
         if on_epoch is not None:
             on_epoch(result, functools.partial(_checkpoint, config, data, run, epoch + 1, tuple(history)))
@@ -471,6 +558,8 @@ class _Run:
     scaler: torch.amp.GradScaler | None
     perm_gen: torch.Generator
     aug_gen: torch.Generator
+    ema: torch.optim.swa_utils.AveragedModel | None  # the moving average of ``rest`` (ema_halflife > 0)
+    steps_per_epoch: int
     dd: DeviceData
     device: torch.device
     amp_dtype: torch.dtype | None
@@ -489,8 +578,9 @@ def _start_run(
     model, prefix, rest = prepare_model(config, device, pretrained=resume is None, channels_last=channels_last)
     optimizer = make_optimizer(model, config)
     dd = device_data(data, device)
-    total_steps = config.epochs * steps_per_epoch(len(data.train_y), config.batch_size)
-    scheduler = make_scheduler(optimizer, total_steps)
+    per_epoch = steps_per_epoch(len(data.train_y), config.batch_size)
+    scheduler = make_scheduler(optimizer, config.epochs * per_epoch, config.schedule, config.decay_fraction)
+    ema = _weight_average(rest, config.ema_halflife * per_epoch) if config.ema_halflife > 0 else None
     # fp16 (GPUs without native bf16) needs loss scaling; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     perm_gen = torch.Generator().manual_seed(config.seed)
@@ -507,43 +597,188 @@ def _start_run(
         perm_gen.set_state(resume["rng"]["perm"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
+        if ema is not None and resume.get("ema"):
+            ema.load_state_dict(resume["ema"])
     return _Run(
         model=model, prefix=prefix, rest=rest, full=nn.Sequential(prefix, rest), optimizer=optimizer,
-        scheduler=scheduler, scaler=scaler, perm_gen=perm_gen, aug_gen=aug_gen, dd=dd, device=device,
-        amp_dtype=amp_dtype,
+        scheduler=scheduler, scaler=scaler, perm_gen=perm_gen, aug_gen=aug_gen, ema=ema, steps_per_epoch=per_epoch,
+        dd=dd, device=device, amp_dtype=amp_dtype,
         train_tf=make_transform(config.resolution, aug_strength=config.aug_strength, generator=aug_gen,
                                 channels_last=channels_last),
         eval_tf=make_transform(config.resolution, channels_last=channels_last),
     )
 
 
-def _train_epoch(run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None) -> float:
-    """One epoch of ``run.rest`` on the cached prefix features if any, else on augmented images."""
+def _batches(
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, perm_gen: torch.Generator
+) -> tuple[Iterator[tuple[Tensor, Tensor]], Callable[[Tensor], Tensor] | None, nn.Module | None]:
+    """(training batches in ``perm_gen``'s order, their transform, the prefix to run first): the cached
+    prefix features as they are, else images augmented and passed through the frozen prefix."""
     if features is not None:
-        return train_one_epoch(
-            run.rest, run.optimizer, run.scheduler,
-            tensor_batches(features[0], run.dd.train_y, config.batch_size, run.perm_gen),
-            label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype, scaler=run.scaler,
-        )
+        return tensor_batches(features[0], run.dd.train_y, config.batch_size, perm_gen), None, None
+    prefix = run.prefix if config.frozen_layers > 0 else None
+    return run.dd.train_batches(config.batch_size, perm_gen), run.train_tf, prefix
+
+
+def _train_epoch(
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, perm_gen: torch.Generator, *,
+    steps: int | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None | str = "trunk",
+    after_step: Callable[[], None] | None = None,
+) -> float:
+    """An epoch of ``run.rest`` (its first ``steps`` batches when given) in ``perm_gen``'s order, on the
+    cached prefix features if any, else on augmented images; ``scheduler="trunk"`` is the run's own."""
+    sched = run.scheduler if scheduler == "trunk" else scheduler
+    assert not isinstance(sched, str)
+    batches, transform, prefix = _batches(run, config, features, perm_gen)
     return train_one_epoch(
-        run.rest, run.optimizer, run.scheduler, run.dd.train_batches(config.batch_size, run.perm_gen),
-        transform=run.train_tf, prefix=run.prefix if config.frozen_layers > 0 else None,
-        label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype, scaler=run.scaler,
+        run.rest, run.optimizer, sched, batches if steps is None else itertools.islice(batches, steps),
+        transform=transform, prefix=prefix, label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype,
+        scaler=run.scaler, after_step=after_step,
     )
 
 
-def _validate(run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None) -> float:
-    """Validation accuracy, on the cached prefix features if any."""
+def _validate(
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, rest: nn.Module | None = None
+) -> float:
+    """Validation accuracy of the trunk, or with ``rest`` (e.g. the moving average) in place of its
+    trainable units, on the cached prefix features if any."""
+    full = run.full if rest is None else nn.Sequential(run.prefix, rest)
+    rest = run.rest if rest is None else rest
     if features is not None:
-        return evaluate(run.rest, features[1], run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
+        return evaluate(rest, features[1], run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
                         amp_dtype=run.amp_dtype)
-    return evaluate(run.full, run.dd.val_x, run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
+    return evaluate(full, run.dd.val_x, run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
                     transform=run.eval_tf, amp_dtype=run.amp_dtype)
+
+
+def _weight_average(rest: nn.Module, halflife_steps: float) -> torch.optim.swa_utils.AveragedModel:
+    """An EMA of ``rest``'s weights and BatchNorm statistics with a half-life of ``halflife_steps`` steps.
+
+    Buffers are averaged too (``use_buffers``): running statistics copied from the last step would
+    not match the averaged weights, and recomputing them would cost a pass over the training set.
+    """
+    decay = 0.5 ** (1 / max(halflife_steps, 1e-9))
+    eager = getattr(rest, "_orig_mod", rest)  # the average is only evaluated: no compiled copy
+    return torch.optim.swa_utils.AveragedModel(
+        eager, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
+
+
+# A quarter epoch of training batches estimates BatchNorm statistics well within their change from
+# epoch to epoch, in forward passes only (~1/12 of an epoch's cost).
+BN_RECOMPUTE_EPOCHS = 0.25
+
+
+def _schedule_free_average(
+    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, epoch: int
+) -> nn.Module:
+    """A copy of ``rest`` at schedule-free's average x (what ``optimizer.eval()`` would make of the
+    weights, without touching them) with its BatchNorm statistics recomputed: the running ones were
+    gathered at the iterates y, and do not fit x."""
+    eager = getattr(run.rest, "_orig_mod", run.rest)
+    averaged = copy.deepcopy(eager)
+    beta1 = run.optimizer.param_groups[0]["betas"][0]
+    with torch.no_grad():
+        for p, q in zip(eager.parameters(), averaged.parameters(), strict=True):
+            z = run.optimizer.state.get(p, {}).get("z")
+            if z is not None:
+                q.copy_(p.lerp(z, 1 - 1 / beta1))
+    seed = _bn_seed(config.seed, epoch)
+    run.aug_gen.manual_seed(seed)  # reseeded from _aug_seed before the trunk's next epoch
+    batches, transform, prefix = _batches(run, config, features, torch.Generator().manual_seed(seed))
+    steps = max(1, round(BN_RECOMPUTE_EPOCHS * run.steps_per_epoch))
+    recompute_batch_norm(averaged, itertools.islice(batches, steps), transform=transform, prefix=prefix,
+                         amp_dtype=run.amp_dtype)
+    return averaged
+
+
+@torch.no_grad()
+def recompute_batch_norm(
+    module: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    prefix: nn.Module | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> None:
+    """Replace ``module``'s BatchNorm running statistics with the plain average over ``batches``
+    (``prefix`` run first, as it is), then put it in eval mode."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average of the batches' statistics
+    module.train()
+    device = next(module.parameters()).device
+    for xb, _ in batches:
+        with _autocast(device, amp_dtype):
+            inputs = transform(xb) if transform is not None else xb
+            module(prefix(inputs) if prefix is not None else inputs)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.eval()
+
+
+class _LinearCooldown:
+    """The cooldown branch's lr: from each group's current lr linearly towards 0 over ``steps`` steps
+    (the last step at 1/steps of it), the shape of wsd's own final decay."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int) -> None:
+        self.optimizer, self.steps, self.done = optimizer, steps, 0
+        self.start = [g["lr"] for g in optimizer.param_groups]
+
+    def step(self) -> None:
+        self.done += 1
+        for group, lr in zip(self.optimizer.param_groups, self.start, strict=True):
+            group["lr"] = lr * max(0.0, 1 - self.done / self.steps)
+
+
+def _cooldown(run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, epoch: int) -> tuple[float, int]:
+    """(validation accuracy, steps) of a cooldown branch off the trunk after ``epoch`` (0-based).
+
+    The branch trains on its own shuffle and augmentation draws, so the trunk's generators are not
+    advanced; afterwards the weights, BatchNorm statistics, optimizer state, lr and loss scale are put
+    back bit for bit, so the trunk continues as if the branch never ran.
+    """
+    steps = max(1, round(config.cooldown_epochs * run.steps_per_epoch))
+    model_state = {k: v.clone() for k, v in run.model.state_dict().items()}
+    # clone() keeps each moment's strides, which the fused AdamW needs to match its parameter's.
+    optim_state = {p: {k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in st.items()}
+                   for p, st in run.optimizer.state.items()}
+    lrs = [g["lr"] for g in run.optimizer.param_groups]
+    scaler_state = run.scaler.state_dict() if run.scaler is not None else None
+    try:
+        seed = _cooldown_seed(config.seed, epoch)
+        run.aug_gen.manual_seed(seed)  # reseeded from _aug_seed before the trunk's next epoch
+        set_train_mode(run.model, config.frozen_layers)
+        _train_epoch(run, config, features, torch.Generator().manual_seed(seed), steps=steps,
+                     scheduler=_LinearCooldown(run.optimizer, steps))  # type: ignore[arg-type]
+        return _validate(run, config, features), steps
+    finally:
+        run.model.load_state_dict(model_state)
+        for p in list(run.optimizer.state):
+            if p not in optim_state:
+                del run.optimizer.state[p]
+        run.optimizer.state.update(optim_state)
+        for group, lr in zip(run.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        if run.scaler is not None and scaler_state is not None:
+            run.scaler.load_state_dict(scaler_state)
 
 
 def _aug_seed(seed: int, epoch: int) -> int:
     """Seed of the augmentation generator for ``epoch`` (0-based) of a run seeded ``seed``."""
     return (seed + 1) * 1_000_003 + epoch
+
+
+def _cooldown_seed(seed: int, epoch: int) -> int:
+    """Seed of the shuffle and augmentation of the cooldown branch after ``epoch`` (0-based)."""
+    return (seed + 1) * 2_000_003 + epoch
+
+
+def _bn_seed(seed: int, epoch: int) -> int:
+    """Seed of the batches schedule-free's BatchNorm statistics are recomputed on after ``epoch``."""
+    return (seed + 1) * 3_000_017 + epoch
 
 
 def _cached_features(
@@ -693,10 +928,12 @@ def _checkpoint(config: TrainConfig, data: DataBundle, run: _Run, epoch: int, hi
         # No augmentation state: its generator is reseeded from (seed, epoch) at every epoch.
         "rng": {"perm": run.perm_gen.get_state()},
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "ema": _to_cpu(run.ema.state_dict()) if run.ema is not None else None,
     }
 
 
-_RESUME_MUST_MATCH = ("arch", "stem", "num_classes", "frozen_layers", "batch_size", "epochs")
+_RESUME_MUST_MATCH = ("arch", "stem", "num_classes", "frozen_layers", "batch_size", "epochs", "schedule",
+                      "decay_fraction", "ema_halflife")
 
 
 def _check_resume(resume: dict, config: TrainConfig, data: DataBundle) -> None:
@@ -704,7 +941,8 @@ def _check_resume(resume: dict, config: TrainConfig, data: DataBundle) -> None:
         raise ValueError(
             f"resume: unknown checkpoint format {resume.get('format')!r}; expected {CHECKPOINT_FORMAT}"
         )
-    saved = resume.get("config", {})
+    # A checkpoint written before a setting existed ran with its default.
+    saved = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | resume.get("config", {})
     for name in _RESUME_MUST_MATCH:
         if saved.get(name) != getattr(config, name):
             raise ValueError(

@@ -231,3 +231,15 @@ def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(
     (done,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert sorted(done.intermediate_values) == [1, 2, 3] and done.user_attrs["resumed_from_epoch"] == 0
     assert done.user_attrs["epochs_run"] == 3 and len(done.user_attrs["epoch_seconds"]) == 3
+
+
+def test_anytime_rung_values_are_recorded_and_the_chosen_one_reported(url: str, tmp_path: Path) -> None:
+    study = _create(url, tmp_path, "train.schedule=wsd", "train.cooldown_epochs=0.5", "train.ema_halflife=0.5",
+                    "train.rung_value=ema", n_trials=1, epochs=2)
+    run_worker("tiny", storage_url=url, device="cpu")
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE
+    first, last = t.user_attrs["rung_values"]
+    assert t.intermediate_values[1] == first["ema"] and first["trunk"] is not None  # the pruner saw the EMA
+    assert first["cooldown"] is not None and first["cooldown_steps"] > 0  # charged: recorded per epoch
+    assert last["cooldown"] is None and last["cooldown_steps"] == 0 and t.value == last["trunk"]

@@ -276,6 +276,31 @@ def test_a_wheel_ships_the_specs_as_package_data(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [str(site / "sweep" / "studies"), str(site / "sweep" / "studies" / "demo.toml")]
+
+
+def test_schedule_keys_and_the_rung_value_rule() -> None:
+    default = parse_spec({"name": "s"})
+    assert (default.train.schedule, default.train.rung_value) == ("cosine", "trunk")
+    assert (default.train.cooldown_epochs, default.train.ema_halflife) == (0.0, 0.0)
+    wsd = load_spec("demo", studies_dir=STUDIES, overrides=[
+        "train.schedule=wsd", "train.cooldown_epochs=0.25", "train.ema_halflife=0.5", "train.rung_value=cooldown"])
+    assert (wsd.train.schedule, wsd.train.cooldown_epochs, wsd.train.rung_value) == ("wsd", 0.25, "cooldown")
+    assert spec_from_dict(wsd.to_dict()) == wsd
+    # A study stored before these keys existed reads back with their defaults.
+    stored = default.to_dict()
+    for key in ("schedule", "decay_fraction", "cooldown_epochs", "ema_halflife", "rung_value"):
+        del stored["train"][key]
+    assert spec_from_dict(stored) == default
+    for overrides, message in [
+        (["train.schedule=linear"], "train.schedule = 'linear': must be one of cosine, wsd"),
+        (["train.rung_value=ema"], "train.rung_value = 'ema': needs train.ema_halflife > 0"),
+        (["train.rung_value=cooldown", "train.cooldown_epochs=0.5"], "needs train.schedule = 'wsd'"),
+        (["train.decay_fraction=0"], r"train.decay_fraction = 0.0: must be a number in \(0.0, 1.0\]"),
+    ]:
+        with pytest.raises(SpecError, match=message):
+            load_spec("demo", studies_dir=STUDIES, overrides=overrides)
+
+
 def test_search_arguments_optuna_only_checks_when_it_uses_them_are_refused() -> None:
     """Built and tried on a throwaway study: an argument Optuna accepts but fails on at its first use."""
     with pytest.raises(SpecError, match=r"^sampler/pruner = .*reduction_factor.*Optuna fails using them") as info:

@@ -21,6 +21,7 @@ from sweep.train import (
     FitResult,
     TrainConfig,
     WarmupCosine,
+    WarmupStableDecay,
     evaluate,
     fit,
     make_optimizer,
@@ -201,6 +202,157 @@ def test_warmup_cosine_schedule() -> None:
     values = [f(s) for s in range(100)]
     assert values[0] == pytest.approx(0.2) and max(values) == 1.0
     assert values[-1] < 0.01 and all(a >= b for a, b in zip(values[5:], values[6:], strict=False))
+
+
+def test_warmup_stable_decay_schedule() -> None:
+    f = WarmupStableDecay(100, decay_fraction=0.2)
+    values = [f(s) for s in range(100)]
+    assert values[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # the same warm-up as cosine's
+    assert values[5:81] == [1.0] * 76  # stable: the lr does not depend on the horizon until the decay
+    decay = values[80:]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False)) and decay[-1] == pytest.approx(0.05)
+    assert decay == pytest.approx([1 - i / 20 for i in range(20)])  # linear towards 0
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert isinstance(train_mod.make_scheduler(optimizer, 100, "wsd").lr_lambdas[0], WarmupStableDecay)
+    with pytest.raises(ValueError, match="train.schedule"):
+        train_mod.make_scheduler(optimizer, 100, "linear")
+
+
+# wsd with both anytime estimates: the EMA every epoch, a cooldown branch of half an epoch after each
+# epoch but the last.
+WSD = replace(BASE, epochs=3, schedule="wsd", cooldown_epochs=0.5, ema_halflife=0.5)
+
+
+@pytest.mark.parametrize("extra", [{}, {"frozen_layers": 2, "aug_strength": 0.0}], ids=["images", "features"])
+def test_cooldown_branch_leaves_the_trunk_bit_identical(data: DataBundle, extra: dict) -> None:
+    """The same run without branches trains the same trunk, bit for bit: weights, BatchNorm statistics,
+    optimizer state, EMA, losses and accuracies (on images, and on cached features)."""
+    runs = []
+    for cooldown in (0.0, 0.5):
+        ckpts: list[dict] = []
+        result = fit(replace(WSD, cooldown_epochs=cooldown, **extra), data, "cpu",
+                     on_epoch=lambda r, ck, out=ckpts: out.append(ck()))  # type: ignore[misc]
+        runs.append((result, ckpts))
+    (plain, plain_ck), (branched, branched_ck) = runs
+    for a, b in zip(plain.history, branched.history, strict=True):
+        assert (a.train_loss, a.trunk_accuracy, a.ema_accuracy) == (b.train_loss, b.trunk_accuracy, b.ema_accuracy)
+    assert plain.test_accuracy == branched.test_accuracy
+    for a_ck, b_ck in zip(plain_ck, branched_ck, strict=True):
+        for part in ("model", "ema"):
+            for key, value in a_ck[part].items():
+                assert torch.equal(value, b_ck[part][key]), (part, key)
+        a_state, b_state = a_ck["optimizer"]["state"], b_ck["optimizer"]["state"]
+        assert all(torch.equal(a_state[i][n], b_state[i][n]) for i in a_state for n in a_state[i])
+        assert a_ck["optimizer"]["param_groups"] == b_ck["optimizer"]["param_groups"]  # the lr too
+    # The branch is measured and charged: half an epoch of steps after every epoch but the last.
+    per_epoch = len(data.train_y) // WSD.batch_size
+    assert [r.cooldown_steps for r in branched.history] == [round(0.5 * per_epoch)] * 2 + [0]
+    assert all(r.cooldown_accuracy is not None and r.cooldown_seconds > 0 for r in branched.history[:-1])
+    assert branched.history[-1].cooldown_accuracy is None
+    assert [r.cooldown_accuracy for r in plain.history] == [None] * 3
+
+
+def test_every_rung_value_is_recorded_and_rung_value_picks_what_the_pruner_sees(data: DataBundle) -> None:
+    by_choice = {v: fit(replace(WSD, rung_value=v), data, "cpu") for v in ("trunk", "ema", "cooldown")}
+    trunk = by_choice["trunk"].history
+    for choice, result in by_choice.items():
+        for r, t in zip(result.history, trunk, strict=True):
+            # The choice changes what is reported, never what is trained.
+            assert (r.trunk_accuracy, r.ema_accuracy, r.cooldown_accuracy) == (
+                t.trunk_accuracy, t.ema_accuracy, t.cooldown_accuracy)
+            assert r.ema_accuracy is not None and 0 <= r.ema_accuracy <= 1
+            expected = {"trunk": r.trunk_accuracy, "ema": r.ema_accuracy, "cooldown": r.cooldown_accuracy}[choice]
+            assert r.val_accuracy == (r.trunk_accuracy if r.epoch == WSD.epochs else expected)
+        assert result.val_accuracy == trunk[-1].trunk_accuracy
+    # The default (cosine, no average) measures only the trunk.
+    plain = fit(replace(BASE, epochs=1), data, "cpu").history[0]
+    assert plain.trunk_accuracy == plain.val_accuracy and plain.ema_accuracy is None and plain.cooldown_steps == 0
+
+
+@pytest.mark.parametrize(("changes", "needs"), [
+    ({"rung_value": "ema"}, "ema_halflife"),
+    ({"rung_value": "cooldown", "cooldown_epochs": 0.5}, "schedule = 'wsd'"),
+    ({"rung_value": "cooldown", "schedule": "wsd"}, "cooldown_epochs > 0"),
+])
+def test_rung_value_needs_its_measurement(changes: dict, needs: str) -> None:
+    with pytest.raises(ValueError, match=f"train.rung_value=.*{needs}"):
+        replace(BASE, **changes)
+
+
+def test_wsd_resume_continues_exactly(data: DataBundle) -> None:
+    """Checkpoint after epoch 1, resume: the same history (every rung value), weights and EMA."""
+    config = replace(WSD, frozen_layers=1, aug_strength=0.5)
+    checkpoints: dict[int, dict] = {}
+    full = fit(config, data, "cpu", on_epoch=lambda r, ck: checkpoints.__setitem__(r.epoch, roundtrip(ck())))  # type: ignore[operator]
+    assert checkpoints[1]["ema"] and checkpoints[1]["config"]["schedule"] == "wsd"
+    final: dict[int, dict] = {}
+    resumed = fit(config, data, "cpu", on_epoch=lambda r, ck: final.__setitem__(r.epoch, ck()),  # type: ignore[operator]
+                  resume=checkpoints[1])
+    assert sorted(final) == [2, 3]
+    for a, b in zip(full.history[1:], resumed.history[1:], strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
+        assert (a.trunk_accuracy, a.ema_accuracy, a.cooldown_accuracy) == (
+            b.trunk_accuracy, b.ema_accuracy, b.cooldown_accuracy)
+    assert resumed.test_accuracy == full.test_accuracy
+    for part in ("model", "ema"):
+        for key, value in checkpoints[3][part].items():
+            torch.testing.assert_close(final[3][part][key], value, msg=f"{part}.{key}")
+    with pytest.raises(ValueError, match="schedule"):
+        fit(replace(config, schedule="cosine", cooldown_epochs=0.0), data, "cpu", resume=checkpoints[1])
+
+
+def test_a_checkpoint_from_before_the_schedule_setting_resumes_as_cosine(data: DataBundle) -> None:
+    got: list[dict] = []
+    config = replace(BASE, epochs=2, frozen_layers=5)
+    fit(config, data, "cpu", on_epoch=lambda r, ck: got.append(ck()))
+    old = dict(got[0], config={k: v for k, v in got[0]["config"].items()
+                               if k not in ("schedule", "decay_fraction", "ema_halflife", "cooldown_epochs",
+                                            "rung_value")})
+    old.pop("ema")
+    old["history"] = [{k: r[k] for k in ("epoch", "train_loss", "val_accuracy", "seconds")} for r in old["history"]]
+    resumed = fit(config, data, "cpu", resume=old)
+    assert [r.epoch for r in resumed.history] == [1, 2] and resumed.history[0].trunk_accuracy is None
+
+
+def test_schedule_free_evaluates_its_average_and_resumes_exactly(data: DataBundle) -> None:
+    pytest.importorskip("schedulefree")
+    config = replace(BASE, epochs=3, schedule="schedulefree", frozen_layers=1, aug_strength=0.5, ema_halflife=0.5)
+    checkpoints: dict[int, dict] = {}
+    full = fit(config, data, "cpu", on_epoch=lambda r, ck: checkpoints.__setitem__(r.epoch, roundtrip(ck())))  # type: ignore[operator]
+    assert full.history[-1].val_accuracy > 0.35, full.history
+    assert checkpoints[1]["optimizer"]["param_groups"][0]["train_mode"]  # saved as it trains: resumable
+    resumed = fit(config, data, "cpu", resume=checkpoints[1])
+    for a, b in zip(full.history[1:], resumed.history[1:], strict=True):
+        assert (a.trunk_accuracy, a.ema_accuracy) == (b.trunk_accuracy, b.ema_accuracy)
+    assert resumed.test_accuracy == full.test_accuracy
+    # The run's output is the average x (BatchNorm statistics recomputed): the last checkpoint holds it,
+    # and it is what the test accuracy was measured on.
+    model = build_model("resnet18", weights="none", num_classes=10)
+    model.load_state_dict(checkpoints[3]["model"])
+    assert evaluate(model, data.test_x, data.test_y, batch_size=256, device="cpu") == full.test_accuracy
+    factors = [train_mod.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 100,
+                                        "schedulefree").lr_lambdas[0](s) for s in range(100)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and factors[5:] == [1.0] * 95
+
+
+def test_schedule_free_without_its_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "schedulefree", None)  # import fails as when not installed
+    with pytest.raises(ValueError, match=r"pip install 'sweep\[schedulefree\]'"):
+        make_optimizer(nn.Linear(2, 2), replace(BASE, schedule="schedulefree"))
+
+
+def test_recompute_batch_norm_averages_the_batches_statistics() -> None:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    module[1].running_mean.fill_(5.0)
+    batches = [(torch.randn(8, 3), torch.zeros(8)) for _ in range(3)]
+    train_mod.recompute_batch_norm(module, batches)
+    with torch.no_grad():
+        means = torch.stack([module[0](x).mean(0) for x, _ in batches])
+    torch.testing.assert_close(module[1].running_mean, means.mean(0))
+    assert module[1].momentum == 0.1 and not module.training
 
 
 def test_train_bench_smoke(tmp_path: Path) -> None:
