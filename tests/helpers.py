@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -104,6 +105,22 @@ def held_worker_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
     (hooks / "sitecustomize.py").write_text(HOLD_HOOK)
     hold.write_text("held")
     return {"PYTHONPATH": f"{hooks}:{Path(__file__).resolve().parents[1]}", "HOLD": str(hold)}, hold
+
+
+def rest_of_output(proc: subprocess.Popen[str], timeout: float = 600) -> str:
+    """The output ``proc`` writes until it exits (killed after ``timeout``), read through the same file
+    object as ``wait_for_line``: ``communicate(timeout=...)`` reads the raw pipe and would drop the lines
+    that ``readline`` has already buffered."""
+    assert proc.stdout is not None
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    assert not timer.finished.is_set() or proc.returncode != -9, f"still running after {timeout} s:\n{out}"
+    return out
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 300) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, wait_for_line, write_tiny_spec
+from helpers import held_worker_env, rest_of_output, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 from typer.testing import CliRunner
@@ -88,7 +88,7 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     time.sleep(4)  # four heartbeats: each worker's beat has seen the pause
     hold.unlink()
     for i, w in enumerate(workers):
-        outputs[i] += w.communicate(timeout=300)[0]
+        outputs[i] += rest_of_output(w, 300)
         assert w.returncode == 0, outputs[i]
         assert "study paused: no new trials until `sweep resume`; exiting" in outputs[i]
     trials = _study(tmp_path).trials
@@ -106,7 +106,7 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
         done = subprocess.run([str(SWEEP), *command], cwd=tmp_path, env=_env(tmp_path), text=True,
                               capture_output=True)
         assert done.returncode == 0, done.stderr
-    outputs[-1] += waiter.communicate(timeout=600)[0]
+    outputs[-1] += rest_of_output(waiter, 600)
     assert waiter.returncode == 0, outputs[-1]
 
     trials = _study(tmp_path).trials
@@ -162,7 +162,7 @@ def test_stop_a_training_worker_then_extend_resumes_and_delete_removes_every_fil
         time.sleep(0.1)
     time.sleep(3)  # three heartbeats: the worker's beat has seen the stop
     hold.unlink()
-    output += worker.communicate(timeout=300)[0]
+    output += rest_of_output(worker, 300)
     assert worker.returncode == 0, output  # even with --wait: a stopped study has nothing to wait for
     assert "study stopped (sweep stop): no new trials; exiting" in output
     trials = _study(tmp_path).trials

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, wait_for_line, write_tiny_spec
+from helpers import held_worker_env, rest_of_output, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 
@@ -106,7 +106,7 @@ def test_a_trial_failed_by_a_peer_meanwhile_is_let_go_and_its_retry_resumes(tmp_
     storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)
     storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(victim._trial_id))
     hold.unlink()
-    out = owner.communicate(timeout=600)[0]
+    out = rest_of_output(owner, 600)
     assert owner.returncode == 0, out
     assert "Traceback" not in out and "Cannot tell" not in out
     assert len([line for line in out.splitlines() if "failed meanwhile by another worker" in line]) == 1, out
@@ -273,7 +273,7 @@ def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -
     os.killpg(group.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
     seen += wait_for_line(group, "stopping workers")
     hold.unlink()
-    out = seen + group.communicate(timeout=600)[0]
+    out = seen + rest_of_output(group, 600)
     assert group.returncode == 0, out
     assert "Traceback" not in out and "second signal" not in out and "stopping workers now" not in out, out
     assert out.count("stopping after the current epoch") == 2, out  # one stop per child
@@ -301,7 +301,7 @@ def test_a_second_ctrl_c_stops_the_group_at_once(tmp_path: Path) -> None:
     os.killpg(group.pid, signal.SIGINT)
     seen += wait_for_line(group, "stopping workers")
     os.killpg(group.pid, signal.SIGINT)
-    out = seen + group.communicate(timeout=120)[0]
+    out = seen + rest_of_output(group, 120)
     assert group.returncode == 128 + signal.SIGINT, out
     assert "stopping workers now" in out and "Traceback" not in out, out
     # Killed in their epochs: the trials are RUNNING until a peer's stale check hands them on, from their

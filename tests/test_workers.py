@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, wait_for_line, write_tiny_spec
+from helpers import held_worker_env, rest_of_output, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -75,7 +75,7 @@ def test_sigterm_finishes_the_epoch_and_hands_the_trial_back(tmp_path: Path) -> 
     proc = _sweep(tmp_path, "worker", "--threads", "1")
     wait_for_line(proc, "epoch 1/3")
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
+    out = rest_of_output(proc, 300)
     assert proc.returncode == 0, out
     assert "stopping after the current epoch" in out
     first, retry = _study(tmp_path).trials
@@ -114,7 +114,7 @@ def test_signal_exit_code_only_when_a_signal_stopped_the_worker(tmp_path: Path) 
     proc.send_signal(signal.SIGTERM)
     wait_for_line(proc, "stopping after the current epoch")
     hold.unlink()
-    out = proc.communicate(timeout=300)[0]
+    out = rest_of_output(proc, 300)
     assert proc.returncode == 143, out
     first, retry = _study(tmp_path).trials
     assert first.user_attrs["fail_reason"] == "stopped" and retry.state == TrialState.WAITING
@@ -133,7 +133,7 @@ def test_signal_exit_code_reaches_supervised_workers(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     wait_for_line(proc, "stopping after the current epoch")
     hold.unlink()
-    out = proc.communicate(timeout=300)[0]
+    out = rest_of_output(proc, 300)
     assert proc.returncode == 143, out
     assert sum(t.state == TrialState.WAITING for t in _study(tmp_path).trials) == 2  # both handed back
 
