@@ -1134,7 +1134,9 @@ if UNSUPPORTED is None:
             # server connections can each hold one and wait for a second: none gets it (query_wait_timeout
             # after 120 s; seen with 256 workers on a pool of 20). The same checks, one after the other.
             with _rdb_storage._create_scoped_session(self.scoped_session) as session:
-                assert models.VersionInfoModel.find(session) is not None
+                version_info = models.VersionInfoModel.find(session)
+            if version_info is None:  # written with the schema: a database someone emptied by hand
+                raise RuntimeError("the database has Optuna's tables but no version_info row")
             if self.get_current_version() != self.get_head_version():
                 super().check_table_schema_compatibility()  # the mismatch, in Optuna's own words
 

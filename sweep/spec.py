@@ -188,7 +188,8 @@ def check_rung_value(
     return rung_value
 
 
-def _default(key: str) -> Any:
+def default(key: str) -> Any:
+    """The default of one spec setting (``SETTINGS[key].default``), for dataclass fields."""
     return SETTINGS[key].default
 
 
@@ -196,11 +197,11 @@ def _default(key: str) -> Any:
 class DataSpec:
     """Where the images come from and how the validation split is carved."""
 
-    name: str = _default("data.name")
-    root: str = _default("data.root")
-    val_fraction: float = _default("data.val_fraction")
-    resolution: int = _default("data.resolution")
-    subset: int | None = _default("data.subset")
+    name: str = default("data.name")
+    root: str = default("data.root")
+    val_fraction: float = default("data.val_fraction")
+    resolution: int = default("data.resolution")
+    subset: int | None = default("data.subset")
     classes: tuple[str, ...] | None = None  # keep only these classes, labelled in this order
 
 
@@ -208,8 +209,8 @@ class DataSpec:
 class ModelSpec:
     """Which torchvision ResNet, and which initial weights."""
 
-    arch: str = _default("model.arch")
-    weights: str = _default("model.weights")
+    arch: str = default("model.arch")
+    weights: str = default("model.weights")
 
 
 @dataclass(frozen=True)
@@ -224,30 +225,30 @@ class TrainSpec:
     label_smoothing: float = TRAIN_DEFAULTS["label_smoothing"]
     stem: str = TRAIN_DEFAULTS["stem"]
     resolution: int = TRAIN_DEFAULTS["resolution"]
-    eval_batch_size: int = _default("train.eval_batch_size")
-    compile: bool = _default("train.compile")
-    precision: str = _default("train.precision")  # each trial records what it used (user attr "precision")
-    schedule: str = _default("train.schedule")
-    decay_fraction: float = _default("train.decay_fraction")
-    cooldown_epochs: float = _default("train.cooldown_epochs")
-    ema_halflife: float = _default("train.ema_halflife")
-    rung_value: str = _default("train.rung_value")
-    checkpoint_every: int = _default("train.checkpoint_every")
+    eval_batch_size: int = default("train.eval_batch_size")
+    compile: bool = default("train.compile")
+    precision: str = default("train.precision")  # each trial records what it used (user attr "precision")
+    schedule: str = default("train.schedule")
+    decay_fraction: float = default("train.decay_fraction")
+    cooldown_epochs: float = default("train.cooldown_epochs")
+    ema_halflife: float = default("train.ema_halflife")
+    rung_value: str = default("train.rung_value")
+    checkpoint_every: int = default("train.checkpoint_every")
 
 
 @dataclass(frozen=True)
 class CheckpointSpec:
     """Which trained models outlive their trial."""
 
-    keep_best: int = _default("checkpoint.keep_best")  # SETTINGS says why three
+    keep_best: int = default("checkpoint.keep_best")  # SETTINGS says why three
 
 
 @dataclass(frozen=True)
 class TrackingSpec:
     """Experiment trackers every worker logs its trials to (sweep.tracking); empty strings are off."""
 
-    mlflow: str = _default("tracking.mlflow")
-    tensorboard: str = _default("tracking.tensorboard")
+    mlflow: str = default("tracking.mlflow")
+    tensorboard: str = default("tracking.tensorboard")
 
     @property
     def enabled(self) -> bool:
@@ -287,10 +288,10 @@ class StudySpec:
     """The whole, resolved study: what every worker reads from the database."""
 
     name: str
-    n_trials: int = _default("n_trials")
-    max_hours: float | None = _default("max_hours")
-    epochs: int = _default("epochs")
-    seed: int = _default("seed")
+    n_trials: int = default("n_trials")
+    max_hours: float | None = default("max_hours")
+    epochs: int = default("epochs")
+    seed: int = default("seed")
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -637,7 +638,7 @@ def _parse_data(d: dict[str, Any]) -> DataSpec:
     _check_keys(d, "data.", tuple(f.name for f in dataclasses.fields(DataSpec)))
     subset = d.get("subset")
     return DataSpec(
-        **{k: check(f"data.{k}", d.get(k, _default(f"data.{k}"))) for k in ("name", "root", "val_fraction",
+        **{k: check(f"data.{k}", d.get(k, default(f"data.{k}"))) for k in ("name", "root", "val_fraction",
                                                                            "resolution")},
         subset=None if subset is None else check("data.subset", subset),
         classes=_classes(d["classes"]) if "classes" in d else None,
@@ -646,7 +647,7 @@ def _parse_data(d: dict[str, Any]) -> DataSpec:
 
 def _parse_model(m: dict[str, Any]) -> ModelSpec:
     _check_keys(m, "model.", tuple(f.name for f in dataclasses.fields(ModelSpec)))
-    return ModelSpec(**{k: check(f"model.{k}", m.get(k, _default(f"model.{k}"))) for k in ("arch", "weights")})
+    return ModelSpec(**{k: check(f"model.{k}", m.get(k, default(f"model.{k}"))) for k in ("arch", "weights")})
 
 
 _S = TypeVar("_S", TrainSpec, CheckpointSpec, TrackingSpec)

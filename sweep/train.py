@@ -40,7 +40,7 @@ from sweep.model import (
     split_model,
     trainable_parameters,
 )
-from sweep.spec import SETTINGS, check, check_rung_value
+from sweep.spec import check, check_rung_value, default
 
 # Cached frozen-prefix features may use at most this much memory (and at most 40% of what is free
 # on an accelerator); above it the prefix is simply run on every batch.
@@ -52,10 +52,6 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-def _d(key: str) -> Any:
-    return SETTINGS[key].default
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines one training run (together with the data).
@@ -64,27 +60,27 @@ class TrainConfig:
     (from the data) and ``seed`` (a trial's, derived from the study's) are not spec settings.
     """
 
-    arch: str = _d("model.arch")
-    weights: str = _d("model.weights")
-    stem: str = _d("train.stem")
+    arch: str = default("model.arch")
+    weights: str = default("model.weights")
+    stem: str = default("train.stem")
     num_classes: int = 10
-    epochs: int = _d("epochs")
-    lr: float = _d("train.lr")
-    batch_size: int = _d("train.batch_size")
-    frozen_layers: int = _d("train.frozen_layers")
-    aug_strength: float = _d("train.aug_strength")
-    weight_decay: float = _d("train.weight_decay")
-    label_smoothing: float = _d("train.label_smoothing")
+    epochs: int = default("epochs")
+    lr: float = default("train.lr")
+    batch_size: int = default("train.batch_size")
+    frozen_layers: int = default("train.frozen_layers")
+    aug_strength: float = default("train.aug_strength")
+    weight_decay: float = default("train.weight_decay")
+    label_smoothing: float = default("train.label_smoothing")
     seed: int = 0
-    resolution: int = _d("train.resolution")  # network input size; batches are resized on the device
-    eval_batch_size: int = _d("train.eval_batch_size")
-    compile: bool = _d("train.compile")
-    precision: str = _d("train.precision")  # "auto": bf16 where the device computes it natively, else fp32
-    schedule: str = _d("train.schedule")  # "cosine" or "wsd" (warmup, stable, decay)
-    decay_fraction: float = _d("train.decay_fraction")  # wsd: the final decay's share of all steps
-    cooldown_epochs: float = _d("train.cooldown_epochs")  # wsd: the cooldown branch after each epoch (0: none)
-    ema_halflife: float = _d("train.ema_halflife")  # in epochs; 0: no weight average
-    rung_value: str = _d("train.rung_value")  # what val_accuracy is before the last epoch
+    resolution: int = default("train.resolution")  # network input size; batches are resized on the device
+    eval_batch_size: int = default("train.eval_batch_size")
+    compile: bool = default("train.compile")
+    precision: str = default("train.precision")  # "auto": bf16 where the device computes it natively, else fp32
+    schedule: str = default("train.schedule")  # "cosine" or "wsd" (warmup, stable, decay)
+    decay_fraction: float = default("train.decay_fraction")  # wsd: the final decay's share of all steps
+    cooldown_epochs: float = default("train.cooldown_epochs")  # wsd: the cooldown branch after each epoch (0: none)
+    ema_halflife: float = default("train.ema_halflife")  # in epochs; 0: no weight average
+    rung_value: str = default("train.rung_value")  # what val_accuracy is before the last epoch
 
     def __post_init__(self) -> None:
         for name, key in _SPEC_KEYS.items():
