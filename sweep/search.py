@@ -15,6 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError
+from sweep.pruner import EvidencePruner
 from sweep.tpe import IncrementalTPESampler
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ _PRUNERS: dict[str, Any] = {
     "median": optuna.pruners.MedianPruner,
     "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
+    "auto": EvidencePruner,
     "none": optuna.pruners.NopPruner,
 }
 # Arguments sweep itself fills in; the spec may not set them.
@@ -195,6 +197,8 @@ def build_pruner(spec: StudySpec) -> BasePruner:
     args = dict(spec.pruner.args)
     if spec.pruner.type == "hyperband":
         args.setdefault("min_resource", 1)
+        args.setdefault("max_resource", spec.epochs)
+    elif spec.pruner.type == "auto":
         args.setdefault("max_resource", spec.epochs)
     elif spec.pruner.type == "median":
         args.setdefault("n_startup_trials", 2)

@@ -33,7 +33,7 @@ DATASETS = ("cifar10", "imagefolder", "synthetic")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 STEMS = ("imagenet", "cifar")
 SAMPLERS = ("tpe", "random", "grid", "qmc")
-PRUNERS = ("median", "successive-halving", "hyperband", "none")
+PRUNERS = ("median", "successive-halving", "hyperband", "auto", "none")
 PARAM_TYPES = ("float", "int", "categorical")
 # "auto": bf16 autocast (+ channels_last) on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX)
 # for the CIFAR stem, where it trains ~3x faster than fp32 at the same accuracy (BENCHMARKS.md);

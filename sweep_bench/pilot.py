@@ -509,3 +509,28 @@ def format_analysis(result: Mapping[str, Any]) -> str:
             f"{100 * c['seconds_share']:.1f} % of the wall time"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- replaying the pilot
+
+
+def pilot_table(con: sqlite3.Connection, base: Table, variant: str) -> Table:
+    """The pilot's finished configs as a learning-curve table the replay can search (its rows a subset
+    of ``base``'s grid): each epoch's ``variant`` value as the rung value, the trunk's at the last epoch
+    (what ``train.rung_value = variant`` reports), the pilot's test accuracy; ``cosine`` gives the same
+    configs' rows from the cosine table instead."""
+    from sweep_bench.sweep import Row
+
+    rows = {}
+    tests = dict(con.execute("SELECT idx, test_accuracy FROM configs"))
+    for idx, curve in curves(con).items():
+        cfg = next(c for c, _ in stored_configs(con) if c.index == idx)
+        key = base.key(cfg.params)
+        if variant == "cosine":
+            rows[key] = base.rows[key]
+            continue
+        values = curve[variant][:-1] + curve["trunk"][-1:]
+        if any(v is None for v in values):
+            raise ValueError(f"pilot config {idx} has no {variant!r} value at every epoch")
+        rows[key] = Row(dict(cfg.params), tuple(float(v) for v in values), tests[idx])  # type: ignore[arg-type]
+    return dataclasses.replace(base, name=f"pilot-{variant}", rows=rows)

@@ -40,8 +40,9 @@ from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from sweep.pruner import spearman
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
 from sweep_bench import save_figure, write_json
@@ -80,6 +81,8 @@ def default_methods(epochs: int) -> tuple[Method, ...]:
                {"min_resource": max(1, epochs // 2), "reduction_factor": 2}),
         Method("tpe+hyperband(half,rf2)", "tpe", "hyperband",
                {"min_resource": max(1, epochs // 2), "max_resource": epochs, "reduction_factor": 2}),
+        # Rungs where the study's own finished curves start to rank like their ends (sweep.pruner).
+        Method("tpe+auto", "tpe", "auto"),
     )
 
 
@@ -136,29 +139,6 @@ class Table:
         """The row with the highest final validation accuracy among rows that trained every epoch."""
         full = [r for r in self.rows.values() if len(r.curve) == self.epochs and not r.diverged]
         return max(full, key=lambda r: r.curve[-1])
-
-
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):  # ties share their mean rank
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation (Pearson on ranks, ties averaged); NaN when a side is constant."""
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-    return cov / var if var else float("nan")
 
 
 def _norm(value: Any) -> Any:
@@ -227,6 +207,51 @@ def load_table(table_study: str | None, storage_url: str, *, complete: bool = Tr
 # --------------------------------------------------------------------------- the replay
 
 
+class _RowSampler(optuna.samplers.BaseSampler):
+    """A sampler whose proposals are always rows of the table: the identity on a finished grid.
+
+    A table that does not cover its grid (a pilot's subset, a table still being built: the grid
+    sampler trains its points in random order, so a partial table is a random subset) would otherwise
+    make the replay ask for configs it cannot look up. Each proposal is moved to the nearest value (in
+    grid steps) that a row with the params already chosen has, so the trial records, and the sampler
+    learns from, the config whose curve it is given.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, table: Table) -> None:
+        self._inner = inner
+        self._grid = table.grid
+        self._rows = [dict(zip(table.grid, key, strict=True)) for key in table.rows]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        proposal = self._inner.sample_relative(study, trial, search_space)
+        if not proposal:
+            return proposal
+        nearest = min(self._rows, key=lambda row: sum(self._steps(n, v, row[n]) for n, v in proposal.items()))
+        return {name: nearest[name] for name in proposal}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        value = self._inner.sample_independent(study, trial, param_name, param_distribution)
+        chosen = {n: _norm(v) for n, v in trial.params.items() if n in self._grid}
+        allowed = {row[param_name] for row in self._rows if all(row[n] == v for n, v in chosen.items())}
+        return min(allowed, key=lambda v: (self._steps(param_name, value, v), str(v)))
+
+    def _steps(self, name: str, a: Any, b: Any) -> int:
+        values = [_norm(v) for v in self._grid[name]]
+        return abs(values.index(_norm(a)) - values.index(_norm(b)))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+
 def replay_spec(table: Table, method: Method, seed: int, budget_epochs: int) -> StudySpec:
     """The spec the service would run for ``method``: the table's grid as categorical params.
 
@@ -252,12 +277,15 @@ def replay(
     spec = replay_spec(table, method, seed, budget_epochs)
     # A fixed study name: Hyperband assigns brackets from a hash of the study name and trial number.
     study = optuna.create_study(
-        study_name=spec.name, direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec)
+        study_name=spec.name, direction="maximize", sampler=_RowSampler(build_sampler(spec), table),
+        pruner=build_pruner(spec),
     )
     distributions = {name: CategoricalDistribution(values) for name, values in table.grid.items()}
     run = _Replay(budget_epochs, target=table.best().curve[-1] - tolerance)
     while not run.spent():
         trial = study.ask(distributions)
+        if table.val_images:  # as the objective records it: the auto pruner's noise margin
+            trial.set_user_attr("val_images", table.val_images)
         row = run.propose(table, trial.params)
         state = run.train(trial, row, table.epochs)
         if state is None:

@@ -74,7 +74,7 @@ def test_overrides_do_not_mutate_input() -> None:
         ("n_trials=1.5", "n_trials", "integer"),
         ("data.name=mnist", "data.name", "cifar10, imagefolder, synthetic"),
         ("model.arch=vgg16", "model.arch", "resnet18, resnet34, resnet50"),
-        ("pruner.type=asha", "pruner.type", "median, successive-halving, hyperband, none"),
+        ("pruner.type=asha", "pruner.type", "median, successive-halving, hyperband, auto, none"),
         ("sampler.type=cma", "sampler.type", "tpe, random"),
         ("params.lr.low=0.5", "params.lr.low", "must be <= params.lr.high"),
         ("params.batch_size.choices=[]", "params.batch_size.choices", "non-empty"),
