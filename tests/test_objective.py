@@ -71,6 +71,25 @@ def test_pruning_really_happens(url: str, tmp_path: Path) -> None:
         assert t.user_attrs["epochs_run"] == 1
 
 
+def test_the_auto_pruner_prunes_in_a_real_worker(url: str, tmp_path: Path) -> None:
+    # Three configs of different quality finish; their epoch-1 values rank like their ends, so the
+    # auto pruner puts a rung at epoch 1 and stops the hopeless config there.
+    study = _create(url, tmp_path, "pruner.min_complete=3", "pruner.margin_se=0.0",
+                    n_trials=4, epochs=3, pruner="auto", lr_low=1e-6, lr_high=1e-1)
+    configs = [
+        {"lr": 3e-3, "batch_size": 32, "frozen_layers": 0, "aug_strength": 0.0},
+        {"lr": 1e-4, "batch_size": 32, "frozen_layers": 3, "aug_strength": 0.0},
+        {"lr": 1e-5, "batch_size": 64, "frozen_layers": 4, "aug_strength": 0.0},
+        {"lr": 1e-6, "batch_size": 64, "frozen_layers": 5, "aug_strength": 1.0},
+    ]
+    for params in configs:
+        study.enqueue_trial(params)
+    run_worker("tiny", storage_url=url, device="cpu")
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert list(trials[3].intermediate_values) == [1]
+
+
 def test_oom_fails_the_trial_records_constraint_and_worker_continues(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
