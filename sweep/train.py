@@ -18,6 +18,7 @@ moving average of the weights (``ema_halflife``, any schedule). ``EpochResult`` 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -807,12 +808,25 @@ def _cached_features(
 # torch.compile is slow to warm up, so a worker keeps one compiled model per shape of network and
 # loads each trial's fresh weights into it instead of compiling a new one.
 _COMPILED: dict[tuple, tuple[nn.Module, nn.Module, nn.Module]] = {}
-# The backend of torch.compile ("eager" or a counting backend lets the CPU tests trace without codegen).
-COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
+# The backend of torch.compile: inductor, unless a caller (the train bench's --compile-backend, a CPU
+# test tracing without codegen) asks for another within `compile_with(...)`.
+_COMPILE_BACKEND: contextvars.ContextVar[str | Callable[..., Any]] = contextvars.ContextVar(
+    "compile_backend", default="inductor"
+)
 # Graphs one compiled unit may hold before dynamo gives up on it and runs it eagerly. A unit sees
 # train (grad) and eval (no_grad, inference_mode) modes, each at a static batch size first and a
 # dynamic one after the first other size (automatic dynamic shapes): 6 graphs; the rest is margin.
 RECOMPILE_LIMIT = 12
+
+
+@contextlib.contextmanager
+def compile_with(backend: str | Callable[..., Any]) -> Iterator[None]:
+    """Compile with ``backend`` (a name torch.compile knows, or a backend callable) inside the block."""
+    token = _COMPILE_BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _COMPILE_BACKEND.reset(token)
 
 
 def compile_unit(module: nn.Module) -> nn.Module:
@@ -823,7 +837,7 @@ def compile_unit(module: nn.Module) -> nn.Module:
     in all modes and batch sizes, would count against it together, and after a few trials the next
     variants would silently run uncompiled. ``isolate_recompiles`` gives each unit its own count.
     """
-    return torch.compile(module, backend=COMPILE_BACKEND, isolate_recompiles=True,
+    return torch.compile(module, backend=_COMPILE_BACKEND.get(), isolate_recompiles=True,
                          recompile_limit=RECOMPILE_LIMIT)
 
 
@@ -859,7 +873,7 @@ def prepare_model(
         channels_last = device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if config.compile:
-        key = (config.arch, config.stem, config.num_classes, k, str(device), channels_last)
+        key = (config.arch, config.stem, config.num_classes, k, str(device), channels_last, _COMPILE_BACKEND.get())
         if key not in _COMPILED:
             model = fresh.to(device, memory_format=memory_format)
             prefix, rest = split_model(model, k)

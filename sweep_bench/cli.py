@@ -59,10 +59,6 @@ def bench_train(
         import torch
 
         torch.set_num_threads(threads)
-    if compile_backend:
-        from sweep import train
-
-        train.COMPILE_BACKEND = compile_backend
     run_train_bench(
         device,
         steps=steps,
@@ -76,6 +72,7 @@ def bench_train(
         compile=compile_model,
         seed_workers=seed_workers,
         data_only=data_only,
+        compile_backend=compile_backend,
     )
 
 

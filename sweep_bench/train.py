@@ -18,6 +18,7 @@ OpenMP threads that must wait for a core held by another process stall each othe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import platform
 import statistics
@@ -36,6 +37,7 @@ from sweep.model import build_model, set_train_mode
 from sweep.spec import MAX_FROZEN
 from sweep.train import (
     TrainConfig,
+    compile_with,
     compute_features,
     configure_device,
     cpu_has_native_bf16,
@@ -297,6 +299,7 @@ def run_train_bench(
     data_only: bool = False,
     stem: str = "imagenet",
     compile: bool = False,
+    compile_backend: str | None = None,
 ) -> dict:
     """Measure and print images/s of the tutorial pipeline and of this engine; returns the figures.
 
@@ -304,7 +307,20 @@ def run_train_bench(
     images are used; None uses the synthetic set. ``seed_workers``: DataLoader workers of the
     tutorial pipeline (2, as in PyTorch's CIFAR-10 tutorial; on a 2-core machine also the fastest
     setting for it). ``data_only``: measure only the two data pipelines (seconds instead of a minute).
+    ``compile_backend``: torch.compile's backend when ``compile`` (default inductor; eager: a dry run).
     """
+    with compile_with(compile_backend) if compile_backend else contextlib.nullcontext():
+        return _run_train_bench(device, steps=steps, batch_size=batch_size, json_path=json_path, console=console,
+                                data_root=data_root, subset=subset, arch=arch, warmup=warmup,
+                                seed_workers=seed_workers, cache_dir=cache_dir, data_only=data_only, stem=stem,
+                                compile=compile)
+
+
+def _run_train_bench(
+    device: str, *, steps: int, batch_size: int, json_path: str | Path | None, console: Any,
+    data_root: str | Path | None, subset: int, arch: str, warmup: int, seed_workers: int,
+    cache_dir: str | Path | None, data_only: bool, stem: str, compile: bool,
+) -> dict:
     dev = torch.device(device)
     stock_flags = _backend_flags()  # before the engine's configure_device changes them
     data, source = _bench_data(data_root, subset, cache_dir)

@@ -431,7 +431,6 @@ def test_compiled_units_keep_compiling_across_trials(tiny: DataBundle, monkeypat
 
     torch._dynamo.reset()
     counter = CompileCounter()
-    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", counter)
     monkeypatch.setattr(train_mod, "_COMPILED", {})
     # Exactly what one unit needs (see RECOMPILE_LIMIT), so that graphs counted across units would overflow.
     monkeypatch.setattr(train_mod, "RECOMPILE_LIMIT", 6)
@@ -446,14 +445,16 @@ def test_compiled_units_keep_compiling_across_trials(tiny: DataBundle, monkeypat
         fit(config, tiny, "cpu")
         return counter.frame_count - before
 
-    compiles = [trial(k, batch) for k, batch in trials]
+    with train_mod.compile_with(counter):
+        compiles = [trial(k, batch) for k, batch in trials]
     # A new variant compiles its graphs; a variant seen before re-traces each of its two units (prefix,
     # rest) at most once, for a new batch size (automatic dynamic shapes), and not at all for one seen.
     first_seen = [i for i, (k, _) in enumerate(trials) if k not in [kk for kk, _ in trials[:i]]]
     assert all(compiles[i] > 0 for i in first_seen), compiles
     assert all(compiles[i] <= 2 for i in range(len(trials)) if i not in first_seen), compiles
     assert max(compiles) <= 2 * train_mod.RECOMPILE_LIMIT
-    assert trial(3, 16) == 0  # an 11th trial runs on graphs compiled before
+    with train_mod.compile_with(counter):
+        assert trial(3, 16) == 0  # an 11th trial runs on graphs compiled before
     torch._dynamo.reset()
 
 

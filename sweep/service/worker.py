@@ -322,8 +322,9 @@ class TrialRunner:
             self._keep_best(trial)
         return outcome
 
-    def _hand_back(self, frozen: optuna.trial.FrozenTrial) -> None:
-        """Re-queue a FAILed trial's params as WAITING (not counted twice; it resumes from its checkpoint)."""
+    def _retry_as_dead_workers(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """Re-queue a FAILed trial as a dead worker's is (the storage's stale-trial retry: counted against
+        max_retry, resumed from its checkpoint); unlike _HAND_BACK, which re-queues a stopped trial uncounted."""
         callback = self.storage.get_heartbeat_stale_trial_callback()
         if callback is not None:
             callback(self.study, frozen)
@@ -391,7 +392,7 @@ class TrialRunner:
             _HAND_BACK(self.study, frozen)
             return outcome if self.stop.is_set() else replace(outcome, cause=Reason.PAUSED)
         if outcome.hand_back:
-            self._hand_back(frozen)  # a broken CUDA context: counted like a dead worker's trial
+            self._retry_as_dead_workers(frozen)  # a broken CUDA context: counted as a retry (max_retry)
         return outcome
 
 
