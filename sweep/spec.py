@@ -123,8 +123,9 @@ SETTINGS: dict[str, Setting] = {
                                      low=1),
     "train.compile": Setting(bool, False, "torch.compile pays only on CUDA, after a slow warm-up"),
     "train.precision": Setting(str, "auto", "each trial records what it computed in", choices=PRECISIONS),
-    "train.schedule": Setting(str, "cosine", "cosine until a pilot shows that wsd's or schedule-free's rung "
-                              "values rank better (issue 22)", choices=SCHEDULES),
+    "train.schedule": Setting(str, "cosine", "the usual fine-tune schedule, and what the cosine tables "
+                              "were built with; for pruning, wsd with rung_value = ema ranks configs "
+                              "early far better (lr-freeze's choice, BENCHMARKS.md)", choices=SCHEDULES),
     "train.decay_fraction": Setting(float, 0.2, "wsd's final linear decay, as a fraction of all steps; "
                                     "0.1-0.2 is the usual range", low=0.0, high=1.0, open_low=True),
     "train.cooldown_epochs": Setting(float, 0.0, "wsd only: length of the cooldown branch trained and "

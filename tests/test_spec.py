@@ -35,6 +35,8 @@ def test_shipped_specs_load() -> None:
     assert real.params["batch_size"].choices == (64, 128, 256, 512)
     assert real.params["frozen_layers"].high == MAX_FROZEN
     assert (real.sampler.type, real.pruner.type) == ("tpe", "hyperband")
+    # The pilot's winner (issue 22): wsd, rungs read off an EMA of the weights.
+    assert (real.train.schedule, real.train.ema_halflife, real.train.rung_value) == ("wsd", 0.5, "ema")
     demo = load_spec("demo", studies_dir=STUDIES)
     assert demo.data.name == "synthetic" and demo.model.weights == "none"
 
