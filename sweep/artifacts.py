@@ -30,11 +30,10 @@ import optuna
 import sqlalchemy
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from sweep import record
 from sweep.atomic import write_atomic
-from sweep.kept import FINAL_MODEL_ATTR
 from sweep.storage import read_connection
 
-CHECKPOINT_ATTR = "checkpoint"  # trial user attribute: {"artifact_id", "epoch"} of its newest checkpoint
 # What Optuna's upload_artifact records on a trial before it writes the file (optuna.artifacts._upload).
 _UPLOADED_PREFIX = "artifacts:"
 # Optuna names every artifact by a random UUID; write_atomic's temporary files are ".<name>.<random>.tmp".
@@ -156,8 +155,8 @@ def referenced(storage: optuna.storages.BaseStorage, *, recent_s: float = 0.0) -
 
     backend, engine = _engine(storage)
     if engine is None:  # in-memory storage (tests, notebooks)
-        values = [t.user_attrs.get(FINAL_MODEL_ATTR) for t in _every_trial(storage)]
-        values += [t.user_attrs.get(CHECKPOINT_ATTR) for t in _every_trial(storage) if needed(t)]
+        values: list[Any] = [record.final_model(t) for t in _every_trial(storage)]
+        values += [record.checkpoint(t) for t in _every_trial(storage) if needed(t)]
     else:
         from optuna.storages._rdb import models
         from optuna.trial import TrialState
@@ -169,7 +168,7 @@ def referenced(storage: optuna.storages.BaseStorage, *, recent_s: float = 0.0) -
             .select_from(attrs.join(trials, trials.c.trial_id == attrs.c.trial_id))
             .where(
                 attrs.c.value_json != "null",
-                (attrs.c.key == FINAL_MODEL_ATTR) | ((attrs.c.key == CHECKPOINT_ATTR) & live),
+                (attrs.c.key == record.FINAL_MODEL.name) | ((attrs.c.key == record.CHECKPOINT.name) & live),
             )
         )
         with read_connection(backend, engine) as conn:

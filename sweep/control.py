@@ -15,11 +15,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-CONTROL_ATTR = "control"
-BUDGET_ATTR = "n_trials"
-# Re-runs of a handed-back or dead worker's trial carry this system attribute (Optuna's
-# RetryHeartbeatStaleTrialCallback sets it); they do not count against the budget a second time.
-RETRY_KEY = "failed_trial"
+from sweep import record
 
 
 class SweepState(enum.StrEnum):
@@ -34,17 +30,17 @@ class SweepState(enum.StrEnum):
 
 def is_paused(study_attrs: Mapping[str, Any]) -> bool:
     """Whether no trial may be handed out and running ones hand themselves back: ``sweep pause`` or ``stop``."""
-    return study_attrs.get(CONTROL_ATTR) in (SweepState.PAUSED.value, SweepState.STOPPED.value)
+    return study_attrs.get(record.CONTROL.name) in (SweepState.PAUSED.value, SweepState.STOPPED.value)
 
 
 def is_stopped(study_attrs: Mapping[str, Any]) -> bool:
     """Whether ``sweep stop`` is in force (workers exit instead of waiting for a resume)."""
-    return study_attrs.get(CONTROL_ATTR) == SweepState.STOPPED.value
+    return study_attrs.get(record.CONTROL.name) == SweepState.STOPPED.value
 
 
 def budget(study_attrs: Mapping[str, Any], spec_n_trials: int) -> int:
     """The study's trial budget: what ``sweep extend`` set, else the spec's ``n_trials``."""
-    value = study_attrs.get(BUDGET_ATTR)
+    value = study_attrs.get(record.N_TRIALS.name)
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return spec_n_trials
@@ -64,12 +60,8 @@ def compute_seconds(trials: Iterable[FrozenTrial]) -> float:
     trial it resumes (``resumed_from_epoch``) are that trial's, not counted again."""
     total = 0.0
     for t in trials:
-        secs = t.user_attrs.get("epoch_seconds")
-        if not isinstance(secs, list):
-            continue
-        skip = t.user_attrs.get("resumed_from_epoch", 0) if RETRY_KEY in t.system_attrs else 0
-        skip = skip if isinstance(skip, int) and not isinstance(skip, bool) else 0
-        total += sum(float(s) for s in secs[skip:] if isinstance(s, (int, float)) and not isinstance(s, bool))
+        skip = record.resumed_from_epoch(t) if record.FAILED_TRIAL.name in t.system_attrs else 0
+        total += sum(float(s) for s in record.epoch_seconds(t)[skip:])
     return total
 
 
@@ -93,7 +85,7 @@ def state_of(
     trials = list(trials)
     counted = active = 0
     for t in trials:
-        counted += RETRY_KEY not in t.system_attrs
+        counted += record.FAILED_TRIAL.name not in t.system_attrs
         active += t.state in (TrialState.RUNNING, TrialState.WAITING)
     budget_n = budget(study_attrs, spec_n_trials)
     if hours_spent(max_hours, trials):

@@ -27,10 +27,9 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from sweep import record
 from sweep.storage import budget_lock, read_connection
 
-KEPT_ATTR = "kept_models"  # study user attribute: the kept models, best first
-FINAL_MODEL_ATTR = "final_model"  # trial user attribute: {"artifact_id", "path"} of its final weights
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -69,7 +68,7 @@ class Reconciled:
 def kept_models(study_attrs: Mapping[str, Any]) -> tuple[KeptModel, ...]:
     """The kept models recorded in a study's user attributes, best first."""
     out = []
-    for entry in study_attrs.get(KEPT_ATTR) or ():
+    for entry in study_attrs.get(record.KEPT_MODELS.name) or ():
         with contextlib.suppress(KeyError, TypeError, ValueError):
             out.append(KeptModel(int(entry["trial"]), float(entry["value"]), str(entry["artifact_id"]),
                                  entry.get("path")))
@@ -97,7 +96,7 @@ def reconcile(
         models = stored_models(storage, study_id)
         kept = rank(models, keep_best)
         if kept != kept_models(storage.get_study_user_attrs(study_id)):
-            storage.set_study_user_attr(study_id, KEPT_ATTR, [k.to_json() for k in kept])
+            storage.set_study_user_attr(study_id, record.KEPT_MODELS.name, [k.to_json() for k in kept])
     # Removed only once the new list is committed (on PostgreSQL the lock's transaction commits as
     # the block ends): a reader never sees a kept list naming a file already gone. Outside the lock
     # is safe: a trial out of this top K is out of every later one, and a reconcile that ran earlier
@@ -122,10 +121,9 @@ def stored_models(storage: optuna.storages.BaseStorage, study_id: int) -> list[S
     engine = getattr(backend, "autocommit_engine", None) or getattr(backend, "engine", None)
     if engine is None:  # in-memory storage (tests, notebooks)
         return [m for t in storage.get_all_trials(study_id, deepcopy=False)
-                if (m := _model(t.number, t.state, t.value if t.values else None,
-                                t.user_attrs.get(FINAL_MODEL_ATTR))) is not None]
+                if (m := _model(t.number, t.state, t.value if t.values else None, record.final_model(t))) is not None]
     with read_connection(backend, engine) as conn:  # under reconcile's lock: in its transaction
-        rows = conn.execute(_models_query(), {"study_id": study_id, "key": FINAL_MODEL_ATTR}).all()
+        rows = conn.execute(_models_query(), {"study_id": study_id, "key": record.FINAL_MODEL.name}).all()
     out = []
     for number, state, value, value_json in rows:
         m = _model(int(number), state, value, json.loads(value_json) if value_json else None)

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from sweep.artifacts import CHECKPOINT_ATTR, disk_full
+from sweep import record
+from sweep.artifacts import disk_full
 from sweep.errors import UserError
-from sweep.kept import FINAL_MODEL_ATTR
 from sweep.outage import DatabaseUnavailable
 from sweep.search import suggest_params
 from sweep.show import first_line
@@ -144,8 +144,6 @@ class Checkpoints:
     the trial (a peer failed it meanwhile) is removed at once.
     """
 
-    ATTR = CHECKPOINT_ATTR
-
     def __init__(
         self, trial: optuna.Trial, store: Any | None, every: int = 1, warn: Callable[[str], None] = lambda text: None
     ) -> None:
@@ -153,7 +151,7 @@ class Checkpoints:
         self.store = store
         self.every = every
         self.warn = warn
-        self.current: dict[str, Any] | None = trial.user_attrs.get(self.ATTR) if store is not None else None
+        self.current: dict[str, Any] | None = record.checkpoint(trial) if store is not None else None
         self.lost: str | None = None  # why an inherited checkpoint could not be read
         self.failed = 0  # checkpoints that could not be written (the first one is warned about)
         self.disk_errors = 0  # writes that failed on a full disk: the worker stops after a few
@@ -191,7 +189,7 @@ class Checkpoints:
                           f" training goes on, a retry would start from {since} (said once per trial)")
             return
         previous = self.current
-        self._record(self.ATTR, {"artifact_id": artifact_id, "epoch": epoch}, artifact_id)
+        self._record(record.CHECKPOINT, {"artifact_id": artifact_id, "epoch": epoch}, artifact_id)
         self.current = {"artifact_id": artifact_id, "epoch": epoch}
         self._remove(previous)
 
@@ -213,10 +211,10 @@ class Checkpoints:
                 torch.save(payload, fh)
             return upload_artifact(artifact_store=self.store, file_path=path, study_or_trial=self.trial)
 
-    def _record(self, key: str, value: dict[str, Any], artifact_id: str) -> None:
+    def _record(self, attr: record.Attr, value: dict[str, Any], artifact_id: str) -> None:
         """Point the trial at a file just stored; a file no trial points at is removed at once."""
         try:
-            self.trial.set_user_attr(key, value)
+            self.trial.set_user_attr(attr.name, value)
         except BaseException:
             # E.g. a peer failed the trial meanwhile: the retry keeps the files it inherited.
             self._remove({"artifact_id": artifact_id})
@@ -227,7 +225,7 @@ class Checkpoints:
         if self.current:
             # The reference first: when a peer has failed the trial meanwhile this write is refused,
             # and the file stays for the retry, which inherited the reference.
-            self.trial.set_user_attr(self.ATTR, None)
+            self.trial.set_user_attr(record.CHECKPOINT.name, None)
             self._remove(self.current)
             self.current = None
 
@@ -243,9 +241,9 @@ class Checkpoints:
         from sweep.objectstore import location_of
 
         artifact_id = self._upload(payload, f"trial{self.trial.number}-final.pt")
-        record = {"artifact_id": artifact_id, "path": location_of(self.store, artifact_id)}
-        self._record(FINAL_MODEL_ATTR, record, artifact_id)
-        return record
+        stored = {"artifact_id": artifact_id, "path": location_of(self.store, artifact_id)}
+        self._record(record.FINAL_MODEL, stored, artifact_id)
+        return stored
 
     def _remove(self, ckpt: dict[str, Any] | None) -> None:
         if self.store is not None and ckpt:
@@ -300,10 +298,6 @@ _DEVICE_LOST_MARKERS = (
     "hardware stack error",
     "invalid program counter",
 )
-DEVICE_LOST_ATTR = "device_lost"
-# Per epoch, when the run measures anytime estimates (train.ema_halflife, wsd's cooldown_epochs):
-# {"trunk", "ema", "cooldown", "cooldown_steps"}.
-RUNG_VALUES_ATTR = "rung_values"
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -368,7 +362,7 @@ def run_trial(
     else:
         checkpoints.discard()
         _finish(trial, started)
-        trial.set_user_attr("test_accuracy", result.test_accuracy)
+        trial.set_user_attr(record.TEST_ACCURACY.name, result.test_accuracy)
         if on_epoch.final_model is not None:
             _store_final_model(checkpoints, on_epoch.final_model, config, data, progress)
         outcome = TrialOutcome(Ending.COMPLETE, value=result.val_accuracy)
@@ -377,7 +371,7 @@ def run_trial(
 
 def _epoch_seconds_before(trial: optuna.Trial, resumed_epoch: int) -> list[float]:
     """The per-epoch timings a retry inherits, up to the epoch it resumes from."""
-    return list(trial.user_attrs.get("epoch_seconds", []))[:resumed_epoch]
+    return record.epoch_seconds(trial)[:resumed_epoch]
 
 
 def _record_setup(
@@ -390,22 +384,22 @@ def _record_setup(
     from sweep.train import resolve_precision
 
     # A retry inherits its predecessor's attributes: keep the per-epoch history, drop the failure.
-    for stale in ("fail_reason", "traceback", "test_accuracy", FINAL_MODEL_ATTR):
-        if stale in trial.user_attrs:
-            trial.set_user_attr(stale, None)
+    for stale in (record.FAIL_REASON, record.TRACEBACK, record.TEST_ACCURACY, record.FINAL_MODEL):
+        if stale.name in trial.user_attrs:
+            trial.set_user_attr(stale.name, None)
     if resumed_epoch is not None:
-        trial.set_user_attr("resumed_from_epoch", resumed_epoch)
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("device", device)
-    trial.set_user_attr("seed", config.seed)
-    trial.set_user_attr("data_fingerprint", data.fingerprint)
-    trial.set_user_attr("train_images", len(data.train_y))
-    trial.set_user_attr("val_images", len(data.val_y))  # the noise floor of its accuracy
-    trial.set_user_attr("precision", resolve_precision(torch.device(device), config.precision, config.stem))
+        trial.set_user_attr(record.RESUMED_FROM_EPOCH.name, resumed_epoch)
+    trial.set_user_attr(record.HOST.name, socket.gethostname())
+    trial.set_user_attr(record.DEVICE.name, device)
+    trial.set_user_attr(record.SEED.name, config.seed)
+    trial.set_user_attr(record.DATA_FINGERPRINT.name, data.fingerprint)
+    trial.set_user_attr(record.TRAIN_IMAGES.name, len(data.train_y))
+    trial.set_user_attr(record.VAL_IMAGES.name, len(data.val_y))
+    trial.set_user_attr(record.PRECISION.name, resolve_precision(torch.device(device), config.precision, config.stem))
     if (sha := weights_sha256(config.weights)) is not None:
-        trial.set_user_attr("weights_sha256", sha)  # results name a backbone file by its content
+        trial.set_user_attr(record.WEIGHTS_SHA256.name, sha)
     if device.startswith("cuda"):
-        trial.set_user_attr("gpu_name", torch.cuda.get_device_name(torch.device(device)))
+        trial.set_user_attr(record.GPU_NAME.name, torch.cuda.get_device_name(torch.device(device)))
 
 
 class _EpochHook:
@@ -433,7 +427,7 @@ class _EpochHook:
         t = spec.train
         self.anytime = t.ema_halflife > 0 or (t.schedule == "wsd" and t.cooldown_epochs > 0)
         # One entry per epoch like epoch_seconds, which a retry has already cut to its resumed epoch.
-        self.rung_values: list[dict[str, Any]] = list(trial.user_attrs.get(RUNG_VALUES_ATTR, []))[: len(epoch_seconds)]
+        self.rung_values: list[dict[str, Any]] = record.rung_values(trial)[: len(epoch_seconds)]
         self.keep_final = checkpoints.store is not None and spec.checkpoint.keep_best > 0
         self.final_model: dict | None = None  # CPU copies of the final weights (keep_final)
 
@@ -462,20 +456,20 @@ class _EpochHook:
             if self.retry:
                 warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
             trial.report(result.val_accuracy, result.epoch)
-        trial.set_user_attr("epochs_run", result.epoch)
-        trial.set_user_attr("epoch_seconds", list(self.epoch_seconds))
+        trial.set_user_attr(record.EPOCHS_RUN.name, result.epoch)
+        trial.set_user_attr(record.EPOCH_SECONDS.name, list(self.epoch_seconds))
         if self.anytime:  # every rung-value candidate the run measured; the cooldown's steps are its extra cost
             self.rung_values.append({"trunk": result.trunk_accuracy, "ema": result.ema_accuracy,
                                      "cooldown": result.cooldown_accuracy, "cooldown_steps": result.cooldown_steps})
-            trial.set_user_attr(RUNG_VALUES_ATTR, list(self.rung_values))
+            trial.set_user_attr(record.RUNG_VALUES.name, list(self.rung_values))
         self.progress.epoch_done(trial.number, result.epoch, self.spec.epochs, result.val_accuracy, result.seconds)
 
 
 def _finish(trial: optuna.Trial, started: float, reason: Reason | None = None) -> None:
     """Record the trial's duration and, for a prune or failure with a cause, its ``fail_reason``."""
-    trial.set_user_attr("duration_s", round(time.time() - started, 3))
+    trial.set_user_attr(record.DURATION_S.name, round(time.time() - started, 3))
     if reason is not None:
-        trial.set_user_attr("fail_reason", reason.value)
+        trial.set_user_attr(record.FAIL_REASON.name, reason.value)
 
 
 def _ended_early(trial: optuna.Trial, exc: Exception, checkpoints: Checkpoints, started: float) -> TrialOutcome:
@@ -495,13 +489,13 @@ def _ended_early(trial: optuna.Trial, exc: Exception, checkpoints: Checkpoints, 
     if isinstance(exc, StopRequested):
         _finish(trial, started, Reason.STOPPED)  # the checkpoint stays: the retry resumes from it
         return TrialOutcome(Ending.FAIL, cause=Reason.STOPPED, hand_back=True)
-    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+    trial.set_user_attr(record.TRACEBACK.name, traceback.format_exc()[-4000:])
     if _is_device_lost(exc):
         # Every later CUDA call in this process fails too: the worker must exit for a restart.
         # Keep the checkpoint: a handed-back trial resumes from it on a healthy worker. A trial
         # that already broke a context once is the likelier culprit than the GPU: it fails for good.
-        lost = int(trial.user_attrs.get(DEVICE_LOST_ATTR) or 0) + 1
-        trial.set_user_attr(DEVICE_LOST_ATTR, lost)
+        lost = record.device_lost(trial) + 1
+        trial.set_user_attr(record.DEVICE_LOST.name, lost)
         _finish(trial, started, Reason.DEVICE)
         return TrialOutcome(Ending.FAIL, cause=Reason.DEVICE, detail=first_line(exc), hand_back=lost == 1)
     if disk_full(exc):

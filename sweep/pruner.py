@@ -19,10 +19,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from sweep import record
 
 # Without val_images (a trial not run by sweep's objective) the noise is that of 1,000 images at 85 %.
 _DEFAULT_VAL_IMAGES = 1000
@@ -152,8 +153,8 @@ def _curve(trial: FrozenTrial) -> list[float]:
 
 
 def _val_images(trial: FrozenTrial) -> int:
-    n: Any = trial.user_attrs.get("val_images")
-    return int(n) if isinstance(n, int) and n > 0 else _DEFAULT_VAL_IMAGES
+    n = record.val_images(trial)
+    return n if n is not None and n > 0 else _DEFAULT_VAL_IMAGES
 
 
 def _standard_error(accuracy: float, images: int) -> float:

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep import record
 from sweep.spec import StudySpec
 from sweep_bench import save_figure, write_json
 from sweep_bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
@@ -44,7 +45,7 @@ def live_run(
 ) -> dict[str, Any]:
     """Run ``method`` for real until ``budget_epochs`` epochs are trained; the replay's figures."""
     from sweep.search import build_pruner, build_sampler
-    from sweep.service import SPEC_ATTR, load_spec_data
+    from sweep.service import load_spec_data
     from sweep.storage import open_storage
 
     spec = replay_spec(table, method, seed, budget_epochs)
@@ -59,11 +60,11 @@ def live_run(
         # Already run into this database (e.g. while the table was still being built): read it back.
         return _read_back(table, name, budget_epochs, storage, storage_url, log)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner)
-    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(record.SPEC.name, spec.to_dict())
     data = load_spec_data(spec, storage_url)
     seconds = _train_budget(study, spec, data, method.name, budget_epochs, storage, storage_url, device=device, log=log)
-    study.set_user_attr("live_seconds", round(seconds, 1))
-    study.set_user_attr("live_budget_epochs", budget_epochs)  # last: marks the run as finished
+    study.set_user_attr(record.LIVE_SECONDS.name, round(seconds, 1))
+    study.set_user_attr(record.LIVE_BUDGET_EPOCHS.name, budget_epochs)  # last: marks the run as finished
     return summarize_live(table, study, seconds)
 
 
@@ -75,13 +76,13 @@ def _read_back(
     from sweep.storage import mask_url
 
     study = optuna.load_study(study_name=name, storage=storage)
-    if study.user_attrs.get("live_budget_epochs") != budget_epochs:
+    if study.user_attrs.get(record.LIVE_BUDGET_EPOCHS.name) != budget_epochs:
         raise ServiceError(
             f"{mask_url(storage_url)} already holds {name!r}, unfinished or for another budget; "
             "use another --live-storage"
         )
     log(f"  {name}: already run in {mask_url(storage_url)}; reading it back")
-    return summarize_live(table, study, float(study.user_attrs.get("live_seconds", 0.0)))
+    return summarize_live(table, study, float(study.user_attrs.get(record.LIVE_SECONDS.name, 0.0)))
 
 
 def _train_budget(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweep import record
 from sweep.spec import StudySpec
 from sweep_bench.sweep import Table, spearman
 
@@ -78,8 +79,8 @@ def table_seeds(study: Any, table: Table) -> dict[tuple[Any, ...], int]:
 
     seeds: dict[tuple[Any, ...], int] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if all(name in t.params for name in table.grid) and "seed" in t.user_attrs:
-            seeds[table.key(t.params)] = int(t.user_attrs["seed"])
+        if all(name in t.params for name in table.grid) and (seed := record.seed(t)) is not None:
+            seeds[table.key(t.params)] = seed
     return seeds
 
 

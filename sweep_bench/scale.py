@@ -43,6 +43,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from sweep import record
 from sweep.heartbeat import beating
 from sweep.search import build_pruner, build_sampler
 from sweep.service import BudgetGate, Decision, quiet_optuna
@@ -102,7 +103,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
     rng = random.Random(seed)
     try:
         storage = _open(kind, url)
-        budget = int(storage.get_study_user_attrs(storage.get_study_id_from_name(name))["budget"])
+        budget = int(storage.get_study_user_attrs(storage.get_study_id_from_name(name))[record.BUDGET.name])
         spec = _spec(name, budget)
         study = optuna.load_study(
             study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec)
@@ -264,7 +265,7 @@ def _run_once(
     budget = n * trials_per_worker
     setup = open_storage(url)
     study = optuna.create_study(storage=setup, study_name=name, direction="maximize")
-    study.set_user_attr("budget", budget)
+    study.set_user_attr(record.BUDGET.name, budget)
     setup.close()
     database = str(make_url(url).database)
     ctx = multiprocessing.get_context("spawn")

@@ -41,6 +41,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from sweep import record
 from sweep.heartbeat import beating
 from sweep.search import FeasibilityAwareTPE
 from sweep.service import BudgetGate
@@ -64,7 +65,7 @@ def _bookkeeping(study: optuna.Study, trial: optuna.Trial) -> None:
     aug = suggest(trial)["aug_strength"]
     for epoch in range(1, EPOCHS + 1):
         trial.report(0.5 + 0.04 * epoch * aug, epoch)
-    trial.set_user_attr("checkpoint", {"path": f"storage/artifacts/t{trial.number}.pt", "epoch": EPOCHS})
+    trial.set_user_attr(record.CHECKPOINT.name, {"path": f"storage/artifacts/t{trial.number}.pt", "epoch": EPOCHS})
     study.tell(trial, 0.5 + 0.4 * aug)
 
 
@@ -113,7 +114,7 @@ def _synthetic_trials(n: int, seed: int = 0) -> list[optuna.trial.FrozenTrial]:
                 params=params,
                 distributions=DISTRIBUTIONS,
                 intermediate_values={e: final * e / EPOCHS for e in range(1, epochs + 1)},
-                user_attrs={"checkpoint": {"path": "storage/artifacts/x.pt", "epoch": epochs}},
+                user_attrs={record.CHECKPOINT.name: {"path": "storage/artifacts/x.pt", "epoch": epochs}},
             )
         )
     return out

@@ -4,7 +4,7 @@
 
 The table is an ordinary study (``studies/table-cpu.toml``, ``studies/table-gpu.toml``): a grid
 sampler, no pruner, every config trained for every epoch, each epoch's validation accuracy in
-``trial.intermediate_values`` and the test accuracy in ``user_attrs["test_accuracy"]``.
+``trial.intermediate_values`` and the test accuracy in its ``test_accuracy`` attribute (``sweep.record``).
 
 The replay runs each method's sampler and pruner for real (the service's own ``build_sampler`` and
 ``build_pruner`` on an in-memory study, ask/tell, ``trial.report`` + ``trial.should_prune`` every
@@ -42,6 +42,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep import record
 from sweep.pruner import spearman
 from sweep.search import build_pruner, build_sampler, grid_space
 from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
@@ -164,18 +165,16 @@ def table_from_study(study: optuna.Study, spec: StudySpec, *, complete: bool = T
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if any(name not in t.params for name in grid):
             continue
-        if "val_images" in t.user_attrs:
-            val_images.add(int(t.user_attrs["val_images"]))
-        if t.user_attrs.get("weights_sha256"):
-            backbones.add(str(t.user_attrs["weights_sha256"]))
+        if (n := record.val_images(t)) is not None:
+            val_images.add(n)
+        if sha := record.weights_sha256(t):
+            backbones.add(sha)
         curve = tuple(float(t.intermediate_values[e]) for e in sorted(t.intermediate_values))
         if t.state == TrialState.COMPLETE:
             if len(curve) < spec.epochs:
                 continue
-            row = Row(dict(t.params), curve[: spec.epochs], t.user_attrs.get("test_accuracy"))
-        elif t.user_attrs.get("fail_reason") == "diverged" or str(t.user_attrs.get("fail_reason", "")).startswith(
-            "diverged"
-        ):
+            row = Row(dict(t.params), curve[: spec.epochs], record.test_accuracy(t))
+        elif record.fail_reason(t).startswith("diverged"):
             row = Row(dict(t.params), curve, None, diverged=True)
         else:
             continue  # pruned by a pruner: the table spec should not have one
@@ -285,7 +284,7 @@ def replay(
     while not run.spent():
         trial = study.ask(distributions)
         if table.val_images:  # as the objective records it: the auto pruner's noise margin
-            trial.set_user_attr("val_images", table.val_images)
+            trial.set_user_attr(record.VAL_IMAGES.name, table.val_images)
         row = run.propose(table, trial.params)
         state = run.train(trial, row, table.epochs)
         if state is None:

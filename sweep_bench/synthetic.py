@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep import record
 from sweep.search import distributions, suggest_params
 from sweep.spec import StudySpec, parse_spec
 
@@ -83,25 +84,25 @@ def synthetic_trial(
     epoch_seconds = [round(speed * rng.uniform(0.9, 1.1), 3) for _ in range(ran)]
     curve = {e: round(final * (1 - math.exp(-e / 2.5)) + rng.gauss(0, 0.008), 5) for e in range(1, ran + 1)}
     attrs: dict[str, Any] = {
-        "epochs_run": ran,
-        "epoch_seconds": epoch_seconds,
-        "host": f"gpu-node-{number % 4:02d}",
-        "pid": 1000 + number,
-        "device": f"cuda:{number % 2}",
-        "gpu_name": "NVIDIA H100",
+        record.EPOCHS_RUN.name: ran,
+        record.EPOCH_SECONDS.name: epoch_seconds,
+        record.HOST.name: f"gpu-node-{number % 4:02d}",
+        record.PID.name: 1000 + number,
+        record.DEVICE.name: f"cuda:{number % 2}",
+        record.GPU_NAME.name: "NVIDIA H100",
     }
     value = None
     if state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-        attrs["duration_s"] = round(sum(epoch_seconds) + rng.uniform(2, 6), 3)
+        attrs[record.DURATION_S.name] = round(sum(epoch_seconds) + rng.uniform(2, 6), 3)
     if state == TrialState.COMPLETE:
         value = curve[epochs]
-        attrs["test_accuracy"] = round(value - abs(rng.gauss(0.005, 0.005)), 5)
+        attrs[record.TEST_ACCURACY.name] = round(value - abs(rng.gauss(0.005, 0.005)), 5)
     elif state == TrialState.PRUNED:
         value = curve[ran]
     elif state == TrialState.FAIL:
-        attrs["fail_reason"] = rng.choice(FAIL_REASONS)
-        reason = attrs["fail_reason"]
-        attrs["traceback"] = f"Traceback (most recent call last):\n  ...\nRuntimeError: {reason}\n"
+        reason = rng.choice(FAIL_REASONS)
+        attrs[record.FAIL_REASON.name] = reason
+        attrs[record.TRACEBACK.name] = f"Traceback (most recent call last):\n  ...\nRuntimeError: {reason}\n"
     return optuna.trial.create_trial(
         state=state, value=value, params=params, distributions=DISTRIBUTIONS, user_attrs=attrs,
         intermediate_values=curve,
@@ -121,7 +122,7 @@ def synthetic_study(n_trials: int, *, name: str = "synthetic-resnet", seed: int 
     """An in-memory study of ``n_trials`` synthetic trials (maximize validation accuracy)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, direction="maximize")
-    study.set_user_attr("spec", stored_spec(name, n_trials))
+    study.set_user_attr(record.SPEC.name, stored_spec(name, n_trials))
     rng = random.Random(seed)
     study.add_trials([synthetic_trial(rng, i) for i in range(n_trials)])
     return study

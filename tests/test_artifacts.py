@@ -12,9 +12,8 @@ import optuna
 import pytest
 from optuna.artifacts import upload_artifact
 
-from sweep import artifacts
-from sweep.artifacts import CHECKPOINT_ATTR, AtomicFileStore, disk_full, referenced, remove_orphans
-from sweep.kept import FINAL_MODEL_ATTR
+from sweep import artifacts, record
+from sweep.artifacts import AtomicFileStore, disk_full, referenced, remove_orphans
 from sweep.storage import artifact_store, open_storage
 
 
@@ -71,11 +70,11 @@ def test_only_this_storages_unreferenced_old_files_are_removed(tmp_path: Path, i
     study = optuna.create_study(storage=storage, study_name="s")
     running, done = study.ask(), study.ask()
     checkpoint = _upload(running, store, b"c", tmp_path)
-    running.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": checkpoint, "epoch": 1})
+    running.set_user_attr(record.CHECKPOINT.name, {"artifact_id": checkpoint, "epoch": 1})
     final = _upload(done, store, b"f", tmp_path)
-    done.set_user_attr(FINAL_MODEL_ATTR, {"artifact_id": final, "path": None})
+    done.set_user_attr(record.FINAL_MODEL.name, {"artifact_id": final, "path": None})
     old_checkpoint = _upload(done, store, b"o", tmp_path)  # a finished trial's checkpoint: nobody resumes it
-    done.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": old_checkpoint, "epoch": 1})
+    done.set_user_attr(record.CHECKPOINT.name, {"artifact_id": old_checkpoint, "epoch": 1})
     study.tell(done, 0.5)
     crashed = _upload(running, store, b"never recorded", tmp_path)  # killed between upload and record
     young = _upload(running, store, b"just written", tmp_path)  # its record may be on its way
@@ -179,4 +178,4 @@ def test_a_checkpoint_that_cannot_be_written_is_one_warning_and_counted(
     checkpoints.save({"w": torch.zeros(100_000)}, 3)
     assert len(said) == 1 and "checkpoint after epoch 2 not stored" in said[0] and "from epoch 1" in said[0]
     assert (checkpoints.failed, checkpoints.disk_errors) == (2, 2)
-    assert study.trials[0].user_attrs[CHECKPOINT_ATTR]["epoch"] == 1  # the retry's is still the last one stored
+    assert study.trials[0].user_attrs[record.CHECKPOINT.name]["epoch"] == 1  # the retry's is still the last one stored

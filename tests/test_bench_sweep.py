@@ -11,8 +11,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from sweep import record
 from sweep.search import grid_space
-from sweep.service import FINGERPRINT_ATTR, SPEC_ATTR, ServiceError
+from sweep.service import ServiceError
 from sweep.spec import load_spec, parse_spec
 from sweep_bench.sweep import (
     TOLERANCE,
@@ -73,8 +74,8 @@ def make_table(url: str, *, drop: int = 0, attrs: dict[str, Any] | None = None) 
     """Write the synthetic table study the way `sweep create` + grid workers would; its name."""
     spec = parse_spec(RAW_SPEC)
     study = optuna.create_study(storage=url, study_name=spec.name, direction="maximize")
-    study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+    study.set_user_attr(record.SPEC.name, spec.to_dict())
+    study.set_user_attr(record.SPEC_FINGERPRINT.name, spec.fingerprint())
     grid = grid_space(spec)
     trials = []
     points = [dict(zip(grid, values, strict=True)) for values in _product(list(grid.values()))]

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 
 import sweep.train
-from sweep.kept import FINAL_MODEL_ATTR
+from sweep import record
 from sweep.service import WorkerEvents, create_study, run_worker
 from sweep.storage import open_storage
 
@@ -206,7 +206,7 @@ def test_a_full_artifact_disk_stops_the_worker_without_failing_the_budget(
     assert len([line for line in out.splitlines() if f"the disk of {folder} is full" in line]) == 1, out
     trials = _no_running_and_counted_once(tmp_path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] and trials[0].value is not None
-    assert FINAL_MODEL_ATTR not in trials[0].user_attrs
+    assert record.FINAL_MODEL.name not in trials[0].user_attrs
     assert sorted(os.listdir(folder)) == []  # no partial file, no temporary file
     # Space freed (another folder): the rest of the budget is run, exactly.
     rest = _sweep(tmp_path, "worker", "--threads", "1", "--artifacts", str(tmp_path / "artifacts"))

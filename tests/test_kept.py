@@ -11,7 +11,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweep.kept import FINAL_MODEL_ATTR, StoredModel, kept_models, rank, reconcile
+from sweep import record
+from sweep.kept import StoredModel, kept_models, rank, reconcile
 from sweep.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def test_many_processes_finishing_at_once_keep_exactly_the_top_k(storage_url: st
     assert [k.trial for k in kept] == [t.number for t in expected]
     assert [k.value for k in kept] == [t.value for t in expected]
     by_number = {t.number: t for t in trials}
-    assert all(k.artifact_id == by_number[k.trial].user_attrs[FINAL_MODEL_ATTR]["artifact_id"] for k in kept)
+    assert all(k.artifact_id == by_number[k.trial].user_attrs[record.FINAL_MODEL.name]["artifact_id"] for k in kept)
     # Exactly the kept models are left: every other one was removed by some process's reconcile.
     assert sorted(p.name for p in artifacts.iterdir()) == sorted(k.artifact_id for k in kept)
 
@@ -122,7 +123,8 @@ def test_a_model_is_removed_only_after_the_list_without_it_is_committed(storage_
     store = _CheckingStore(storage_url, study._study_id)
     for number, value in enumerate([0.5, 0.6, 0.7, 0.8]):  # each new trial pushes the worst out
         trial = study.ask()
-        storage.set_trial_user_attr(trial._trial_id, FINAL_MODEL_ATTR, {"artifact_id": f"a{number}", "path": None})
+        final = {"artifact_id": f"a{number}", "path": None}
+        storage.set_trial_user_attr(trial._trial_id, record.FINAL_MODEL.name, final)
         study.tell(trial, value)
         result = reconcile(storage, study._study_id, "order", store, 2)
         assert [k.trial for k in result.kept] == sorted(range(number + 1), key=lambda n: -n)[:2]

@@ -22,9 +22,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.control import RETRY_KEY
+from sweep import record
 from sweep.heartbeat import beating
-from sweep.service import SPEC_ATTR, BudgetGate, load_spec_of
+from sweep.service import BudgetGate, load_spec_of
 from sweep.storage import (
     StorageError,
     behind_pgbouncer,
@@ -121,7 +121,7 @@ def _create_study(url: str, raw: dict[str, Any]) -> None:
     spec = parse_spec(raw)
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
-    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(record.SPEC.name, spec.to_dict())
     storage.engine.dispose()
 
 
@@ -457,7 +457,7 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
     assert len(trials) == 2
     retry = trials[1]
     assert retry.state == TrialState.WAITING
-    assert retry.system_attrs[RETRY_KEY] == number
+    assert retry.system_attrs[record.FAILED_TRIAL.name] == number
     # Another peer calling fail_stale_trials again must not queue a second retry.
     optuna.storages.fail_stale_trials(study)
     assert len(study.get_trials(deepcopy=False)) == 2
@@ -551,7 +551,7 @@ def test_workers_share_the_budget_exactly(storage_url: str, backend: str, tmp_pa
 
 
 def _mixed_study(storage: Any) -> optuna.Study:
-    """3 complete, 1 failed, 1 running, 2 enqueued and 1 retry (WAITING, carrying RETRY_KEY)."""
+    """3 complete, 1 failed, 1 running, 2 enqueued and 1 retry (WAITING, carrying failed_trial)."""
     study = optuna.create_study(study_name="mixed", storage=storage)
     for value in (0.1, 0.2, 0.3):
         study.tell(study.ask(), value)
@@ -560,7 +560,7 @@ def _mixed_study(storage: Any) -> optuna.Study:
     study.enqueue_trial({"x": 0.5})
     study.enqueue_trial({"x": 0.6})
     # A retry as RetryHeartbeatStaleTrialCallback makes it: a WAITING copy carrying the failed number.
-    template = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={RETRY_KEY: 3})
+    template = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={record.FAILED_TRIAL.name: 3})
     storage.create_new_trial(study._study_id, template_trial=template)
     return study
 
@@ -571,12 +571,12 @@ def test_budget_counts_equal_a_count_over_every_trial(kind: str, storage_url: st
     study = _mixed_study(storage)
     trials = study.get_trials(deepcopy=False)
     expected = (
-        sum(1 for t in trials if RETRY_KEY not in t.system_attrs),
+        sum(1 for t in trials if record.FAILED_TRIAL.name not in t.system_attrs),
         sum(1 for t in trials if t.state == TrialState.WAITING),
         sum(1 for t in trials if t.state == TrialState.RUNNING),
     )
     assert expected == (7, 3, 1)
-    assert budget_counts(study._storage, study._study_id, RETRY_KEY) == expected
+    assert budget_counts(study._storage, study._study_id, record.FAILED_TRIAL.name) == expected
 
 
 def test_pop_waiting_trial_takes_the_oldest_left_without_reading_the_study(

@@ -10,9 +10,9 @@ from helpers import write_tiny_spec
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from sweep import report
+from sweep import record, report
 from sweep.cli import app
-from sweep.service import ENQUEUED_ATTR, WARM_START_ATTR, run_worker
+from sweep.service import run_worker
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 runner = CliRunner()
@@ -48,8 +48,8 @@ def test_an_enqueued_config_runs_first_and_counts_against_the_budget(project: Pa
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # the budget stays exact
     first = trials[0]
     assert first.params["lr"] == 3e-3 and first.params["frozen_layers"] == 2
-    assert first.user_attrs[ENQUEUED_ATTR] is True and "batch_size" in first.params  # the rest was sampled
-    assert not any(ENQUEUED_ATTR in t.user_attrs for t in trials[1:])
+    assert first.user_attrs[record.ENQUEUED.name] is True and "batch_size" in first.params  # the rest was sampled
+    assert not any(record.ENQUEUED.name in t.user_attrs for t in trials[1:])
     result = runner.invoke(app, ["enqueue", "tiny", "--param", "lr=3e-3"])
     assert result.exit_code == 2
     assert result.output.strip() == (
@@ -102,16 +102,16 @@ def test_a_warm_start_copies_finished_trials_inside_the_new_space(project: Path)
     copies = _study("new").trials
     assert len(copies) == 2 and all(t.state == TrialState.COMPLETE for t in copies)
     for t in copies:
-        source = old[int(t.user_attrs[WARM_START_ATTR].split("#")[1])]
-        assert t.user_attrs[WARM_START_ATTR].startswith("tiny#")
+        source = old[int(t.user_attrs[record.WARM_START_FROM.name].split("#")[1])]
+        assert t.user_attrs[record.WARM_START_FROM.name].startswith("tiny#")
         assert t.params == source.params and t.value == source.value
         assert t.intermediate_values == source.intermediate_values
     assert _study("new").user_attrs["n_trials"] == 5  # 3 trials of its own still to run
     run_worker("new", storage_url=URL, device="cpu")
     trials = _study("new").trials
-    assert len(trials) == 5 and sum(WARM_START_ATTR not in t.user_attrs for t in trials) == 3
+    assert len(trials) == 5 and sum(record.WARM_START_FROM.name not in t.user_attrs for t in trials) == 3
     rows = report.gather([_study("new")]).studies[0].trials
-    assert sorted(r.warm_from for r in rows if r.warm_from) == sorted(t.user_attrs[WARM_START_ATTR] for t in copies)
+    assert sorted(r.warm_from for r in rows if r.warm_from) == sorted(record.warm_start_from(t) for t in copies)
     assert "warm start: copy of tiny#" in report.render_html(report.gather([_study("new")]))
 
 

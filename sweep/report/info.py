@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from sweep import control
+from sweep import control, record
 from sweep.kept import KeptModel, kept_models
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -163,9 +163,8 @@ def _trial_value(t: FrozenTrial) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _duration(t: FrozenTrial, attrs: Mapping[str, Any]) -> float | None:
-    d = _finite(attrs.get("duration_s"))
-    if d is not None and math.isfinite(d):
+def _duration(t: FrozenTrial) -> float | None:
+    if (d := record.duration_s(t)) is not None:
         return d
     if t.datetime_start is not None and t.datetime_complete is not None:
         return (t.datetime_complete - t.datetime_start).total_seconds()
@@ -178,41 +177,31 @@ def _last_line(text: Any) -> str:
 
 
 def _row(study: str, t: FrozenTrial, fixed_frozen: int | None = None) -> TrialRow:
-    attrs = t.user_attrs
     curve = tuple(float(v) for _, v in sorted(t.intermediate_values.items()))
-    epochs_run = attrs.get("epochs_run")
-    epochs = int(epochs_run) if isinstance(epochs_run, (int, float)) and not isinstance(epochs_run, bool) \
-        else len(curve)
-    secs = attrs.get("epoch_seconds")
-    epoch_s = compute_s = None
-    if isinstance(secs, (list, tuple)):
-        good = [s for s in (_finite(x) for x in secs) if s is not None and math.isfinite(s)]
-        epoch_s = sum(good) / len(good) if good else None
-        compute_s = sum(good) if good else None
+    epochs = record.epochs_run(t)
+    secs = [float(s) for s in record.epoch_seconds(t)]
     frozen = t.params.get("frozen_layers", fixed_frozen)
-    test = _finite(attrs.get("test_accuracy"))
-    retry = attrs.get("retry_of")
-    device = str(attrs.get("device") or "")
-    if attrs.get("gpu_name"):
-        device = f"{device} ({attrs['gpu_name']})" if device else str(attrs["gpu_name"])
+    device, gpu = record.device(t), record.gpu_name(t)
+    if gpu:
+        device = f"{device} ({gpu})" if device else gpu
     return TrialRow(
         study=study,
         number=t.number,
         state=t.state.name,
         params=dict(t.params),
         value=_trial_value(t),
-        test_accuracy=test if test is not None and math.isfinite(test) else None,
-        epochs=epochs,
+        test_accuracy=record.test_accuracy(t),
+        epochs=len(curve) if epochs is None else epochs,
         curve=curve,
-        duration_s=_duration(t, attrs),
-        host=str(attrs.get("host") or ""),
+        duration_s=_duration(t),
+        host=record.host(t),
         device=device,
-        fail_reason=str(attrs.get("fail_reason") or ""),
-        epoch_s=epoch_s,
-        retry_of=retry if isinstance(retry, int) and not isinstance(retry, bool) else None,
-        warm_from=str(attrs.get("warm_start_from") or ""),  # sweep.service.warm.WARM_START_ATTR
-        error=_last_line(attrs.get("traceback")),
-        compute_s=compute_s,
+        fail_reason=record.fail_reason(t),
+        epoch_s=sum(secs) / len(secs) if secs else None,
+        retry_of=record.retry_of(t),
+        warm_from=record.warm_start_from(t),
+        error=_last_line(record.traceback(t)),
+        compute_s=sum(secs) if secs else None,
         frozen_layers=frozen if isinstance(frozen, int) and not isinstance(frozen, bool) else None,
     )
 
@@ -284,8 +273,7 @@ def _importances(
 
 def _study_data(study: optuna.Study, *, importances: bool) -> StudyData:
     name = study.study_name
-    spec = study.user_attrs.get("spec")
-    spec = dict(spec) if isinstance(spec, Mapping) else {}
+    spec = record.spec(study.user_attrs)
     frozen = study.get_trials(deepcopy=False)
     rows = tuple(sorted((_row(name, t, _fixed_frozen(spec)) for t in frozen), key=lambda r: r.number))
     counts = {s: 0 for s in STATE_ORDER}
@@ -337,13 +325,9 @@ def _mean_epoch_s(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow]) -> fl
     """Mean epoch time: every recorded epoch, else total duration / epochs run."""
     epoch_total, epoch_n = 0.0, 0
     for t in trials:
-        secs = t.user_attrs.get("epoch_seconds")
-        if isinstance(secs, (list, tuple)):
-            for s in secs:
-                f = _finite(s)
-                if f is not None and math.isfinite(f):
-                    epoch_total += f
-                    epoch_n += 1
+        for s in record.epoch_seconds(t):  # one running sum, epoch by epoch: the mean does not depend on grouping
+            epoch_total += float(s)
+            epoch_n += 1
     if epoch_n:
         return epoch_total / epoch_n
     timed = [r for r in rows if r.duration_s is not None and r.epochs > 0 and r.state in FINISHED]

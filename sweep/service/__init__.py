@@ -5,7 +5,7 @@ CLI, the tests and a notebook can all drive the same code. Errors a user can fix
 ``ServiceError`` (or SpecError / StorageError) with one line that says what to do.
 
 One module per job: :mod:`~sweep.service.common` holds what every use case shares (``ServiceError``,
-the spec attributes, finding a study, its spec, its data and a device); :mod:`~sweep.service.create`
+finding a study, its spec, its data and a device); :mod:`~sweep.service.create`
 makes a study; :mod:`~sweep.service.plan` turns ``sweep worker``'s options into processes,
 :mod:`~sweep.service.gate` is the budget gate (``BudgetGate``) and :mod:`~sweep.service.worker` the
 worker's loop and trial runner; :mod:`~sweep.service.status` describes studies (status, list,
@@ -19,8 +19,6 @@ re-exported here; import from ``sweep.service``. None of it imports torch at mod
 
 from sweep.service.clean import CleanResult, clean_artifacts
 from sweep.service.common import (
-    FINGERPRINT_ATTR,
-    SPEC_ATTR,
     ServiceError,
     load_spec_data,
     load_spec_of,
@@ -51,14 +49,12 @@ from sweep.service.status import (
     study_status,
     write_report,
 )
-from sweep.service.warm import ENQUEUED_ATTR, WARM_START_ATTR, EnqueueResult, enqueue_trial
+from sweep.service.warm import EnqueueResult, enqueue_trial
 from sweep.service.worker import BREAKER_TRIPS, EXIT_DISK_FULL, TrialRunner, WorkerEvents, WorkerSummary, run_worker
 
 __all__ = [
     "BREAKER_TRIPS",
     "EXIT_DISK_FULL",
-    "FINGERPRINT_ATTR",
-    "SPEC_ATTR",
     "BudgetGate",
     "CleanResult",
     "ControlResult",
@@ -66,14 +62,12 @@ __all__ = [
     "Dashboard",
     "DeleteResult",
     "Decision",
-    "ENQUEUED_ATTR",
     "EnqueueResult",
     "ExportResult",
     "RerunResult",
     "ServiceError",
     "StudyStatus",
     "TrialRunner",
-    "WARM_START_ATTR",
     "WorkerEvents",
     "WorkerPlan",
     "WorkerSummary",

@@ -1,5 +1,5 @@
-"""What every use case shares: the service's error, the study attributes it writes, and how a study, its
-stored spec, its data and a device are found.
+"""What every use case shares: the service's error, and how a study, its stored spec, its data and a device
+are found.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from typing import Any
 
 import optuna
 
+from sweep import record
 from sweep.errors import UserError
 from sweep.objective import gpu_visible, load_study_data
 from sweep.spec import StudySpec, spec_from_dict
 from sweep.storage import mask_url, open_storage, sqlite_path, study_names
-
-SPEC_ATTR = "spec"
-FINGERPRINT_ATTR = "spec_fingerprint"
 
 
 class ServiceError(UserError, RuntimeError):
@@ -37,8 +35,8 @@ def stored_spec_dict(storage: optuna.storages.BaseStorage, name: str, wait_s: fl
     deadline = time.monotonic() + wait_s
     while True:
         attrs = storage.get_study_user_attrs(study_id)
-        if SPEC_ATTR in attrs:
-            return attrs[SPEC_ATTR]
+        if record.SPEC.name in attrs:
+            return attrs[record.SPEC.name]
         if time.monotonic() > deadline:  # a concurrent `create` is between its two writes
             raise ServiceError(f"study {name!r} exists but has no sweep spec; it was not made by `sweep create`")
         time.sleep(0.1)

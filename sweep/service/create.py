@@ -10,15 +10,9 @@ from typing import Any
 
 import optuna
 
+from sweep import record
 from sweep.service import warm
-from sweep.service.common import (
-    FINGERPRINT_ATTR,
-    SPEC_ATTR,
-    ServiceError,
-    quiet_optuna,
-    resolve_study_name,
-    stored_spec_dict,
-)
+from sweep.service.common import ServiceError, quiet_optuna, resolve_study_name, stored_spec_dict
 from sweep.spec import StudySpec, load_spec, spec_from_dict
 from sweep.storage import mask_url, open_storage
 
@@ -94,8 +88,8 @@ def create_study(
         ) from None
     try:
         # The spec goes in before anyone can use the study; a failure removes the half-made study.
-        study.set_user_attr(SPEC_ATTR, resolved)
-        study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+        study.set_user_attr(record.SPEC.name, resolved)
+        study.set_user_attr(record.SPEC_FINGERPRINT.name, spec.fingerprint())
         copied = warm.warm_start(storage, study, spec, warm_start) if warm_start is not None else 0
     except BaseException:
         with contextlib.suppress(Exception):

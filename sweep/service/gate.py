@@ -8,8 +8,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from sweep import control
-from sweep.control import RETRY_KEY
+from sweep import control, record
 from sweep.spec import StudySpec
 from sweep.storage import budget_counts, budget_lock, patiently, pop_waiting_trial, retry_on_locked
 
@@ -92,7 +91,7 @@ class BudgetGate:
             return Decision.STOPPED, None
         if control.is_paused(attrs):
             return Decision.PAUSED, None
-        spent, waiting, running = budget_counts(self.storage, self.study._study_id, RETRY_KEY)
+        spent, waiting, running = budget_counts(self.storage, self.study._study_id, record.FAILED_TRIAL.name)
         if waiting or (spent < control.budget(attrs, self.spec.n_trials) and not self._hours_spent):
             # What Study.ask does before it samples (its relative sampling is _trial's, outside the lock).
             trial_id = pop_waiting_trial(self.study)

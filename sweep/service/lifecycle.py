@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sweep import control
-from sweep.control import RETRY_KEY, SweepState
+from sweep import control, record
+from sweep.control import SweepState
 from sweep.service.common import ServiceError, load_spec_of, quiet_optuna, resolve_study_name
 from sweep.storage import budget_counts, budget_lock, open_storage
 
@@ -37,7 +37,7 @@ def _control(
         before = control.budget(attrs, spec.n_trials)
         change(storage, study_id, study, attrs)
         attrs = storage.get_study_user_attrs(study_id)
-        spent, waiting, running = budget_counts(storage, study_id, RETRY_KEY)
+        spent, waiting, running = budget_counts(storage, study_id, record.FAILED_TRIAL.name)
     after = control.budget(attrs, spec.n_trials)
     state = control.sweep_state(control.is_paused(attrs), after, spent, waiting + running, control.is_stopped(attrs))
     return ControlResult(study, state, after, before if before != after else None, running)
@@ -51,7 +51,7 @@ def pause_study(storage_url: str, name: str | None) -> ControlResult:
             raise ServiceError(f"study {study!r} is stopped; reopen it: sweep extend {study} --n-trials N")
         if control.is_paused(attrs):
             raise ServiceError(f"study {study!r} is already paused; resume it: sweep resume {study}")
-        storage.set_study_user_attr(study_id, control.CONTROL_ATTR, SweepState.PAUSED.value)
+        storage.set_study_user_attr(study_id, record.CONTROL.name, SweepState.PAUSED.value)
 
     return _control(storage_url, name, change)
 
@@ -64,7 +64,7 @@ def resume_study(storage_url: str, name: str | None) -> ControlResult:
             raise ServiceError(f"study {study!r} is stopped; reopen it: sweep extend {study} --n-trials N")
         if not control.is_paused(attrs):
             raise ServiceError(f"study {study!r} is not paused; nothing to resume")
-        storage.set_study_user_attr(study_id, control.CONTROL_ATTR, SweepState.RUNNING.value)
+        storage.set_study_user_attr(study_id, record.CONTROL.name, SweepState.RUNNING.value)
 
     return _control(storage_url, name, change)
 
@@ -73,15 +73,15 @@ def extend_study(storage_url: str, name: str | None, n_trials: int) -> ControlRe
     """Set a new trial budget; never below the trials already finished, running or queued."""
 
     def change(storage: Any, study_id: int, study: str, attrs: dict[str, Any]) -> None:
-        spent = budget_counts(storage, study_id, RETRY_KEY)[0]
+        spent = budget_counts(storage, study_id, record.FAILED_TRIAL.name)[0]
         if n_trials < spent:
             raise ServiceError(
                 f"--n-trials {n_trials}: {spent} trials of {study!r} are already finished, running or queued; "
                 f"give at least {spent}"
             )
-        storage.set_study_user_attr(study_id, control.BUDGET_ATTR, n_trials)
+        storage.set_study_user_attr(study_id, record.N_TRIALS.name, n_trials)
         if control.is_stopped(attrs):  # extend reopens a stopped study; handed-back trials resume first
-            storage.set_study_user_attr(study_id, control.CONTROL_ATTR, SweepState.RUNNING.value)
+            storage.set_study_user_attr(study_id, record.CONTROL.name, SweepState.RUNNING.value)
 
     return _control(storage_url, name, change)
 
@@ -93,7 +93,7 @@ def stop_study(storage_url: str, name: str | None) -> ControlResult:
     def change(storage: Any, study_id: int, study: str, attrs: dict[str, Any]) -> None:
         if control.is_stopped(attrs):
             raise ServiceError(f"study {study!r} is already stopped")
-        storage.set_study_user_attr(study_id, control.CONTROL_ATTR, SweepState.STOPPED.value)
+        storage.set_study_user_attr(study_id, record.CONTROL.name, SweepState.STOPPED.value)
 
     return _control(storage_url, name, change)
 

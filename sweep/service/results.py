@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import provenance
-from sweep.control import RETRY_KEY
+from sweep import provenance, record
 from sweep.kept import KeptModel, kept_models
 from sweep.objective import Retrained, retrain, set_threads, trial_seed
 from sweep.service.common import (
@@ -117,14 +116,14 @@ def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]
     """The trial's record in model.json (the model's own facts come from its file)."""
     if trial is None:
         return {"study": study, **extra}
-    env = dict(trial.user_attrs.get("environment") or {})
+    env = record.environment(trial)
     return {
         "study": study,
         "trial": trial.number,
         "params": dict(trial.params),
         "val_accuracy": trial.value,
-        "test_accuracy": trial.user_attrs.get("test_accuracy"),
-        "trained_precision": trial.user_attrs.get("precision"),  # bf16: the export runs in fp32
+        "test_accuracy": record.test_accuracy(trial),
+        "trained_precision": record.precision(trial),  # bf16: the export runs in fp32
         "environment": env,  # library versions and git commit of the worker that trained it
         "git_commit": env.get("git_commit"),
         **extra,
@@ -190,7 +189,7 @@ def rerun_trial(
     if threads:
         set_threads(threads)
     params = {**spec.fixed_params(), **trial.params}
-    original = trial.system_attrs.get(RETRY_KEY, trial.number)
+    original = trial.system_attrs.get(record.FAILED_TRIAL.name, trial.number)
     data = load_spec_data(spec, storage_url)
     retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
                         keep_final=export is not None, on_epoch=on_epoch)
@@ -217,10 +216,10 @@ def _export_retrained(name: str, trial: FrozenTrial, retrained: Retrained, folde
 
     assert retrained.payload is not None
     result = retrained.result
-    record = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
-                   environment=provenance.environment(), retrained=True)
-    record["git_commit"] = record["environment"].get("git_commit")
-    write_export(retrained.payload, record, folder, force=force)
+    card = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
+                 environment=provenance.environment(), retrained=True)
+    card["git_commit"] = card["environment"].get("git_commit")
+    write_export(retrained.payload, card, folder, force=force)
 
 
 def _rerun_result(name: str, trial: FrozenTrial, result: FitResult) -> RerunResult:
@@ -232,8 +231,8 @@ def _rerun_result(name: str, trial: FrozenTrial, result: FitResult) -> RerunResu
         dict(trial.params),
         stored,
         tuple(h.val_accuracy for h in result.history),
-        trial.user_attrs.get("test_accuracy"),
+        record.test_accuracy(trial),
         result.test_accuracy,
-        trial.user_attrs.get("precision"),
+        record.precision(trial),
         result.precision,
     )

@@ -13,10 +13,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep import control
+from sweep import control, record
 from sweep.control import SweepState
 from sweep.kept import KeptModel, kept_models
-from sweep.service.common import SPEC_ATTR, open_read_only, quiet_optuna, resolve_study_name
+from sweep.service.common import open_read_only, quiet_optuna, resolve_study_name
 from sweep.storage import mask_url, open_storage, sqlite_path, study_names
 
 # A file name stays well under every filesystem's 255 bytes, whatever the study names.
@@ -123,16 +123,17 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
     from sweep.report import cost_summary_of
 
     attrs = study.user_attrs
+    spec = record.spec(attrs)
     try:
-        budget = control.budget(attrs, int(attrs.get(SPEC_ATTR, {}).get("n_trials", 0)))
+        budget = control.budget(attrs, int(spec.get("n_trials", 0)))
     except (TypeError, ValueError):
         budget = 0
     running = tuple(
         RunningTrial(
             number=t.number,
-            host=str(t.user_attrs.get("host", "?")),
-            device=str(t.user_attrs.get("device", "?")),
-            epoch=int(t.user_attrs.get("epochs_run", 0) or 0),
+            host=record.host(t) or "?",
+            device=record.device(t) or "?",
+            epoch=record.epochs_run(t) or 0,
             last_acc=t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
             started=t.datetime_start,
         )
@@ -149,16 +150,16 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         best_number=best.number if best else None,
         running=running,
         state=control.state_of(attrs, budget, trials, live_running(storage, study._study_id, running_ids),
-                               _max_hours(attrs)),
+                               _max_hours(spec)),
         kept=kept_models(attrs),
         compute_hours=control.compute_seconds(trials) / 3600,
-        max_hours=_max_hours(attrs),
-        cost=cost_summary_of(name, trials, attrs.get(SPEC_ATTR, {})),
+        max_hours=_max_hours(spec),
+        cost=cost_summary_of(name, trials, spec),
     )
 
 
-def _max_hours(attrs: dict[str, Any]) -> float | None:
-    value = attrs.get(SPEC_ATTR, {}).get("max_hours")
+def _max_hours(spec: dict[str, Any]) -> float | None:
+    value = spec.get("max_hours")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

@@ -4,7 +4,7 @@
 Enqueued configs are ordinary trials of the budget: a worker takes them before sampling new ones.
 Warm-start trials are copies of OLD's finished trials, restricted to the params both studies search
 and to values inside the new study's space; they raise the new study's budget by their number, so
-the new study still runs ``n_trials`` trials of its own. They carry ``WARM_START_ATTR`` ("OLD#12"),
+the new study still runs ``n_trials`` trials of its own. They carry ``warm_start_from`` ("OLD#12"),
 which the report shows, and have no kept model.
 """
 
@@ -17,15 +17,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep import control
-from sweep.control import RETRY_KEY
+from sweep import control, record
 from sweep.search import distributions
 from sweep.service.common import ServiceError, load_spec_of, quiet_optuna, resolve_study_name
 from sweep.spec import SpecError, StudySpec, check_param_value, parse_override
 from sweep.storage import budget_counts, budget_lock, open_storage
-
-WARM_START_ATTR = "warm_start_from"  # trial user attr: "STUDY#NUMBER" of the trial it copies
-ENQUEUED_ATTR = "enqueued"  # trial user attr: the config came from `sweep enqueue`, not the sampler
 
 
 @dataclass(frozen=True)
@@ -69,13 +65,13 @@ def enqueue_trial(storage_url: str, name: str | None, params: Sequence[str]) -> 
     with budget_lock(storage, study_name):  # the gate decides under it: the budget check and the queue agree
         attrs = storage.get_study_user_attrs(study._study_id)
         budget = control.budget(attrs, spec.n_trials)
-        spent, waiting, _running = budget_counts(storage, study._study_id, RETRY_KEY)
+        spent, waiting, _running = budget_counts(storage, study._study_id, record.FAILED_TRIAL.name)
         if spent >= budget:
             raise ServiceError(
                 f"study {study_name!r}: its budget of {budget} trials is spent ({spent} finished, running or "
                 f"queued); raise it first: sweep extend {study_name} --n-trials {spent + 1}"
             )
-        study.enqueue_trial(given, user_attrs={ENQUEUED_ATTR: True}, skip_if_exists=False)
+        study.enqueue_trial(given, user_attrs={record.ENQUEUED.name: True}, skip_if_exists=False)
     return EnqueueResult(study_name, given, waiting + 1, budget)
 
 
@@ -91,6 +87,7 @@ def copy_finished_trials(source: optuna.Study, target: optuna.Study, spec: Study
         params = {k: v for k, v in t.params.items() if k in space}
         if not params or not _inside(spec, params) or (t.state == TrialState.COMPLETE and t.value is None):
             continue
+        origin = {record.WARM_START_FROM.name: f"{source.study_name}#{t.number}"}
         copies.append(
             optuna.trial.create_trial(
                 state=t.state,
@@ -98,7 +95,7 @@ def copy_finished_trials(source: optuna.Study, target: optuna.Study, spec: Study
                 params=params,
                 distributions={k: space[k] for k in params},
                 intermediate_values=dict(t.intermediate_values),
-                user_attrs={**_kept_attrs(t.user_attrs), WARM_START_ATTR: f"{source.study_name}#{t.number}"},
+                user_attrs={**_kept_attrs(t.user_attrs), **origin},
             )
         )
     target.add_trials(copies)
@@ -116,13 +113,13 @@ def _inside(spec: StudySpec, params: Mapping[str, Any]) -> bool:
 
 def _kept_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """What a copy keeps of the original's record: its measurements, not where it ran or its files."""
-    keep = ("test_accuracy", "epochs_run", "epoch_seconds", "fail_reason")
-    return {k: attrs[k] for k in keep if k in attrs}
+    keep = (record.TEST_ACCURACY, record.EPOCHS_RUN, record.EPOCH_SECONDS, record.FAIL_REASON)
+    return {a.name: attrs[a.name] for a in keep if a.name in attrs}
 
 
 def warm_start(storage: Any, target: optuna.Study, spec: StudySpec, source: str) -> int:
     """Copy study ``source``'s finished trials into the new study ``target`` and raise its budget by as
     many, so that it still runs ``spec.n_trials`` trials of its own; return how many were copied."""
     n = copy_finished_trials(optuna.load_study(study_name=source, storage=storage), target, spec)
-    target.set_user_attr(control.BUDGET_ATTR, spec.n_trials + n)
+    target.set_user_attr(record.N_TRIALS.name, spec.n_trials + n)
     return n

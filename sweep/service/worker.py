@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import control, provenance
+from sweep import control, provenance, record
 from sweep.artifacts import ORPHAN_MIN_AGE_S, remove_orphans
-from sweep.control import RETRY_KEY
 from sweep.heartbeat import beating
 from sweep.kept import reconcile
 from sweep.objective import (
@@ -288,11 +287,11 @@ class _TrialLoop:
     def _label(self, trial: optuna.Trial) -> int | None:
         """Record who runs ``trial``; return the number of the trial it retries (None: a new one)."""
         system_attrs = self.runner.storage.get_trial_system_attrs(trial._trial_id)
-        original = system_attrs.get(RETRY_KEY)
+        original = system_attrs.get(record.FAILED_TRIAL.name)
         if original is not None:
-            trial.set_user_attr("retry_of", original)
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("environment", self.environment)
+            trial.set_user_attr(record.RETRY_OF.name, original)
+        trial.set_user_attr(record.PID.name, os.getpid())
+        trial.set_user_attr(record.ENVIRONMENT.name, self.environment)
         return original
 
 

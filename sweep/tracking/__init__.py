@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from optuna.trial import TrialState
 
+from sweep import record
 from sweep.kept import kept_models
 from sweep.show import first_line
 from sweep.storage import mask_text, mask_url
@@ -223,22 +224,22 @@ class _Listener:
         storage, study_id = self.study._storage, self.study._study_id
         frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
         attrs = frozen.user_attrs
-        epochs_run = int(attrs.get("epochs_run") or 0)
+        epochs_run = record.epochs_run(frozen) or 0
         if why is None and frozen.state is TrialState.PRUNED:
             why = f"pruner at epoch {epochs_run}"
         kept = next(
             (k.path or k.artifact_id for k in kept_models(storage.get_study_user_attrs(study_id)) if k.trial == number),
             None,
         )
-        tags = {k: str(attrs[k]) for k in ("host", "device", "precision", "retry_of") if attrs.get(k) is not None}
-        test = attrs.get("test_accuracy")
+        tags = {a.name: str(attrs[a.name]) for a in (record.HOST, record.DEVICE, record.PRECISION, record.RETRY_OF)
+                if attrs.get(a.name) is not None}
         return TrialFinished(
             self.study.study_name,
             number,
             frozen.state,
             frozen.value,
             why,
-            float(test) if test is not None else None,
+            record.test_accuracy(frozen),
             kept,
             epochs_run,
             self.spec.fixed_params() | frozen.params,
