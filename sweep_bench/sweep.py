@@ -428,6 +428,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], budget_epochs: int) -> dict[str
         ),
         "reached_target": len(reached),
         "epochs_to_target_mean": round(statistics.fmean(censored), 3) if censored else None,
+        "epochs_to_target_se": (round(statistics.stdev(censored) / math.sqrt(len(censored)), 3)
+                                if len(censored) > 1 else None),
         "censored": len(reached) < len(runs),
         "trials_mean": _mean([r["trials"] for r in runs]),
         "complete_mean": _mean([r["complete"] for r in runs]),
@@ -468,15 +470,51 @@ def run_replays(
         "target_val_accuracy": round(table.best().curve[-1] - tolerance, 6),
         "methods": {m.name: _replay_method(table, m, seeds, budget_epochs, tolerance) for m in methods},
     }
-    base = result["methods"].get("random", {}).get("summary", {}).get("epochs_to_target_mean")
+    base = result["methods"].get("random", {}).get("summary", {})
     for entry in result["methods"].values():
-        mine = entry["summary"]["epochs_to_target_mean"]
-        entry["epochs_ratio_vs_random"] = round(mine / base, 4) if mine is not None and base else None
+        entry["epochs_ratio_vs_random"], entry["epochs_ratio_se"] = _ratio(entry["summary"], base)
     # The headline figures per method, side by side.
     result["epochs_ratio_vs_random"] = {n: e["epochs_ratio_vs_random"] for n, e in result["methods"].items()}
+    result["epochs_ratio_se"] = {n: e["epochs_ratio_se"] for n, e in result["methods"].items()}
+    result["oracle"] = oracle_ratios(table, table.best().curve[-1] - tolerance)
     result["best_val"] = {n: e["summary"]["best_val_accuracy_mean"] for n, e in result["methods"].items()}
     result["chosen_test"] = {n: e["summary"]["chosen_test_accuracy_mean"] for n, e in result["methods"].items()}
     return result
+
+
+def _ratio(mine: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """A method's mean epochs to target over random's, and its standard error (delta method: the
+    seeds of the two methods are independent draws)."""
+    a, b = mine.get("epochs_to_target_mean"), base.get("epochs_to_target_mean")
+    if a is None or not b:
+        return None, None
+    ratio = a / b
+    se_a, se_b = mine.get("epochs_to_target_se"), base.get("epochs_to_target_se")
+    if se_a is None or se_b is None or not a:
+        return round(ratio, 4), None
+    return round(ratio, 4), round(ratio * math.sqrt((se_a / a) ** 2 + (se_b / b) ** 2), 4)
+
+
+def oracle_ratios(table: Table, target: float) -> dict[int, float | None]:
+    """The best any pruner could do, per epoch e: a perfect classifier that stops every config which
+    will not reach ``target`` after e epochs, against random search, both drawing configs without
+    replacement until the first that reaches the target (expected epochs; a row that diverged costs
+    what it trained). None where no row reaches the target."""
+    hits = [r for r in table.rows.values() if not r.diverged and r.curve[-1] >= target]
+    misses = [r for r in table.rows.values() if r not in hits]
+    if not hits:
+        return dict.fromkeys(range(1, table.epochs), None)
+    before = len(misses) / (len(hits) + 1)  # expected misses drawn before the first hit
+
+    def spent(row: Row, epochs: int) -> int:
+        return min(epochs, len(row.curve) + row.diverged)
+
+    full = table.epochs
+    random = before * statistics.fmean([spent(r, full) for r in misses] or [0]) + full
+    return {
+        e: round((before * statistics.fmean([spent(r, e) for r in misses] or [0]) + full) / random, 4)
+        for e in range(1, full)
+    }
 
 
 def _budget(table: Table, budget_epochs: int | None) -> int:
@@ -508,6 +546,8 @@ def _table_figures(table: Table, floor: float | None) -> dict[str, Any]:
         "noise_floor": round(floor, 6) if floor is not None else None,
         "weights_sha256": table.weights_sha256,
         "epoch_spearman": table.epoch_spearman(),
+        "schedule": {k: getattr(table.spec.train, k) for k in ("schedule", "decay_fraction", "cooldown_epochs",
+                                                                "ema_halflife", "rung_value")},
         "configs": [
             {"params": r.params, "val_curve": list(r.curve), "test_accuracy": r.test_accuracy,
              "diverged": r.diverged}

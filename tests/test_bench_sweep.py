@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+import sweep_bench.sweep
 from sweep import record
 from sweep.search import grid_space
 from sweep.service import ServiceError
@@ -281,3 +282,29 @@ def test_the_committed_finetune_replay_is_what_the_committed_table_gives(tmp_pat
             again = replay(table, method, 0, committed["budget_epochs"], committed["tolerance"])
             assert again == committed["methods"][method.name]["runs"][0], method.name
     assert set(committed["epochs_ratio_vs_random"]) == {m.name for m in default_methods(table.epochs)}
+
+
+def test_oracle_is_the_expected_cost_of_a_perfect_classifier(table_url: str) -> None:
+    # Drawing without replacement, (misses)/(hits + 1) misses come before the first hit: random pays
+    # every epoch of them, the oracle after epoch e pays e of each (a diverged row what it trained).
+    table = load_table("table-synth", table_url)
+    target = table.best().curve[-1] - 0.05
+    hits = [r for r in table.rows.values() if not r.diverged and r.curve[-1] >= target]
+    misses = len(table.rows) - len(hits)
+    assert 0 < len(hits) < len(table.rows)
+    before = misses / (len(hits) + 1)
+    diverged = [r for r in table.rows.values() if r.diverged]
+    mean_full = (sum(min(EPOCHS, len(r.curve) + 1) for r in diverged) + EPOCHS * (misses - len(diverged))) / misses
+    oracle = sweep_bench.sweep.oracle_ratios(table, target)
+    assert oracle[1] == pytest.approx((before * 1 + EPOCHS) / (before * mean_full + EPOCHS), abs=1e-4)
+    assert list(oracle) == list(range(1, EPOCHS)) and sorted(oracle.values()) == list(oracle.values())
+
+
+def test_every_ratio_has_a_standard_error(result: dict[str, Any]) -> None:
+    assert set(result["epochs_ratio_se"]) == set(result["epochs_ratio_vs_random"])
+    assert all(se is None or se >= 0 for se in result["epochs_ratio_se"].values())
+    summary = result["methods"]["random"]["summary"]  # its own ratio: 1 with the error of both sides
+    relative = summary["epochs_to_target_se"] / summary["epochs_to_target_mean"]
+    assert result["epochs_ratio_se"]["random"] == pytest.approx(math.sqrt(2) * relative, abs=1e-3)
+    assert set(result["oracle"]) == set(range(1, EPOCHS))
+    assert result["table"]["schedule"]["schedule"] == "cosine"
