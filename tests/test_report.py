@@ -118,6 +118,17 @@ def test_saved_compute_falls_back_to_mean_epoch_time_and_completed_epochs() -> N
     assert s.importances == {} and "2 completed" in s.importance_note
 
 
+def test_a_diverged_trial_is_not_saved_by_pruning() -> None:
+    # Stopped by its NaN loss, not by the pruner: the replay bench counts it apart, and so does the report.
+    study = _study("nan", [
+        _trial(TrialState.COMPLETE, [0.5, 0.6, 0.7], epoch_seconds=[10.0] * 3),
+        _trial(TrialState.PRUNED, [0.2], value=0.2, epoch_seconds=[10.0], fail_reason="diverged"),
+        _trial(TrialState.PRUNED, [0.3], value=0.3, epoch_seconds=[10.0]),
+    ], spec=None)
+    (s,) = report.gather([study]).studies
+    assert s.saved_epochs == 2 and s.saved_s == pytest.approx(20.0)
+
+
 def test_importances_need_two_completed_trials_that_vary() -> None:
     (one,) = report.gather([_study("one", [_trial(TrialState.COMPLETE, [0.5])])]).studies
     assert one.importances == {} and one.importance_note

@@ -345,11 +345,15 @@ def _planned_epochs(spec: Mapping[str, Any], rows: Sequence[TrialRow]) -> int | 
 
 
 def _saved_by_pruning(rows: Sequence[TrialRow], planned: int | None, mean_epoch: float | None) -> tuple[int, float]:
-    """(epochs, seconds) that pruned trials did not run, at each one's own epoch time where known."""
+    """(epochs, seconds) that pruned trials did not run, at each one's own epoch time where known.
+
+    As the replay bench counts (BENCHMARKS.md): a trial stopped by its NaN loss (fail_reason
+    ``diverged``, also PRUNED) was not stopped by the pruner, and saves nothing the pruner can claim.
+    """
     saved_epochs, saved = 0, 0.0
     if planned:
         for r in rows:
-            if r.state != "PRUNED":
+            if r.state != "PRUNED" or r.fail_reason.startswith("diverged"):
                 continue
             missing = max(planned - r.epochs, 0)
             saved_epochs += missing
