@@ -12,9 +12,10 @@ with numpy. It proposes exactly what ``TPESampler`` proposes with the same seed 
 tie-breaking, same kernels, same random draws; tests/test_tpe.py compares them trial by trial).
 Running trials (Optuna 5's default constant liar counts other workers' current trials as "bad") are
 few and still changing: they are converted afresh on every ask, as TPE does. Where the incremental
-path does not apply (several objectives, a parameter value TPE itself would reject, an Optuna whose
-TPE internals differ) it defers to ``TPESampler`` for that ask. Sampling from several threads
-(``study.optimize(n_jobs=N)``) is serialised on a lock; pickling drops the columns.
+path does not apply (several objectives, a parameter value TPE itself would reject) it defers to
+``TPESampler`` for that ask; on an Optuna whose TPE internals differ (sweep.compat), for every ask,
+said once. Sampling from several threads (``study.optimize(n_jobs=N)``) is serialised on a lock;
+pickling drops the columns.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from optuna.samplers._tpe import sampler as _tpe
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from sweep.compat import untested_optuna
+from sweep.compat import tpe_unsupported
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -42,23 +43,12 @@ _LOCK_CREATION = threading.Lock()
 _log = logging.getLogger("sweep.search")
 _MAX_PARAM_COLUMNS = 64  # (name, distribution) columns kept; a space that keeps changing starts afresh
 _STATE_CODE = {TrialState.COMPLETE: _COMPLETE, TrialState.PRUNED: _PRUNED, TrialState.FAIL: _FAIL}
-# What this module reads of Optuna's TPE; if a future Optuna renames any of it, stock TPE runs instead.
-_MODULE_NEEDS = ("default_gamma", "_get_infeasible_trial_score", "_get_pruned_trial_score")
-_SAMPLER_NEEDS = (
-    "_constant_liar",
-    "_gamma",
-    "_get_params",
-    "_parzen_estimator_cls",
-    "_parzen_estimator_parameters",
-    "_n_ei_candidates",
-    "_rng",
-    "_compare",
-    "_compute_acquisition_func",
-)
 
 
-# None on the Optuna releases this module was checked against; else why not (every ask is then stock TPE's).
-UNTESTED = untested_optuna()
+# None when the incremental path can run; else why not, in one line (every ask is then stock TPE's).
+# sweep.compat checks the Optuna internals this module reads (TPE's module functions, the sampler's
+# private attributes), so that a future Optuna that renames any of them runs stock TPE instead.
+UNSUPPORTED = tpe_unsupported()
 _fallback_said = False
 
 
@@ -66,7 +56,7 @@ def _say_fallback() -> None:
     global _fallback_said
     if not _fallback_said:
         _fallback_said = True
-        _log.warning("sweep: using Optuna's own TPE (slower per ask): sweep.tpe %s", UNTESTED)
+        _log.warning("sweep: using Optuna's own TPE (slower per ask): sweep.tpe %s", UNSUPPORTED)
 
 
 class _Fallback(Exception):
@@ -211,11 +201,10 @@ class IncrementalTPESampler(TPESampler):
         return state
 
     def _incremental_applies(self, study: Study) -> bool:
-        if UNTESTED is not None:
+        if UNSUPPORTED is not None:
             _say_fallback()
             return False
-        ok = all(hasattr(_tpe, n) for n in _MODULE_NEEDS) and all(hasattr(self, n) for n in _SAMPLER_NEEDS)
-        return ok and len(study.directions) == 1
+        return len(study.directions) == 1
 
     def _sample(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not self._incremental_applies(study):

@@ -19,7 +19,7 @@ from helpers import write_tiny_spec
 from optuna.samplers import TPESampler
 
 import sweep.tpe
-from sweep.compat import TESTED_OPTUNA, untested_optuna
+from sweep.compat import TESTED_OPTUNA, rdb_unsupported, tpe_unsupported, untested_optuna
 from sweep.tpe import IncrementalTPESampler
 
 SWEEP = Path(sys.executable).with_name("sweep")
@@ -38,6 +38,23 @@ def test_the_version_check() -> None:
     assert untested_optuna() is None  # the suite runs on the pinned, tested release (constraints.txt)
 
 
+def test_a_missing_internal_is_named_for_rdb_and_tpe_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a tested release that lacks a private name sweep uses, both step aside the same way."""
+    from optuna.samplers._tpe import sampler as tpe_module
+    from optuna.storages._rdb import models
+
+    assert rdb_unsupported() is None and tpe_unsupported() is None
+    monkeypatch.delattr(models.TrialValueModel, "stored_repr_to_value")
+    monkeypatch.delattr(TPESampler, "_compare")
+    monkeypatch.delattr(tpe_module, "default_gamma")
+    version = optuna.__version__
+    assert rdb_unsupported() == f"Optuna {version}'s TrialValueModel lacks stored_repr_to_value"
+    assert tpe_unsupported() == f"Optuna {version}'s optuna.samplers._tpe.sampler lacks default_gamma"
+    monkeypatch.undo()
+    monkeypatch.delattr(TPESampler, "_compare")
+    assert tpe_unsupported() == f"Optuna {version}'s TPESampler lacks _compare"
+
+
 def _objective(trial: optuna.Trial) -> float:
     lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
     batch = trial.suggest_categorical("batch_size", [64, 128, 256, 512])
@@ -54,7 +71,7 @@ def _params(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
 
 def test_untested_optuna_asks_stock_tpe_for_every_trial(monkeypatch: pytest.MonkeyPatch) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    monkeypatch.setattr(sweep.tpe, "UNTESTED", "it was tested with Optuna >=5.0,<5.1, not 5.99.0")
+    monkeypatch.setattr(sweep.tpe, "UNSUPPORTED", "it was tested with Optuna >=5.0,<5.1, not 5.99.0")
 
     def never(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("the incremental path ran on an untested Optuna")

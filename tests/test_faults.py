@@ -367,7 +367,7 @@ def test_a_heartbeat_is_not_held_up_by_a_stuck_call(pg_fresh_url: str) -> None:
     stuck, release = threading.Event(), threading.Event()
 
     def stuck_call() -> None:
-        with storage._calls:  # what a statement waiting on a dead path holds (until it is cut)
+        with storage._connections.calls:  # what a statement waiting on a dead path holds (until it is cut)
             stuck.set()
             release.wait()
 

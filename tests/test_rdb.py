@@ -231,6 +231,38 @@ def test_pickles(storage_url: str) -> None:
     assert [t.intermediate_values for t in clone.get_all_trials(study._study_id)] == [{1: 0.5}]
 
 
+def test_sqlite_writes_take_the_write_lock_at_begin_on_the_storages_engine_only(tmp_path: Any) -> None:
+    """Writes BEGIN IMMEDIATE (writers queue on the busy timeout instead of failing on a lock upgrade),
+    reads plain BEGIN; so does an unpickled copy's new engine, and no other engine on the file."""
+    import pickle
+
+    url = f"sqlite:///{tmp_path / 'begin.db'}"
+    storage = open_storage(url)
+    assert isinstance(storage, SweepRDBStorage)
+    clone = pickle.loads(pickle.dumps(storage))
+    other = sqlalchemy.create_engine(validate_url(url))
+    for engine in (storage.engine, clone.engine, other):
+        seen: list[str] = []
+        sqlalchemy.event.listen(engine, "before_cursor_execute", lambda *a, seen=seen: seen.append(a[2]))
+        if engine is other:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            assert not [s for s in seen if s.startswith("BEGIN")]
+            continue
+        owner = storage if engine is storage.engine else clone
+        study_id = owner.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"s{id(engine)}")
+        seen.clear()
+        trial_id = owner.create_new_trial(study_id)
+        assert seen[0] == "BEGIN IMMEDIATE"
+        seen.clear()
+        owner.get_all_trials(study_id)
+        assert seen[0] == "BEGIN"
+        assert owner.get_trial(trial_id).state == TrialState.RUNNING
+    clone.close()
+    storage.close()
+    other.dispose()
+
+
 def _cut_connections(url: str) -> int:
     """Terminate every other connection to the database, as a restart or a proxy timeout would."""
     import sqlalchemy
@@ -445,12 +477,12 @@ def test_deepcopy_false_shares_attribute_values(storage_url: str) -> None:
 def test_an_untested_optuna_falls_back_to_optunas_storage(
     storage_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """rdb.py overrides Optuna internals: on an Optuna outside the tested range (or lacking them) sweep
+    """sweep.rdb overrides Optuna internals: on an Optuna outside the tested range (or lacking them) sweep
     says so on one line and runs Optuna's own RDBStorage, never a traceback in the middle of a sweep."""
-    from sweep import rdb, storage
+    from sweep import compat, rdb, storage
 
     monkeypatch.setattr(optuna, "__version__", "5.1.0")
-    reason = rdb._unsupported_reason()
+    reason = compat.rdb_unsupported()
     assert reason is not None and "5.1.0" in reason and "\n" not in reason
     monkeypatch.setattr(rdb, "UNSUPPORTED", reason)
     monkeypatch.setattr(storage, "_fallback_said", False)

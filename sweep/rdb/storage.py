@@ -1,10 +1,7 @@
-"""Optuna's RDB storage with a lean hot path: same schema, same semantics, a fraction of the SQL work.
+"""``SweepRDBStorage``: Optuna's RDBStorage whose per-trial calls are Core statements (see sweep.rdb).
 
-Stock ``RDBStorage`` runs every call through an ORM session: a trial's ask + 4 suggests + 10 reports +
-tell is ~21 transactions and ~73 statements, each with object loading and flushing (40-90 ms of client
-CPU per trial on a small machine). ``SweepRDBStorage`` keeps Optuna's tables (so Optuna, the dashboard
-and ``optuna.load_study`` read the same database) and overrides only the calls a worker makes per
-trial:
+What it overrides, in SQL; the connections each call runs on are sweep.rdb.connections', the trials
+served from memory sweep.rdb.mirror's:
 
 - every write is one statement (or a short transaction of two or three), built once and executed with
   bound parameters, guarded in SQL by the trial still being unfinished (``INSERT ... SELECT ...
@@ -12,49 +9,34 @@ trial:
   read, to raise what Optuna raises;
 - trial reads (``_get_trials``, which Optuna's own cache layer calls) are Core selects that build
   ``FrozenTrial`` objects directly (on SQLite in a deferred read transaction: readers never take the
-  write lock);
-- a trial this process created is mirrored in memory, write-through: ``get_trial`` on it (Optuna
-  calls it when a trial starts and twice in ``tell``) needs no query, nor does re-reading it once
-  finished. Only the owner writes a running trial; another process can only fail it as stale, which
-  the owner's next write or heartbeat detects in SQL (storage/README.md: the storage contract). A
-  mirrored trial is served only while its row is the same (study, number, start): SQLite hands the ids
-  of deleted trials out again;
-- on PostgreSQL, reads and one-statement writes run in autocommit, only state changes wait for the
-  WAL flush (``storage/README.md``: what a database crash can lose), and instead of a pre-ping per
-  call a call on a dead connection is retried once (``_run``).
+  write lock), with no child queries for the trials the mirror holds as stored.
 
 Everything not on the per-trial path (studies, templates from retries, stale-trial detection) is
 Optuna's own code; its read-only calls begin without SQLite's write lock. Database errors are Optuna's
-``StorageInternalError``. Built on Optuna's internals of the releases in ``sweep.compat.TESTED_OPTUNA``: on any other
-Optuna, ``UNSUPPORTED`` says why in one line and sweep.storage opens Optuna's own RDBStorage instead.
+``StorageInternalError``. Built on Optuna's internals that sweep.compat checks: on an Optuna without
+them, ``UNSUPPORTED`` says why in one line and sweep.storage opens Optuna's own RDBStorage instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import copy
-import dataclasses
 import datetime as dt
 import functools
 import json
 import logging
-import os
 import sqlite3
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-import sqlalchemy.orm
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.compat import untested_optuna
+from sweep.compat import rdb_unsupported
 from sweep.outage import Patience, transient
+from sweep.rdb.connections import Connections, lock_free, patient
+from sweep.rdb.mirror import TrialMirror, copy_trial
 
 _T = TypeVar("_T")
 # Indexes sweep adds to Optuna's schema (storage/README.md): what the budget gate reads under its lock
@@ -65,71 +47,16 @@ INDEXES = (
     ("ix_sweep_trials_study_number", "trials", ("study_id", "number")),
     ("ix_sweep_trial_system_attributes_key", "trial_system_attributes", ("key",)),
 )
-_MIRROR_SIZE = 256  # trials kept in memory; a running trial evicted early is simply read from the database
 _log = logging.getLogger("sweep.storage")
-_BEAT_WAIT_S = 1.0  # how long a heartbeat waits for the process's connection before taking its own
-_HELD_RECYCLE_S = 1800.0  # the held connection is renewed as often as the pool recycles (pool_recycle)
-_INHERITED: list[Any] = []  # held connections a forked child inherited: kept alive, never touched
-# States in which a mirrored trial is exactly what the database holds, children included (_read_trials).
-_MIRROR_EXACT = frozenset({TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
 # Bound ids per IN list: under SQLite's variable limit (32,766 since 3.32, 999 before) and PostgreSQL's
 # 65,535 parameters per statement, with room for the other parameters of the query.
 _IN_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
 
-# sweep.compat owns the Optuna releases this module was tested against: it overrides RDBStorage's
-# private methods and writes its tables directly, so a new minor may change what it relies on.
-# Optuna internals used below, checked at import so that a different Optuna is refused in one line
-# (sweep.storage then falls back to Optuna's own RDBStorage) instead of failing in the middle of a sweep.
-_RDB_STORAGE_NEEDS = ("_get_trials", "_create_new_trial", "_set_trial_param", "check_trial_is_updatable")
-_MODEL_NEEDS = {
-    "TrialModel": ("trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"),
-    "StudyModel": ("study_id",),
-    "StudyUserAttributeModel": ("study_id", "key", "value_json"),
-    "TrialParamModel": ("trial_id", "param_id", "param_name", "param_value", "distribution_json"),
-    "TrialValueModel": ("trial_id", "objective", "value", "value_type"),
-    "TrialIntermediateValueModel": ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
-    "TrialUserAttributeModel": ("trial_id", "key", "value_json"),
-    "TrialSystemAttributeModel": ("trial_id", "key", "value_json"),
-    "TrialHeartbeatModel": ("trial_id", "heartbeat"),
-}
-
-
-def _unsupported_reason() -> str | None:
-    """Why this Optuna cannot run under SweepRDBStorage (None: it can)."""
-    untested = untested_optuna()
-    if untested is not None:
-        return untested
-    try:
-        from optuna.storages._rdb import models as rdb_models
-    except ImportError as exc:
-        return f"Optuna {optuna.__version__} has no optuna.storages._rdb.models ({exc})"
-    for model, columns in _MODEL_NEEDS.items():
-        table = getattr(getattr(rdb_models, model, None), "__table__", None)
-        missing = [c for c in columns if table is None or c not in table.c]
-        if missing:
-            return f"Optuna {optuna.__version__}'s {model} lacks {', '.join(missing)}"
-    from optuna.storages._rdb import storage as rdb_storage
-
-    manager = getattr(rdb_storage, "_VersionManager", None)
-    if manager is None:
-        return f"Optuna {optuna.__version__} has no _VersionManager"
-    for owner, names in (
-        (optuna.storages.RDBStorage, _RDB_STORAGE_NEEDS),
-        (manager, ("check_table_schema_compatibility", "get_current_version")),
-        (rdb_models.TrialValueModel, ("value_to_stored_repr", "stored_repr_to_value")),
-        (
-            rdb_models.TrialIntermediateValueModel,
-            ("intermediate_value_to_stored_repr", "stored_repr_to_intermediate_value"),
-        ),
-    ):
-        missing = [n for n in names if not hasattr(owner, n)]
-        if missing:
-            return f"Optuna {optuna.__version__}'s {owner.__name__} lacks {', '.join(missing)}"
-    return None
-
-
 # None when the lean storage can run; else why not, in one line (sweep.storage falls back on it).
-UNSUPPORTED = _unsupported_reason()
+# sweep.compat checks the Optuna internals this module overrides or reads (RDBStorage's private
+# methods, the columns of its tables), so that a different Optuna is refused in one line instead of
+# failing in the middle of a sweep.
+UNSUPPORTED = rdb_unsupported()
 if UNSUPPORTED is None:
     from optuna.storages._rdb import models
     from optuna.storages._rdb import storage as _rdb_storage
@@ -144,24 +71,6 @@ if UNSUPPORTED is None:
     _system = models.TrialSystemAttributeModel.__table__
     _beats = models.TrialHeartbeatModel.__table__
 
-# Set while an inherited read-only ORM method runs: its SQLite transaction then begins DEFERRED and
-# takes no write lock (_begin_immediate). Such a method may hold its session open while it opens a
-# second connection (Optuna's check_table_schema_compatibility): with BEGIN IMMEDIATE on both, it
-# would wait for itself until the busy timeout.
-_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sweep_rdb_read_only", default=False)
-
-
-@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "begin")
-def _begin_immediate(conn: Any) -> None:
-    # pysqlite opens transactions lazily as DEFERRED; two workers that both read and then want to
-    # write fail at once with "database is locked" (the busy timeout does not apply to a lock
-    # upgrade). Taking the write lock at BEGIN makes writers queue on the busy timeout instead.
-    # Reads (sweep.rdb's own, inherited read-only methods, sweep.storage's budget query) begin
-    # DEFERRED: WAL readers never block the writer nor wait for it.
-    if getattr(conn.engine, "_sweep_immediate", False):
-        read_only = conn.get_execution_options().get("sweep_read_only", False) or _READ_ONLY.get()
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
 
 def _unfinished() -> Any:
     # Two equalities, not IN (...): an IN list is an "expanding" parameter, re-rendered on every call.
@@ -174,36 +83,6 @@ def _distribution(text: str) -> distributions.BaseDistribution:
     return distributions.json_to_distribution(text)
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """Attributes of one's own: nested JSON values deep-copied, scalars (most attributes) as they are."""
-    return {k: v if isinstance(v, _SCALARS) else copy.deepcopy(v) for k, v in attrs.items()}
-
-
-def _copy(trial: FrozenTrial, deep: bool = True) -> FrozenTrial:
-    """An independent copy of a trial (Optuna mutates the one it is handed); only the attribute values,
-    which may be nested JSON, need a deep copy: everything else is immutable scalars. ``deep=False``
-    (a ``deepcopy=False`` read, whose caller promises not to mutate) shares those values: the mirror
-    replaces an attribute's value on a write, never changes it in place."""
-    attrs = _own_attrs if deep else dict
-    return FrozenTrial(
-        number=trial.number,
-        state=trial.state,
-        value=None,
-        values=list(trial.values) if trial.values is not None else None,
-        datetime_start=trial.datetime_start,
-        datetime_complete=trial.datetime_complete,
-        params=dict(trial.params),
-        distributions=dict(trial.distributions),
-        user_attrs=attrs(trial.user_attrs),
-        system_attrs=attrs(trial.system_attrs),
-        intermediate_values=dict(trial.intermediate_values),
-        trial_id=trial._trial_id,
-    )
-
-
 def _utc_now() -> dt.datetime:
     """Now as Optuna's RDB schema stores it: naive UTC."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -214,34 +93,6 @@ def _local(utc: dt.datetime | None) -> dt.datetime | None:
     if utc is None:
         return None
     return utc.replace(tzinfo=dt.UTC).astimezone().replace(tzinfo=None)
-
-
-@dataclasses.dataclass(slots=True)
-class _Mirrored:
-    """A trial mirrored in memory, and what identifies its row: SQLite reuses the ids of deleted trials
-    (and studies), so a trial id alone may name another study's trial since; the start time (naive UTC,
-    microseconds) tells them apart."""
-
-    study_id: int
-    number: int
-    start: dt.datetime | None
-    trial: FrozenTrial
-
-    def is_row(self, row: Any) -> bool:
-        return (
-            row.study_id == self.study_id
-            and row.number == self.number
-            and row.datetime_start == self.start
-            and row.state == self.trial.state
-        )
-
-
-def _fault(exc: sqlalchemy.exc.SQLAlchemyError) -> optuna.exceptions.StorageInternalError:
-    """A database error as Optuna's RDBStorage raises it (the one type callers of either storage catch)."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return optuna.exceptions.StorageInternalError(
-        f"the database refused a storage call: {reason[0] if reason else type(exc).__name__}"
-    )
 
 
 class SweepRDBStorage(optuna.storages.RDBStorage):
@@ -279,55 +130,73 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                          str(getattr(exc, "orig", exc)).strip().splitlines()[0])
 
     def _init_process_state(self) -> None:
-        # SQLite write transactions take the write lock at BEGIN (sweep.storage's begin hook); set only
-        # after Optuna's schema set-up in __init__, which runs its own transactions.
-        self.engine._sweep_immediate = self.engine.dialect.name == "sqlite"  # type: ignore[attr-defined]
+        # Built after Optuna's schema set-up in __init__, which runs its own transactions: from here on
+        # SQLite write transactions take the write lock at BEGIN (sweep.rdb.connections).
+        self._connections = Connections(self.engine)
+        self.autocommit_engine = self._connections.autocommit_engine
         # Optuna's schema-version checks, which also run outside the storage's own methods (Optuna's
-        # tests hold a session open around one), read without the write lock.
+        # tests hold a session open around one), read without the write lock. On Optuna's own
+        # scoped_session: the manager's sessions are never pinned.
         manager = getattr(self, "_version_manager", None)
         if manager is not None and type(manager) is _rdb_storage._VersionManager:
             self._version_manager = _LockFreeVersionManager(self.url, self.engine, self.scoped_session)
-        self._mirror: OrderedDict[int, _Mirrored] = OrderedDict()
-        self._mirror_lock = threading.Lock()
+        self.scoped_session = self._connections.sessions(self.scoped_session)
+        self._mirror = TrialMirror()
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._unsure: set[int] = set()  # trials whose end was written when the connection died
-        self._write_lock = threading.Lock()
-        self.autocommit_engine = self.engine
-        # The connection a thread's budget (or kept-models) lock transaction holds (pinned): every call
-        # of that thread runs in it until the lock is released (see pinned).
-        self._pins = threading.local()
-        self._calls = threading.RLock()  # PostgreSQL: one storage call of this process at a time
-        # PostgreSQL: the process's one connection, kept checked out between autocommit calls (see
-        # _held_connection); None when it is back in the pool.
-        self._held: Any = None
-        self._held_since = 0.0
-        self._held_pid = os.getpid()
-        # Set by sweep.storage.open_storage: storage calls then wait out an unreachable database.
-        self.patience: Patience | None = None
-        if self.engine.dialect.name == "postgresql":
-            # Reads and one-statement writes run in autocommit on the connections of the same pool as
-            # Optuna's ORM sessions (sweep.storage sizes it: one connection at rest, two at a peak), so
-            # a worker process never holds more than its budget, whoever asks for a connection.
-            self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            self.scoped_session = _PinnedSessions(self.scoped_session, self._pins, self._give_back_held)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        state.pop("_mirror", None)
-        state.pop("_mirror_lock", None)
-        state.pop("_statements", None)
-        state.pop("_unsure", None)
-        state.pop("_write_lock", None)
-        state.pop("autocommit_engine", None)
-        state.pop("_pins", None)
-        state.pop("_calls", None)
-        state.pop("_held", None)
-        state.pop("patience", None)  # its lines go to this process's display
+        # All of this process's: rebuilt by __setstate__ (patience too: its lines go to this
+        # process's display).
+        for name in ("_connections", "autocommit_engine", "_mirror", "_statements", "_unsure"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._init_process_state()
+
+    # ------------------------------------------------------------------ connections (sweep.rdb.connections)
+
+    @property
+    def patience(self) -> Patience | None:
+        """Set by sweep.storage.open_storage: storage calls then wait out an unreachable database."""
+        return self._connections.patience
+
+    @patience.setter
+    def patience(self, patience: Patience | None) -> None:
+        self._connections.patience = patience
+
+    def pool_connection(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection from the pool for a transaction (PostgreSQL: this process's held connection,
+        given back first, so no second one is opened while it sits idle)."""
+        return self._connections.pool_connection()
+
+    @contextlib.contextmanager
+    def read_only(self) -> Iterator[Any]:
+        """A connection for reads outside the storage's own methods (sweep.storage.read_connection)."""
+        with self._connections.connection("read") as (conn, _):
+            yield conn
+
+    def pinned(self, conn: Any) -> contextlib.AbstractContextManager[None]:
+        """Run every call of this thread (sweep.rdb's and Optuna's ORM sessions) on ``conn``, a connection
+        inside a transaction (the budget lock's, sweep.storage), until the block ends.
+
+        A transaction-scoped lock then costs no second connection, and it survives PgBouncer's
+        transaction pooling, where a session-level lock could be released on another server connection.
+        """
+        return self._connections.pinned(conn)
+
+    def close(self) -> None:
+        """Give every database connection back: for a process that opens storages repeatedly
+        (``sweep report --watch``); a worker keeps its storage for its lifetime."""
+        self._connections.close()
+
+    def _run(self, kind: str, op: Callable[[Any], _T]) -> _T:
+        """Run ``op(connection)`` as one unit of work of ``kind`` (``Connections.connection``), retried
+        once on a fresh connection if the first turns out dead (``Connections.run``)."""
+        return self._connections.run(kind, op)
 
     # ------------------------------------------------------------------ helpers
 
@@ -338,176 +207,6 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             from sqlalchemy.dialects.sqlite import insert
         return insert(table)
 
-    @contextlib.contextmanager
-    def _connection(self, kind: str) -> Iterator[tuple[Any, Any]]:
-        """A connection for one unit of work, and the transaction to commit (None: nothing to commit).
-
-        ``kind``: "read" (a snapshot; on SQLite a deferred transaction, never the write lock), "write"
-        (one statement), "beat" (a heartbeat: a "write" that on PostgreSQL takes a connection of its
-        own rather than wait long for the process's), "txn" (several statements, atomic) or "durable"
-        (a "txn" whose commit waits for the disk on PostgreSQL: the trial state changes). On SQLite
-        every write takes the write lock at BEGIN, and the threads of one process (a worker and its
-        heartbeat) queue on a Python lock first: SQLite's busy handler would sleep in steps of
-        milliseconds instead. On PostgreSQL
-        a read or a one-statement write runs in autocommit: no BEGIN/COMMIT round trips (under read
-        committed, separate statements never shared a snapshot anyway), and its commit does not wait
-        for the WAL flush (2.5-4 ms on an ordinary disk, the bulk of a stock Optuna trial's time).
-        Every kind takes its connection from the process's one small pool for the call only, and a
-        thread holding a lock's transaction (``pinned``) runs every call in it.
-        """
-        sqlite = self.engine.dialect.name == "sqlite"
-        pinned = None if sqlite else self._pinned()
-        if pinned is not None:
-            # Inside this thread's lock transaction: its statements are part of it and commit with the
-            # lock's release (the budget decision and the trial it hands out are one atomic unit).
-            if kind == "durable":
-                pinned.exec_driver_sql("SET LOCAL synchronous_commit = on")
-            yield pinned, None
-        elif sqlite and kind == "read":
-            with self.engine.connect().execution_options(sweep_read_only=True) as conn:
-                yield conn, None
-        elif sqlite:
-            with self._write_lock, self.engine.connect() as conn:
-                yield conn, conn.begin()
-        elif kind == "beat":
-            # A beat never waits long behind a stuck call of the trial's thread (a dead path is only
-            # dropped after tcp_user_timeout, sweep.storage): past a second it takes a connection of
-            # its own (the pool's second), so the trial is not declared stale while its owner lives.
-            if self._calls.acquire(timeout=_BEAT_WAIT_S):
-                try:
-                    yield self._held_connection(), None
-                finally:
-                    self._calls.release()
-            else:
-                with self.autocommit_engine.connect() as conn:
-                    yield conn, None
-        elif kind in ("read", "write"):
-            # The process's calls take turns on its one connection (a beat waits for a report's round
-            # trip, under a millisecond): overlapping calls would open and close the pool's second
-            # connection each time (a connect and an authentication, for the client and the server).
-            with self._calls:
-                yield self._held_connection(), None
-        else:
-            with self._calls, self.pool_connection() as conn:
-                transaction = conn.begin()
-                if kind == "durable":
-                    # Connections commit asynchronously by default (sweep.storage). A state change (a
-                    # worker taking a WAITING trial, a trial's end) waits for its WAL flush, and with
-                    # it for every earlier write of the trial (WAL order): once tell returns, the
-                    # whole trial is on disk. A trial lost before that is failed and retried.
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
-                yield conn, transaction
-
-    def _pinned(self) -> Any:
-        return getattr(self._pins, "conn", None)
-
-    def _held_connection(self) -> Any:
-        """The autocommit connection the process's one-statement calls share (PostgreSQL; under _calls).
-
-        Kept checked out between calls: a pool checkout and check-in per statement cost ~2 ms per
-        trial (0.30 → 0.25 of stock). It is the same pool connection every other call uses:
-        ``pool_connection`` gives it back before checking one out, so a worker still holds one
-        connection at rest, two only while a call overlaps a lock's transaction.
-        """
-        held = self._held
-        if held is not None and (held.invalidated or held.closed or self._held_pid != os.getpid()
-                                 or time.monotonic() - self._held_since > _HELD_RECYCLE_S):
-            self._drop_held()
-            held = None
-        if held is None:
-            held = self._held = self.autocommit_engine.connect()
-            self._held_since = time.monotonic()
-            self._held_pid = os.getpid()
-        return held
-
-    def _drop_held(self) -> None:
-        held, self._held = self._held, None
-        if held is None:
-            return
-        if self._held_pid != os.getpid():
-            # Inherited through fork: its socket is the parent's. Never used, closed or collected here
-            # (a collected checkout would be reset and closed on the parent's connection).
-            _INHERITED.append(held)
-            return
-        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
-            held.close()  # back to the pool (or discarded, if it was invalidated)
-
-    def _give_back_held(self) -> None:
-        with self._calls:
-            self._drop_held()
-
-    @contextlib.contextmanager
-    def pool_connection(self) -> Iterator[Any]:
-        """A connection from the pool for a transaction (PostgreSQL: this process's held connection,
-        given back first, so no second one is opened while it sits idle)."""
-        with self._calls:
-            self._drop_held()
-            with self.engine.connect() as conn:
-                yield conn
-
-    @contextlib.contextmanager
-    def read_only(self) -> Iterator[Any]:
-        """A connection for reads outside the storage's own methods (sweep.storage.read_connection)."""
-        with self._connection("read") as (conn, _):
-            yield conn
-
-    @contextlib.contextmanager
-    def pinned(self, conn: Any) -> Iterator[None]:
-        """Run every call of this thread (sweep.rdb's and Optuna's ORM sessions) on ``conn``, a connection
-        inside a transaction (the budget lock's, sweep.storage), until the block ends.
-
-        A transaction-scoped lock then costs no second connection, and it survives PgBouncer's
-        transaction pooling, where a session-level lock could be released on another server connection.
-        """
-        if self._pinned() is not None:
-            raise RuntimeError("a storage lock is already held by this thread")
-        self._pins.conn = conn
-        try:
-            yield
-        finally:
-            self._pins.conn = None
-
-    def close(self) -> None:
-        """Give every database connection back: for a process that opens storages repeatedly
-        (``sweep report --watch``); a worker keeps its storage for its lifetime."""
-        with self._calls:
-            self._drop_held()
-        self.engine.dispose()  # the autocommit engine shares its pool
-
-    def _run(self, kind: str, op: Callable[[Any], _T]) -> _T:
-        """Run ``op(connection)`` as one unit of work; once more on a fresh connection if the first one
-        turns out dead (a database restart, a connection cut while a trial trained for minutes).
-
-        This replaces the pool's pre-ping (a round trip before every call). Retrying is safe: reads and
-        one-statement writes (upserts) are idempotent, and a transaction is only retried when it failed
-        before its commit, so it cannot have happened.
-        """
-        for attempt in (1, 2):
-            committing = False
-            try:
-                with self._connection(kind) as (conn, transaction):
-                    result = op(conn)
-                    if transaction is not None:
-                        committing = True
-                        transaction.commit()
-                    return result
-            except sqlalchemy.exc.IntegrityError:
-                raise  # as Optuna's sessions do: callers tell a lost race from a fault
-            except sqlalchemy.exc.DBAPIError as exc:
-                retry = exc.connection_invalidated and self._pinned() is None  # a lock's transaction is lost
-                if exc.connection_invalidated or transient(exc):
-                    # Also a connection cut under a statement (sweep.outage.CallWatchdog) that the
-                    # driver did not report as a disconnect: it is never used again.
-                    with self._calls:
-                        self._drop_held()
-                    if self.patience is not None:
-                        self.patience.noticed(exc)
-                if attempt == 2 or not retry or (committing and kind != "write"):
-                    raise _fault(exc) from exc
-            except sqlalchemy.exc.SQLAlchemyError as exc:
-                raise _fault(exc) from exc
-        raise AssertionError("unreachable")
-
     def _raise_if_not_updatable(self, conn: Any, trial_id: int) -> None:
         """Raise what Optuna raises for a write to ``trial_id`` that its guard refused."""
         row = conn.execute(
@@ -515,8 +214,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 _trials.c.trial_id == trial_id
             )
         ).first()
-        with self._mirror_lock:
-            known = self._mirror.get(trial_id)
+        known = self._mirror.get(trial_id)
         replaced = (
             known is not None
             and row is not None
@@ -529,10 +227,10 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         )
         if row is None or replaced:
             # Our trial is gone (its study deleted); its id may already be another study's trial.
-            self._forget(trial_id)
+            self._mirror.forget(trial_id)
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         if row.state.is_finished():
-            self._forget(trial_id)
+            self._mirror.forget(trial_id)
         self.check_trial_is_updatable(trial_id, row.state)
 
     def _upsert_statement(
@@ -581,7 +279,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         update: bool = True,
     ) -> None:
         """Insert (or update on conflict) a child row of an unfinished trial, in one statement."""
-        start = self._mirrored_start(trial_id)
+        start = self._mirror.start(trial_id)
         stmt = self._upsert_statement(table, keys, tuple(values), update, start is not None)
         params = (
             {"trial_id": trial_id, **values} if start is None else {"trial_id": trial_id, "_start": start, **values}
@@ -589,34 +287,9 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         if conn.execute(stmt, params).first() is None:
             self._raise_if_not_updatable(conn, trial_id)
 
-    def _remember(self, study_id: int, start: dt.datetime | None, trial: FrozenTrial) -> None:
-        with self._mirror_lock:
-            self._mirror[trial._trial_id] = _Mirrored(study_id, trial.number, start, trial)
-            self._mirror.move_to_end(trial._trial_id)
-            while len(self._mirror) > _MIRROR_SIZE:
-                self._mirror.popitem(last=False)
-
-    def _forget(self, trial_id: int) -> None:
-        with self._mirror_lock:
-            self._mirror.pop(trial_id, None)
-
-    def _mirrored_start(self, trial_id: int) -> dt.datetime | None:
-        with self._mirror_lock:
-            known = self._mirror.get(trial_id)
-            return known.start if known is not None else None
-
-    def _mirrored(self, trial_id: int, update: Any) -> None:
-        """Apply ``update(frozen_trial)`` to the mirrored copy of a trial, if there is one."""
-        with self._mirror_lock:
-            known = self._mirror.get(trial_id)
-            if known is not None:
-                update(known.trial)
-
     def delete_study(self, study_id: int) -> None:
         super().delete_study(study_id)
-        with self._mirror_lock:  # its trials are gone, and SQLite will hand their ids out again
-            for trial_id in [i for i, known in self._mirror.items() if known.study_id == study_id]:
-                del self._mirror[trial_id]
+        self._mirror.forget_study(study_id)  # its trials are gone, and SQLite will hand their ids out again
 
     # ------------------------------------------------------------------ trials: create, params
 
@@ -666,7 +339,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             intermediate_values={},
             trial_id=trial_id,
         )
-        self._remember(study_id, now, _copy(trial))
+        self._mirror.remember(study_id, now, copy_trial(trial))
         return trial
 
     # A trial is created (or a WAITING one taken) with its first heartbeat, in one transaction: killed
@@ -763,7 +436,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 trial.params[param_name] = distribution.to_external_repr(param_value_internal)
                 trial.distributions[param_name] = distribution
 
-        self._mirrored(trial_id, update)
+        self._mirror.update(trial_id, update)
 
     def set_trial_param(
         self,
@@ -780,23 +453,23 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
         values = {"step": step, "intermediate_value": stored, "intermediate_value_type": kind}
         self._run("write", lambda conn: self._guarded_upsert(conn, _inter, ("trial_id", "step"), values, trial_id))
-        self._mirrored(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
+        self._mirror.update(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         row = {"key": key, "value_json": json.dumps(value)}
         self._run("write", lambda conn: self._guarded_upsert(conn, _user, ("trial_id", "key"), row, trial_id))
-        self._mirrored(trial_id, lambda t: t.user_attrs.__setitem__(key, json.loads(json.dumps(value))))
+        self._mirror.update(trial_id, lambda t: t.user_attrs.__setitem__(key, json.loads(json.dumps(value))))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         row = {"key": key, "value_json": json.dumps(value)}
         self._run("write", lambda conn: self._guarded_upsert(conn, _system, ("trial_id", "key"), row, trial_id))
-        self._mirrored(trial_id, lambda t: t.system_attrs.__setitem__(key, json.loads(json.dumps(value))))
+        self._mirror.update(trial_id, lambda t: t.system_attrs.__setitem__(key, json.loads(json.dumps(value))))
 
     # ------------------------------------------------------------------ trials: state
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         if not (state.is_finished() or state == TrialState.RUNNING):
-            self._forget(trial_id)
+            self._mirror.forget(trial_id)
             return super().set_trial_state_values(trial_id, state, values)
         now = _utc_now()
         won: list[int] = []
@@ -811,8 +484,8 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 )
             else:
                 guard = [_trials.c.trial_id == trial_id, _unfinished()]
-                if (start := self._mirrored_start(trial_id)) is not None:
-                    guard.append(_trials.c.datetime_start == start)  # ours, not a reused id (_Mirrored)
+                if (start := self._mirror.start(trial_id)) is not None:
+                    guard.append(_trials.c.datetime_start == start)  # ours, not a reused id (mirror.Mirrored)
                 update = sqlalchemy.update(_trials).where(*guard).values(state=state, datetime_complete=now)
             popped = conn.execute(update.returning(_trials.c.study_id)).first()
             if popped is None:
@@ -853,7 +526,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         if state == TrialState.RUNNING:  # a popped WAITING trial is now this process's: mirror it
             for trial in self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id)):
                 if trial.state == TrialState.RUNNING:
-                    self._remember(won[0], now, trial)
+                    self._mirror.remember(won[0], now, trial)
             return True
 
         def finish(trial: FrozenTrial) -> None:
@@ -862,7 +535,7 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 trial.values = list(values)
             trial.datetime_complete = _local(now)
 
-        self._mirrored(trial_id, finish)
+        self._mirror.update(trial_id, finish)
         return True
 
     # ------------------------------------------------------------------ reads
@@ -889,10 +562,9 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         # This process's running trial, from memory: only its owner writes it (a peer's FAIL shows at
         # the owner's next write or heartbeat, which then drop it from the mirror). Any other trial
         # is read, a mirrored finished one with one select (_read_trials: still the same row?).
-        with self._mirror_lock:
-            known = self._mirror.get(trial_id)
-            if known is not None and known.trial.state == TrialState.RUNNING:
-                return _copy(known.trial)
+        running = self._mirror.running(trial_id)
+        if running is not None:
+            return running
         found = self._run("read", lambda conn: self._read_trials(conn, _trials.c.trial_id == trial_id))
         if not found:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
@@ -969,32 +641,30 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         ).all()
         if not rows:
             return []
-        # A trial this process runs or ran (mirrored, same state) needs no child queries: a finished
-        # trial never changes again, and only its own worker writes a running trial's params, values,
-        # reports and attributes (a peer can only fail it, which changes the state read here). In a
-        # worker's incremental reads these are usually the only trials: its current and previous one.
+        # Trials this process runs or ran come from the mirror, without child queries (exact_copies).
+        # In a worker's incremental reads these are usually the only trials: its current and previous one.
+        served = self._mirror.exact_copies(rows, deep)
         trials: dict[int, FrozenTrial] = {}
         built: dict[int, FrozenTrial] = {}
-        with self._mirror_lock:
-            for r in rows:
-                known = self._mirror.get(r.trial_id)
-                if known is not None and known.is_row(r) and r.state in _MIRROR_EXACT:
-                    trials[r.trial_id] = _copy(known.trial, deep)
-                else:
-                    trials[r.trial_id] = built[r.trial_id] = FrozenTrial(
-                        number=r.number,
-                        state=r.state,
-                        value=None,
-                        values=None,
-                        datetime_start=_local(r.datetime_start),
-                        datetime_complete=_local(r.datetime_complete),
-                        params={},
-                        distributions={},
-                        user_attrs={},
-                        system_attrs={},
-                        intermediate_values={},
-                        trial_id=r.trial_id,
-                    )
+        for r in rows:
+            known = served.get(r.trial_id)
+            if known is not None:
+                trials[r.trial_id] = known
+            else:
+                trials[r.trial_id] = built[r.trial_id] = FrozenTrial(
+                    number=r.number,
+                    state=r.state,
+                    value=None,
+                    values=None,
+                    datetime_start=_local(r.datetime_start),
+                    datetime_complete=_local(r.datetime_complete),
+                    params={},
+                    distributions={},
+                    user_attrs={},
+                    system_attrs={},
+                    intermediate_values={},
+                    trial_id=r.trial_id,
+                )
         if built:
             self._read_children(conn, where, built, every=len(built) == len(rows))
         return list(trials.values())
@@ -1061,34 +731,10 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             ).returning(_beats.c.trial_id)
             self._statements[("heartbeat",)] = stmt
         if self._run("beat", lambda conn: conn.execute(stmt, {"trial_id": trial_id}).first()) is None:
-            self._forget(trial_id)
+            self._mirror.forget(trial_id)
 
 
-class _PinnedSessions:
-    """Optuna's ``scoped_session``, except that while a thread holds a pinned connection (a lock's
-    transaction, ``SweepRDBStorage.pinned``) its ORM sessions run there, each in a savepoint: Optuna's
-    ``session.commit()`` releases the savepoint and the lock's transaction commits everything."""
-
-    def __init__(self, sessions: Any, pins: threading.local, give_back: Callable[[], None]) -> None:
-        self._sessions = sessions
-        self._pins = pins
-        self._give_back = give_back
-
-    def __call__(self) -> Any:
-        conn = getattr(self._pins, "conn", None)
-        if conn is None:
-            # The session checks out from the pool: the process's held connection goes back first,
-            # so it is the one checked out (a beat taking it again meanwhile costs a second
-            # connection until the next transaction gives the held one back).
-            self._give_back()
-            return self._sessions()
-        return sqlalchemy.orm.Session(bind=conn, join_transaction_mode="create_savepoint")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sessions, name)
-
-
-# Optuna's read-only ORM methods, inherited as they are, but run with _READ_ONLY set: on SQLite their
+# Optuna's read-only ORM methods, inherited as they are, but run lock_free: on SQLite their
 # sessions begin DEFERRED (no write lock). Every other inherited method writes, or may, and begins
 # IMMEDIATE.
 _ORM_READS = (
@@ -1106,20 +752,6 @@ _ORM_READS = (
     "_get_best_trial_id",
     "_get_stale_trial_ids",
 )
-
-
-def _lock_free(name: str, owner: type = optuna.storages.RDBStorage) -> Callable[..., Any]:
-    inherited = getattr(owner, name)
-
-    @functools.wraps(inherited)
-    def read(self: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _READ_ONLY.set(True)
-        try:
-            return inherited(self, *args, **kwargs)
-        finally:
-            _READ_ONLY.reset(token)
-
-    return read
 
 
 if UNSUPPORTED is None:
@@ -1140,16 +772,16 @@ if UNSUPPORTED is None:
             if self.get_current_version() != self.get_head_version():
                 super().check_table_schema_compatibility()  # the mismatch, in Optuna's own words
 
-    _LockFreeVersionManager.check_table_schema_compatibility = _lock_free(  # type: ignore[method-assign]
+    _LockFreeVersionManager.check_table_schema_compatibility = lock_free(  # type: ignore[method-assign]
         "_check_one_at_a_time", _LockFreeVersionManager
     )
-    _LockFreeVersionManager.get_current_version = _lock_free(  # type: ignore[method-assign]
+    _LockFreeVersionManager.get_current_version = lock_free(  # type: ignore[method-assign]
         "get_current_version", _rdb_storage._VersionManager
     )
 
 for _name in _ORM_READS:
     if _name not in vars(SweepRDBStorage) and hasattr(optuna.storages.RDBStorage, _name):  # never wrap ours
-        setattr(SweepRDBStorage, _name, _lock_free(_name))
+        setattr(SweepRDBStorage, _name, lock_free(_name))
 
 
 # The storage's calls, each waited out as a whole while the database is away (Patience): a read or a
@@ -1185,18 +817,5 @@ _PATIENT = (
 )
 
 
-def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: SweepRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        patience = getattr(self, "patience", None)
-        if patience is None or self._pinned() is not None:
-            # Inside a lock's transaction the call fails at once: the transaction is lost with its
-            # connection, so the lock's holder redoes the whole block (sweep.storage.patiently).
-            return method(self, *args, **kwargs)
-        return patience.call(lambda: method(self, *args, **kwargs))
-
-    return call
-
-
 for _name in _PATIENT:
-    setattr(SweepRDBStorage, _name, _patient(getattr(SweepRDBStorage, _name)))
+    setattr(SweepRDBStorage, _name, patient(getattr(SweepRDBStorage, _name)))
