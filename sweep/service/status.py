@@ -7,8 +7,9 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -18,6 +19,9 @@ from sweep.control import SweepState
 from sweep.kept import KeptModel, kept_models
 from sweep.service.common import open_read_only, quiet_optuna, resolve_study_name
 from sweep.storage import mask_url, open_storage, sqlite_path, study_names
+
+if TYPE_CHECKING:
+    from sweep.report import CostSummary  # a type only: the report is imported when a status is computed
 
 # A file name stays well under every filesystem's 255 bytes, whatever the study names.
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -88,7 +92,7 @@ class RunningTrial:
     device: str
     epoch: int  # epochs done so far
     last_acc: float | None  # the last epoch's validation accuracy
-    started: Any = None  # datetime the trial started
+    started: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "host": self.host, "device": self.device, "epoch": self.epoch,
@@ -108,7 +112,7 @@ class StudyStatus:
     running: tuple[RunningTrial, ...]
     state: SweepState = SweepState.RUNNING
     kept: tuple[KeptModel, ...] = ()  # trials whose final model is kept (best first)
-    cost: Any = None  # sweep.report.CostSummary: accuracy against compute
+    cost: CostSummary | None = None  # accuracy against compute
     compute_hours: float = 0.0  # summed seconds of every epoch trained, in hours (control.compute_seconds)
     max_hours: float | None = None  # the spec's budget of compute, if any
 
