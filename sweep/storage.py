@@ -192,8 +192,9 @@ def storage_engine_kwargs(sa_url: str, *, pgbouncer: bool = False) -> dict[str, 
         "connect_args": {
             "connect_timeout": 10,
             # psycopg prepares a statement on the server from its 5th run on a connection: every
-            # per-trial statement is one of a dozen, and planning each afresh cost ~2 ms per trial
-            # (0.30 → 0.26 of stock). Not behind PgBouncer in transaction pooling mode before 1.21:
+            # per-trial statement is one of a dozen, and planning each afresh is a measurable share
+            # of a trial's storage time (BENCHMARKS.md, "Storage"). Not behind PgBouncer in
+            # transaction pooling mode before 1.21:
             # the next statement may run on another server connection, which lacks them.
             **({"prepare_threshold": None} if pgbouncer else {}),
             # Writes commit without waiting for the WAL flush, except a trial's state changes

@@ -41,7 +41,7 @@ from sweep.rdb.mirror import TrialMirror, copy_trial
 _T = TypeVar("_T")
 # Indexes sweep adds to Optuna's schema (storage/README.md): what the budget gate reads under its lock
 # (the WAITING and RUNNING trials, the next trial number, the retries) is then found by index instead
-# of by a scan of every trial of the study (at 100,000 trials: 14 ms of the lock's ~27 ms per take).
+# of by a scan of every trial of the study, whose cost grows with the study (BENCHMARKS.md, "Study size").
 INDEXES = (
     ("ix_sweep_trials_study_state", "trials", ("study_id", "state")),
     ("ix_sweep_trials_study_number", "trials", ("study_id", "number")),
