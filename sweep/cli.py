@@ -243,7 +243,7 @@ def _install_stop_handlers(stop: Any, display: _WorkerDisplay, *, supervised: bo
 
     ``supervised`` (a child of ``sweep worker --workers/--gpus``): SIGINT stays ignored (a terminal's
     Ctrl-C reaches the supervisor too, which forwards a SIGTERM) and a repeated SIGTERM is the same stop;
-    the supervisor kills its children when the user insists (sweep.workers).
+    the supervisor kills its children when the user insists (sweep.supervisor).
     """
 
     def handler(signum: int, _frame: object) -> None:
@@ -338,7 +338,7 @@ def worker(
                             device=device, workers=workers, threads=threads, n_trials=n_trials,
                             artifacts=artifacts, wait_paused=wait)
     if plan.slots:
-        from sweep.workers import supervise
+        from sweep.supervisor import supervise
 
         if signal_exit:  # the children decide it: each is stopped by the signal the supervisor passes on
             os.environ["SWEEP_SIGNAL_EXIT"] = str(signal_exit)
@@ -360,7 +360,7 @@ def _run_in_this_process(
     display = _WorkerDisplay(label)
     from sweep.objective import StopFlag
     from sweep.service import WorkerEvents, run_worker
-    from sweep.workers import SUPERVISED_ENV
+    from sweep.supervisor import SUPERVISED_ENV
 
     stop = StopFlag()
     _install_stop_handlers(stop, display, supervised=os.environ.get(SUPERVISED_ENV) == "1")
@@ -403,7 +403,7 @@ def _run_in_this_process(
         raise fail(f"the disk of {summary.disk_full} is full: this worker takes no more trials (the rest of the "
                    "budget is left); free space there and start it again", EXIT_DISK_FULL)
     if summary.device_lost:
-        from sweep.workers import EXIT_DEVICE_LOST
+        from sweep.supervisor import EXIT_DEVICE_LOST
 
         raise typer.Exit(EXIT_DEVICE_LOST)  # a fresh process gets a fresh CUDA context: restart me
     if summary.stopped and signal_exit:

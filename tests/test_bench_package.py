@@ -70,7 +70,7 @@ def test_the_repositorys_scripts_forward_to_the_packaged_copies(name: str) -> No
 def test_the_worker_never_imports_the_bench() -> None:
     """sweep_bench lives beside sweep: the package, the service and the worker load none of it; the CLI
     mounts the benches' own sub-app (sweep_bench.cli) and nothing else of it."""
-    code = ("import sys, sweep, sweep.service, sweep.workers; "
+    code = ("import sys, sweep, sweep.service, sweep.supervisor; "
             "print(sorted(m for m in sys.modules if m.startswith(('sweep_bench', 'sweep.bench'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -269,7 +269,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schema(version: str) -> N
 
 def test_k8s_job_survives_preemption_and_retries_what_a_new_pod_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
     from sweep.objectstore import parse_s3
-    from sweep.workers import EXIT_DEVICE_LOST
+    from sweep.supervisor import EXIT_DEVICE_LOST
 
     job = k8s_job()
     spec, pod = job["spec"], job["spec"]["template"]["spec"]

@@ -185,7 +185,7 @@ if not marker.exists():
 
 
 def test_supervisor_restarts_a_worker_whose_cuda_context_broke(tmp_path: Path) -> None:
-    from sweep.workers import Slot, supervise
+    from sweep.supervisor import Slot, supervise
 
     _create(tmp_path, n_trials=2, epochs=1)
     hooks = tmp_path / "hooks"

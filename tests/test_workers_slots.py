@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.workers import cpu_slots, gpu_slots, physical_gpu
+from sweep.supervisor import cpu_slots, gpu_slots, physical_gpu
 
 
 def test_gpu_slots_pin_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +32,7 @@ def test_gpus_are_counted_without_initialising_cuda_when_nvml_is_missing(monkeyp
     # cudaGetDeviceCount would initialise CUDA here, before `--gpu 1` sets CUDA_VISIBLE_DEVICES.
     import torch
 
-    from sweep.workers import visible_gpus
+    from sweep.supervisor import visible_gpus
 
     def init_cuda() -> int:
         raise AssertionError("CUDA initialised in the process that pins a GPU afterwards")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from sweep.errors import env_int
 from sweep.service.common import ServiceError
 from sweep.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from sweep.workers import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
+from sweep.supervisor import Slot, cpu_slots, gpu_slots, physical_gpu, visible_gpus
 
 
 @dataclass(frozen=True)
