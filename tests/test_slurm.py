@@ -20,7 +20,9 @@ from optuna.trial import TrialState
 
 from sweep.storage import open_storage
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# One throwaway Slurm per machine (one slurmd, node names fixed): under pytest-xdist every test of it
+# runs in the same worker (--dist loadgroup).
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "slurm-array.sh"
 SWEEP = Path(sys.executable).with_name("sweep")
