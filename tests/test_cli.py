@@ -13,13 +13,12 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import LOCAL_URL, SWEEP, local_study, write_tiny_spec
 from typer.testing import CliRunner
 
 from sweep.cli import app
 
 runner = CliRunner()
-SWEEP = Path(sys.executable).with_name("sweep")
 
 
 @pytest.fixture
@@ -30,10 +29,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
     write_tiny_spec(tmp_path)
     return tmp_path
-
-
-def _study(name: str = "tiny", url: str = "sqlite:///storage/sweep.db") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
 
 
 def test_help_on_every_command() -> None:
@@ -81,7 +76,7 @@ def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "training on the CPU" in result.output
     assert "trial 0 epoch 1/2" in result.output
-    study = _study()
+    study = local_study()
     assert len(study.trials) == 2
     assert all(t.state.is_finished() for t in study.trials)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -103,7 +98,7 @@ def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
     from sweep.service import rerun_trial
 
     first = study.trials[0]
-    rerun = rerun_trial("tiny", 0, storage_url="sqlite:///storage/sweep.db", device="cpu")
+    rerun = rerun_trial("tiny", 0, storage_url=LOCAL_URL, device="cpu")
     assert rerun.params == first.params
     assert rerun.new_curve == pytest.approx(rerun.stored_curve, abs=1e-6)
     assert rerun.stored_precision == rerun.new_precision == "fp32"
@@ -118,14 +113,14 @@ def test_create_is_idempotent_and_conflicts_change_nothing(workdir: Path) -> Non
     assert runner.invoke(app, ["create", "tiny"]).exit_code == 0
     again = runner.invoke(app, ["create", "tiny"])
     assert again.exit_code == 0 and "already exists" in again.output
-    before = _study().user_attrs["spec"]
+    before = local_study().user_attrs["spec"]
     conflict = runner.invoke(app, ["create", "tiny", "--set", "epochs=5"])
     assert conflict.exit_code == 2
     assert "different spec" in conflict.output and "epochs" in conflict.output
-    assert _study().user_attrs["spec"] == before
+    assert local_study().user_attrs["spec"] == before
     other = runner.invoke(app, ["create", "tiny", "--set", "epochs=5", "--name", "tiny5"])
     assert other.exit_code == 0
-    assert _study("tiny5").user_attrs["spec"]["epochs"] == 5
+    assert local_study("tiny5").user_attrs["spec"]["epochs"] == 5
 
 
 @pytest.mark.parametrize(
@@ -169,7 +164,7 @@ def test_worker_fails_before_taking_a_trial_when_data_is_missing(workdir: Path) 
     result = runner.invoke(app, ["worker"])
     assert result.exit_code == 2
     assert "nowhere" in result.output
-    assert _study().trials == []  # no budget burnt
+    assert local_study().trials == []  # no budget burnt
 
 
 def test_password_is_masked_in_errors(workdir: Path) -> None:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import SWEEP, write_tiny_spec
 from optuna.samplers import TPESampler
 
 import sweep.tpe
 from sweep.compat import TESTED_OPTUNA, rdb_unsupported, tpe_unsupported, untested_optuna
 from sweep.tpe import IncrementalTPESampler
 
-SWEEP = Path(sys.executable).with_name("sweep")
 # Loaded by the worker processes through PYTHONPATH: Optuna says it is a release sweep was not tested on.
 UNTESTED_HOOK = "import optuna\noptuna.__version__ = '5.99.0'\n"
 

@@ -10,9 +10,20 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, rest_of_output, wait_for_line, write_tiny_spec
+from helpers import (
+    SWEEP,
+    create_tiny,
+    held_worker_env,
+    project_env,
+    project_url,
+    rest_of_output,
+    start_sweep,
+    tiny_study,
+    wait_for_beats,
+    wait_for_line,
+    write_tiny_spec,
+)
 from optuna.trial import TrialState
-from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 from typer.testing import CliRunner
 
 from sweep.cli import app
@@ -78,20 +89,21 @@ def test_state_of_counts_retries_once_and_running_or_queued_trials() -> None:
 @pytest.mark.slow
 def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1"}
-    _create(tmp_path, "data.subset=800", n_trials=3, epochs=6)
+    create_tiny(tmp_path, "data.subset=800", n_trials=3, epochs=6)
     held, hold = held_worker_env(tmp_path)
-    workers = [_sweep(tmp_path, "worker", "--threads", "1", **held, **fast) for _ in range(2)]
+    workers = [start_sweep(tmp_path, "worker", "--threads", "1", **held, **fast) for _ in range(2)]
     outputs = [wait_for_line(w, "epoch 1/6") for w in workers]  # both are training, held in epoch 2
-    paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=_env(tmp_path), text=True,
+    paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=project_env(tmp_path), text=True,
                             capture_output=True)
     assert paused.returncode == 0, paused.stderr
-    time.sleep(4)  # four heartbeats: each worker's beat has seen the pause
+    running = [t._trial_id for t in tiny_study(tmp_path).trials if t.state == TrialState.RUNNING]
+    wait_for_beats(project_url(tmp_path), running)  # each worker's pause check after a beat has seen the pause
     hold.unlink()
     for i, w in enumerate(workers):
         outputs[i] += rest_of_output(w, 300)
         assert w.returncode == 0, outputs[i]
         assert "study paused: no new trials until `sweep resume`; exiting" in outputs[i]
-    trials = _study(tmp_path).trials
+    trials = tiny_study(tmp_path).trials
     # Both trials went back to the queue after the epoch in flight, each with its checkpoint.
     handed_back = [t for t in trials if t.state == TrialState.FAIL]
     queued = [t for t in trials if t.state == TrialState.WAITING]
@@ -100,16 +112,16 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     assert all(t.user_attrs["checkpoint"]["epoch"] == t.user_attrs["epochs_run"] for t in queued)
 
     # A worker that waits while paused; the budget grows by one; resume: it finishes the study.
-    waiter = _sweep(tmp_path, "worker", "--threads", "1", "--wait", **fast)
+    waiter = start_sweep(tmp_path, "worker", "--threads", "1", "--wait", **fast)
     outputs.append(wait_for_line(waiter, "waiting for `sweep resume`"))
     for command in (["extend", "tiny", "--n-trials", "4"], ["resume", "tiny"]):
-        done = subprocess.run([str(SWEEP), *command], cwd=tmp_path, env=_env(tmp_path), text=True,
+        done = subprocess.run([str(SWEEP), *command], cwd=tmp_path, env=project_env(tmp_path), text=True,
                               capture_output=True)
         assert done.returncode == 0, done.stderr
     outputs[-1] += rest_of_output(waiter, 600)
     assert waiter.returncode == 0, outputs[-1]
 
-    trials = _study(tmp_path).trials
+    trials = tiny_study(tmp_path).trials
     counted = [t for t in trials if "failed_trial" not in t.system_attrs]
     assert len(counted) == 4  # the budget, exactly: hand-backs are not counted twice
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -122,8 +134,8 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     # No epoch was trained twice: 4 trials × 6 epochs, counted over every worker's output.
     epochs = re.findall(r"trial \d+ epoch \d/6", "".join(outputs))
     assert len(epochs) == 4 * 6, epochs
-    status = json.loads(subprocess.run([str(SWEEP), "status", "tiny", "--json"], cwd=tmp_path, env=_env(tmp_path),
-                                       text=True, capture_output=True, check=True).stdout)
+    status = json.loads(subprocess.run([str(SWEEP), "status", "tiny", "--json"], cwd=tmp_path,
+                                       env=project_env(tmp_path), text=True, capture_output=True, check=True).stdout)
     assert status["state"] == "finished" and status["n_trials"] == 4
 
 
@@ -150,31 +162,32 @@ def test_stop_and_delete_refuse_bad_input(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_stop_a_training_worker_then_extend_resumes_and_delete_removes_every_file(tmp_path: Path) -> None:
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1"}
-    _create(tmp_path, "data.subset=800", "checkpoint.keep_best=1", n_trials=2, epochs=4)
+    create_tiny(tmp_path, "data.subset=800", "checkpoint.keep_best=1", n_trials=2, epochs=4)
     held, hold = held_worker_env(tmp_path)
-    worker = _sweep(tmp_path, "worker", "--threads", "1", "--wait", **held, **fast)
+    worker = start_sweep(tmp_path, "worker", "--threads", "1", "--wait", **held, **fast)
     output = wait_for_line(worker, "epoch 1/4")  # training, held in epoch 2
-    url = _url(tmp_path)
+    url = project_url(tmp_path)
     code, out = _cli(url, "stop", "tiny")
     assert code == 0 and "now stopped" in out
     deadline = time.monotonic() + 60
-    while not _study(tmp_path).user_attrs.get("control") == "stopped" and time.monotonic() < deadline:
+    while not tiny_study(tmp_path).user_attrs.get("control") == "stopped" and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(3)  # three heartbeats: the worker's beat has seen the stop
+    running = [t._trial_id for t in tiny_study(tmp_path).trials if t.state == TrialState.RUNNING]
+    wait_for_beats(url, running)  # the worker's pause check after a beat has seen the stop
     hold.unlink()
     output += rest_of_output(worker, 300)
     assert worker.returncode == 0, output  # even with --wait: a stopped study has nothing to wait for
     assert "study stopped (sweep stop): no new trials; exiting" in output
-    trials = _study(tmp_path).trials
+    trials = tiny_study(tmp_path).trials
     (queued,) = [t for t in trials if t.state == TrialState.WAITING]
     assert queued.user_attrs["checkpoint"]["epoch"] == queued.user_attrs["epochs_run"] >= 2  # nothing lost
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
     assert _cli(url, "extend", "tiny", "--n-trials", "2")[0] == 0  # reopens the stopped study
-    done = _sweep(tmp_path, "worker", "--threads", "1", **fast)
+    done = start_sweep(tmp_path, "worker", "--threads", "1", **fast)
     output = done.communicate(timeout=600)[0]
     assert done.returncode == 0, output
-    trials = _study(tmp_path).trials
+    trials = tiny_study(tmp_path).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2 and any(t.user_attrs.get("resumed_from_epoch", 0) >= 2 for t in complete)
     artifacts = tmp_path / "artifacts"  # beside the SQLite file

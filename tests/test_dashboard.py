@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_tiny_spec
+from helpers import SWEEP, write_tiny_spec
 from typer.testing import CliRunner
 
 from sweep.cli import app
 from sweep.service import create_study
 
-SWEEP = Path(sys.executable).with_name("sweep")
 runner = CliRunner()
 
 

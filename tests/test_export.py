@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 import torchvision
-from helpers import write_tiny_spec
+from helpers import SWEEP, write_tiny_spec
 from optuna.trial import TrialState
 from PIL import Image
 from typer.testing import CliRunner
@@ -29,7 +29,6 @@ from sweep.storage import artifact_store, open_storage
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 runner = CliRunner()
-SWEEP = Path(sys.executable).with_name("sweep")
 
 
 class Sweep:

@@ -24,7 +24,7 @@ import optuna
 import pytest
 import sqlalchemy
 from conftest import PG_CLUSTER, _libpq_url, postgres_installed
-from helpers import held_worker_env, write_tiny_spec
+from helpers import SWEEP, held_worker_env, write_tiny_spec
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -33,7 +33,6 @@ from sweep.outage import EX_UNAVAILABLE, Patience
 from sweep.storage import budget_lock, open_storage
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-SWEEP = Path(sys.executable).with_name("sweep")
 FAST_BEATS = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "10"}
 
 

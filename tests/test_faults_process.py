@@ -17,9 +17,19 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import held_worker_env, rest_of_output, wait_for_line, write_tiny_spec
+from helpers import (
+    SWEEP,
+    create_tiny,
+    held_worker_env,
+    project_env,
+    project_url,
+    rest_of_output,
+    start_sweep,
+    tiny_study,
+    wait_for_line,
+    write_tiny_spec,
+)
 from optuna.trial import TrialState
-from test_workers import SWEEP, _create, _env, _study, _sweep, _url
 
 import sweep.train
 from sweep import record
@@ -53,7 +63,7 @@ def _hooks(tmp_path: Path, code: str) -> dict[str, str]:
 
 
 def _no_running_and_counted_once(tmp_path: Path) -> list:
-    trials = _study(tmp_path).trials
+    trials = tiny_study(tmp_path).trials
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     # A trial is never run twice at once: at most one unfinished retry per original trial.
     live = [
@@ -65,14 +75,14 @@ def _no_running_and_counted_once(tmp_path: Path) -> list:
 
 def _only_kept_models_left(tmp_path: Path) -> None:
     """No artifact file without a trial that needs it: the kept models are all that is left."""
-    folder = tmp_path / ("artifacts" if _url(tmp_path).startswith("sqlite") else "storage/artifacts")
-    kept = {k["artifact_id"] for k in _study(tmp_path).user_attrs.get("kept_models", [])}
+    folder = tmp_path / ("artifacts" if project_url(tmp_path).startswith("sqlite") else "storage/artifacts")
+    kept = {k["artifact_id"] for k in tiny_study(tmp_path).user_attrs.get("kept_models", [])}
     assert set(os.listdir(folder)) == kept
 
 
 def test_the_same_error_three_times_in_a_row_stops_the_worker(tmp_path: Path) -> None:
-    _create(tmp_path, n_trials=6, epochs=1)
-    proc = _sweep(tmp_path, "worker", "--threads", "1", **_hooks(tmp_path, BROKEN_INSTALL))
+    create_tiny(tmp_path, n_trials=6, epochs=1)
+    proc = start_sweep(tmp_path, "worker", "--threads", "1", **_hooks(tmp_path, BROKEN_INSTALL))
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 2, out
     assert "Traceback" not in out
@@ -83,7 +93,7 @@ def test_the_same_error_three_times_in_a_row_stops_the_worker(tmp_path: Path) ->
 
 
 def test_worker_refuses_a_grace_period_under_two_heartbeats(tmp_path: Path) -> None:
-    proc = _sweep(tmp_path, "worker", SWEEP_HEARTBEAT_INTERVAL="10", SWEEP_GRACE_PERIOD="15")
+    proc = start_sweep(tmp_path, "worker", SWEEP_HEARTBEAT_INTERVAL="10", SWEEP_GRACE_PERIOD="15")
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, out
     assert out.count("\n") == 1 and "SWEEP_GRACE_PERIOD=15 is less than twice" in out, out
@@ -92,15 +102,15 @@ def test_worker_refuses_a_grace_period_under_two_heartbeats(tmp_path: Path) -> N
 def test_a_trial_failed_by_a_peer_meanwhile_is_let_go_and_its_retry_resumes(tmp_path: Path, storage_url: str) -> None:
     """The owner is held in its second epoch while a second storage client fails its trial as stale, as a
     peer's stale check does after a partition longer than the grace period."""
-    _create(tmp_path, "data.subset=400", n_trials=2, epochs=3, url=storage_url)
+    create_tiny(tmp_path, "data.subset=400", n_trials=2, epochs=3, url=storage_url)
     held, hold = held_worker_env(tmp_path)
-    owner = _sweep(tmp_path, "worker", "--threads", "1", **held)
+    owner = start_sweep(tmp_path, "worker", "--threads", "1", **held)
     wait_for_line(owner, "epoch 1/3")
-    study = _study(tmp_path)
+    study = tiny_study(tmp_path)
     deadline = time.monotonic() + 120  # the epoch-1 checkpoint is stored just after the line is printed
     while not study.trials[0].user_attrs.get("checkpoint") and time.monotonic() < deadline:
         time.sleep(0.05)
-    storage = open_storage(_url(tmp_path), heartbeat=True)
+    storage = open_storage(project_url(tmp_path), heartbeat=True)
     victim = study.trials[0]
     assert victim.state == TrialState.RUNNING
     storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)
@@ -127,14 +137,14 @@ def test_a_trial_failed_by_a_peer_after_its_last_epoch_is_let_go(
     """In-process: the peer's FAIL lands after training, before the result is told."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
-    url = _url(tmp_path)
+    url = project_url(tmp_path)
     write_tiny_spec(tmp_path, n_trials=1, epochs=2)
     create_study("tiny", storage_url=url)
     real_fit, peer = sweep.train.fit, open_storage(url, heartbeat=True)
 
     def fit_then_partition(*args: object, **kwargs: object) -> object:
         result = real_fit(*args, **kwargs)
-        if len(_study(tmp_path).trials) == 1:  # the first trial only; its retry completes
+        if len(tiny_study(tmp_path).trials) == 1:  # the first trial only; its retry completes
             study = optuna.load_study(study_name="tiny", storage=peer)
             trial_id = study.trials[0]._trial_id
             peer.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -194,8 +204,8 @@ def test_a_full_artifact_disk_stops_the_worker_without_failing_the_budget(
     tmp_path: Path, full_disk: tuple[Path, dict[str, str]]
 ) -> None:
     folder, hooks = full_disk
-    _create(tmp_path, n_trials=3, epochs=3)
-    proc = _sweep(tmp_path, "worker", "--threads", "1", "--artifacts", str(folder), **hooks)
+    create_tiny(tmp_path, n_trials=3, epochs=3)
+    proc = start_sweep(tmp_path, "worker", "--threads", "1", "--artifacts", str(folder), **hooks)
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 73, out  # EX_CANTCREAT: not restarted into the same full disk by a human
     assert "Traceback" not in out
@@ -209,7 +219,7 @@ def test_a_full_artifact_disk_stops_the_worker_without_failing_the_budget(
     assert record.FINAL_MODEL.name not in trials[0].user_attrs
     assert sorted(os.listdir(folder)) == []  # no partial file, no temporary file
     # Space freed (another folder): the rest of the budget is run, exactly.
-    rest = _sweep(tmp_path, "worker", "--threads", "1", "--artifacts", str(tmp_path / "artifacts"))
+    rest = start_sweep(tmp_path, "worker", "--threads", "1", "--artifacts", str(tmp_path / "artifacts"))
     out = rest.communicate(timeout=600)[0]
     assert rest.returncode == 0, out
     trials = _no_running_and_counted_once(tmp_path)
@@ -220,7 +230,7 @@ def test_a_trial_failing_on_a_full_disk_goes_back_to_the_queue(tmp_path: Path, m
     """In-process: ENOSPC from training itself (not a checkpoint) hands the trial back, not counted."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
-    url = _url(tmp_path)
+    url = project_url(tmp_path)
     write_tiny_spec(tmp_path, n_trials=3, epochs=1)
     create_study("tiny", storage_url=url)
 
@@ -242,7 +252,7 @@ def _supervised_group(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[s
     return subprocess.Popen(
         [str(SWEEP), "worker", "--device", "cpu", "--workers", "2", "--threads", "1"],
         cwd=tmp_path,
-        env=_env(tmp_path, **env),
+        env=project_env(tmp_path, **env),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -258,7 +268,7 @@ def _until_both_in_epoch_2(proc: subprocess.Popen[str], tmp_path: Path) -> str:
         seen += wait_for_line(proc, "epoch 1/3")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        trials = _study(tmp_path).trials
+        trials = tiny_study(tmp_path).trials
         if len(trials) == 2 and all(t.user_attrs.get("checkpoint") for t in trials):
             break
         time.sleep(0.05)
@@ -266,7 +276,7 @@ def _until_both_in_epoch_2(proc: subprocess.Popen[str], tmp_path: Path) -> str:
 
 
 def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -> None:
-    _create(tmp_path, "data.subset=400", n_trials=2, epochs=3)
+    create_tiny(tmp_path, "data.subset=400", n_trials=2, epochs=3)
     held, hold = held_worker_env(tmp_path)
     group = _supervised_group(tmp_path, held)
     seen = _until_both_in_epoch_2(group, tmp_path)
@@ -283,7 +293,7 @@ def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -
     assert len(stopped) == 2 and all(t.user_attrs["fail_reason"] == "stopped" for t in stopped)
     assert all(t.user_attrs["checkpoint"]["epoch"] == 2 for t in stopped)
     assert sorted(t.state for t in trials if t not in stopped) == [TrialState.WAITING] * 2
-    rest = _sweep(tmp_path, "worker", "--threads", "1")
+    rest = start_sweep(tmp_path, "worker", "--threads", "1")
     out = rest.communicate(timeout=600)[0]
     assert rest.returncode == 0, out
     assert out.count("resuming from epoch 2") == 2, out
@@ -294,7 +304,7 @@ def test_one_ctrl_c_is_one_graceful_stop_of_a_supervised_group(tmp_path: Path) -
 
 
 def test_a_second_ctrl_c_stops_the_group_at_once(tmp_path: Path) -> None:
-    _create(tmp_path, "data.subset=400", n_trials=2, epochs=3)
+    create_tiny(tmp_path, "data.subset=400", n_trials=2, epochs=3)
     held, _hold = held_worker_env(tmp_path)  # held for good: only the second Ctrl-C ends the epoch
     group = _supervised_group(tmp_path, held)
     seen = _until_both_in_epoch_2(group, tmp_path)
@@ -306,9 +316,9 @@ def test_a_second_ctrl_c_stops_the_group_at_once(tmp_path: Path) -> None:
     assert "stopping workers now" in out and "Traceback" not in out, out
     # Killed in their epochs: the trials are RUNNING until a peer's stale check hands them on, from their
     # epoch-1 checkpoints.
-    assert sorted(t.state for t in _study(tmp_path).trials) == [TrialState.RUNNING] * 2
+    assert sorted(t.state for t in tiny_study(tmp_path).trials) == [TrialState.RUNNING] * 2
     fast = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "2"}
-    rest = _sweep(tmp_path, "worker", "--threads", "1", **fast)
+    rest = start_sweep(tmp_path, "worker", "--threads", "1", **fast)
     out = rest.communicate(timeout=600)[0]
     assert rest.returncode == 0, out
     trials = _no_running_and_counted_once(tmp_path)

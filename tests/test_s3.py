@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,14 +18,13 @@ import boto3
 import optuna
 import pytest
 from conftest import S3_KEYS
-from helpers import held_worker_env, wait_for_line, write_tiny_spec
+from helpers import SWEEP, held_worker_env, wait_for_line, write_tiny_spec
 from optuna.trial import TrialState
 
 from sweep.objectstore import S3ArtifactStore, describe, location_of, present
 from sweep.storage import StorageError, artifact_store, open_storage
 
 pytestmark = pytest.mark.s3
-SWEEP = Path(sys.executable).with_name("sweep")
 
 
 def _keys(bucket: str, prefix: str = "") -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from helpers import held_worker_env, write_tiny_spec
+from helpers import SWEEP, held_worker_env, write_tiny_spec
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -41,7 +41,6 @@ from sweep.storage import mask_text, mask_url
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 runner = CliRunner()
-SWEEP = Path(sys.executable).with_name("sweep")
 CLASSES = ["cat", "dog", "ship"]
 
 

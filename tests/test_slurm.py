@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import SWEEP, write_tiny_spec
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -25,7 +25,6 @@ from sweep.storage import open_storage
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "slurm-array.sh"
-SWEEP = Path(sys.executable).with_name("sweep")
 
 # Loaded by every worker (PYTHONPATH): in a task's first run (not after a requeue) the worker holds after
 # training its second epoch while DIR/hold-<task> exists, so that a requeue or a time-limit signal surely

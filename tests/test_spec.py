@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import SWEEP
 
 from sweep.spec import (
     MAX_FROZEN,
@@ -208,8 +209,6 @@ def test_check_raises_the_callers_error_type_with_the_same_one_line_message() ->
 
 
 # --------------------------------------------------------------------------- built-in specs
-
-SWEEP = Path(sys.executable).with_name("sweep")
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

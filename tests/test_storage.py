@@ -436,7 +436,9 @@ def test_killed_worker_trial_fails_and_is_requeued(storage_url: str, tmp_path: P
         number = int(_wait_for(ready))
         storage = open_storage(storage_url, heartbeat=True, heartbeat_interval=1, grace_period=3)
         study = optuna.load_study(study_name="heartbeat", storage=storage)
-        # Alive and beating: longer than the grace period, yet never declared stale.
+        # Alive and beating: longer than the grace period, yet never declared stale. A duration by design,
+        # not a wait for an event: past the grace period (3 s) and a second of SQLite's whole-second
+        # heartbeat clock, a trial whose worker had stopped beating after its first beat would be stale.
         time.sleep(4.5)
         optuna.storages.fail_stale_trials(study)
         assert study.trials[number].state == TrialState.RUNNING
