@@ -10,7 +10,7 @@ CONSTRAINTS := constraints.txt
 DEMO_STORAGE ?= sqlite:///storage/sweep.db
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps lint clean-demo
+.PHONY: demo test test-fast venv system-deps lint clean-demo
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
@@ -40,10 +40,18 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/ruff check sweep sweep_bench tests
+	$(VENV)/bin/ruff format --check sweep sweep_bench tests
 
-test: venv system-deps
-	$(VENV)/bin/ruff check sweep sweep_bench tests
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# The whole suite, in TEST_WORKERS processes (pytest-xdist; most tests wait on child processes, a
+# database or a browser, so more processes than cores pay; BENCHMARKS.md, "Test suite").
+TEST_WORKERS ?= 4
+test: venv system-deps lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The edit-test loop: everything not marked slow (no Slurm, no fault injection, no multi-process
+# sweeps), same processes. `make test` still runs everything, and CI runs `make test`.
+test-fast: venv lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 clean-demo:
 	rm -f storage/sweep.db storage/sweep.db-* storage/sweep.db.lock

@@ -82,17 +82,18 @@ def main(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 StoredArtifactsOpt = Annotated[
     str | None,
-    typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", show_default=False,
-                 help="Where the workers stored checkpoints and models: a folder (default: storage/artifacts) "
-                      "or s3://bucket/prefix."),
+    typer.Option(
+        "--artifacts",
+        envvar="SWEEP_ARTIFACTS",
+        show_default=False,
+        help="Where the workers stored checkpoints and models: a folder (default: storage/artifacts) "
+        "or s3://bucket/prefix.",
+    ),
 ]
 
 
 def _json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, default=str))
-
-
-
 
 
 # --------------------------------------------------------------------------- create
@@ -114,8 +115,11 @@ def create(
     ] = None,
     warm_start: Annotated[
         str | None,
-        typer.Option("--warm-start", help="An existing study whose finished trials the new one starts from "
-                     "(params both search, values inside the new space); the budget grows by as many."),
+        typer.Option(
+            "--warm-start",
+            help="An existing study whose finished trials the new one starts from "
+            "(params both search, values inside the new space); the budget grows by as many.",
+        ),
     ] = None,
     as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
@@ -130,23 +134,33 @@ def create(
         err_console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     where = mask_url(storage)
     if as_json:
-        _json({"study": result.name, "created": result.created, "storage": where, "n_trials": result.spec.n_trials,
-               "epochs": result.spec.epochs, "params": list(result.spec.params), "warnings": list(result.warnings),
-               "warm_started": result.warm_started})
+        _json(
+            {
+                "study": result.name,
+                "created": result.created,
+                "storage": where,
+                "n_trials": result.spec.n_trials,
+                "epochs": result.spec.epochs,
+                "params": list(result.spec.params),
+                "warnings": list(result.warnings),
+                "warm_started": result.warm_started,
+            }
+        )
         return
     if result.created:
         console.print(
             f"created study {result.name} in {where}: {result.spec.n_trials} trials × "
             f"≤{result.spec.epochs} epochs, searching {', '.join(result.spec.params) or 'nothing'}"
-            + (f"; {result.warm_started} finished trials of {warm_start} copied in as a warm start"
-               if warm_start else ""),
+            + (
+                f"; {result.warm_started} finished trials of {warm_start} copied in as a warm start"
+                if warm_start
+                else ""
+            ),
             highlight=False,
             soft_wrap=True,
         )
     else:
-        console.print(
-            f"study {result.name} already exists in {where} with this spec; nothing to do", highlight=False
-        )
+        console.print(f"study {result.name} already exists in {where} with this spec; nothing to do", highlight=False)
 
 
 # --------------------------------------------------------------------------- specs
@@ -257,8 +271,9 @@ def _install_stop_handlers(stop: Any, display: _WorkerDisplay, *, supervised: bo
         # From a thread of its own: the handler may interrupt a print of the main thread, and rich's
         # buffer is per thread, so a print nested in that one could be lost. Not a daemon: on a loaded
         # machine the worker can finish its epoch and exit before the thread is scheduled.
-        threading.Thread(target=display.message, args=(text + ("" if supervised else "; signal again to exit now"),),
-                         daemon=False).start()
+        threading.Thread(
+            target=display.message, args=(text + ("" if supervised else "; signal again to exit now"),), daemon=False
+        ).start()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else handler)
     signal.signal(signal.SIGTERM, handler)
@@ -334,23 +349,39 @@ def worker(
     from sweep.service import plan_workers
 
     with user_errors():
-        plan = plan_workers(study, storage_url=storage, gpu=gpu or [], all_gpus=gpus is GpuSet.all, per_gpu=per_gpu,
-                            device=device, workers=workers, threads=threads, n_trials=n_trials,
-                            artifacts=artifacts, wait_paused=wait)
+        plan = plan_workers(
+            study,
+            storage_url=storage,
+            gpu=gpu or [],
+            all_gpus=gpus is GpuSet.all,
+            per_gpu=per_gpu,
+            device=device,
+            workers=workers,
+            threads=threads,
+            n_trials=n_trials,
+            artifacts=artifacts,
+            wait_paused=wait,
+        )
     if plan.slots:
         from sweep.supervisor import supervise
 
         if signal_exit:  # the children decide it: each is stopped by the signal the supervisor passes on
             os.environ["SWEEP_SIGNAL_EXIT"] = str(signal_exit)
         console.print(f"starting {len(plan.slots)} worker processes: {', '.join(s.label for s in plan.slots)}")
-        raise typer.Exit(supervise(plan.slots, plan.child_args,
-                                   log=lambda m: console.print(m, highlight=False)))
-    _run_in_this_process(plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait,
-                         signal_exit=signal_exit)
+        raise typer.Exit(supervise(plan.slots, plan.child_args, log=lambda m: console.print(m, highlight=False)))
+    _run_in_this_process(
+        plan, study, storage, n_trials=n_trials, artifacts=artifacts, wait=wait, signal_exit=signal_exit
+    )
 
 
 def _run_in_this_process(
-    plan: WorkerPlan, study: str | None, storage: str, *, n_trials: int | None, artifacts: str | None, wait: bool,
+    plan: WorkerPlan,
+    study: str | None,
+    storage: str,
+    *,
+    n_trials: int | None,
+    artifacts: str | None,
+    wait: bool,
     signal_exit: int = 0,
 ) -> None:
     """One worker here: its display, its stop handlers, the run, the one-line summary, the exit code."""
@@ -386,22 +417,37 @@ def _run_in_this_process(
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     if summary.lost:
         counts += f", {summary.lost} failed meanwhile by a peer (retried there)"
-    how = ("stopped" if summary.stopped else "lost its GPU" if summary.device_lost
-           else "paused" if summary.paused else "tripped" if summary.tripped
-           else "out of disk" if summary.disk_full else "done")
+    how = (
+        "stopped"
+        if summary.stopped
+        else "lost its GPU"
+        if summary.device_lost
+        else "paused"
+        if summary.paused
+        else "tripped"
+        if summary.tripped
+        else "out of disk"
+        if summary.disk_full
+        else "done"
+    )
     display.message(
         f"worker {how}: {counts} on {summary.device} in {time.time() - started:.0f} s (study {summary.study})"
     )
     if summary.tripped:
         from sweep.service import BREAKER_TRIPS
 
-        raise fail(f"{BREAKER_TRIPS} trials in a row failed with the same error, so this worker takes no more "
-                   f"(restarting it would fail more of the budget): {summary.tripped}")
+        raise fail(
+            f"{BREAKER_TRIPS} trials in a row failed with the same error, so this worker takes no more "
+            f"(restarting it would fail more of the budget): {summary.tripped}"
+        )
     if summary.disk_full:
         from sweep.service import EXIT_DISK_FULL
 
-        raise fail(f"the disk of {summary.disk_full} is full: this worker takes no more trials (the rest of the "
-                   "budget is left); free space there and start it again", EXIT_DISK_FULL)
+        raise fail(
+            f"the disk of {summary.disk_full} is full: this worker takes no more trials (the rest of the "
+            "budget is left); free space there and start it again",
+            EXIT_DISK_FULL,
+        )
     if summary.device_lost:
         from sweep.supervisor import EXIT_DEVICE_LOST
 
@@ -488,8 +534,9 @@ def dashboard(
         if as_json:
             print(json.dumps({"url": board.url, "study": board.study, "storage": board.storage}), flush=True)
         else:
-            console.print(f"optuna-dashboard on {board.storage} at {board.url} (Ctrl-C stops it)", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"optuna-dashboard on {board.storage} at {board.url} (Ctrl-C stops it)", highlight=False, soft_wrap=True
+            )
         board.serve()
     except KeyboardInterrupt:
         pass
@@ -638,8 +685,17 @@ def rerun(
         console.print(f"epoch {epoch}/{epochs}: val_acc={acc:.4f}", highlight=False)
 
     with user_errors():
-        r = rerun_trial(study, trial, storage_url=storage, device=device, threads=threads, on_epoch=show,
-                        precision=precision.value if precision is not None else None, export=export, force=force)
+        r = rerun_trial(
+            study,
+            trial,
+            storage_url=storage,
+            device=device,
+            threads=threads,
+            on_epoch=show,
+            precision=precision.value if precision is not None else None,
+            export=export,
+            force=force,
+        )
     table = Table(
         title=f"study {r.study}, trial {r.number}: " + ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
     )
@@ -662,11 +718,15 @@ def rerun(
 @app.command()
 def export(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write model.pt2, state_dict.pt, "
-                                         "model.json into (must not exist, unless --force).")],
-    trial: Annotated[
-        int | None, typer.Option("--trial", min=0, help="Trial number (default: the best trial).")
-    ] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder to write model.pt2, state_dict.pt, model.json into (must not exist, unless --force).",
+        ),
+    ],
+    trial: Annotated[int | None, typer.Option("--trial", min=0, help="Trial number (default: the best trial).")] = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     artifacts: StoredArtifactsOpt = None,
     as_json: JsonFlag = False,
@@ -678,11 +738,22 @@ def export(
     with user_errors():
         r = export_trial(study, trial, output, storage_url=storage, artifacts=artifacts, force=force)
     if as_json:
-        _json({"study": r.study, "trial": r.number, "value": r.value, "output": str(output.resolve()),
-               "files": [str(p.resolve()) for p in r.files]})
+        _json(
+            {
+                "study": r.study,
+                "trial": r.number,
+                "value": r.value,
+                "output": str(output.resolve()),
+                "files": [str(p.resolve()) for p in r.files],
+            }
+        )
         return
-    console.print(f"trial {r.number} of {r.study} (val acc {r.value:.4f}) exported to {output.resolve()}: "
-                  + ", ".join(p.name for p in r.files), highlight=False, soft_wrap=True)
+    console.print(
+        f"trial {r.number} of {r.study} (val acc {r.value:.4f}) exported to {output.resolve()}: "
+        + ", ".join(p.name for p in r.files),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -710,11 +781,13 @@ def predict(
     bad = [r for r in results if not isinstance(r, Prediction)]
     good = [r for r in results if isinstance(r, Prediction)]
     for r in bad:
-        err_console.print(styled("error:", "bold red", f" {r.path}: {r.reason}"), highlight=False,
-                          soft_wrap=True)
+        err_console.print(styled("error:", "bold red", f" {r.path}: {r.reason}"), highlight=False, soft_wrap=True)
     if as_json:
-        print(json.dumps([{"path": r.path, "top": [{"class": c, "probability": p} for c, p in r.top]}
-                          for r in good], indent=2))
+        print(
+            json.dumps(
+                [{"path": r.path, "top": [{"class": c, "probability": p} for c, p in r.top]} for r in good], indent=2
+            )
+        )
     else:
         table = Table(title=f"{len(good)} images")
         table.add_column("image")
@@ -753,8 +826,11 @@ def enqueue(
         _json({"study": r.study, "params": r.params, "queued": r.queued, "n_trials": r.n_trials})
         return
     shown = ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
-    console.print(f"study {r.study}: queued {shown} ({r.queued} queued, budget {r.n_trials} trials)",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"study {r.study}: queued {shown} ({r.queued} queued, budget {r.n_trials} trials)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # --------------------------------------------------------------------------- pause / resume / extend
@@ -762,8 +838,15 @@ def enqueue(
 
 def _said(r: Any, what: str, as_json: bool) -> None:
     if as_json:
-        _json({"study": r.study, "state": r.state.value, "n_trials": r.n_trials,
-               "previous_n_trials": r.previous_n_trials, "running": r.running})
+        _json(
+            {
+                "study": r.study,
+                "state": r.state.value,
+                "n_trials": r.n_trials,
+                "previous_n_trials": r.previous_n_trials,
+                "running": r.running,
+            }
+        )
         return
     console.print(f"study {r.study}: {what}; now {r.state.value}, budget {r.n_trials} trials", highlight=False)
 
@@ -772,8 +855,12 @@ def _said(r: Any, what: str, as_json: bool) -> None:
 def clean_artifacts(
     artifacts: Annotated[
         str | None,
-        typer.Option("--artifacts", envvar="SWEEP_ARTIFACTS", help="The workers' artifact folder (default: "
-                     "storage/artifacts) or s3://bucket/prefix.", show_default=False),
+        typer.Option(
+            "--artifacts",
+            envvar="SWEEP_ARTIFACTS",
+            help="The workers' artifact folder (default: storage/artifacts) or s3://bucket/prefix.",
+            show_default=False,
+        ),
     ] = None,
     older_than: Annotated[
         float, typer.Option("--older-than", min=0, help="Only files older than this many seconds.")
@@ -794,8 +881,10 @@ def clean_artifacts(
     verb = "would remove" if result.dry_run else "removed"
     for name in result.orphans.files:
         console.print(f"  {name}", highlight=False)
-    console.print(f"{verb} {len(result.orphans.files)} files ({result.orphans.bytes / 1e6:.1f} MB) from "
-                  f"{result.folder}", highlight=False)
+    console.print(
+        f"{verb} {len(result.orphans.files)} files ({result.orphans.bytes / 1e6:.1f} MB) from {result.folder}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -849,8 +938,9 @@ def stop(
 @app.command()
 def delete(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    yes: Annotated[bool, typer.Option("--yes", help="Really delete: the study, its trials, checkpoints and kept "
-                                      "models, for good.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Really delete: the study, its trials, checkpoints and kept models, for good.")
+    ] = False,
     artifacts: StoredArtifactsOpt = None,
     as_json: JsonFlag = False,
     storage: StorageOpt = DEFAULT_URL,
@@ -896,12 +986,15 @@ def _mount_bench() -> None:
         app.add_typer(bench_app, name="bench")
         return
 
-    @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 add_help_option=False)
+    @app.command(
+        "bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+    )
     def bench_missing(ctx: typer.Context) -> None:
         """Measurements (package sweep_bench: not installed here)."""
-        raise fail("the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; "
-                    "run `sweep bench` from a checkout: pip install -e .")
+        raise fail(
+            "the benchmarks (package sweep_bench) are not installed here, e.g. in the worker image; "
+            "run `sweep bench` from a checkout: pip install -e ."
+        )
 
 
 _mount_bench()

@@ -123,8 +123,11 @@ def export_model(payload: dict[str, Any], card: dict[str, Any], folder: Path, *,
         write_atomic(staging / PROGRAM, lambda p: torch.export.save(program, p), durable=False)
         torch_save_atomic(state, staging / STATE_DICT, durable=False)
         card = {**card, "state_dict_sha256": file_sha256(staging / STATE_DICT)}
-        write_atomic(staging / CARD, lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n",
-                                                                   encoding="utf-8"), durable=False)
+        write_atomic(
+            staging / CARD,
+            lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"),
+            durable=False,
+        )
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a plain mkdir honours the umask
         _swap_in(staging, folder)
     except BaseException:
@@ -143,8 +146,10 @@ def _check_target(folder: Path, *, force: bool) -> None:
     others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES)
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ExportError(f"--output {folder}: holds files that are not an export's ({shown}); "
-                          "--force replaces a whole export folder only: choose a new folder")
+        raise ExportError(
+            f"--output {folder}: holds files that are not an export's ({shown}); "
+            "--force replaces a whole export folder only: choose a new folder"
+        )
 
 
 def _swap_in(staging: Path, folder: Path) -> None:
@@ -183,8 +188,11 @@ def write_export(payload: dict[str, Any], record: dict[str, Any], folder: Path, 
 
     card = {**model_card(payload), **record}
     card["data_fingerprint"] = payload.get("data_fingerprint")
-    card["exported_with"] = {"sweep": sweep.__version__, "torch": torch.__version__,
-                             "torchvision": torchvision.__version__}
+    card["exported_with"] = {
+        "sweep": sweep.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
     return export_model(payload, card, folder, force=force)
 
 
@@ -221,23 +229,30 @@ def load_exported(folder: Path, card: dict[str, Any]) -> torch.nn.Module:
 
     path = folder / STATE_DICT
     if card["arch"] not in ARCHS or card["stem"] not in STEMS:
-        raise ExportError(f"DIR {folder}: {CARD} names arch {card['arch']!r} / stem {card['stem']!r}; "
-                          f"allowed: {', '.join(ARCHS)} / {', '.join(STEMS)}")
+        raise ExportError(
+            f"DIR {folder}: {CARD} names arch {card['arch']!r} / stem {card['stem']!r}; "
+            f"allowed: {', '.join(ARCHS)} / {', '.join(STEMS)}"
+        )
     expected = card.get("state_dict_sha256")
     if expected is not None and file_sha256(path) != expected:
-        raise ExportError(f"DIR {folder}: {STATE_DICT} is not the file {CARD} was written with "
-                          "(its SHA-256 differs); export again")
+        raise ExportError(
+            f"DIR {folder}: {STATE_DICT} is not the file {CARD} was written with (its SHA-256 differs); export again"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler refuses in several ways
-        raise ExportError(f"DIR {folder}: {STATE_DICT} is not a plain tensor file; refusing to load it "
-                          f"({type(exc).__name__}: {first_line(exc)})") from None
+        raise ExportError(
+            f"DIR {folder}: {STATE_DICT} is not a plain tensor file; refusing to load it "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from None
     model = build_model(card["arch"], weights="none", num_classes=int(card["num_classes"]), stem=card["stem"])
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ExportError(f"DIR {folder}: {STATE_DICT} does not fit {card['arch']} ({card['stem']} stem, "
-                          f"{card['num_classes']} classes): {first_line(exc)}") from None
+        raise ExportError(
+            f"DIR {folder}: {STATE_DICT} does not fit {card['arch']} ({card['stem']} stem, "
+            f"{card['num_classes']} classes): {first_line(exc)}"
+        ) from None
     return model.eval()
 
 
@@ -264,8 +279,9 @@ def preprocess(images: torch.Tensor, card: dict[str, Any]) -> torch.Tensor:
     classifies the validation images exactly as the trial was scored.
     """
     scale = torch.tensor([1 / (255 * s) for s in card["std"]], dtype=torch.float32)[None, :, None, None]
-    bias = torch.tensor([-m / s for m, s in zip(card["mean"], card["std"], strict=True)],
-                        dtype=torch.float32)[None, :, None, None]
+    bias = torch.tensor([-m / s for m, s in zip(card["mean"], card["std"], strict=True)], dtype=torch.float32)[
+        None, :, None, None
+    ]
     x = images.to(torch.float32, copy=True).mul_(scale).add_(bias)
     res = int(card["input_resolution"])
     if x.shape[-1] != res or x.shape[-2] != res:
@@ -277,8 +293,10 @@ def top_k(logits: torch.Tensor, classes: Sequence[str], k: int) -> list[tuple[tu
     """Per row: the ``k`` most probable classes with their softmax probabilities."""
     probs = torch.softmax(logits.float(), dim=1)
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-    return [tuple((classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True))
-            for vs, ix in zip(values, indices, strict=True)]
+    return [
+        tuple((classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True))
+        for vs, ix in zip(values, indices, strict=True)
+    ]
 
 
 def predict_files(
@@ -326,4 +344,3 @@ def _reason(exc: Exception) -> str:
     if name == "UnidentifiedImageError":
         return "not an image PIL can read"
     return f"{name}: {text}"[:200]
-

@@ -70,8 +70,9 @@ def kept_models(study_attrs: Mapping[str, Any]) -> tuple[KeptModel, ...]:
     out = []
     for entry in study_attrs.get(record.KEPT_MODELS.name) or ():
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            out.append(KeptModel(int(entry["trial"]), float(entry["value"]), str(entry["artifact_id"]),
-                                 entry.get("path")))
+            out.append(
+                KeptModel(int(entry["trial"]), float(entry["value"]), str(entry["artifact_id"]), entry.get("path"))
+            )
     return tuple(out)
 
 
@@ -120,8 +121,11 @@ def stored_models(storage: optuna.storages.BaseStorage, study_id: int) -> list[S
     backend = getattr(storage, "_backend", storage)
     engine = getattr(backend, "autocommit_engine", None) or getattr(backend, "engine", None)
     if engine is None:  # in-memory storage (tests, notebooks)
-        return [m for t in storage.get_all_trials(study_id, deepcopy=False)
-                if (m := _model(t.number, t.state, t.value if t.values else None, record.final_model(t))) is not None]
+        return [
+            m
+            for t in storage.get_all_trials(study_id, deepcopy=False)
+            if (m := _model(t.number, t.state, t.value if t.values else None, record.final_model(t))) is not None
+        ]
     with read_connection(backend, engine) as conn:  # under reconcile's lock: in its transaction
         rows = conn.execute(_models_query(), {"study_id": study_id, "key": record.FINAL_MODEL.name}).all()
     out = []

@@ -60,11 +60,15 @@ def build_model(arch: str, *, weights: str, num_classes: int, stem: str = "image
     loaded, skipped = load_matching(model, state)
     if not loaded:
         raise WeightsError(
-            f"model.weights={weights!r}: no tensor matches a {arch} by name and shape; "
-            f"is it a state dict of a {arch}?"
+            f"model.weights={weights!r}: no tensor matches a {arch} by name and shape; is it a state dict of a {arch}?"
         )
-    log.info("weights %s: loaded %d tensors, kept %d fresh (%s)", weights, len(loaded), len(skipped),
-             ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
+    log.info(
+        "weights %s: loaded %d tensors, kept %d fresh (%s)",
+        weights,
+        len(loaded),
+        len(skipped),
+        ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""),
+    )
     return model
 
 
@@ -88,7 +92,7 @@ def _strip_prefix(key: str) -> str:
     # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrap the names of a plain model.
     for prefix in ("module.", "_orig_mod."):
         while key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 
@@ -154,9 +158,7 @@ def check_weights(weights: str) -> str | None:
     if weights in ("imagenet", "none"):
         return None
     if not Path(weights).expanduser().is_file():
-        return (
-            f"model.weights={weights!r}: no such file; use 'imagenet', 'none' or a path to a state dict (.pt)"
-        )
+        return f"model.weights={weights!r}: no such file; use 'imagenet', 'none' or a path to a state dict (.pt)"
     return None
 
 

@@ -86,8 +86,10 @@ class TrialOutcome:
         if self.cause is Reason.DISK_FULL:
             return f"disk full, handed back: {self.detail}"
         if self.cause is Reason.LOST:
-            return ("failed meanwhile by another worker, as this one's heartbeats had not reached the database "
-                    "for longer than the grace period; its checkpoint stays for the retry")
+            return (
+                "failed meanwhile by another worker, as this one's heartbeats had not reached the database "
+                "for longer than the grace period; its checkpoint stays for the retry"
+            )
         return None if self.cause is None else self.cause.value
 
     @property
@@ -185,8 +187,10 @@ class Checkpoints:
             self.write_failed(exc)
             if self.failed == 1:
                 since = f"epoch {self.current['epoch']}" if self.current else "scratch"
-                self.warn(f"trial {self.trial.number}: checkpoint after epoch {epoch} not stored ({first_line(exc)});"
-                          f" training goes on, a retry would start from {since} (said once per trial)")
+                self.warn(
+                    f"trial {self.trial.number}: checkpoint after epoch {epoch} not stored ({first_line(exc)});"
+                    f" training goes on, a retry would start from {since} (said once per trial)"
+                )
             return
         previous = self.current
         self._record(record.CHECKPOINT, {"artifact_id": artifact_id, "epoch": epoch}, artifact_id)
@@ -341,16 +345,26 @@ def run_trial(
     checkpoints = Checkpoints(trial, artifacts, every=spec.train.checkpoint_every, warn=progress.message)
     resume = checkpoints.load()
     resumed_epoch = int(resume["epoch"]) if resume is not None else 0
-    on_epoch = _EpochHook(trial, spec, checkpoints, progress, stop, _epoch_seconds_before(trial, resumed_epoch),
-                          retry=original_number is not None)
+    on_epoch = _EpochHook(
+        trial,
+        spec,
+        checkpoints,
+        progress,
+        stop,
+        _epoch_seconds_before(trial, resumed_epoch),
+        retry=original_number is not None,
+    )
     _record_setup(trial, config, data, device, resumed_epoch=None if original_number is None else resumed_epoch)
     progress.trial_started(trial.number, {k: params[k] for k in spec.params})
     if resumed_epoch:
-        progress.message(f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial "
-                         f"{original_number})")
+        progress.message(
+            f"trial {trial.number}: resuming from epoch {resumed_epoch} (checkpoint of trial {original_number})"
+        )
     elif checkpoints.lost:
-        progress.message(f"trial {trial.number}: the checkpoint of trial {original_number} cannot be read "
-                         f"({checkpoints.lost}); training from epoch 0. Is --artifacts shared by all workers?")
+        progress.message(
+            f"trial {trial.number}: the checkpoint of trial {original_number} cannot be read "
+            f"({checkpoints.lost}); training from epoch 0. Is --artifacts shared by all workers?"
+        )
     # _ended_early returns: the exception, whose traceback holds fit's model and optimizer, is
     # dropped before the caller frees memory after an OOM.
     try:
@@ -459,8 +473,14 @@ class _EpochHook:
         trial.set_user_attr(record.EPOCHS_RUN.name, result.epoch)
         trial.set_user_attr(record.EPOCH_SECONDS.name, list(self.epoch_seconds))
         if self.anytime:  # every rung-value candidate the run measured; the cooldown's steps are its extra cost
-            self.rung_values.append({"trunk": result.trunk_accuracy, "ema": result.ema_accuracy,
-                                     "cooldown": result.cooldown_accuracy, "cooldown_steps": result.cooldown_steps})
+            self.rung_values.append(
+                {
+                    "trunk": result.trunk_accuracy,
+                    "ema": result.ema_accuracy,
+                    "cooldown": result.cooldown_accuracy,
+                    "cooldown_steps": result.cooldown_steps,
+                }
+            )
             trial.set_user_attr(record.RUNG_VALUES.name, list(self.rung_values))
         self.progress.epoch_done(trial.number, result.epoch, self.spec.epochs, result.val_accuracy, result.seconds)
 
@@ -502,8 +522,7 @@ def _ended_early(trial: optuna.Trial, exc: Exception, checkpoints: Checkpoints, 
         # Not the trial's fault and not the budget's: it goes back to the queue with its checkpoint,
         # and the worker, counting this, stops taking trials (service.worker).
         _finish(trial, started, Reason.DISK_FULL)
-        return TrialOutcome(Ending.FAIL, cause=Reason.DISK_FULL, detail=first_line(exc), hand_back=True,
-                            disk_errors=1)
+        return TrialOutcome(Ending.FAIL, cause=Reason.DISK_FULL, detail=first_line(exc), hand_back=True, disk_errors=1)
     checkpoints.discard()
     if _is_oom(exc):
         _finish(trial, started, Reason.OOM)
@@ -524,8 +543,10 @@ def _store_final_model(
         if lost_to_a_peer(exc):
             raise
         checkpoints.write_failed(exc)
-        progress.message(f"trial {checkpoints.trial.number}: final model not stored ({first_line(exc)}); its result "
-                         "is recorded, `sweep rerun` can train the model again")
+        progress.message(
+            f"trial {checkpoints.trial.number}: final model not stored ({first_line(exc)}); its result "
+            "is recorded, `sweep rerun` can train the model again"
+        )
 
 
 class SetupError(UserError):

@@ -62,7 +62,10 @@ class Evidence:
 
 
 def place_rungs(
-    curves: Sequence[tuple[Sequence[float], float]], max_resource: int, *, min_spearman: float,
+    curves: Sequence[tuple[Sequence[float], float]],
+    max_resource: int,
+    *,
+    min_spearman: float,
     reduction_factor: int,
 ) -> Evidence:
     """Rungs from finished curves: ``(values at epochs 1.., final value)`` per trial."""
@@ -122,8 +125,9 @@ class EvidencePruner(optuna.pruners.BasePruner):
                 self._evidence = Evidence(len(complete), (), ())
             else:
                 curves = [(_curve(t), float(t.value)) for t in complete if t.value is not None]
-                self._evidence = place_rungs(curves, self.max_resource, min_spearman=self.min_spearman,
-                                             reduction_factor=self.reduction_factor)
+                self._evidence = place_rungs(
+                    curves, self.max_resource, min_spearman=self.min_spearman, reduction_factor=self.reduction_factor
+                )
             self._evidence_of = key
         return self._evidence
 
@@ -136,8 +140,9 @@ class EvidencePruner(optuna.pruners.BasePruner):
             return True
         reached = [
             t.intermediate_values[step]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                               TrialState.RUNNING))
+            for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            )
             if step in t.intermediate_values and not math.isnan(t.intermediate_values[step])
         ]
         keep = max(1, math.ceil(len(reached) / self.reduction_factor))

@@ -56,9 +56,12 @@ RESUMED_FROM_EPOCH: Final = Attr("resumed_from_epoch", int, _T, "a retry's first
 # --------------------------------------------------------------------------- trials: what happened (objective)
 EPOCHS_RUN: Final = Attr("epochs_run", int, _T, "epochs trained so far, inherited ones included")
 EPOCH_SECONDS: Final = Attr("epoch_seconds", list[float], _T, "seconds of each epoch: the trial's compute cost")
-RUNG_VALUES: Final = Attr("rung_values", list[dict[str, Any]], _T,
-                          "per epoch, the rung-value candidates an EMA or wsd cooldown run measured: "
-                          "{trunk, ema, cooldown, cooldown_steps}")
+RUNG_VALUES: Final = Attr(
+    "rung_values",
+    list[dict[str, Any]],
+    _T,
+    "per epoch, the rung-value candidates an EMA or wsd cooldown run measured: {trunk, ema, cooldown, cooldown_steps}",
+)
 DURATION_S: Final = Attr("duration_s", float, _T, "wall seconds of its last attempt, set-up included")
 TEST_ACCURACY: Final = Attr("test_accuracy", float, _T, "test-split accuracy once it completed")
 FAIL_REASON: Final = Attr("fail_reason", str, _T, "why it was pruned or failed (objective.Reason); None once retried")
@@ -73,13 +76,15 @@ PID: Final = Attr("pid", int, _T, "the worker process that ran it")
 ENVIRONMENT: Final = Attr("environment", dict[str, Any], _T, "library versions and git commit of its worker")
 WARM_START_FROM: Final = Attr("warm_start_from", str, _T, "'STUDY#N': a copy of an earlier study's trial")
 ENQUEUED: Final = Attr("enqueued", bool, _T, "its config came from `sweep enqueue`, not the sampler")
-FAILED_TRIAL: Final = Attr("failed_trial", int, _S,
-                           "the trial it re-runs (Optuna's RetryHeartbeatStaleTrialCallback): not counted twice")
+FAILED_TRIAL: Final = Attr(
+    "failed_trial", int, _S, "the trial it re-runs (Optuna's RetryHeartbeatStaleTrialCallback): not counted twice"
+)
 
 # --------------------------------------------------------------------------- studies
 SPEC: Final = Attr("spec", dict[str, Any], _Y, "the resolved spec `sweep create` stored")
-SPEC_FINGERPRINT: Final = Attr("spec_fingerprint", str, _Y,
-                               "a short hash of the spec, for people comparing studies (sweep compares whole specs)")
+SPEC_FINGERPRINT: Final = Attr(
+    "spec_fingerprint", str, _Y, "a short hash of the spec, for people comparing studies (sweep compares whole specs)"
+)
 CONTROL: Final = Attr("control", str, _Y, "'running', 'paused' or 'stopped' (sweep.control)")
 N_TRIALS: Final = Attr("n_trials", int, _Y, "the budget `sweep extend` set; without it the spec's")
 KEPT_MODELS: Final = Attr("kept_models", list[dict[str, Any]], _Y, "the kept models, best first (sweep.kept)")

@@ -54,5 +54,3 @@ def dur(seconds: float | None) -> str:
         return f"{h}h {m:02d}m"
     d, h = divmod(h, 24)
     return f"{d}d {h:02d}h"
-
-

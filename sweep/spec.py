@@ -76,8 +76,7 @@ class Setting:
             low, high = (None if b is None else int(b) for b in (self.low, self.high))
             return _int(value, fld, low=low, high=high)
         if self.type is float:
-            return _float(value, fld, low=self.low, high=self.high, open_low=self.open_low,
-                          open_high=self.open_high)
+            return _float(value, fld, low=self.low, high=self.high, open_low=self.open_low, open_high=self.open_high)
         if self.empty and value == "":
             return value
         return _str(value, fld, self.choices)
@@ -88,66 +87,160 @@ class Setting:
 # argument checks of sweep.data and sweep.model read it.
 SETTINGS: dict[str, Setting] = {
     "n_trials": Setting(int, 60, "the budget all workers share", low=1, high=10_000_000),
-    "max_hours": Setting(float, None, "None: trials only; else also a budget of summed trial compute (all "
-                         "workers' epochs): no new trial once spent, running ones finish", low=0.0, open_low=True),
+    "max_hours": Setting(
+        float,
+        None,
+        "None: trials only; else also a budget of summed trial compute (all "
+        "workers' epochs): no new trial once spent, running ones finish",
+        low=0.0,
+        open_low=True,
+    ),
     "epochs": Setting(int, 12, "max epochs per trial, the pruner's max resource", low=1, high=100_000),
-    "seed": Setting(int, 0, "a 32-bit seed, as NumPy's generators (Optuna's samplers) take it",
-                    low=0, high=2**32 - 1),
+    "seed": Setting(int, 0, "a 32-bit seed, as NumPy's generators (Optuna's samplers) take it", low=0, high=2**32 - 1),
     "data.name": Setting(str, "cifar10", "the data sets sweep can read", choices=DATASETS),
     "data.root": Setting(str, "data", "resolved on each worker; cifar10 downloads there"),
-    "data.val_fraction": Setting(float, 0.1, "carved from the training set; above 0.9 too little is left "
-                                 "to train on", low=0.0, high=0.9, open_low=True),
-    "data.resolution": Setting(int, 32, "image size at cache time, CIFAR-10's own; 1024 px caps the "
-                               "cache", low=8, high=1024),
-    "data.subset": Setting(int, None, "None keeps every image; two is the least a training and a "
-                           "validation split can be carved from (load_data checks the split itself)", low=2),
+    "data.val_fraction": Setting(
+        float,
+        0.1,
+        "carved from the training set; above 0.9 too little is left to train on",
+        low=0.0,
+        high=0.9,
+        open_low=True,
+    ),
+    "data.resolution": Setting(
+        int, 32, "image size at cache time, CIFAR-10's own; 1024 px caps the cache", low=8, high=1024
+    ),
+    "data.subset": Setting(
+        int,
+        None,
+        "None keeps every image; two is the least a training and a "
+        "validation split can be carved from (load_data checks the split itself)",
+        low=2,
+    ),
     "model.arch": Setting(str, "resnet18", "the torchvision ResNets", choices=ARCHS),
-    "model.weights": Setting(str, "imagenet", "sweep fine-tunes: pretrained weights unless a spec says "
-                             "'none' (random init) or names a state dict"),
-    "train.lr": Setting(float, 1e-4, "AdamW's peak rate; 1e-4 is the fine-tuning recipe lr-freeze starts "
-                        "from", low=0.0, high=10.0, open_low=True, searchable=True),
+    "model.weights": Setting(
+        str,
+        "imagenet",
+        "sweep fine-tunes: pretrained weights unless a spec says 'none' (random init) or names a state dict",
+    ),
+    "train.lr": Setting(
+        float,
+        1e-4,
+        "AdamW's peak rate; 1e-4 is the fine-tuning recipe lr-freeze starts from",
+        low=0.0,
+        high=10.0,
+        open_low=True,
+        searchable=True,
+    ),
     "train.batch_size": Setting(int, 128, "the same recipe's batch", low=1, high=65536, searchable=True),
-    "train.frozen_layers": Setting(int, 0, "frozen units of the five (stem, layer1..4); 0 trains "
-                                   "everything", low=0, high=MAX_FROZEN, searchable=True),
-    "train.aug_strength": Setting(float, 0.5, "0 = none, 0.5 = the classic 4 px crop + flip, 1 = plus "
-                                  "jitter and cutout", low=0.0, high=1.0, searchable=True),
-    "train.weight_decay": Setting(float, 0.05, "AdamW's decoupled decay (biases and norms get none)",
-                                  low=0.0, high=10.0, searchable=True),
-    "train.label_smoothing": Setting(float, 0.0, "1 would make every target uniform: nothing to learn",
-                                     low=0.0, high=1.0, open_high=True, searchable=True),
-    "train.stem": Setting(str, "imagenet", "torchvision's stem; 'cifar' keeps small images' resolution",
-                          choices=STEMS, searchable=True),
-    "train.resolution": Setting(int, 32, "network input size; 8 px is the least five downsamplings leave "
-                                "a pixel of", low=8, high=1024, searchable=True),
-    "train.eval_batch_size": Setting(int, 1024, "evaluation keeps no activations: large batches are cheap",
-                                     low=1),
+    "train.frozen_layers": Setting(
+        int,
+        0,
+        "frozen units of the five (stem, layer1..4); 0 trains everything",
+        low=0,
+        high=MAX_FROZEN,
+        searchable=True,
+    ),
+    "train.aug_strength": Setting(
+        float,
+        0.5,
+        "0 = none, 0.5 = the classic 4 px crop + flip, 1 = plus jitter and cutout",
+        low=0.0,
+        high=1.0,
+        searchable=True,
+    ),
+    "train.weight_decay": Setting(
+        float, 0.05, "AdamW's decoupled decay (biases and norms get none)", low=0.0, high=10.0, searchable=True
+    ),
+    "train.label_smoothing": Setting(
+        float,
+        0.0,
+        "1 would make every target uniform: nothing to learn",
+        low=0.0,
+        high=1.0,
+        open_high=True,
+        searchable=True,
+    ),
+    "train.stem": Setting(
+        str, "imagenet", "torchvision's stem; 'cifar' keeps small images' resolution", choices=STEMS, searchable=True
+    ),
+    "train.resolution": Setting(
+        int,
+        32,
+        "network input size; 8 px is the least five downsamplings leave a pixel of",
+        low=8,
+        high=1024,
+        searchable=True,
+    ),
+    "train.eval_batch_size": Setting(int, 1024, "evaluation keeps no activations: large batches are cheap", low=1),
     "train.compile": Setting(bool, False, "torch.compile pays only on CUDA, after a slow warm-up"),
     "train.precision": Setting(str, "auto", "each trial records what it computed in", choices=PRECISIONS),
-    "train.schedule": Setting(str, "cosine", "the usual fine-tune schedule, and what the cosine tables "
-                              "were built with; for pruning, wsd with rung_value = ema ranks configs "
-                              "early far better (lr-freeze's choice, BENCHMARKS.md)", choices=SCHEDULES),
-    "train.decay_fraction": Setting(float, 0.2, "wsd's final linear decay, as a fraction of all steps; "
-                                    "0.1-0.2 is the usual range", low=0.0, high=1.0, open_low=True),
-    "train.cooldown_epochs": Setting(float, 0.0, "wsd only: length of the cooldown branch trained and "
-                                     "evaluated after each epoch but the last, charged to the trial's cost; "
-                                     "0 = none, more than an epoch costs more than the epoch", low=0.0, high=1.0),
-    "train.ema_halflife": Setting(float, 0.0, "half-life in epochs of the weight average (BatchNorm "
-                                  "statistics included) evaluated after each epoch; 0 = none", low=0.0,
-                                  high=100.0),
-    "train.rung_value": Setting(str, "trunk", "'ema' needs ema_halflife > 0, 'cooldown' needs "
-                                "schedule = wsd and cooldown_epochs > 0", choices=RUNG_VALUES),
-    "train.checkpoint_every": Setting(int, 1, "epochs between checkpoints (0 = never); a retry resumes "
-                                      "from the last", low=0),
+    "train.schedule": Setting(
+        str,
+        "cosine",
+        "the usual fine-tune schedule, and what the cosine tables "
+        "were built with; for pruning, wsd with rung_value = ema ranks configs "
+        "early far better (lr-freeze's choice, BENCHMARKS.md)",
+        choices=SCHEDULES,
+    ),
+    "train.decay_fraction": Setting(
+        float,
+        0.2,
+        "wsd's final linear decay, as a fraction of all steps; 0.1-0.2 is the usual range",
+        low=0.0,
+        high=1.0,
+        open_low=True,
+    ),
+    "train.cooldown_epochs": Setting(
+        float,
+        0.0,
+        "wsd only: length of the cooldown branch trained and "
+        "evaluated after each epoch but the last, charged to the trial's cost; "
+        "0 = none, more than an epoch costs more than the epoch",
+        low=0.0,
+        high=1.0,
+    ),
+    "train.ema_halflife": Setting(
+        float,
+        0.0,
+        "half-life in epochs of the weight average (BatchNorm "
+        "statistics included) evaluated after each epoch; 0 = none",
+        low=0.0,
+        high=100.0,
+    ),
+    "train.rung_value": Setting(
+        str,
+        "trunk",
+        "'ema' needs ema_halflife > 0, 'cooldown' needs schedule = wsd and cooldown_epochs > 0",
+        choices=RUNG_VALUES,
+    ),
+    "train.checkpoint_every": Setting(
+        int, 1, "epochs between checkpoints (0 = never); a retry resumes from the last", low=0
+    ),
     # The final weights of the study's top-K completed trials (by validation accuracy) stay in the
     # artifact store for `sweep export`; 0 keeps none.
-    "checkpoint.keep_best": Setting(int, 3, "three leave a choice between near-equal models (e.g. the "
-                                    "cheaper one) at ~45 MB each for a ResNet-18", low=0, high=1000),
+    "checkpoint.keep_best": Setting(
+        int,
+        3,
+        "three leave a choice between near-equal models (e.g. the cheaper one) at ~45 MB each for a ResNet-18",
+        low=0,
+        high=1000,
+    ),
     # Experiment trackers listening to each worker's trials (sweep.tracking); "" = off. Off by default:
     # the database already holds every result, a tracker is a copy for the tools a team already runs.
-    "tracking.mlflow": Setting(str, "", "an MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): one "
-                               "run per trial in an experiment named after the study; '' = off", empty=True),
-    "tracking.tensorboard": Setting(str, "", "a log folder, resolved on each worker: one run folder per trial "
-                                    "under <folder>/<study>/; '' = off", empty=True),
+    "tracking.mlflow": Setting(
+        str,
+        "",
+        "an MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): one "
+        "run per trial in an experiment named after the study; '' = off",
+        empty=True,
+    ),
+    "tracking.tensorboard": Setting(
+        str,
+        "",
+        "a log folder, resolved on each worker: one run folder per trial under <folder>/<study>/; '' = off",
+        empty=True,
+    ),
 }
 
 # The hyperparameters a trial understands, by bare name: `[train]` fixes them, `[params.<name>]` searches.
@@ -171,7 +264,11 @@ def check(key: str, value: Any, fld: str | None = None, *, error: type[Exception
 
 
 def check_rung_value(
-    rung_value: str, *, schedule: str, cooldown_epochs: float, ema_halflife: float,
+    rung_value: str,
+    *,
+    schedule: str,
+    cooldown_epochs: float,
+    ema_halflife: float,
     error: type[Exception] | None = None,
 ) -> str:
     """``rung_value`` if the run it names is measured under these settings (the cross-field rule of
@@ -179,7 +276,8 @@ def check_rung_value(
     missing = {
         "ema": "train.ema_halflife > 0" if ema_halflife <= 0 else None,
         "cooldown": "train.schedule = 'wsd' and train.cooldown_epochs > 0"
-        if schedule != "wsd" or cooldown_epochs <= 0 else None,
+        if schedule != "wsd" or cooldown_epochs <= 0
+        else None,
     }.get(rung_value)
     if missing is not None:
         exc = SpecError("train.rung_value", rung_value, f"needs {missing}")
@@ -487,7 +585,12 @@ def _int(value: Any, fld: str, *, low: int | None = None, high: int | None = Non
 
 
 def _float(
-    value: Any, fld: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
+    value: Any,
+    fld: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
     open_high: bool = False,
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -589,8 +692,19 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
 
 
 _TOP_KEYS = (
-    "name", "n_trials", "max_hours", "epochs", "seed", "data", "model", "train", "sampler", "pruner", "params",
-    "checkpoint", "tracking",
+    "name",
+    "n_trials",
+    "max_hours",
+    "epochs",
+    "seed",
+    "data",
+    "model",
+    "train",
+    "sampler",
+    "pruner",
+    "params",
+    "checkpoint",
+    "tracking",
 )
 
 
@@ -639,8 +753,10 @@ def _parse_data(d: dict[str, Any]) -> DataSpec:
     _check_keys(d, "data.", tuple(f.name for f in dataclasses.fields(DataSpec)))
     subset = d.get("subset")
     return DataSpec(
-        **{k: check(f"data.{k}", d.get(k, default(f"data.{k}"))) for k in ("name", "root", "val_fraction",
-                                                                           "resolution")},
+        **{
+            k: check(f"data.{k}", d.get(k, default(f"data.{k}")))
+            for k in ("name", "root", "val_fraction", "resolution")
+        },
         subset=None if subset is None else check("data.subset", subset),
         classes=_classes(d["classes"]) if "classes" in d else None,
     )
@@ -660,8 +776,9 @@ def _parse_settings(raw: Mapping[str, Any], key: str, cls: type[_S]) -> _S:
     _check_keys(t, f"{key}.", tuple(f.name for f in dataclasses.fields(cls)))
     out = cls(**{k: check(f"{key}.{k}", t[k]) for k in t})
     if isinstance(out, TrainSpec):
-        check_rung_value(out.rung_value, schedule=out.schedule, cooldown_epochs=out.cooldown_epochs,
-                         ema_halflife=out.ema_halflife)
+        check_rung_value(
+            out.rung_value, schedule=out.schedule, cooldown_epochs=out.cooldown_epochs, ema_halflife=out.ema_halflife
+        )
     return out
 
 
@@ -674,10 +791,13 @@ def _parse_tracking(raw: Mapping[str, Any]) -> TrackingSpec:
     the report and by optuna-dashboard. MLflow reads credentials from the workers' environment instead."""
     tracking = _parse_settings(raw, "tracking", TrackingSpec)
     if _URI_PASSWORD.match(tracking.mlflow):
-        raise SpecError("tracking.mlflow", _URI_PASSWORD.sub(r"\1***@", tracking.mlflow),
-                        "no password in the URI (the spec is stored in the database and shown in reports); set "
-                        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) on "
-                        "the workers")
+        raise SpecError(
+            "tracking.mlflow",
+            _URI_PASSWORD.sub(r"\1***@", tracking.mlflow),
+            "no password in the URI (the spec is stored in the database and shown in reports); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) on "
+            "the workers",
+        )
     return tracking
 
 

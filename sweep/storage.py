@@ -295,7 +295,8 @@ def _heartbeat_kwargs(interval: int | None, grace_period: int | None, max_retry:
     """RDBStorage's heartbeat arguments: the interval and grace period (given, else from the
     environment, else the defaults) and the callback that re-queues a dead worker's trial."""
     hb: dict[str, Any] = {
-        "heartbeat_interval": interval if interval is not None
+        "heartbeat_interval": interval
+        if interval is not None
         else env_int("SWEEP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
         "grace_period": grace_period if grace_period is not None else env_int("SWEEP_GRACE_PERIOD", GRACE_PERIOD),
     }

@@ -86,8 +86,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, key in _SPEC_KEYS.items():
             check(key, getattr(self, name), f"train.{name}", error=ValueError)
-        check_rung_value(self.rung_value, schedule=self.schedule, cooldown_epochs=self.cooldown_epochs,
-                         ema_halflife=self.ema_halflife, error=ValueError)
+        check_rung_value(
+            self.rung_value,
+            schedule=self.schedule,
+            cooldown_epochs=self.cooldown_epochs,
+            ema_halflife=self.ema_halflife,
+            error=ValueError,
+        )
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"train.num_classes={self.num_classes!r}: must be an integer >= 2")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -97,10 +102,24 @@ class TrainConfig:
 # TrainConfig field → the spec setting that rules it.
 _SPEC_KEYS = {"arch": "model.arch", "weights": "model.weights", "epochs": "epochs"} | {
     f.removeprefix("train."): f
-    for f in ("train.stem", "train.lr", "train.batch_size", "train.frozen_layers", "train.aug_strength",
-              "train.weight_decay", "train.label_smoothing", "train.resolution", "train.eval_batch_size",
-              "train.compile", "train.precision", "train.schedule", "train.decay_fraction",
-              "train.cooldown_epochs", "train.ema_halflife", "train.rung_value")
+    for f in (
+        "train.stem",
+        "train.lr",
+        "train.batch_size",
+        "train.frozen_layers",
+        "train.aug_strength",
+        "train.weight_decay",
+        "train.label_smoothing",
+        "train.resolution",
+        "train.eval_batch_size",
+        "train.compile",
+        "train.precision",
+        "train.schedule",
+        "train.decay_fraction",
+        "train.cooldown_epochs",
+        "train.ema_halflife",
+        "train.rung_value",
+    )
 }
 
 
@@ -144,7 +163,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(device: torch.device, precision: str = "auto", stem: str = "imagenet") -> str:
-    """"bf16", "fp16" or "fp32": what a run with ``precision`` computes in on ``device``.
+    """What a run with ``precision`` computes in on ``device``: "bf16", "fp16" or "fp32".
 
     "auto" is bf16 on CUDA (fp16 with a GradScaler before Ampere, where bf16 is emulated), and on
     a CPU with native bf16 for the CIFAR stem, where it trains ~3x faster than fp32. The ImageNet
@@ -230,8 +249,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         try:
             import schedulefree
         except ImportError:
-            raise ValueError("train.schedule='schedulefree' needs the schedulefree package: "
-                             "pip install 'sweep[schedulefree]'") from None
+            raise ValueError(
+                "train.schedule='schedulefree' needs the schedulefree package: pip install 'sweep[schedulefree]'"
+            ) from None
         # The lr it reads each step is the scheduler's (warm-up, then constant): the same warm-up as the
         # other schedules, and its iterate weights (lr_max ** 2) follow it as with its own warmup_steps.
         optimizer = schedulefree.AdamWScheduleFree([g for g in groups if g["params"]], lr=config.lr, warmup_steps=0)
@@ -424,8 +444,8 @@ def evaluate(
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(y), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
-        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             logits = model(transform(xb) if transform is not None else xb)
         correct += (logits.argmax(1) == yb).sum()
@@ -451,12 +471,12 @@ def compute_features(
     prefix.eval()
     out: Tensor | None = None
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             fb = prefix(transform(xb))
         if out is None:
             out = _empty_rows(fb, len(x))
-        out[start:start + len(fb)] = fb
+        out[start : start + len(fb)] = fb
     if out is None:
         raise ValueError("compute_features: no images")
     return out
@@ -489,8 +509,7 @@ def fit(
     device = torch.device(device)
     if data.num_classes != config.num_classes:
         raise ValueError(
-            f"train.num_classes={config.num_classes}: the data has {data.num_classes} classes; "
-            "they must agree"
+            f"train.num_classes={config.num_classes}: the data has {data.num_classes} classes; they must agree"
         )
     amp_dtype = configure_device(device, config.precision, config.stem)
     start_epoch, history = 0, []
@@ -526,20 +545,34 @@ def fit(
             cooldown_s = time.perf_counter() - c0
         rung = {"trunk": trunk, "ema": ema, "cooldown": cooldown}[config.rung_value]
         result = EpochResult(
-            epoch=epoch + 1, train_loss=loss, val_accuracy=trunk if last or rung is None else rung,
-            seconds=time.perf_counter() - t0, trunk_accuracy=trunk, ema_accuracy=ema, cooldown_accuracy=cooldown,
-            cooldown_steps=cooldown_steps, cooldown_seconds=cooldown_s,
+            epoch=epoch + 1,
+            train_loss=loss,
+            val_accuracy=trunk if last or rung is None else rung,
+            seconds=time.perf_counter() - t0,
+            trunk_accuracy=trunk,
+            ema_accuracy=ema,
+            cooldown_accuracy=cooldown,
+            cooldown_steps=cooldown_steps,
+            cooldown_seconds=cooldown_s,
         )
         history.append(result)
         if on_epoch is not None:
             on_epoch(result, functools.partial(_checkpoint, config, data, run, epoch + 1, tuple(history)))
 
     features = None  # the test pass may need the memory the cached features hold
-    test_acc = evaluate(run.full, run.dd.test_x, run.dd.test_y, batch_size=config.eval_batch_size, device=device,
-                        transform=run.eval_tf, amp_dtype=amp_dtype)
+    test_acc = evaluate(
+        run.full,
+        run.dd.test_x,
+        run.dd.test_y,
+        batch_size=config.eval_batch_size,
+        device=device,
+        transform=run.eval_tf,
+        amp_dtype=amp_dtype,
+    )
     val_final = history[-1].val_accuracy if history else float("nan")
-    return FitResult(history=tuple(history), val_accuracy=val_final, test_accuracy=test_acc,
-                     precision=precision_name(amp_dtype))
+    return FitResult(
+        history=tuple(history), val_accuracy=val_final, test_accuracy=test_acc, precision=precision_name(amp_dtype)
+    )
 
 
 @dataclass(frozen=True)
@@ -565,7 +598,10 @@ class _Run:
 
 
 def _start_run(
-    config: TrainConfig, data: DataBundle, device: torch.device, amp_dtype: torch.dtype | None,
+    config: TrainConfig,
+    data: DataBundle,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
     resume: dict | None,
 ) -> _Run:
     """A run's model, optimiser, scheduler and generators, at ``resume``'s epoch when given."""
@@ -597,11 +633,23 @@ def _start_run(
         if ema is not None and resume.get("ema"):
             ema.load_state_dict(resume["ema"])
     return _Run(
-        model=model, prefix=prefix, rest=rest, full=nn.Sequential(prefix, rest), optimizer=optimizer,
-        scheduler=scheduler, scaler=scaler, perm_gen=perm_gen, aug_gen=aug_gen, ema=ema, steps_per_epoch=per_epoch,
-        dd=dd, device=device, amp_dtype=amp_dtype,
-        train_tf=make_transform(config.resolution, aug_strength=config.aug_strength, generator=aug_gen,
-                                channels_last=channels_last),
+        model=model,
+        prefix=prefix,
+        rest=rest,
+        full=nn.Sequential(prefix, rest),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        perm_gen=perm_gen,
+        aug_gen=aug_gen,
+        ema=ema,
+        steps_per_epoch=per_epoch,
+        dd=dd,
+        device=device,
+        amp_dtype=amp_dtype,
+        train_tf=make_transform(
+            config.resolution, aug_strength=config.aug_strength, generator=aug_gen, channels_last=channels_last
+        ),
         eval_tf=make_transform(config.resolution, channels_last=channels_last),
     )
 
@@ -618,8 +666,13 @@ def _batches(
 
 
 def _train_epoch(
-    run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | None, perm_gen: torch.Generator, *,
-    steps: int | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None | str = "trunk",
+    run: _Run,
+    config: TrainConfig,
+    features: tuple[Tensor, Tensor] | None,
+    perm_gen: torch.Generator,
+    *,
+    steps: int | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None | str = "trunk",
     after_step: Callable[[], None] | None = None,
 ) -> float:
     """An epoch of ``run.rest`` (its first ``steps`` batches when given) in ``perm_gen``'s order, on the
@@ -628,9 +681,16 @@ def _train_epoch(
     assert not isinstance(sched, str)
     batches, transform, prefix = _batches(run, config, features, perm_gen)
     return train_one_epoch(
-        run.rest, run.optimizer, sched, batches if steps is None else itertools.islice(batches, steps),
-        transform=transform, prefix=prefix, label_smoothing=config.label_smoothing, amp_dtype=run.amp_dtype,
-        scaler=run.scaler, after_step=after_step,
+        run.rest,
+        run.optimizer,
+        sched,
+        batches if steps is None else itertools.islice(batches, steps),
+        transform=transform,
+        prefix=prefix,
+        label_smoothing=config.label_smoothing,
+        amp_dtype=run.amp_dtype,
+        scaler=run.scaler,
+        after_step=after_step,
     )
 
 
@@ -642,10 +702,23 @@ def _validate(
     full = run.full if rest is None else nn.Sequential(run.prefix, rest)
     rest = run.rest if rest is None else rest
     if features is not None:
-        return evaluate(rest, features[1], run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
-                        amp_dtype=run.amp_dtype)
-    return evaluate(full, run.dd.val_x, run.dd.val_y, batch_size=config.eval_batch_size, device=run.device,
-                    transform=run.eval_tf, amp_dtype=run.amp_dtype)
+        return evaluate(
+            rest,
+            features[1],
+            run.dd.val_y,
+            batch_size=config.eval_batch_size,
+            device=run.device,
+            amp_dtype=run.amp_dtype,
+        )
+    return evaluate(
+        full,
+        run.dd.val_x,
+        run.dd.val_y,
+        batch_size=config.eval_batch_size,
+        device=run.device,
+        transform=run.eval_tf,
+        amp_dtype=run.amp_dtype,
+    )
 
 
 def _weight_average(rest: nn.Module, halflife_steps: float) -> torch.optim.swa_utils.AveragedModel:
@@ -684,8 +757,9 @@ def _schedule_free_average(
     run.aug_gen.manual_seed(seed)  # reseeded from _aug_seed before the trunk's next epoch
     batches, transform, prefix = _batches(run, config, features, torch.Generator().manual_seed(seed))
     steps = max(1, round(BN_RECOMPUTE_EPOCHS * run.steps_per_epoch))
-    recompute_batch_norm(averaged, itertools.islice(batches, steps), transform=transform, prefix=prefix,
-                         amp_dtype=run.amp_dtype)
+    recompute_batch_norm(
+        averaged, itertools.islice(batches, steps), transform=transform, prefix=prefix, amp_dtype=run.amp_dtype
+    )
     return averaged
 
 
@@ -740,16 +814,24 @@ def _cooldown(run: _Run, config: TrainConfig, features: tuple[Tensor, Tensor] | 
     steps = max(1, round(config.cooldown_epochs * run.steps_per_epoch))
     model_state = {k: v.clone() for k, v in run.model.state_dict().items()}
     # clone() keeps each moment's strides, which the fused AdamW needs to match its parameter's.
-    optim_state = {p: {k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in st.items()}
-                   for p, st in run.optimizer.state.items()}
+    optim_state = {
+        p: {k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in st.items()}
+        for p, st in run.optimizer.state.items()
+    }
     lrs = [g["lr"] for g in run.optimizer.param_groups]
     scaler_state = run.scaler.state_dict() if run.scaler is not None else None
     try:
         seed = _cooldown_seed(config.seed, epoch)
         run.aug_gen.manual_seed(seed)  # reseeded from _aug_seed before the trunk's next epoch
         set_train_mode(run.model, config.frozen_layers)
-        _train_epoch(run, config, features, torch.Generator().manual_seed(seed), steps=steps,
-                     scheduler=_LinearCooldown(run.optimizer, steps))  # type: ignore[arg-type]
+        _train_epoch(
+            run,
+            config,
+            features,
+            torch.Generator().manual_seed(seed),
+            steps=steps,
+            scheduler=_LinearCooldown(run.optimizer, steps),
+        )  # type: ignore[arg-type]
         return _validate(run, config, features), steps
     finally:
         run.model.load_state_dict(model_state)
@@ -779,8 +861,12 @@ def _bn_seed(seed: int, epoch: int) -> int:
 
 
 def _cached_features(
-    prefix: nn.Module, dd: Any, config: TrainConfig, device: torch.device,
-    transform: Callable[[Tensor], Tensor], amp_dtype: torch.dtype | None,
+    prefix: nn.Module,
+    dd: Any,
+    config: TrainConfig,
+    device: torch.device,
+    transform: Callable[[Tensor], Tensor],
+    amp_dtype: torch.dtype | None,
 ) -> tuple[Tensor, Tensor] | None:
     """(train, val) prefix outputs, or None when they would not fit the memory budget."""
     # The size probe runs the uncompiled prefix: a batch of one would be one more compiled graph
@@ -798,7 +884,10 @@ def _cached_features(
     if need > budget:
         return None
     kw: dict[str, Any] = {
-        "batch_size": config.eval_batch_size, "device": device, "transform": transform, "amp_dtype": amp_dtype
+        "batch_size": config.eval_batch_size,
+        "device": device,
+        "transform": transform,
+        "amp_dtype": amp_dtype,
     }
     return compute_features(prefix, dd.train_x, **kw), compute_features(prefix, dd.val_x, **kw)
 
@@ -837,8 +926,9 @@ def compile_unit(module: nn.Module) -> nn.Module:
     in all modes and batch sizes, would count against it together, and after a few trials the next
     variants would silently run uncompiled. ``isolate_recompiles`` gives each unit its own count.
     """
-    return torch.compile(module, backend=_COMPILE_BACKEND.get(), isolate_recompiles=True,
-                         recompile_limit=RECOMPILE_LIMIT)
+    return torch.compile(
+        module, backend=_COMPILE_BACKEND.get(), isolate_recompiles=True, recompile_limit=RECOMPILE_LIMIT
+    )
 
 
 def clear_caches() -> None:
@@ -866,8 +956,9 @@ def prepare_model(
     ``pretrained=False`` skips loading config.weights (for when a checkpoint overwrites them).
     ``channels_last`` (default: on CUDA) lays the weights out as the convolutions want them.
     """
-    fresh = build_model(config.arch, weights=config.weights if pretrained else "none",
-                        num_classes=config.num_classes, stem=config.stem)
+    fresh = build_model(
+        config.arch, weights=config.weights if pretrained else "none", num_classes=config.num_classes, stem=config.stem
+    )
     k = config.frozen_layers
     if channels_last is None:
         channels_last = device.type == "cuda"
@@ -942,27 +1033,32 @@ def _checkpoint(config: TrainConfig, data: DataBundle, run: _Run, epoch: int, hi
     }
 
 
-_RESUME_MUST_MATCH = ("arch", "stem", "num_classes", "frozen_layers", "batch_size", "epochs", "schedule",
-                      "decay_fraction", "ema_halflife")
+_RESUME_MUST_MATCH = (
+    "arch",
+    "stem",
+    "num_classes",
+    "frozen_layers",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "decay_fraction",
+    "ema_halflife",
+)
 
 
 def _check_resume(resume: dict, config: TrainConfig, data: DataBundle) -> None:
     if resume.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"resume: unknown checkpoint format {resume.get('format')!r}; expected {CHECKPOINT_FORMAT}"
-        )
+        raise ValueError(f"resume: unknown checkpoint format {resume.get('format')!r}; expected {CHECKPOINT_FORMAT}")
     # A checkpoint written before a setting existed ran with its default.
     saved = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | resume.get("config", {})
     for name in _RESUME_MUST_MATCH:
         if saved.get(name) != getattr(config, name):
             raise ValueError(
-                f"resume: checkpoint has train.{name}={saved.get(name)!r} "
-                f"but this run has {getattr(config, name)!r}"
+                f"resume: checkpoint has train.{name}={saved.get(name)!r} but this run has {getattr(config, name)!r}"
             )
     if resume.get("data_fingerprint") != data.fingerprint:
         raise ValueError(
-            f"resume: checkpoint was made on data {resume.get('data_fingerprint')!r}, "
-            f"this data is {data.fingerprint!r}"
+            f"resume: checkpoint was made on data {resume.get('data_fingerprint')!r}, this data is {data.fingerprint!r}"
         )
     if not 0 <= int(resume["epoch"]) <= config.epochs:
         raise ValueError(f"resume: checkpoint epoch {resume['epoch']} is outside 0..{config.epochs}")

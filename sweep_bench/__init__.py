@@ -47,10 +47,18 @@ def write_png(fig: Any, html_path: Path, *, width: int = 1100, height: int = 650
     with tempfile.TemporaryDirectory(prefix="sweep-png-") as profile:
         done = subprocess.run(
             [
-                browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--no-first-run", f"--user-data-dir={profile}", "--hide-scrollbars",
-                f"--window-size={width},{height}", "--virtual-time-budget=10000",
-                f"--screenshot={png}", html_path.resolve().as_uri(),
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                f"--window-size={width},{height}",
+                "--virtual-time-budget=10000",
+                f"--screenshot={png}",
+                html_path.resolve().as_uri(),
             ],
             capture_output=True,
             timeout=120,

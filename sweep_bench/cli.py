@@ -108,8 +108,12 @@ def bench_pretrain(
 
         torch.set_num_threads(threads)
     with user_errors():
-        pretrain(data_root, output, recipe=Recipe(epochs=epochs, lr=lr, seed=seed),
-                 log=lambda line: console.print(line, highlight=False))
+        pretrain(
+            data_root,
+            output,
+            recipe=Recipe(epochs=epochs, lr=lr, seed=seed),
+            log=lambda line: console.print(line, highlight=False),
+        )
 
 
 @bench_app.command("storage")
@@ -126,8 +130,10 @@ def bench_storage(
     ] = None,
     backends: Annotated[
         str | None,
-        typer.Option("--backends", help="Comma-separated subset of memory, sqlite, postgresql, "
-                     "postgresql_8_workers (default: all)."),
+        typer.Option(
+            "--backends",
+            help="Comma-separated subset of memory, sqlite, postgresql, postgresql_8_workers (default: all).",
+        ),
     ] = None,
     json_path: JsonOpt = None,
 ) -> None:
@@ -165,8 +171,14 @@ def bench_scale(
     run_scale_bench(
         workers=[int(x) for x in workers.split(",") if x.strip()],
         sizes=[int(x) for x in sizes.split(",") if x.strip() and x.strip() != "0"],
-        pg_url=pg_url, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
-        trials_per_worker=trials_per_worker, procs=procs, json_path=json_path,
+        pg_url=pg_url,
+        pgbouncer=pgbouncer,
+        stock=stock,
+        stock_max=stock_max,
+        trial_s=trial_s,
+        trials_per_worker=trials_per_worker,
+        procs=procs,
+        json_path=json_path,
         log=lambda line: console.print(line, highlight=False),
     )
 
@@ -200,8 +212,12 @@ def bench_sweep(
     ] = None,
     tolerance: Annotated[
         float | None,
-        typer.Option("--tolerance", min=0.0, help="Target: within this many points of the table best (default: "
-                     "the table's noise floor, the binomial s.e. of its best on its validation images; else 0.5)."),
+        typer.Option(
+            "--tolerance",
+            min=0.0,
+            help="Target: within this many points of the table best (default: "
+            "the table's noise floor, the binomial s.e. of its best on its validation images; else 0.5).",
+        ),
     ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
@@ -219,7 +235,6 @@ def bench_sweep(
             console=console,
             tolerance=None if tolerance is None else tolerance / 100,
         )
-
 
 
 @bench_app.command("live")
@@ -260,4 +275,3 @@ def bench_live(
             json_path=json_path,
             html_path=html_path,
         )
-

@@ -26,9 +26,15 @@ def oom_recovery(folder: Path) -> dict[str, Any]:
     from sweep.service import WorkerEvents, create_study, run_worker
 
     url = f"sqlite:///{folder / 'oom.db'}"
-    overrides = ["n_trials=2", "epochs=1", "data.subset=4000",
-                 "params.batch_size.choices=[64, 2048]", "params.frozen_layers.high=0",
-                 'params.resolution={type="categorical", choices=[32, 768]}', "train.stem=cifar"]
+    overrides = [
+        "n_trials=2",
+        "epochs=1",
+        "data.subset=4000",
+        "params.batch_size.choices=[64, 2048]",
+        "params.frozen_layers.high=0",
+        'params.resolution={type="categorical", choices=[32, 768]}',
+        "train.stem=cifar",
+    ]
     create_study("demo", storage_url=url, name="oom", overrides=overrides)
     study = optuna.load_study(study_name="oom", storage=url)
     study.enqueue_trial({"lr": 1e-3, "batch_size": 2048, "frozen_layers": 0, "aug_strength": 0.0, "resolution": 768})
@@ -48,8 +54,11 @@ def oom_recovery(folder: Path) -> dict[str, Any]:
         "allocated_after_oom_bytes": after.get("allocated"),
         "next_trial_state": trials[1].state.name if len(trials) > 1 else None,
         "data_resident_after_oom": all(resident) if resident else None,
-        "passed": after.get("reason") == "oom" and (after.get("reserved") or 0) < (1 << 30)
-        and len(trials) > 1 and trials[1].state.name == "COMPLETE" and all(resident),
+        "passed": after.get("reason") == "oom"
+        and (after.get("reserved") or 0) < (1 << 30)
+        and len(trials) > 1
+        and trials[1].state.name == "COMPLETE"
+        and all(resident),
     }
 
 

@@ -68,9 +68,7 @@ def live_run(
     return summarize_live(table, study, seconds)
 
 
-def _read_back(
-    table: Table, name: str, budget_epochs: int, storage: Any, storage_url: str, log: Any
-) -> dict[str, Any]:
+def _read_back(table: Table, name: str, budget_epochs: int, storage: Any, storage_url: str, log: Any) -> dict[str, Any]:
     """The figures of a live run already finished in ``storage``; an error if unfinished or for another budget."""
     from sweep.service import ServiceError
     from sweep.storage import mask_url
@@ -86,8 +84,16 @@ def _read_back(
 
 
 def _train_budget(
-    study: optuna.Study, spec: StudySpec, data: Any, label: str, budget_epochs: int, storage: Any, storage_url: str,
-    *, device: str, log: Any,
+    study: optuna.Study,
+    spec: StudySpec,
+    data: Any,
+    label: str,
+    budget_epochs: int,
+    storage: Any,
+    storage_url: str,
+    *,
+    device: str,
+    log: Any,
 ) -> float:
     """Run trials through the worker's TrialRunner until ``budget_epochs`` epochs are trained; the seconds."""
     from sweep.objective import Progress, StopFlag
@@ -116,8 +122,7 @@ def _train_budget(
         decision, trial = gate.take()
         assert decision == "run" and trial is not None
         out = runner.run(trial, None)
-        log(f"  {label} trial {trial.number}: {out.state} {'' if out.value is None else out.value} "
-            f"{out.reason or ''}")
+        log(f"  {label} trial {trial.number}: {out.state} {'' if out.value is None else out.value} {out.reason or ''}")
     return time.perf_counter() - started
 
 

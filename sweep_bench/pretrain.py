@@ -59,8 +59,14 @@ def source_bundle(root: str | Path, classes: tuple[str, ...], *, cache_dir: str 
     test_x, test_y = select_classes(test.x, test.y, test.classes, classes)
     key = f"pretrain|{train.hash}|{test.hash}|{','.join(classes)}"
     return DataBundle(
-        train_x=train_x, train_y=train_y, val_x=test_x, val_y=test_y, test_x=test_x, test_y=test_y,
-        classes=tuple(classes), fingerprint=hashlib.blake2b(key.encode(), digest_size=8).hexdigest(),
+        train_x=train_x,
+        train_y=train_y,
+        val_x=test_x,
+        val_y=test_y,
+        test_x=test_x,
+        test_y=test_y,
+        classes=tuple(classes),
+        fingerprint=hashlib.blake2b(key.encode(), digest_size=8).hexdigest(),
     )
 
 
@@ -87,8 +93,10 @@ def pretrain(
     if resume is not None:
         log(f"resuming from {ckpt_path} (epoch {resume['epoch']} of {recipe.epochs})")
     precision = resolve_precision(torch.device("cpu"), recipe.precision, "cifar")
-    log(f"pretraining resnet18 (cifar stem) on {len(data.train_y)} images of {', '.join(classes)}; "
-        f"test on {len(data.test_y)}; {recipe.epochs} epochs, {precision}, {torch.get_num_threads()} thread(s)")
+    log(
+        f"pretraining resnet18 (cifar stem) on {len(data.train_y)} images of {', '.join(classes)}; "
+        f"test on {len(data.test_y)}; {recipe.epochs} epochs, {precision}, {torch.get_num_threads()} thread(s)"
+    )
     final: dict[str, Any] = {}
     on_epoch = _checkpointing(ckpt_path, recipe.epochs, len(data.train_y), final, log)
     started = time.perf_counter()
@@ -107,9 +115,18 @@ def pretrain(
 
 def _source_config(recipe: Recipe, num_classes: int) -> TrainConfig:
     return TrainConfig(
-        arch="resnet18", weights="none", stem="cifar", num_classes=num_classes, epochs=recipe.epochs,
-        lr=recipe.lr, batch_size=recipe.batch_size, frozen_layers=0, aug_strength=recipe.aug_strength,
-        weight_decay=recipe.weight_decay, seed=recipe.seed, precision=recipe.precision,
+        arch="resnet18",
+        weights="none",
+        stem="cifar",
+        num_classes=num_classes,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        frozen_layers=0,
+        aug_strength=recipe.aug_strength,
+        weight_decay=recipe.weight_decay,
+        seed=recipe.seed,
+        precision=recipe.precision,
     )
 
 
@@ -117,14 +134,17 @@ def _checkpointing(
     ckpt_path: Path, epochs: int, train_images: int, final: dict[str, Any], log: Callable[[str], None]
 ) -> Callable[[EpochResult, Callable[[], dict]], None]:
     """``fit``'s on_epoch: checkpoint, keep the last epoch's model in ``final["model"]``, log the epoch."""
+
     def on_epoch(result: EpochResult, checkpoint: Callable[[], dict]) -> None:
         state = checkpoint()
         torch_save_atomic(state, ckpt_path)  # every epoch: a killed run loses at most one
         if result.epoch == epochs:
             final["model"] = state["model"]
         rate = train_images / result.seconds
-        log(f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.3f}, "
-            f"source test accuracy {result.val_accuracy:.4f}, {result.seconds:.0f} s ({rate:.0f} img/s incl. eval)")
+        log(
+            f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.3f}, "
+            f"source test accuracy {result.val_accuracy:.4f}, {result.seconds:.0f} s ({rate:.0f} img/s incl. eval)"
+        )
 
     return on_epoch
 

@@ -133,7 +133,7 @@ def _worker(kind: str, url: str, name: str, seed: int, trial_s: float, start: fl
             with beating(storage, trial._trial_id, beaten=True):
                 for epoch in range(1, EPOCHS + 1):
                     time.sleep(epoch_s)
-                    trial.report(quality * (1 - 0.5 ** epoch), epoch)
+                    trial.report(quality * (1 - 0.5**epoch), epoch)
                     if trial.should_prune():
                         pruned = True
                         break
@@ -247,8 +247,17 @@ def run_once(
     with psycopg.connect(_on(admin_url, "postgres"), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     try:
-        return _run_once(kind, route, make_url(url).set(database=database).render_as_string(hide_password=False),
-                         admin_url, n, name, trials_per_worker=trials_per_worker, trial_s=trial_s, procs=procs)
+        return _run_once(
+            kind,
+            route,
+            make_url(url).set(database=database).render_as_string(hide_password=False),
+            admin_url,
+            n,
+            name,
+            trials_per_worker=trials_per_worker,
+            trial_s=trial_s,
+            procs=procs,
+        )
     finally:
         with psycopg.connect(_on(admin_url, "postgres"), autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
@@ -259,7 +268,15 @@ def _on(url: str, database: str) -> str:
 
 
 def _run_once(
-    kind: str, route: str, url: str, admin_url: str, n: int, name: str, *, trials_per_worker: int, trial_s: float,
+    kind: str,
+    route: str,
+    url: str,
+    admin_url: str,
+    n: int,
+    name: str,
+    *,
+    trials_per_worker: int,
+    trial_s: float,
     procs: int,
 ) -> dict[str, Any]:
     budget = n * trials_per_worker
@@ -352,8 +369,9 @@ def _prefill_sql(libpq: str, study_id: int, n: int) -> None:
         )
         # lr is stored in its internal (log-free) representation: Optuna stores the raw float.
         conn.execute(_FILL.replace("%(dists)s", values), {"study": study_id, "n": n})  # type: ignore[arg-type]
-        conn.execute("UPDATE trial_params SET param_value = power(10, param_value) WHERE param_name = 'lr' "
-                     "AND param_value < 0")
+        conn.execute(
+            "UPDATE trial_params SET param_value = power(10, param_value) WHERE param_name = 'lr' AND param_value < 0"
+        )
 
 
 def _ask_times(kind: str, url: str, name: str, steady: int) -> dict[str, float]:
@@ -389,8 +407,12 @@ def study_size_axis(url: str, sizes: list[int], kinds: list[str], log: Callable[
         timed = [k for k in kinds if k == "sweep" or size <= STOCK_SIZE_CAP]
         for kind in timed:
             row[kind] = _ask_times(kind, url, name, steady=5)
-        log(f"  {size:>7} trials: " + "  ".join(f"{k} first {row[k]['first_ask_ms']:.0f} ms, steady "
-                                                 f"{row[k]['steady_ask_ms']:.0f} ms" for k in timed))
+        log(
+            f"  {size:>7} trials: "
+            + "  ".join(
+                f"{k} first {row[k]['first_ask_ms']:.0f} ms, steady {row[k]['steady_ask_ms']:.0f} ms" for k in timed
+            )
+        )
         out.append(row)
     return out
 
@@ -422,8 +444,16 @@ def run_scale_bench(
     quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     result: dict[str, Any] = {
-        "command": _command(workers, sizes, pgbouncer=pgbouncer, stock=stock, stock_max=stock_max, trial_s=trial_s,
-                            trials_per_worker=trials_per_worker, procs=procs),
+        "command": _command(
+            workers,
+            sizes,
+            pgbouncer=pgbouncer,
+            stock=stock,
+            stock_max=stock_max,
+            trial_s=trial_s,
+            trials_per_worker=trials_per_worker,
+            procs=procs,
+        ),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load_before": _load(),
@@ -439,8 +469,17 @@ def run_scale_bench(
         if pgbouncer:
             routes["pgbouncer"] = stack.enter_context(started(script("pgbouncer-test"), [url]))
         kinds = ["sweep", "stock"] if stock else ["sweep"]
-        result["runs"] = _worker_axis(routes, admin, workers, kinds, stock_max=stock_max, trial_s=trial_s,
-                                      trials_per_worker=trials_per_worker, procs=procs, log=log)
+        result["runs"] = _worker_axis(
+            routes,
+            admin,
+            workers,
+            kinds,
+            stock_max=stock_max,
+            trial_s=trial_s,
+            trials_per_worker=trials_per_worker,
+            procs=procs,
+            log=log,
+        )
         if sizes:
             log("study size (direct):")
             result["study_size"] = study_size_axis(url, sizes, kinds, log)
@@ -451,29 +490,51 @@ def run_scale_bench(
 
 
 def _command(
-    workers: list[int], sizes: list[int], *, pgbouncer: bool, stock: bool, stock_max: int, trial_s: float,
-    trials_per_worker: int, procs: int,
+    workers: list[int],
+    sizes: list[int],
+    *,
+    pgbouncer: bool,
+    stock: bool,
+    stock_max: int,
+    trial_s: float,
+    trials_per_worker: int,
+    procs: int,
 ) -> str:
     """The command line that reruns this bench."""
     return "sweep bench scale " + " ".join(
-        [f"--workers {','.join(map(str, workers))}", f"--sizes {','.join(map(str, sizes)) or '0'}",
-         f"--trial-s {trial_s}", f"--stock-max {stock_max}",
-         f"--trials-per-worker {trials_per_worker}", f"--procs {procs}"]
-        + ([] if pgbouncer else ["--no-pgbouncer"]) + ([] if stock else ["--no-stock"])
+        [
+            f"--workers {','.join(map(str, workers))}",
+            f"--sizes {','.join(map(str, sizes)) or '0'}",
+            f"--trial-s {trial_s}",
+            f"--stock-max {stock_max}",
+            f"--trials-per-worker {trials_per_worker}",
+            f"--procs {procs}",
+        ]
+        + ([] if pgbouncer else ["--no-pgbouncer"])
+        + ([] if stock else ["--no-stock"])
     )
 
 
 def _worker_axis(
-    routes: dict[str, str], admin: str, workers: list[int], kinds: list[str], *, stock_max: int, trial_s: float,
-    trials_per_worker: int, procs: int, log: Callable[[str], None],
+    routes: dict[str, str],
+    admin: str,
+    workers: list[int],
+    kinds: list[str],
+    *,
+    stock_max: int,
+    trial_s: float,
+    trials_per_worker: int,
+    procs: int,
+    log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """One run per worker count, route and kind (stock only up to ``stock_max`` workers), logged as it ends."""
     runs = []
     for n in workers:
         for route, route_url in routes.items():
             for kind in [k for k in kinds if k == "sweep" or n <= stock_max]:
-                run = run_once(kind, route, route_url, admin, n, trials_per_worker=trials_per_worker,
-                               trial_s=trial_s, procs=procs)
+                run = run_once(
+                    kind, route, route_url, admin, n, trials_per_worker=trials_per_worker, trial_s=trial_s, procs=procs
+                )
                 run["load_after"] = _load()
                 runs.append(run)
                 log(_run_line(n, route, kind, run))

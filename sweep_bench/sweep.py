@@ -75,13 +75,25 @@ def default_methods(epochs: int) -> tuple[Method, ...]:
         # Early epochs rank configs poorly when curves cross: first rungs later in training.
         Method("tpe+median(w3)", "tpe", "median", {"n_warmup_steps": min(3, epochs - 1), "n_startup_trials": 5}),
         Method("tpe+sha(min2)", "tpe", "successive-halving", {"min_resource": 2, "reduction_factor": 3}),
-        Method("tpe+hyperband(min2)", "tpe", "hyperband",
-               {"min_resource": 2, "max_resource": epochs, "reduction_factor": 3}),
+        Method(
+            "tpe+hyperband(min2)",
+            "tpe",
+            "hyperband",
+            {"min_resource": 2, "max_resource": epochs, "reduction_factor": 3},
+        ),
         # First rung half-way, halving: what the fine-tune table left standing (studies/lr-freeze.toml).
-        Method("tpe+sha(half,rf2)", "tpe", "successive-halving",
-               {"min_resource": max(1, epochs // 2), "reduction_factor": 2}),
-        Method("tpe+hyperband(half,rf2)", "tpe", "hyperband",
-               {"min_resource": max(1, epochs // 2), "max_resource": epochs, "reduction_factor": 2}),
+        Method(
+            "tpe+sha(half,rf2)",
+            "tpe",
+            "successive-halving",
+            {"min_resource": max(1, epochs // 2), "reduction_factor": 2},
+        ),
+        Method(
+            "tpe+hyperband(half,rf2)",
+            "tpe",
+            "hyperband",
+            {"min_resource": max(1, epochs // 2), "max_resource": epochs, "reduction_factor": 2},
+        ),
         # Rungs where the study's own finished curves start to rank like their ends (sweep.pruner).
         Method("tpe+auto", "tpe", "auto"),
     )
@@ -186,10 +198,16 @@ def table_from_study(study: optuna.Study, spec: StudySpec, *, complete: bool = T
             "run its workers until every config has trained all epochs"
         )
     if len(backbones) > 1:
-        raise ServiceError(f"table {study.study_name!r} mixes trials of {len(backbones)} different weights files "
-                           f"({', '.join(sorted(b[:12] for b in backbones))}); a table needs one backbone")
-    return dataclasses.replace(table, rows=rows, val_images=min(val_images) if len(val_images) == 1 else None,
-                               weights_sha256=next(iter(backbones), None))
+        raise ServiceError(
+            f"table {study.study_name!r} mixes trials of {len(backbones)} different weights files "
+            f"({', '.join(sorted(b[:12] for b in backbones))}); a table needs one backbone"
+        )
+    return dataclasses.replace(
+        table,
+        rows=rows,
+        val_images=min(val_images) if len(val_images) == 1 else None,
+        weights_sha256=next(iter(backbones), None),
+    )
 
 
 def load_table(table_study: str | None, storage_url: str, *, complete: bool = True) -> Table:
@@ -250,7 +268,6 @@ class _RowSampler(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
-
 def replay_spec(table: Table, method: Method, seed: int, budget_epochs: int) -> StudySpec:
     """The spec the service would run for ``method``: the table's grid as categorical params.
 
@@ -269,14 +286,14 @@ def replay_spec(table: Table, method: Method, seed: int, budget_epochs: int) -> 
     )
 
 
-def replay(
-    table: Table, method: Method, seed: int, budget_epochs: int, tolerance: float = TOLERANCE
-) -> dict[str, Any]:
+def replay(table: Table, method: Method, seed: int, budget_epochs: int, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """One method, one seed: run its sampler and pruner against the table until the budget is spent."""
     spec = replay_spec(table, method, seed, budget_epochs)
     # A fixed study name: Hyperband assigns brackets from a hash of the study name and trial number.
     study = optuna.create_study(
-        study_name=spec.name, direction="maximize", sampler=_RowSampler(build_sampler(spec), table),
+        study_name=spec.name,
+        direction="maximize",
+        sampler=_RowSampler(build_sampler(spec), table),
         pruner=build_pruner(spec),
     )
     distributions = {name: CategoricalDistribution(values) for name, values in table.grid.items()}
@@ -307,8 +324,9 @@ class _Replay:
     # (cumulative epochs, best val accuracy) at every improvement
     curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     epochs_to_target: int | None = None
-    counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(
-        ("trials", "complete", "pruned", "diverged", "cut", "repeats"), 0))
+    counts: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(("trials", "complete", "pruned", "diverged", "cut", "repeats"), 0)
+    )
     trial_epochs: list[int] = dataclasses.field(default_factory=list)
     seen: set[tuple[Any, ...]] = dataclasses.field(default_factory=set)
     proposals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -397,8 +415,14 @@ def anytime(runs: Sequence[Mapping[str, Any]], budget_epochs: int) -> dict[str, 
                 i += 1
             values.append(current)
         per_seed.append(values)
-    out: dict[str, list[Any]] = {"epochs": list(range(1, budget_epochs + 1)), "mean": [], "std": [], "min": [],
-                                 "max": [], "n": []}
+    out: dict[str, list[Any]] = {
+        "epochs": list(range(1, budget_epochs + 1)),
+        "mean": [],
+        "std": [],
+        "min": [],
+        "max": [],
+        "n": [],
+    }
     for j in range(budget_epochs):
         vals = [s[j] for s in per_seed if s[j] is not None]
         out["n"].append(len(vals))
@@ -422,14 +446,17 @@ def summarize(runs: Sequence[Mapping[str, Any]], budget_epochs: int) -> dict[str
         "best_val_accuracy_mean": _mean([r["best_val_accuracy"] for r in runs]),
         "chosen_test_accuracy_mean": _mean([r["chosen_test_accuracy"] for r in runs]),
         "chosen_test_accuracy_std": (
-            round(statistics.pstdev([r["chosen_test_accuracy"] for r in runs if r["chosen_test_accuracy"] is not None]),
-                  5)
-            if any(r["chosen_test_accuracy"] is not None for r in runs) else None
+            round(
+                statistics.pstdev([r["chosen_test_accuracy"] for r in runs if r["chosen_test_accuracy"] is not None]), 5
+            )
+            if any(r["chosen_test_accuracy"] is not None for r in runs)
+            else None
         ),
         "reached_target": len(reached),
         "epochs_to_target_mean": round(statistics.fmean(censored), 3) if censored else None,
-        "epochs_to_target_se": (round(statistics.stdev(censored) / math.sqrt(len(censored)), 3)
-                                if len(censored) > 1 else None),
+        "epochs_to_target_se": (
+            round(statistics.stdev(censored) / math.sqrt(len(censored)), 3) if len(censored) > 1 else None
+        ),
         "censored": len(reached) < len(runs),
         "trials_mean": _mean([r["trials"] for r in runs]),
         "complete_mean": _mean([r["complete"] for r in runs]),
@@ -539,18 +566,20 @@ def _table_figures(table: Table, floor: float | None) -> dict[str, Any]:
         "best_val_accuracy": best.curve[-1],
         "best_test_accuracy": best.test_accuracy,
         "best_params": best.params,
-        "best_test_accuracy_any": max((r.test_accuracy for r in table.rows.values()
-                                       if r.test_accuracy is not None), default=None),
+        "best_test_accuracy_any": max(
+            (r.test_accuracy for r in table.rows.values() if r.test_accuracy is not None), default=None
+        ),
         "diverged_rows": sum(r.diverged for r in table.rows.values()),
         "validation_images": table.val_images,
         "noise_floor": round(floor, 6) if floor is not None else None,
         "weights_sha256": table.weights_sha256,
         "epoch_spearman": table.epoch_spearman(),
-        "schedule": {k: getattr(table.spec.train, k) for k in ("schedule", "decay_fraction", "cooldown_epochs",
-                                                                "ema_halflife", "rung_value")},
+        "schedule": {
+            k: getattr(table.spec.train, k)
+            for k in ("schedule", "decay_fraction", "cooldown_epochs", "ema_halflife", "rung_value")
+        },
         "configs": [
-            {"params": r.params, "val_curve": list(r.curve), "test_accuracy": r.test_accuracy,
-             "diverged": r.diverged}
+            {"params": r.params, "val_curve": list(r.curve), "test_accuracy": r.test_accuracy, "diverged": r.diverged}
             for r in table.rows.values()
         ],
     }
@@ -587,18 +616,43 @@ def anytime_figure(result: Mapping[str, Any]) -> Any:
         xs = [x for x, m in zip(curve["epochs"], curve["mean"], strict=True) if m is not None]
         lo = [v for v in curve["min"] if v is not None]
         hi = [v for v in curve["max"] if v is not None]
-        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
-                                 line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name))
-        fig.add_trace(go.Scatter(x=xs, y=[m for m in curve["mean"] if m is not None], mode="lines", name=name,
-                                 line={"color": color, "shape": "hv"}, legendgroup=name))
+        fig.add_trace(
+            go.Scatter(
+                x=xs + xs[::-1],
+                y=hi + lo[::-1],
+                fill="toself",
+                fillcolor=color,
+                opacity=0.15,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=name,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=[m for m in curve["mean"] if m is not None],
+                mode="lines",
+                name=name,
+                line={"color": color, "shape": "hv"},
+                legendgroup=name,
+            )
+        )
     table = result["table"]
-    fig.add_hline(y=table["best_val_accuracy"], line_dash="dot", annotation_text="table best",
-                  annotation_position="top left")
-    fig.add_hline(y=result["target_val_accuracy"], line_dash="dash", line_color="gray",
-                  annotation_text=f"within {result['tolerance'] * 100:.2f} points", annotation_position="bottom right")
+    fig.add_hline(
+        y=table["best_val_accuracy"], line_dash="dot", annotation_text="table best", annotation_position="top left"
+    )
+    fig.add_hline(
+        y=result["target_val_accuracy"],
+        line_dash="dash",
+        line_color="gray",
+        annotation_text=f"within {result['tolerance'] * 100:.2f} points",
+        annotation_position="bottom right",
+    )
     fig.update_layout(
         title=f"Anytime curves on table {table['study']!r} ({table['grid_size']} configs × {table['epochs']} epochs; "
-              f"{result['seeds']} seeds, band = min–max)",
+        f"{result['seeds']} seeds, band = min–max)",
         xaxis_title="cumulative training epochs",
         yaxis_title="best validation accuracy of a completed trial",
         template="plotly_white",
@@ -627,11 +681,10 @@ def print_table(result: Mapping[str, Any], console: Any) -> None:
     t = result["table"]
     rt = RichTable(
         title=f"sweep replay on {t['study']!r}: {t['grid_size']} configs × {t['epochs']} epochs, budget "
-              f"{result['budget_epochs']} epochs, {result['seeds']} seeds; table best val "
-              f"{_pct(t['best_val_accuracy'])} % (test {_pct(t['best_test_accuracy'])} %)"
+        f"{result['budget_epochs']} epochs, {result['seeds']} seeds; table best val "
+        f"{_pct(t['best_val_accuracy'])} % (test {_pct(t['best_test_accuracy'])} %)"
     )
-    for col in ("method", "trials", "ep/trial", "best val %", "test % (chosen)", "reached", "ep to target",
-                "× random"):
+    for col in ("method", "trials", "ep/trial", "best val %", "test % (chosen)", "reached", "ep to target", "× random"):
         rt.add_column(col, justify="left" if col == "method" else "right")
     for name, entry in result["methods"].items():
         s = entry["summary"]
@@ -651,9 +704,11 @@ def print_table(result: Mapping[str, Any], console: Any) -> None:
         )
     console.print(rt)
     floor = "unknown" if t.get("noise_floor") is None else f"{t['noise_floor'] * 100:.2f} points"
-    console.print(f"target: within {result['tolerance'] * 100:.2f} points of the table best (noise floor {floor}, "
-                  f"{t.get('validation_images') or '?'} validation images); Spearman of each epoch's ranking with "
-                  f"the final one: {', '.join(f'{v:.2f}' for v in t.get('epoch_spearman', []))}")
+    console.print(
+        f"target: within {result['tolerance'] * 100:.2f} points of the table best (noise floor {floor}, "
+        f"{t.get('validation_images') or '?'} validation images); Spearman of each epoch's ranking with "
+        f"the final one: {', '.join(f'{v:.2f}' for v in t.get('epoch_spearman', []))}"
+    )
 
 
 def run_sweep_bench(

@@ -32,11 +32,21 @@ PARAMS: dict[str, dict[str, Any]] = {
 FAIL_REASONS = ("oom", "diverged", "error")
 
 
-def synthetic_spec(name: str, n_trials: int = 10_000_000, *, epochs: int = EPOCHS,
-                   sampler: str = "random", pruner: str = "none") -> StudySpec:
+def synthetic_spec(
+    name: str, n_trials: int = 10_000_000, *, epochs: int = EPOCHS, sampler: str = "random", pruner: str = "none"
+) -> StudySpec:
     """A study over the synthetic space (synthetic data, so no file is ever needed)."""
-    return parse_spec({"name": name, "n_trials": n_trials, "epochs": epochs, "data": {"name": "synthetic"},
-                       "sampler": {"type": sampler}, "pruner": {"type": pruner}, "params": PARAMS})
+    return parse_spec(
+        {
+            "name": name,
+            "n_trials": n_trials,
+            "epochs": epochs,
+            "data": {"name": "synthetic"},
+            "sampler": {"type": sampler},
+            "pruner": {"type": pruner},
+            "params": PARAMS,
+        }
+    )
 
 
 SPEC = synthetic_spec("synthetic")
@@ -67,8 +77,15 @@ def _final_accuracy(rng: random.Random, p: dict[str, Any]) -> float:
 
 def _random_state(rng: random.Random) -> TrialState:
     u = rng.random()
-    return (TrialState.PRUNED if u < 0.30 else TrialState.FAIL if u < 0.33
-            else TrialState.RUNNING if u < 0.34 else TrialState.COMPLETE)
+    return (
+        TrialState.PRUNED
+        if u < 0.30
+        else TrialState.FAIL
+        if u < 0.33
+        else TrialState.RUNNING
+        if u < 0.34
+        else TrialState.COMPLETE
+    )
 
 
 def synthetic_trial(
@@ -78,8 +95,11 @@ def synthetic_trial(
     state = _random_state(rng) if state is None else state
     params = random_params(rng)
     final = _final_accuracy(rng, params)
-    ran = {TrialState.PRUNED: rng.randint(1, epochs - 1), TrialState.FAIL: rng.randint(0, epochs - 1),
-           TrialState.RUNNING: rng.randint(0, epochs - 1)}.get(state, epochs)
+    ran = {
+        TrialState.PRUNED: rng.randint(1, epochs - 1),
+        TrialState.FAIL: rng.randint(0, epochs - 1),
+        TrialState.RUNNING: rng.randint(0, epochs - 1),
+    }.get(state, epochs)
     speed = 3.0 * (1 - 0.12 * params["frozen_layers"]) * (0.7 + 0.3 * 128 / params["batch_size"])
     epoch_seconds = [round(speed * rng.uniform(0.9, 1.1), 3) for _ in range(ran)]
     curve = {e: round(final * (1 - math.exp(-e / 2.5)) + rng.gauss(0, 0.008), 5) for e in range(1, ran + 1)}
@@ -104,7 +124,11 @@ def synthetic_trial(
         attrs[record.FAIL_REASON.name] = reason
         attrs[record.TRACEBACK.name] = f"Traceback (most recent call last):\n  ...\nRuntimeError: {reason}\n"
     return optuna.trial.create_trial(
-        state=state, value=value, params=params, distributions=DISTRIBUTIONS, user_attrs=attrs,
+        state=state,
+        value=value,
+        params=params,
+        distributions=DISTRIBUTIONS,
+        user_attrs=attrs,
         intermediate_values=curve,
     )
 

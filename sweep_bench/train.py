@@ -77,19 +77,26 @@ def _article_loader(data: DataBundle, batch_size: int, workers: int, device: tor
     import torchvision.transforms as T
 
     size = data.resolution
-    transform = T.Compose([
-        T.RandomCrop(size, padding=4),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    transform = T.Compose(
+        [
+            T.RandomCrop(size, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     images = data.train_x.permute(0, 2, 3, 1).contiguous().numpy()
     ds = ArticleDataset(images, data.train_y.numpy(), transform)
     # persistent_workers: the batches are drawn endlessly, so the timed windows cross epochs; without
     # it every epoch boundary would fork the workers again inside a timed window.
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
 
 
@@ -119,6 +126,7 @@ def _under(flags: BackendFlags, run: Runner) -> Runner:
     The engine turns on cudnn.benchmark and TF32 for the whole process (``configure_device``); the
     tutorial's pipeline must be timed with the flags it would have on its own.
     """
+
     def wrapped(n: int) -> None:
         saved = _backend_flags()
         _set_backend_flags(flags)
@@ -187,7 +195,12 @@ def _article_train_runner(batches: Iterator[Any], config: TrainConfig, device: t
 
 
 def _data_rates(
-    data: DataBundle, config: TrainConfig, device: torch.device, batches: int, warmup: int, workers: int,
+    data: DataBundle,
+    config: TrainConfig,
+    device: torch.device,
+    batches: int,
+    warmup: int,
+    workers: int,
     repeats: int = 3,
 ) -> tuple[float, float]:
     """(tutorial, engine) images/s of the data pipelines alone, median of ``repeats`` turns each.
@@ -210,9 +223,12 @@ def _data_rates(
 
 def _engine_transform(config: TrainConfig, device: torch.device) -> Callable[[Tensor], Tensor]:
     channels_last = use_channels_last(device, configure_device(device, config.precision, config.stem))
-    return make_transform(config.resolution, aug_strength=config.aug_strength,
-                          generator=torch.Generator(device=device).manual_seed(1),
-                          channels_last=channels_last)
+    return make_transform(
+        config.resolution,
+        aug_strength=config.aug_strength,
+        generator=torch.Generator(device=device).manual_seed(1),
+        channels_last=channels_last,
+    )
 
 
 def _engine_data_runner(data: DataBundle, config: TrainConfig, device: torch.device) -> Runner:
@@ -268,8 +284,9 @@ def _time_cached(
     transform = make_transform(config.resolution, channels_last=channels_last)
     _sync(device)
     t0 = time.perf_counter()
-    feats = compute_features(prefix, dd.train_x, batch_size=config.eval_batch_size, device=device,
-                             transform=transform, amp_dtype=amp_dtype)
+    feats = compute_features(
+        prefix, dd.train_x, batch_size=config.eval_batch_size, device=device, transform=transform, amp_dtype=amp_dtype
+    )
     _sync(device)
     extract_ips = len(feats) / (time.perf_counter() - t0)
     gen = torch.Generator().manual_seed(0)
@@ -310,32 +327,60 @@ def run_train_bench(
     ``compile_backend``: torch.compile's backend when ``compile`` (default inductor; eager: a dry run).
     """
     with compile_with(compile_backend) if compile_backend else contextlib.nullcontext():
-        return _run_train_bench(device, steps=steps, batch_size=batch_size, json_path=json_path, console=console,
-                                data_root=data_root, subset=subset, arch=arch, warmup=warmup,
-                                seed_workers=seed_workers, cache_dir=cache_dir, data_only=data_only, stem=stem,
-                                compile=compile)
+        return _run_train_bench(
+            device,
+            steps=steps,
+            batch_size=batch_size,
+            json_path=json_path,
+            console=console,
+            data_root=data_root,
+            subset=subset,
+            arch=arch,
+            warmup=warmup,
+            seed_workers=seed_workers,
+            cache_dir=cache_dir,
+            data_only=data_only,
+            stem=stem,
+            compile=compile,
+        )
 
 
 def _run_train_bench(
-    device: str, *, steps: int, batch_size: int, json_path: str | Path | None, console: Any,
-    data_root: str | Path | None, subset: int, arch: str, warmup: int, seed_workers: int,
-    cache_dir: str | Path | None, data_only: bool, stem: str, compile: bool,
+    device: str,
+    *,
+    steps: int,
+    batch_size: int,
+    json_path: str | Path | None,
+    console: Any,
+    data_root: str | Path | None,
+    subset: int,
+    arch: str,
+    warmup: int,
+    seed_workers: int,
+    cache_dir: str | Path | None,
+    data_only: bool,
+    stem: str,
+    compile: bool,
 ) -> dict:
     dev = torch.device(device)
     stock_flags = _backend_flags()  # before the engine's configure_device changes them
     data, source = _bench_data(data_root, subset, cache_dir)
     config = _bench_config(data, arch, batch_size, stem, compile)
     say = _printer(console)
-    say(f"train bench: {arch}, batch {batch_size}, {steps} timed steps, {data.resolution} px, {source}, "
-        f"device {dev}, {torch.get_num_threads()} threads")
+    say(
+        f"train bench: {arch}, batch {batch_size}, {steps} timed steps, {data.resolution} px, {source}, "
+        f"device {dev}, {torch.get_num_threads()} threads"
+    )
 
     t_all = time.perf_counter()
     seed_data, engine_data = _data_rates(data, config, dev, 5 * steps, warmup, seed_workers)
     header = _header(dev, arch, batch_size, steps, data.resolution, source, seed_workers)
     if data_only:
         result = header | _data_only_figures(seed_data, engine_data, t_all)
-        say(f"data pipeline only (augment + normalize + batch): seed {seed_data:,.0f} img/s, "
-            f"engine {engine_data:,.0f} img/s, x{engine_data / seed_data:.1f}")
+        say(
+            f"data pipeline only (augment + normalize + batch): seed {seed_data:,.0f} img/s, "
+            f"engine {engine_data:,.0f} img/s, x{engine_data / seed_data:.1f}"
+        )
     else:
         plan = _TrainPlan(data, config, dev, steps, warmup, seed_workers, stock_flags)
         result = header | _training_figures(plan, seed_data, engine_data, t_all, say)
@@ -344,9 +389,7 @@ def _run_train_bench(
     return result
 
 
-def _bench_data(
-    data_root: str | Path | None, subset: int, cache_dir: str | Path | None
-) -> tuple[DataBundle, str]:
+def _bench_data(data_root: str | Path | None, subset: int, cache_dir: str | Path | None) -> tuple[DataBundle, str]:
     """The bench's data set and a line that names it."""
     if data_root is not None:
         data = load_data("imagefolder", data_root, val_fraction=0.1, seed=0, subset=subset, cache_dir=cache_dir)
@@ -358,9 +401,19 @@ def _bench_data(
 def _bench_config(data: DataBundle, arch: str, batch_size: int, stem: str, compile: bool) -> TrainConfig:
     # Random init, lr 1e-3 and a 3-epoch schedule: what this bench has always timed (throughput does
     # not depend on them, the baseline in BENCHMARKS.md was measured with them).
-    return TrainConfig(arch=arch, weights="none", epochs=3, lr=1e-3, num_classes=data.num_classes,
-                       batch_size=batch_size, aug_strength=0.5, resolution=data.resolution,
-                       eval_batch_size=max(batch_size, 512), stem=stem, compile=compile)
+    return TrainConfig(
+        arch=arch,
+        weights="none",
+        epochs=3,
+        lr=1e-3,
+        num_classes=data.num_classes,
+        batch_size=batch_size,
+        aug_strength=0.5,
+        resolution=data.resolution,
+        eval_batch_size=max(batch_size, 512),
+        stem=stem,
+        compile=compile,
+    )
 
 
 def _data_only_figures(seed_data: float, engine_data: float, t_all: float) -> dict[str, Any]:
@@ -455,8 +508,10 @@ def _add_cpu_bf16(result: dict[str, Any], train_ips: dict[str, float], say: Call
     result["cpu_fp32_cifar_images_per_s"] = train_ips["cpu_fp32"]
     result["cpu_bf16_cifar_images_per_s"] = train_ips["cpu_bf16"]
     result["cpu_bf16_ratio"] = train_ips["cpu_bf16"] / train_ips["cpu_fp32"]
-    say(f"CIFAR stem, k=0: bf16 + channels_last {train_ips['cpu_bf16']:,.1f} img/s, fp32 "
-        f"{train_ips['cpu_fp32']:,.1f} img/s: cpu_bf16_ratio x{result['cpu_bf16_ratio']:.2f}")
+    say(
+        f"CIFAR stem, k=0: bf16 + channels_last {train_ips['cpu_bf16']:,.1f} img/s, fp32 "
+        f"{train_ips['cpu_fp32']:,.1f} img/s: cpu_bf16_ratio x{result['cpu_bf16_ratio']:.2f}"
+    )
 
 
 def _add_h200_bound(result: dict[str, Any], say: Callable[[str], None]) -> None:
@@ -508,13 +563,20 @@ def _printer(console: Any) -> Callable[[str], None]:
 def _report(r: dict, console: Any, say: Callable[[str], None]) -> None:
     rows = [
         ("training step, k=0, aug 0.5", r["seed_images_per_s"], r["engine_images_per_s"], r["epoch_ratio"]),
-        ("data pipeline only (augment + batch)", r["seed_data_images_per_s"], r["engine_data_images_per_s"],
-         r["data_pipeline_ratio"]),
+        (
+            "data pipeline only (augment + batch)",
+            r["seed_data_images_per_s"],
+            r["engine_data_images_per_s"],
+            r["data_pipeline_ratio"],
+        ),
     ]
     extra = [
         (f"engine, k={MAX_FROZEN} (head only), aug 0.5", r["frozen_images_per_s"], r["frozen_saving_ratio"]),
-        (f"engine, k={MAX_FROZEN}, aug 0: head on cached features", r["cached_features_images_per_s"],
-         r["cached_features_ratio"]),
+        (
+            f"engine, k={MAX_FROZEN}, aug 0: head on cached features",
+            r["cached_features_images_per_s"],
+            r["cached_features_ratio"],
+        ),
         (f"  one-off feature extraction, k={MAX_FROZEN}", r["feature_extraction_images_per_s"], None),
     ]
     try:

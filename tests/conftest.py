@@ -101,9 +101,7 @@ def _started(script: Path, prefix: str, args: list[str], env: dict[str, str] | N
     """Run ``script start DIR *args``, yield the URL it prints, ``script stop DIR`` afterwards."""
     # Not under pytest's tmp_path: its parents are mode 700, unreachable for the postgres user.
     where = tempfile.mkdtemp(prefix=prefix)
-    started = subprocess.run(
-        [str(script), "start", where, *args], capture_output=True, text=True, timeout=180, env=env
-    )
+    started = subprocess.run([str(script), "start", where, *args], capture_output=True, text=True, timeout=180, env=env)
     try:
         if started.returncode != 0:
             # Installed but broken is a failure everywhere, never a skip.
@@ -230,8 +228,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -277,11 +278,17 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROME_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-    "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
     # Network off: every proxied request goes to a closed port, every host name fails to resolve; only
     # this machine's loopback (never proxied) stays, for servers a test starts (sweep dashboard).
-    "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--proxy-server=127.0.0.1:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 
 
@@ -296,7 +303,10 @@ def browser() -> Iterator[Any]:
         pytest.fail("the browser tests need playwright (pip install playwright; no `playwright install`)")
     with tempfile.TemporaryDirectory(prefix="sweep-chromium-") as profile, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=CHROME_FLAGS,
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROME_FLAGS,
             viewport={"width": 1280, "height": 900},
         )
         yield ctx

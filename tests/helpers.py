@@ -85,8 +85,17 @@ def write_tiny_spec(
     studies = folder / "studies"
     studies.mkdir(parents=True, exist_ok=True)
     path = studies / "tiny.toml"
-    path.write_text(TINY_SPEC.format(n_trials=n_trials, epochs=epochs, sampler=sampler, pruner=pruner,
-                                     pruner_args=pruner_args, lr_low=lr_low, lr_high=lr_high))
+    path.write_text(
+        TINY_SPEC.format(
+            n_trials=n_trials,
+            epochs=epochs,
+            sampler=sampler,
+            pruner=pruner,
+            pruner_args=pruner_args,
+            lr_low=lr_low,
+            lr_high=lr_high,
+        )
+    )
     return path
 
 
@@ -94,7 +103,7 @@ def write_tiny_spec(
 # trains its first epoch, then holds after training its second while the HOLD file exists, so that
 # a pause or a kill surely lands in a trial (a tiny trial can otherwise finish all its epochs before
 # the test has even read the study).
-HOLD_HOOK = '''
+HOLD_HOOK = """
 import os, pathlib, time
 import sweep.train
 
@@ -110,7 +119,7 @@ def train_one_epoch(*args, **kwargs):
 
 
 sweep.train.train_one_epoch = train_one_epoch
-'''
+"""
 
 
 def local_study(name: str = "tiny") -> optuna.Study:
@@ -135,8 +144,14 @@ def project_env(folder: Path, **extra: str) -> dict[str, str]:
 
 def start_sweep(folder: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
     """``sweep ARGS`` started on the project, its output and errors merged on its stdout."""
-    return subprocess.Popen([str(SWEEP), *args], cwd=folder, env=project_env(folder, **extra), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [str(SWEEP), *args],
+        cwd=folder,
+        env=project_env(folder, **extra),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def tiny_study(folder: Path) -> optuna.Study:

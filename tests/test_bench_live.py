@@ -58,8 +58,13 @@ def test_live_runs_match_the_replay_mechanics(tmp_path: Path) -> None:
     live_url = f"sqlite:///{tmp_path / 'live.db'}"
     out = tmp_path / "live.json"
     result = run_live_check(
-        "live-table", storage_url=url, live_storage_url=live_url, methods=["random", "tpe+hyperband"],
-        seed=3, budget_epochs=5, json_path=out,
+        "live-table",
+        storage_url=url,
+        live_storage_url=live_url,
+        methods=["random", "tpe+hyperband"],
+        seed=3,
+        budget_epochs=5,
+        json_path=out,
     )
     for name in ("random", "tpe+hyperband"):
         entry = result["methods"][name]

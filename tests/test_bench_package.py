@@ -39,8 +39,9 @@ def test_an_unknown_script_is_a_clear_error() -> None:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_bench_storage_without_pg_url_starts_the_packaged_cluster(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_storage_without_pg_url_starts_the_packaged_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``sweep bench storage`` with no ``--pg-url``: the throwaway cluster comes from the package's script."""
     from conftest import _missing, postgres_installed
     from typer.testing import CliRunner
@@ -52,8 +53,9 @@ def test_bench_storage_without_pg_url_starts_the_packaged_cluster(tmp_path: Path
     monkeypatch.delenv("SWEEP_BENCH_PG_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # nowhere near the repository's scripts/
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(app, ["bench", "storage", "--trials", "10", "--big", "100",
-                                      "--backends", "postgresql", "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["bench", "storage", "--trials", "10", "--big", "100", "--backends", "postgresql", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert figures["postgresql"]["ms_per_trial"] > 0 and "memory" not in figures
@@ -70,8 +72,10 @@ def test_the_repositorys_scripts_forward_to_the_packaged_copies(name: str) -> No
 def test_the_worker_never_imports_the_bench() -> None:
     """sweep_bench lives beside sweep: the package, the service and the worker load none of it; the CLI
     mounts the benches' own sub-app (sweep_bench.cli) and nothing else of it."""
-    code = ("import sys, sweep, sweep.service, sweep.supervisor; "
-            "print(sorted(m for m in sys.modules if m.startswith(('sweep_bench', 'sweep.bench'))))")
+    code = (
+        "import sys, sweep, sweep.service, sweep.supervisor; "
+        "print(sorted(m for m in sys.modules if m.startswith(('sweep_bench', 'sweep.bench'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
     code = "import sys, sweep.cli; print(sorted(m for m in sys.modules if m.startswith('sweep_bench')))"

@@ -63,8 +63,10 @@ def curve(p: dict[str, Any]) -> list[float]:
     """Validation accuracy per epoch: saturating towards the final value, faster with a larger lr."""
     tau = 0.5 + 1e-3 / p["lr"]
     final = final_accuracy(p)
-    return [round(0.1 + (final - 0.1) * (1 - math.exp(-e / tau)) / (1 - math.exp(-EPOCHS / tau)), 6)
-            for e in range(1, EPOCHS + 1)]
+    return [
+        round(0.1 + (final - 0.1) * (1 - math.exp(-e / tau)) / (1 - math.exp(-EPOCHS / tau)), 6)
+        for e in range(1, EPOCHS + 1)
+    ]
 
 
 def diverges(p: dict[str, Any]) -> bool:
@@ -83,15 +85,26 @@ def make_table(url: str, *, drop: int = 0, attrs: dict[str, Any] | None = None) 
     for p in points[drop:]:
         c = curve(p)
         if diverges(p):
-            trials.append(optuna.trial.create_trial(
-                state=optuna.trial.TrialState.PRUNED, value=c[1], params=p, distributions=DISTS,
-                intermediate_values={1: c[0], 2: c[1]}, user_attrs={"fail_reason": "diverged"},
-            ))
+            trials.append(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.PRUNED,
+                    value=c[1],
+                    params=p,
+                    distributions=DISTS,
+                    intermediate_values={1: c[0], 2: c[1]},
+                    user_attrs={"fail_reason": "diverged"},
+                )
+            )
             continue
-        trials.append(optuna.trial.create_trial(
-            value=c[-1], params=p, distributions=DISTS, intermediate_values=dict(enumerate(c, start=1)),
-            user_attrs={"test_accuracy": round(c[-1] - 0.01, 6), "epoch_seconds": [1.0] * EPOCHS, **(attrs or {})},
-        ))
+        trials.append(
+            optuna.trial.create_trial(
+                value=c[-1],
+                params=p,
+                distributions=DISTS,
+                intermediate_values=dict(enumerate(c, start=1)),
+                user_attrs={"test_accuracy": round(c[-1] - 0.01, 6), "epoch_seconds": [1.0] * EPOCHS, **(attrs or {})},
+            )
+        )
     study.add_trials(trials)
     return spec.name
 
@@ -127,9 +140,19 @@ def test_table_is_read_with_every_grid_point(table_url: str) -> None:
 
 def test_every_proposal_is_a_table_row(table_url: str, result: dict[str, Any]) -> None:
     table = load_table("table-synth", table_url)
-    assert set(result["methods"]) == {"random", "tpe", "tpe+median", "tpe+sha", "tpe+hyperband", "tpe+median(w3)",
-                                      "tpe+sha(min2)", "tpe+hyperband(min2)", "tpe+sha(half,rf2)",
-                                      "tpe+hyperband(half,rf2)", "tpe+auto"}
+    assert set(result["methods"]) == {
+        "random",
+        "tpe",
+        "tpe+median",
+        "tpe+sha",
+        "tpe+hyperband",
+        "tpe+median(w3)",
+        "tpe+sha(min2)",
+        "tpe+hyperband(min2)",
+        "tpe+sha(half,rf2)",
+        "tpe+hyperband(half,rf2)",
+        "tpe+auto",
+    }
     for entry in result["methods"].values():
         for run in entry["runs"]:
             assert len(run["proposals"]) == run["trials"] > 0
@@ -213,8 +236,14 @@ def test_run_sweep_bench_writes_json_and_html(table_url: str, tmp_path: Path) ->
 
     out = StringIO()
     path = tmp_path / "bench" / "sweep.json"
-    res = run_sweep_bench("table-synth", storage_url=table_url, seeds=2, budget_epochs=30, json_path=path,
-                          console=Console(file=out, width=200))
+    res = run_sweep_bench(
+        "table-synth",
+        storage_url=table_url,
+        seeds=2,
+        budget_epochs=30,
+        json_path=path,
+        console=Console(file=out, width=200),
+    )
     data = json.loads(path.read_text())
     assert data["budget_epochs"] == 30 and data["seeds"] == 2
     assert set(data["table"]) >= {"study", "grid_size", "epochs", "best_val_accuracy", "best_test_accuracy"}
@@ -223,8 +252,15 @@ def test_run_sweep_bench_writes_json_and_html(table_url: str, tmp_path: Path) ->
         assert {"mean", "std", "min", "max", "n", "epochs"} <= set(entry["anytime"])
         assert len(entry["runs"]) == 2
         for run in entry["runs"]:
-            assert {"seed", "epochs_used", "best_val_accuracy", "epochs_to_target", "chosen_params",
-                    "chosen_test_accuracy", "curve"} <= set(run)
+            assert {
+                "seed",
+                "epochs_used",
+                "best_val_accuracy",
+                "epochs_to_target",
+                "chosen_params",
+                "chosen_test_accuracy",
+                "curve",
+            } <= set(run)
     html = path.with_suffix(".html")
     assert html.is_file() and "plotly" in html.read_text()[:5000].lower()
     assert res["figures"][0] == str(html)

@@ -76,8 +76,9 @@ def test_help_of_the_new_commands() -> None:
 
 def test_state_of_counts_retries_once_and_running_or_queued_trials() -> None:
     def t(state: TrialState, **system: object) -> optuna.trial.FrozenTrial:
-        return optuna.trial.create_trial(state=state, value=0.1 if state == TrialState.COMPLETE else None,
-                                         system_attrs=system)
+        return optuna.trial.create_trial(
+            state=state, value=0.1 if state == TrialState.COMPLETE else None, system_attrs=system
+        )
 
     done = [t(TrialState.COMPLETE), t(TrialState.FAIL)]
     assert state_of({}, 2, done) == SweepState.FINISHED
@@ -93,8 +94,9 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     held, hold = held_worker_env(tmp_path)
     workers = [start_sweep(tmp_path, "worker", "--threads", "1", **held, **fast) for _ in range(2)]
     outputs = [wait_for_line(w, "epoch 1/6") for w in workers]  # both are training, held in epoch 2
-    paused = subprocess.run([str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=project_env(tmp_path), text=True,
-                            capture_output=True)
+    paused = subprocess.run(
+        [str(SWEEP), "pause", "tiny"], cwd=tmp_path, env=project_env(tmp_path), text=True, capture_output=True
+    )
     assert paused.returncode == 0, paused.stderr
     running = [t._trial_id for t in tiny_study(tmp_path).trials if t.state == TrialState.RUNNING]
     wait_for_beats(project_url(tmp_path), running)  # each worker's pause check after a beat has seen the pause
@@ -115,8 +117,9 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     waiter = start_sweep(tmp_path, "worker", "--threads", "1", "--wait", **fast)
     outputs.append(wait_for_line(waiter, "waiting for `sweep resume`"))
     for command in (["extend", "tiny", "--n-trials", "4"], ["resume", "tiny"]):
-        done = subprocess.run([str(SWEEP), *command], cwd=tmp_path, env=project_env(tmp_path), text=True,
-                              capture_output=True)
+        done = subprocess.run(
+            [str(SWEEP), *command], cwd=tmp_path, env=project_env(tmp_path), text=True, capture_output=True
+        )
         assert done.returncode == 0, done.stderr
     outputs[-1] += rest_of_output(waiter, 600)
     assert waiter.returncode == 0, outputs[-1]
@@ -134,8 +137,16 @@ def test_pause_two_training_workers_then_extend_and_resume(tmp_path: Path) -> No
     # No epoch was trained twice: 4 trials × 6 epochs, counted over every worker's output.
     epochs = re.findall(r"trial \d+ epoch \d/6", "".join(outputs))
     assert len(epochs) == 4 * 6, epochs
-    status = json.loads(subprocess.run([str(SWEEP), "status", "tiny", "--json"], cwd=tmp_path,
-                                       env=project_env(tmp_path), text=True, capture_output=True, check=True).stdout)
+    status = json.loads(
+        subprocess.run(
+            [str(SWEEP), "status", "tiny", "--json"],
+            cwd=tmp_path,
+            env=project_env(tmp_path),
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
     assert status["state"] == "finished" and status["n_trials"] == 4
 
 
@@ -153,8 +164,10 @@ def test_stop_and_delete_refuse_bad_input(tmp_path: Path) -> None:
     code, out = _cli(url, "extend", "tiny", "--n-trials", "3")
     assert code == 0 and "now running" in out
     assert _cli(url, "delete", "tiny") == (
-        2, "error: sweep delete removes study 'tiny', its 0 trials and their checkpoints and kept models for "
-        "good; pass --yes")
+        2,
+        "error: sweep delete removes study 'tiny', its 0 trials and their checkpoints and kept models for "
+        "good; pass --yes",
+    )
     assert _cli(url, "delete", "nope", "--yes")[0] == 2
     assert optuna.get_all_study_names(url) == ["tiny"]
 
@@ -241,7 +254,9 @@ def test_compute_seconds_counts_a_resumed_retry_once() -> None:
 
     first = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"epoch_seconds": [1.0, 2.0]})
     retry = optuna.trial.create_trial(
-        state=TrialState.COMPLETE, value=0.5, system_attrs={"failed_trial": 0},
+        state=TrialState.COMPLETE,
+        value=0.5,
+        system_attrs={"failed_trial": 0},
         user_attrs={"epoch_seconds": [1.0, 2.0, 4.0], "resumed_from_epoch": 2},
     )
     assert compute_seconds([first, retry]) == 7.0

@@ -15,7 +15,6 @@ def pattern(n: int, h: int = 8, w: int = 8) -> torch.Tensor:
     return img.to(torch.uint8)
 
 
-
 def test_augment_strength_zero_is_identity() -> None:
     x = pattern(4)
     assert augment(x, 0.0) is x
@@ -47,7 +46,7 @@ def test_random_crop_shifts_content_by_at_most_the_padding() -> None:
             (dy, dx)
             for dy in range(2 * pad + 1)
             for dx in range(2 * pad + 1)
-            if torch.equal(out[i], src[i, :, dy:dy + h, dx:dx + w])
+            if torch.equal(out[i], src[i, :, dy : dy + h, dx : dx + w])
         ]
         assert len(matches) == 1, "each output must be exactly one shifted window of the padded image"
         shifts.add((matches[0][0] - pad, matches[0][1] - pad))
@@ -90,7 +89,7 @@ def test_random_crop_is_a_window_of_the_padded_image_for_any_size(h: int, w: int
     assert out.shape == x.shape and out.dtype == torch.uint8 and out.is_contiguous()
     src = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     for i in range(len(x)):
-        windows = [src[i, :, dy:dy + h, dx:dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+        windows = [src[i, :, dy : dy + h, dx : dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
         assert sum(torch.equal(out[i], win) for win in windows) == 1
 
 
@@ -105,7 +104,7 @@ def test_crop_and_flip_cover_every_shift_and_both_orientations() -> None:
             (dy - pad, dx - pad, flipped)
             for dy in range(2 * pad + 1)
             for dx in range(2 * pad + 1)
-            for window in [src[i, :, dy:dy + h, dx:dx + w]]
+            for window in [src[i, :, dy : dy + h, dx : dx + w]]
             for flipped in (False, True)
             if torch.equal(out[i], window.flip(2) if flipped else window)
         ]

@@ -35,7 +35,6 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-
 # --------------------------------------------------------------------------------------------- splitting
 
 
@@ -155,7 +154,6 @@ def test_cache_notices_added_images(folder: Path, tmp_path: Path) -> None:
     assert len(load_data("imagefolder", folder, **kw).train_y) + 6 == 25
 
 
-
 @pytest.mark.faults
 def test_cache_notices_an_image_overwritten_in_place(folder: Path, tmp_path: Path) -> None:
     """Same name, same folder (whose mtime does not change): the old pixels must not be served."""
@@ -266,7 +264,6 @@ def test_check_data_happy_paths(folder: Path) -> None:
     assert "data.name" in (check_data("svhn", folder) or "")
 
 
-
 def test_cifar10_from_local_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real torchvision CIFAR10 reader on tiny stand-in batch files (md5 checks patched out)."""
     import pickle
@@ -303,13 +300,19 @@ def test_cifar10_from_local_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert small.train_x.shape[1:] == (3, 16, 16) and len(small.train_y) + len(small.val_y) == 50
 
 
-
 # --------------------------------------------------------------------------------------- class filter
 
 
 def test_classes_keeps_those_classes_labelled_in_the_given_order(folder: Path, tmp_path: Path) -> None:
-    d = load_data("imagefolder", folder, val_fraction=0.25, seed=0, resolution=8, cache_dir=tmp_path / "c",
-                  classes=["dog", "bird"])
+    d = load_data(
+        "imagefolder",
+        folder,
+        val_fraction=0.25,
+        seed=0,
+        resolution=8,
+        cache_dir=tmp_path / "c",
+        classes=["dog", "bird"],
+    )
     assert d.classes == ("dog", "bird") and d.num_classes == 2
     assert len(d.train_y) + len(d.val_y) == 16 and len(d.test_y) == 4
     for x, y in ((d.train_x, d.train_y), (d.test_x, d.test_y)):
@@ -321,13 +324,28 @@ def test_classes_keeps_those_classes_labelled_in_the_given_order(folder: Path, t
 
 
 def test_classes_then_subset_is_stratified_over_the_kept_classes(folder: Path, tmp_path: Path) -> None:
-    d = load_data("imagefolder", folder, val_fraction=0.5, seed=0, resolution=8, cache_dir=tmp_path / "c",
-                  classes=["cat", "dog"], subset=10)
+    d = load_data(
+        "imagefolder",
+        folder,
+        val_fraction=0.5,
+        seed=0,
+        resolution=8,
+        cache_dir=tmp_path / "c",
+        classes=["cat", "dog"],
+        subset=10,
+    )
     assert torch.bincount(torch.cat([d.train_y, d.val_y])).tolist() == [5, 5]
 
 
 def test_unknown_class_is_one_line(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.classes=\['cat', 'cow'\].*bird, cat, dog") as e:
-        load_data("imagefolder", folder, val_fraction=0.25, seed=0, resolution=8, cache_dir=tmp_path / "c",
-                  classes=["cat", "cow"])
+        load_data(
+            "imagefolder",
+            folder,
+            val_fraction=0.25,
+            seed=0,
+            resolution=8,
+            cache_dir=tmp_path / "c",
+            classes=["cat", "cow"],
+        )
     assert "\n" not in str(e.value)

@@ -48,8 +48,12 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sweep]:
         mp.setenv("SWEEP_CACHE_DIR", str(root / "cache"))
         write_tiny_spec(root, n_trials=3, epochs=2)
         url = f"sqlite:///{root / 'sweep.db'}"
-        create_study("tiny", storage_url=url, studies_dir=root / "studies",
-                     overrides=["train.stem=cifar", "train.precision=fp32", "checkpoint.keep_best=2"])
+        create_study(
+            "tiny",
+            storage_url=url,
+            studies_dir=root / "studies",
+            overrides=["train.stem=cifar", "train.precision=fp32", "checkpoint.keep_best=2"],
+        )
         run_worker("tiny", storage_url=url, device="cpu", artifacts=str(root / "artifacts"))
         yield Sweep(root)
 
@@ -73,8 +77,11 @@ def test_export_writes_program_state_dict_and_card(swept: Sweep, tmp_path: Path)
     best = _best(swept)
     out = tmp_path / "best"
     result = export_trial("tiny", None, out, storage_url=swept.url, artifacts=str(swept.root / "artifacts"))
-    assert result.number == best.number and {p.name for p in result.files} == {"model.pt2", "state_dict.pt",
-                                                                              "model.json"}
+    assert result.number == best.number and {p.name for p in result.files} == {
+        "model.pt2",
+        "state_dict.pt",
+        "model.json",
+    }
     card = json.loads((out / "model.json").read_text())
     assert card["arch"] == "resnet18" and card["stem"] == "cifar" and "3x3 stride 1" in card["stem_note"]
     assert card["num_classes"] == 10 and card["classes"] == list(SYNTHETIC_CLASSES)
@@ -108,8 +115,13 @@ def test_export_loads_with_torch_alone_and_predicts_as_the_trial_model(swept: Sw
         f"    torch.save(m(x), {str(tmp_path / 'y.pt')!r}); torch.save(m(x[:1]), {str(tmp_path / 'y1.pt')!r})\n"
         "print(sorted(n for n in sys.modules if n.split('.')[0] in ('sweep', 'torchvision', 'optuna')))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # nothing but torch was needed
     kept = {k.trial: k for k in kept_models(swept.study.user_attrs)}[best.number]
@@ -148,8 +160,14 @@ def test_bad_exports_one_line_exit_2(swept: Sweep, tmp_path: Path, monkeypatch: 
     cases = {
         "already exists; choose a new folder or pass --force": ["export", "tiny", "--output", str(tmp_path / "exists")],
         "has trials 0..2": ["export", "tiny", "--trial", "7", "--output", str(tmp_path / "a")],
-        f"sweep rerun tiny {not_kept} --export": ["export", "tiny", "--trial", str(not_kept), "--output",
-                                                  str(tmp_path / "b")],
+        f"sweep rerun tiny {not_kept} --export": [
+            "export",
+            "tiny",
+            "--trial",
+            str(not_kept),
+            "--output",
+            str(tmp_path / "b"),
+        ],
         "no model.json and state_dict.pt": ["predict", str(tmp_path / "exists"), str(tmp_path)],
     }
     for needle, args in cases.items():
@@ -175,17 +193,19 @@ def test_export_of_a_trial_that_did_not_complete_is_refused(tmp_path: Path) -> N
     assert result.exit_code == 2 and "no completed trial yet" in result.output
 
 
-def test_predict_console_script_reports_unreadable_files_and_classifies_the_rest(
-    swept: Sweep, tmp_path: Path
-) -> None:
+def test_predict_console_script_reports_unreadable_files_and_classifies_the_rest(swept: Sweep, tmp_path: Path) -> None:
     out = tmp_path / "best"
     export_trial("tiny", None, out, storage_url=swept.url, artifacts=str(swept.root / "artifacts"))
     (tmp_path / "in").mkdir()
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.jpg")  # resized like data
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    done = subprocess.run([str(SWEEP), "predict", str(out), str(tmp_path / "in"), str(tmp_path / "missing.png"),
-                           "--json", "-k", "2"], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [str(SWEEP), "predict", str(out), str(tmp_path / "in"), str(tmp_path / "missing.png"), "--json", "-k", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 1
     (pred,) = json.loads(done.stdout)
     assert pred["path"].endswith("a.jpg") and len(pred["top"]) == 2
@@ -216,8 +236,9 @@ def test_rerun_export_gives_a_trial_without_kept_model_its_model(swept: Sweep, t
     kept = {k.trial for k in kept_models(swept.study.user_attrs)}
     (number,) = {0, 1, 2} - kept
     trial = swept.study.trials[number]
-    result = runner.invoke(app, ["rerun", "tiny", str(number), "--device", "cpu", "--export", str(tmp_path / "m"),
-                                 "--storage", swept.url])
+    result = runner.invoke(
+        app, ["rerun", "tiny", str(number), "--device", "cpu", "--export", str(tmp_path / "m"), "--storage", swept.url]
+    )
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     # On a CPU the retrained model is the trial's model: the same validation accuracy.

@@ -67,9 +67,20 @@ def test_many_processes_finishing_at_once_keep_exactly_the_top_k(storage_url: st
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, storage_url, str(artifacts), str(start), str(K),
-             *map(str, VALUES[p * PER_PROCESS:(p + 1) * PER_PROCESS])],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                storage_url,
+                str(artifacts),
+                str(start),
+                str(K),
+                *map(str, VALUES[p * PER_PROCESS : (p + 1) * PER_PROCESS]),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for p in range(PROCESSES)
     ]

@@ -56,8 +56,17 @@ def test_n_trials_limits_this_worker_only(url: str, tmp_path: Path) -> None:
 def test_pruning_really_happens(url: str, tmp_path: Path) -> None:
     # Good configurations first, then hopeless ones (tiny lr, everything frozen): the median pruner
     # must stop the hopeless ones after their first epoch, leaving them PRUNED with their curves.
-    study = _create(url, tmp_path, "pruner.n_startup_trials=2", "pruner.n_warmup_steps=0",
-                    n_trials=4, epochs=3, pruner="median", lr_low=1e-6, lr_high=1e-1)
+    study = _create(
+        url,
+        tmp_path,
+        "pruner.n_startup_trials=2",
+        "pruner.n_warmup_steps=0",
+        n_trials=4,
+        epochs=3,
+        pruner="median",
+        lr_low=1e-6,
+        lr_high=1e-1,
+    )
     good = {"lr": 3e-3, "batch_size": 32, "frozen_layers": 0, "aug_strength": 0.0}
     bad = {"lr": 1e-6, "batch_size": 64, "frozen_layers": 5, "aug_strength": 1.0}
     for params in (good, good, bad, bad):
@@ -74,8 +83,17 @@ def test_pruning_really_happens(url: str, tmp_path: Path) -> None:
 def test_the_auto_pruner_prunes_in_a_real_worker(url: str, tmp_path: Path) -> None:
     # Three configs of different quality finish; their epoch-1 values rank like their ends, so the
     # auto pruner puts a rung at epoch 1 and stops the hopeless config there.
-    study = _create(url, tmp_path, "pruner.min_complete=3", "pruner.margin_se=0.0",
-                    n_trials=4, epochs=3, pruner="auto", lr_low=1e-6, lr_high=1e-1)
+    study = _create(
+        url,
+        tmp_path,
+        "pruner.min_complete=3",
+        "pruner.margin_se=0.0",
+        n_trials=4,
+        epochs=3,
+        pruner="auto",
+        lr_low=1e-6,
+        lr_high=1e-1,
+    )
     configs = [
         {"lr": 3e-3, "batch_size": 32, "frozen_layers": 0, "aug_strength": 0.0},
         {"lr": 1e-4, "batch_size": 32, "frozen_layers": 3, "aug_strength": 0.0},
@@ -170,11 +188,13 @@ def test_after_an_oom_the_failed_model_is_freed_before_the_caches_are_cleared(
 
 @pytest.mark.parametrize(
     ("message", "oom"),
-    [("CUDA out of memory. Tried to allocate 20.00 MiB", True),
-     ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
-     ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
-     ("CUDA error: an illegal memory access was encountered", False),
-     ("mat1 and mat2 shapes cannot be multiplied", False)],
+    [
+        ("CUDA out of memory. Tried to allocate 20.00 MiB", True),
+        ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
+        ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+        ("CUDA error: an illegal memory access was encountered", False),
+        ("mat1 and mat2 shapes cannot be multiplied", False),
+    ],
 )
 def test_oom_is_recognised_in_cudnn_and_cublas_words(message: str, oom: bool) -> None:
     assert _is_oom(RuntimeError(message)) == oom
@@ -229,8 +249,14 @@ def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(
         if epoch == 2:
             stop.set()
 
-    first = run_worker("tiny", storage_url=url, device="cpu", artifacts=str(artifacts), stop=stop,
-                       events=WorkerEvents(epoch_done=epoch_done))
+    first = run_worker(
+        "tiny",
+        storage_url=url,
+        device="cpu",
+        artifacts=str(artifacts),
+        stop=stop,
+        events=WorkerEvents(epoch_done=epoch_done),
+    )
     assert first.trials == 1
     (handed_back,) = [t for t in study.trials if t.state == TrialState.WAITING]
     assert handed_back.user_attrs["checkpoint"]["epoch"] == 2 and sorted(handed_back.intermediate_values) == [1, 2]
@@ -243,8 +269,13 @@ def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_worker("tiny", storage_url=url, device="cpu", artifacts=str(artifacts),
-                   events=WorkerEvents(message=messages.append))
+        run_worker(
+            "tiny",
+            storage_url=url,
+            device="cpu",
+            artifacts=str(artifacts),
+            events=WorkerEvents(message=messages.append),
+        )
     assert not [w for w in caught if "already reported" in str(w.message)]
     assert any("cannot be read (epoch 2:" in m and "training from epoch 0" in m for m in messages), messages
     (done,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -253,8 +284,16 @@ def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(
 
 
 def test_anytime_rung_values_are_recorded_and_the_chosen_one_reported(url: str, tmp_path: Path) -> None:
-    study = _create(url, tmp_path, "train.schedule=wsd", "train.cooldown_epochs=0.5", "train.ema_halflife=0.5",
-                    "train.rung_value=ema", n_trials=1, epochs=2)
+    study = _create(
+        url,
+        tmp_path,
+        "train.schedule=wsd",
+        "train.cooldown_epochs=0.5",
+        "train.ema_halflife=0.5",
+        "train.rung_value=ema",
+        n_trials=1,
+        epochs=2,
+    )
     run_worker("tiny", storage_url=url, device="cpu")
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE

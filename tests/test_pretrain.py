@@ -81,9 +81,9 @@ def test_a_killed_pretraining_resumes_to_the_same_weights(cifar_like: Path, tmp_
 
 
 def test_cli_pretrain_bad_data_root_is_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["bench", "pretrain", "--data-root", str(tmp_path / "nope"),
-                                      "--output", str(tmp_path / "bb.pt")])
+    result = CliRunner().invoke(
+        app, ["bench", "pretrain", "--data-root", str(tmp_path / "nope"), "--output", str(tmp_path / "bb.pt")]
+    )
     assert result.exit_code == 2, result.output
     assert "data.root" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "bb.pt").exists()
-

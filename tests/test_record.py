@@ -120,9 +120,18 @@ def test_readers_give_plain_defaults_for_a_bare_trial() -> None:
 
 
 def test_readers_refuse_what_sweep_never_writes() -> None:
-    junk = {"epochs_run": "two", "epoch_seconds": [1.0, "fast", math.nan, True, 2], "test_accuracy": math.inf,
-            "duration_s": None, "retry_of": True, "precision": 16, "checkpoint": None, "environment": "x",
-            "rung_values": "none", "fail_reason": None}
+    junk = {
+        "epochs_run": "two",
+        "epoch_seconds": [1.0, "fast", math.nan, True, 2],
+        "test_accuracy": math.inf,
+        "duration_s": None,
+        "retry_of": True,
+        "precision": 16,
+        "checkpoint": None,
+        "environment": "x",
+        "rung_values": "none",
+        "fail_reason": None,
+    }
     t = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=junk)
     assert record.epochs_run(t) is None and record.epoch_seconds(t) == [1.0, 2]
     assert record.test_accuracy(t) is None and record.duration_s(t) is None and record.retry_of(t) is None
@@ -167,28 +176,34 @@ def spelled_names(source: str) -> list[int]:
             name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
             if name in _SETTERS:
                 pos = _SETTERS[name]
-                bad = bad or (len(node.args) > pos and _text(node.args[pos])) or any(
-                    k.arg == "key" and _text(k.value) for k in node.keywords)
+                bad = (
+                    bad
+                    or (len(node.args) > pos and _text(node.args[pos]))
+                    or any(k.arg == "key" and _text(k.value) for k in node.keywords)
+                )
             elif name in ("get", "pop", "setdefault") and _attrs(node.func.value):  # type: ignore[attr-defined]
                 bad = bad or (bool(node.args) and _text(node.args[0]))
         elif isinstance(node, ast.Subscript):
             bad = _attrs(node.value) and _text(node.slice)
         elif isinstance(node, ast.Compare):
-            bad = _text(node.left) and any(isinstance(op, (ast.In, ast.NotIn)) and _attrs(c)
-                                           for op, c in zip(node.ops, node.comparators, strict=True))
+            bad = _text(node.left) and any(
+                isinstance(op, (ast.In, ast.NotIn)) and _attrs(c)
+                for op, c in zip(node.ops, node.comparators, strict=True)
+            )
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             bad = any(_attrs(t) for t in targets) and _keyed_by_text(node.value)
             # A name of its own (``SPEC_ATTR = "spec"``), as modules kept before sweep.record.
-            bad = bad or (_text(node.value) and any(isinstance(t, ast.Name) and t.id.endswith(("_ATTR", "_KEY"))
-                                                     for t in targets))
+            bad = bad or (
+                _text(node.value) and any(isinstance(t, ast.Name) and t.id.endswith(("_ATTR", "_KEY")) for t in targets)
+            )
         if bad:
             lines.append(node.lineno)
     return sorted(set(lines))
 
 
 def test_the_check_finds_every_spelling() -> None:
-    bad = '''
+    bad = """
 trial.set_user_attr("host", 1)
 storage.set_study_user_attr(study_id, "control", "paused")
 t.user_attrs.get("epochs_run")
@@ -199,20 +214,23 @@ storage.get_study_user_attrs(i)["budget"]
 create_trial(user_attrs={"checkpoint": 1})
 attrs: dict = {"host": "x"}
 SPEC_ATTR = "spec"
-'''
+"""
     assert spelled_names(bad) == list(range(2, 12))
-    good = '''
+    good = """
 trial.set_user_attr(record.CONTROL.name, "paused")
 storage.set_study_user_attr(study_id, record.CONTROL.name, "paused")
 t.user_attrs.get(record.HOST.name, "?")
 payload.get("data_fingerprint")
 env.get("git_commit")
-'''
+"""
     assert spelled_names(good) == []
 
 
 def test_no_module_but_the_record_spells_an_attribute_name() -> None:
     sources = sorted((ROOT / "sweep").rglob("*.py")) + sorted((ROOT / "sweep_bench").rglob("*.py"))
-    found = {str(p.relative_to(ROOT)): lines for p in sources
-             if p != ROOT / "sweep" / "record.py" and (lines := spelled_names(p.read_text()))}
+    found = {
+        str(p.relative_to(ROOT)): lines
+        for p in sources
+        if p != ROOT / "sweep" / "record.py" and (lines := spelled_names(p.read_text()))
+    }
     assert found == {}, "name stored attributes through sweep.record (its Attr constants and readers)"

@@ -43,13 +43,16 @@ def _trial(
     value: float | None = None,
     **attrs: Any,
 ) -> optuna.trial.FrozenTrial:
-    params = params if params is not None else {"lr": 1e-3, "batch_size": 64, "frozen_layers": 1,
-                                                "aug_strength": 0.5}
+    params = params if params is not None else {"lr": 1e-3, "batch_size": 64, "frozen_layers": 1, "aug_strength": 0.5}
     if value is None and state == TrialState.COMPLETE:
         value = curve[-1]
     return optuna.trial.create_trial(
-        state=state, value=value, params=params, distributions={k: DISTS[k] for k in params},
-        user_attrs=attrs, intermediate_values={e: v for e, v in enumerate(curve, start=1)},
+        state=state,
+        value=value,
+        params=params,
+        distributions={k: DISTS[k] for k in params},
+        user_attrs=attrs,
+        intermediate_values={e: v for e, v in enumerate(curve, start=1)},
     )
 
 
@@ -63,21 +66,60 @@ def _study(name: str, trials: list[optuna.trial.FrozenTrial], spec: dict[str, An
 
 def _small(name: str = "small") -> optuna.Study:
     """2 completed, 2 pruned, 1 failed, 1 running; epoch times recorded."""
-    return _study(name, [
-        _trial(TrialState.COMPLETE, [0.5, 0.6, 0.7, 0.8], test_accuracy=0.79, epochs_run=4,
-               epoch_seconds=[10.0] * 4, duration_s=42.0, host="h1", device="cuda:0",
-               params={"lr": 1e-3, "batch_size": 64, "frozen_layers": 1, "aug_strength": 0.5}),
-        _trial(TrialState.COMPLETE, [0.4, 0.6, 0.85, 0.9], test_accuracy=0.88, epochs_run=4,
-               epoch_seconds=[10.0] * 4, duration_s=41.0, host="h2", device="cuda:1",
-               params={"lr": 3e-4, "batch_size": 128, "frozen_layers": 3, "aug_strength": 0.2}),
-        _trial(TrialState.PRUNED, [0.95], value=0.95, epochs_run=1, epoch_seconds=[20.0], duration_s=21.0,
-               params={"lr": 1e-2, "batch_size": 32, "frozen_layers": 0, "aug_strength": 0.9}),
-        _trial(TrialState.PRUNED, [0.3, 0.35], value=0.35, epochs_run=2, epoch_seconds=[10.0, 10.0],
-               duration_s=20.0, params={"lr": 1e-5, "batch_size": 32, "frozen_layers": 5, "aug_strength": 0.1}),
-        _trial(TrialState.FAIL, [], fail_reason="oom", traceback="Traceback...\nRuntimeError: CUDA out of memory",
-               duration_s=5.0, epochs_run=0),
-        _trial(TrialState.RUNNING, [0.2], epochs_run=1),
-    ])
+    return _study(
+        name,
+        [
+            _trial(
+                TrialState.COMPLETE,
+                [0.5, 0.6, 0.7, 0.8],
+                test_accuracy=0.79,
+                epochs_run=4,
+                epoch_seconds=[10.0] * 4,
+                duration_s=42.0,
+                host="h1",
+                device="cuda:0",
+                params={"lr": 1e-3, "batch_size": 64, "frozen_layers": 1, "aug_strength": 0.5},
+            ),
+            _trial(
+                TrialState.COMPLETE,
+                [0.4, 0.6, 0.85, 0.9],
+                test_accuracy=0.88,
+                epochs_run=4,
+                epoch_seconds=[10.0] * 4,
+                duration_s=41.0,
+                host="h2",
+                device="cuda:1",
+                params={"lr": 3e-4, "batch_size": 128, "frozen_layers": 3, "aug_strength": 0.2},
+            ),
+            _trial(
+                TrialState.PRUNED,
+                [0.95],
+                value=0.95,
+                epochs_run=1,
+                epoch_seconds=[20.0],
+                duration_s=21.0,
+                params={"lr": 1e-2, "batch_size": 32, "frozen_layers": 0, "aug_strength": 0.9},
+            ),
+            _trial(
+                TrialState.PRUNED,
+                [0.3, 0.35],
+                value=0.35,
+                epochs_run=2,
+                epoch_seconds=[10.0, 10.0],
+                duration_s=20.0,
+                params={"lr": 1e-5, "batch_size": 32, "frozen_layers": 5, "aug_strength": 0.1},
+            ),
+            _trial(
+                TrialState.FAIL,
+                [],
+                fail_reason="oom",
+                traceback="Traceback...\nRuntimeError: CUDA out of memory",
+                duration_s=5.0,
+                epochs_run=0,
+            ),
+            _trial(TrialState.RUNNING, [0.2], epochs_run=1),
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -103,15 +145,18 @@ def test_gather_counts_best_curves_and_compute() -> None:
     # 4 planned epochs: trial 2 missed 3 (at its own 20 s/epoch), trial 3 missed 2 (at 10 s/epoch).
     assert s.planned_epochs == 4 and s.saved_epochs == 5
     assert s.saved_s == pytest.approx(3 * 20 + 2 * 10)
-    assert s.param_types == {"lr": "log", "batch_size": "categorical", "frozen_layers": "int",
-                             "aug_strength": "float"}
+    assert s.param_types == {"lr": "log", "batch_size": "categorical", "frozen_layers": "int", "aug_strength": "float"}
 
 
 def test_saved_compute_falls_back_to_mean_epoch_time_and_completed_epochs() -> None:
-    study = _study("nospec", [
-        _trial(TrialState.COMPLETE, [0.5, 0.6, 0.7], duration_s=30.0),
-        _trial(TrialState.PRUNED, [0.2], value=0.2, duration_s=10.0),
-    ], spec=None)
+    study = _study(
+        "nospec",
+        [
+            _trial(TrialState.COMPLETE, [0.5, 0.6, 0.7], duration_s=30.0),
+            _trial(TrialState.PRUNED, [0.2], value=0.2, duration_s=10.0),
+        ],
+        spec=None,
+    )
     (s,) = report.gather([study]).studies
     assert s.spec == {} and s.planned_epochs == 3 and s.mean_epoch_s == pytest.approx(40 / 4)
     assert s.saved_epochs == 2 and s.saved_s == pytest.approx(20.0)
@@ -120,11 +165,15 @@ def test_saved_compute_falls_back_to_mean_epoch_time_and_completed_epochs() -> N
 
 def test_a_diverged_trial_is_not_saved_by_pruning() -> None:
     # Stopped by its NaN loss, not by the pruner: the replay bench counts it apart, and so does the report.
-    study = _study("nan", [
-        _trial(TrialState.COMPLETE, [0.5, 0.6, 0.7], epoch_seconds=[10.0] * 3),
-        _trial(TrialState.PRUNED, [0.2], value=0.2, epoch_seconds=[10.0], fail_reason="diverged"),
-        _trial(TrialState.PRUNED, [0.3], value=0.3, epoch_seconds=[10.0]),
-    ], spec=None)
+    study = _study(
+        "nan",
+        [
+            _trial(TrialState.COMPLETE, [0.5, 0.6, 0.7], epoch_seconds=[10.0] * 3),
+            _trial(TrialState.PRUNED, [0.2], value=0.2, epoch_seconds=[10.0], fail_reason="diverged"),
+            _trial(TrialState.PRUNED, [0.3], value=0.3, epoch_seconds=[10.0]),
+        ],
+        spec=None,
+    )
     (s,) = report.gather([study]).studies
     assert s.saved_epochs == 2 and s.saved_s == pytest.approx(20.0)
 
@@ -161,17 +210,24 @@ def test_odd_attrs_nan_curves_and_text_params() -> None:
     opt = CategoricalDistribution(["adam", "sgd"])
     trials = [
         optuna.trial.create_trial(
-            state=TrialState.COMPLETE, value=v, params={"optimizer": o, "lr": lr},
-            distributions={"optimizer": opt, "lr": DISTS["lr"]}, intermediate_values={1: 0.3, 2: v},
+            state=TrialState.COMPLETE,
+            value=v,
+            params={"optimizer": o, "lr": lr},
+            distributions={"optimizer": opt, "lr": DISTS["lr"]},
+            intermediate_values={1: 0.3, 2: v},
             user_attrs={"epochs_run": "two", "epoch_seconds": "fast", "test_accuracy": "n/a", "duration_s": None},
         )
         for v, o, lr in ((0.5, "adam", 1e-3), (0.7, "sgd", 1e-2), (0.6, "adam", 1e-4))
     ]
-    trials.append(optuna.trial.create_trial(
-        state=TrialState.FAIL, params={"optimizer": "sgd", "lr": 1e-1},
-        distributions={"optimizer": opt, "lr": DISTS["lr"]}, intermediate_values={1: 0.2, 2: float("nan")},
-        user_attrs={"fail_reason": "diverged"},
-    ))
+    trials.append(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"optimizer": "sgd", "lr": 1e-1},
+            distributions={"optimizer": opt, "lr": DISTS["lr"]},
+            intermediate_values={1: 0.2, 2: float("nan")},
+            user_attrs={"fail_reason": "diverged"},
+        )
+    )
     data = report.gather([_study("odd", trials, spec={"epochs": "many", "params": []})])
     (s,) = data.studies
     assert s.best is not None and s.best.params["optimizer"] == "sgd" and s.best.test_accuracy is None
@@ -187,14 +243,20 @@ def test_empty_study_renders() -> None:
     (s,) = data.studies
     assert s.best is None and s.compute_s == 0 and s.saved_s == 0 and sum(s.state_counts.values()) == 0
     page = report.render_html(data)
-    assert "No completed trial yet" in page and "showing <span id=\"shown\">0</span> of 0" in page
+    assert "No completed trial yet" in page and 'showing <span id="shown">0</span> of 0' in page
 
 
 def test_figures_and_heatmap_only_with_lr_and_frozen_layers() -> None:
     titles = [t for t, _ in report.build_figures(report.gather([_small()]))]
-    assert titles == ["Optimization history", "Learning curves", "Parallel coordinates",
-                      "Parameter importances", "Slice plots", "Accuracy against cost",
-                      "Best accuracy by lr × frozen_layers"]
+    assert titles == [
+        "Optimization history",
+        "Learning curves",
+        "Parallel coordinates",
+        "Parameter importances",
+        "Slice plots",
+        "Accuracy against cost",
+        "Best accuracy by lr × frozen_layers",
+    ]
     lr_only = _study("lr", [_trial(TrialState.COMPLETE, [0.5], params={"lr": lr}) for lr in (1e-4, 1e-3)])
     titles = [t for t, _ in report.build_figures(report.gather([lr_only]))]
     assert not any(t.startswith("Best accuracy by lr") for t in titles)
@@ -218,11 +280,20 @@ def test_learning_curves_pruned_and_completed_styles(monkeypatch: pytest.MonkeyP
 def _costly() -> optuna.Study:
     """Five completed trials on GPUs: value, seconds per epoch (4 epochs each), frozen layers."""
     specs = [(0.90, 10.0, 0), (0.895, 4.0, 3), (0.85, 2.0, 5), (0.80, 5.0, 2), (0.70, 1.0, 5)]
-    return _study("cost", [
-        _trial(TrialState.COMPLETE, [v], epochs_run=4, epoch_seconds=[s] * 4, device="cuda:0",
-               params={"lr": 1e-3, "batch_size": 64, "frozen_layers": k, "aug_strength": 0.5})
-        for v, s, k in specs
-    ])
+    return _study(
+        "cost",
+        [
+            _trial(
+                TrialState.COMPLETE,
+                [v],
+                epochs_run=4,
+                epoch_seconds=[s] * 4,
+                device="cuda:0",
+                params={"lr": 1e-3, "batch_size": 64, "frozen_layers": k, "aug_strength": 0.5},
+            )
+            for v, s, k in specs
+        ],
+    )
 
 
 def test_cost_pareto_front_and_cheapest_trial_within_one_point() -> None:
@@ -270,11 +341,14 @@ def test_multi_study_overlay() -> None:
 
 def test_user_strings_are_escaped() -> None:
     evil_reason = "</script><script>alert(3)</script>"
-    study = _study(XSS, [
-        _trial(TrialState.COMPLETE, [0.5], params={"lr": 1e-3}, host="<b>h</b>"),
-        _trial(TrialState.COMPLETE, [0.6], params={"lr": 1e-2}),
-        _trial(TrialState.FAIL, [], params={"lr": 1e-4}, fail_reason=evil_reason, traceback='x"><img src=y>'),
-    ])
+    study = _study(
+        XSS,
+        [
+            _trial(TrialState.COMPLETE, [0.5], params={"lr": 1e-3}, host="<b>h</b>"),
+            _trial(TrialState.COMPLETE, [0.6], params={"lr": 1e-2}),
+            _trial(TrialState.FAIL, [], params={"lr": 1e-4}, fail_reason=evil_reason, traceback='x"><img src=y>'),
+        ],
+    )
     study.set_user_attr("spec", {"name": XSS, "note": "</pre><img src=x onerror=alert(2)>"})
     study.set_user_attr("kept_models", [{"trial": 1, "value": 0.6, "artifact_id": "a", "path": "<img src=z>"}])
     page = report.render_html(report.gather([study], storage_label="<i>db</i>"))
@@ -330,6 +404,7 @@ def test_report_bench_small(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- in Chromium
+
 
 class Page:
     """A report opened from file:// with every non-file request blocked and recorded."""
@@ -407,7 +482,7 @@ def test_table_sorts_and_filters(xss_report: tuple[Page, ReportData]) -> None:
     page.click("#trials th:text-is('val acc')")
     vals = view.column("val acc")
     filled = [float(v) for v in vals if v]
-    assert filled == sorted(filled) and vals[len(filled):] == [""] * (len(vals) - len(filled))
+    assert filled == sorted(filled) and vals[len(filled) :] == [""] * (len(vals) - len(filled))
     assert page.get_attribute("#trials th:text-is('val acc')", "aria-sort") == "ascending"
     page.click("#trials th:text-is('val acc')")
     filled = [float(v) for v in view.column("val acc") if v]
@@ -436,7 +511,8 @@ def test_multi_study_webgl_page(browser: Any, tmp_path: Path, monkeypatch: pytes
     view = Page(browser, report.write_report(studies, tmp_path / "multi.html"))
     view.wait_for_plots()
     types = view.page.evaluate(
-        "Array.from(document.querySelectorAll('div.js-plotly-plot')).map(d => d.data.map(t => t.type))")
+        "Array.from(document.querySelectorAll('div.js-plotly-plot')).map(d => d.data.map(t => t.type))"
+    )
     assert len(types) == n_figs and all(types) and "scattergl" in types[0]
     assert set(view.column("study")) == {"alpha", "beta"}
     assert view.errors == [] and view.requests == []
@@ -464,8 +540,13 @@ def test_cli_plotlyjs_choices_are_the_pages() -> None:
 
 def _lr_study(n: int) -> optuna.Study:
     lrs = [10 ** (-5 + 4 * k / (n - 1)) for k in range(n)]
-    return _study("lrs", [_trial(TrialState.COMPLETE, [0.5 + k / 100], params={"lr": lr, "frozen_layers": k % 3})
-                          for k, lr in enumerate(lrs)])
+    return _study(
+        "lrs",
+        [
+            _trial(TrialState.COMPLETE, [0.5 + k / 100], params={"lr": lr, "frozen_layers": k % 3})
+            for k, lr in enumerate(lrs)
+        ],
+    )
 
 
 def test_history_shows_pruned_trials_and_whole_number_axes() -> None:

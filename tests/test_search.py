@@ -55,10 +55,18 @@ def test_suggestions_stay_in_the_space() -> None:
     assert set(study.trials[0].params) == set(SPACE)
 
 
-@pytest.mark.parametrize("extra", [{}, {"label_smoothing": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
-                                       "resolution": {"type": "int", "low": 32, "high": 64, "step": 16},
-                                       "stem": {"type": "categorical", "choices": ["cifar", "imagenet"]},
-                                       "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {
+            "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
+            "resolution": {"type": "int", "low": 32, "high": 64, "step": 16},
+            "stem": {"type": "categorical", "choices": ["cifar", "imagenet"]},
+            "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        },
+    ],
+)
 def test_distributions_are_what_suggest_params_asks_for(extra: dict) -> None:
     spec = parse_spec({"name": "s", "params": SPACE | extra})
     study = optuna.create_study()
@@ -69,9 +77,17 @@ def test_distributions_are_what_suggest_params_asks_for(extra: dict) -> None:
 
 
 def test_grid_sampler_covers_grid() -> None:
-    spec = parse_spec({"name": "g", "n_trials": 4, "sampler": {"type": "grid"}, "params": {
-        "batch_size": {"type": "categorical", "choices": [8, 16]},
-        "frozen_layers": {"type": "int", "low": 0, "high": 1}}})
+    spec = parse_spec(
+        {
+            "name": "g",
+            "n_trials": 4,
+            "sampler": {"type": "grid"},
+            "params": {
+                "batch_size": {"type": "categorical", "choices": [8, 16]},
+                "frozen_layers": {"type": "int", "low": 0, "high": 1},
+            },
+        }
+    )
     study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
     seen = set()
     for _ in range(4):
@@ -84,9 +100,16 @@ def test_grid_sampler_covers_grid() -> None:
 
 def test_tpe_learns_to_avoid_oom_region() -> None:
     # Every trial with batch_size 512 ran out of memory (FAIL + constraint); the others completed.
-    spec = parse_spec({"name": "s", "sampler": {"type": "tpe", "n_startup_trials": 5},
-                       "params": {"batch_size": {"type": "categorical", "choices": [64, 128, 256, 512]},
-                                  "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}})
+    spec = parse_spec(
+        {
+            "name": "s",
+            "sampler": {"type": "tpe", "n_startup_trials": 5},
+            "params": {
+                "batch_size": {"type": "categorical", "choices": [64, 128, 256, 512]},
+                "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            },
+        }
+    )
 
     def run(sampler: optuna.samplers.BaseSampler) -> int:
         study = optuna.create_study(sampler=sampler, direction="maximize")

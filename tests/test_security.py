@@ -61,8 +61,11 @@ def _payload(seed: int) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "config": {"arch": "resnet18", "stem": "cifar", "num_classes": len(CLASSES), "resolution": 16},
-        "classes": CLASSES, "data_resolution": 16, "data_fingerprint": f"fp{seed}",
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "classes": CLASSES,
+        "data_resolution": 16,
+        "data_fingerprint": f"fp{seed}",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
     }
 
 
@@ -120,8 +123,13 @@ def _bytes_file(path: Path, data: bytes) -> Path:
 
 
 def _run_sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SWEEP), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [str(SWEEP), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 # --------------------------------------------------------------------------- exports never unpickle
@@ -133,8 +141,12 @@ def test_predict_classifies_from_the_state_dict_and_never_loads_the_program(
     folder, marker = _copy(exported, tmp_path / "gift"), tmp_path / "PWNED"
     _poison_program(folder / PROGRAM, marker)
     # The crafted archive is live: loading it the way model.pt2 is meant to be loaded runs the payload.
-    loaded = subprocess.run([sys.executable, "-c", f"import torch; torch.export.load({str(folder / PROGRAM)!r})"],
-                            capture_output=True, text=True, timeout=300)
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.export.load({str(folder / PROGRAM)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert marker.exists(), loaded.stderr[-2000:]
     marker.unlink()
 
@@ -146,8 +158,10 @@ def test_predict_classifies_from_the_state_dict_and_never_loads_the_program(
     # The same scores as the trial's network on the same input.
     (pred,) = predict_files(folder, [str(image)], k=3)
     model = sweep.export.build_trained(_payload(1))
-    x = sweep.export.preprocess(torch.tensor(sweep.data.decode_image(str(image), 16)).permute(2, 0, 1)[None],
-                                json.loads((folder / CARD).read_text()))
+    x = sweep.export.preprocess(
+        torch.tensor(sweep.data.decode_image(str(image), 16)).permute(2, 0, 1)[None],
+        json.loads((folder / CARD).read_text()),
+    )
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=1)[0]
     assert pred.top[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
@@ -276,9 +290,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_supervised_workers_never_carry_the_password_on_their_command_line(
-    pg_fresh_url: str, tmp_path: Path
-) -> None:
+def test_supervised_workers_never_carry_the_password_on_their_command_line(pg_fresh_url: str, tmp_path: Path) -> None:
     from sqlalchemy.engine import make_url
 
     password = make_url(pg_fresh_url).password
@@ -287,10 +299,24 @@ def test_supervised_workers_never_carry_the_password_on_their_command_line(
     create_study("tiny", storage_url=pg_fresh_url, studies_dir=tmp_path / "studies")
     env, hold = held_worker_env(tmp_path)
     proc = subprocess.Popen(
-        [str(SWEEP), "worker", "tiny", "--device", "cpu", "--workers", "2", "--threads", "1",
-         "--artifacts", str(tmp_path / "artifacts")],
+        [
+            str(SWEEP),
+            "worker",
+            "tiny",
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+        ],
         env={**os.environ, **env, "SWEEP_STORAGE": pg_fresh_url, "SWEEP_CACHE_DIR": str(tmp_path / "cache")},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 240
@@ -340,8 +366,17 @@ def test_report_names_from_study_names_stay_inside_the_reports_folder(tmp_path: 
 @pytest.mark.parametrize("value", ['"[/]"', '"[red]x"', '"[bold]"'])
 def test_user_strings_are_never_parsed_as_markup(tmp_path: Path, value: str) -> None:
     write_tiny_spec(tmp_path)
-    result = runner.invoke(app, ["create", str(tmp_path / "studies" / "tiny.toml"), "--set", f"data.name={value}",
-                                 "--storage", f"sqlite:///{tmp_path / 's.db'}"])
+    result = runner.invoke(
+        app,
+        [
+            "create",
+            str(tmp_path / "studies" / "tiny.toml"),
+            "--set",
+            f"data.name={value}",
+            "--storage",
+            f"sqlite:///{tmp_path / 's.db'}",
+        ],
+    )
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"error: data.name = '{value.strip(chr(34))}': must be one of")
@@ -368,15 +403,40 @@ def test_decompression_bomb_in_a_worker_preflight_is_exit_2(tmp_path: Path) -> N
     Image.new("RGB", (64, 64)).save(folder / "train" / "a" / "bomb.png")
     write_tiny_spec(tmp_path, n_trials=1, epochs=1)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    code = ("import PIL.Image, sys; PIL.Image.MAX_IMAGE_PIXELS = 1000; from sweep.cli import app; "
-            "sys.argv = ['sweep', *sys.argv[1:]]; app()")
+    code = (
+        "import PIL.Image, sys; PIL.Image.MAX_IMAGE_PIXELS = 1000; from sweep.cli import app; "
+        "sys.argv = ['sweep', *sys.argv[1:]]; app()"
+    )
     create = subprocess.run(
-        [sys.executable, "-c", code, "create", str(tmp_path / "studies" / "tiny.toml"), "--storage", url,
-         "--set", "data.name='imagefolder'", "--set", f"data.root='{folder}'"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "SWEEP_CACHE_DIR": str(tmp_path / "c")})
-    done = create if create.returncode != 0 else subprocess.run(
-        [sys.executable, "-c", code, "worker", "--storage", url, "--device", "cpu", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "SWEEP_CACHE_DIR": str(tmp_path / "c")})
+        [
+            sys.executable,
+            "-c",
+            code,
+            "create",
+            str(tmp_path / "studies" / "tiny.toml"),
+            "--storage",
+            url,
+            "--set",
+            "data.name='imagefolder'",
+            "--set",
+            f"data.root='{folder}'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SWEEP_CACHE_DIR": str(tmp_path / "c")},
+    )
+    done = (
+        create
+        if create.returncode != 0
+        else subprocess.run(
+            [sys.executable, "-c", code, "worker", "--storage", url, "--device", "cpu", "--threads", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "SWEEP_CACHE_DIR": str(tmp_path / "c")},
+        )
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "bomb.png" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

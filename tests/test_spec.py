@@ -283,8 +283,16 @@ def test_schedule_keys_and_the_rung_value_rule() -> None:
     default = parse_spec({"name": "s"})
     assert (default.train.schedule, default.train.rung_value) == ("cosine", "trunk")
     assert (default.train.cooldown_epochs, default.train.ema_halflife) == (0.0, 0.0)
-    wsd = load_spec("demo", studies_dir=STUDIES, overrides=[
-        "train.schedule=wsd", "train.cooldown_epochs=0.25", "train.ema_halflife=0.5", "train.rung_value=cooldown"])
+    wsd = load_spec(
+        "demo",
+        studies_dir=STUDIES,
+        overrides=[
+            "train.schedule=wsd",
+            "train.cooldown_epochs=0.25",
+            "train.ema_halflife=0.5",
+            "train.rung_value=cooldown",
+        ],
+    )
     assert (wsd.train.schedule, wsd.train.cooldown_epochs, wsd.train.rung_value) == ("wsd", 0.25, "cooldown")
     assert spec_from_dict(wsd.to_dict()) == wsd
     # A study stored before these keys existed reads back with their defaults.

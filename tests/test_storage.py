@@ -608,8 +608,11 @@ def test_sweeps_indexes_are_added_once(storage_url: str) -> None:
     open_storage(storage_url)
     storage = open_storage(storage_url)  # a second open finds them and creates nothing
     inspector = sqlalchemy.inspect(storage.engine)
-    have = {i["name"]: tuple(i["column_names"]) for t in ("trials", "trial_system_attributes")
-            for i in inspector.get_indexes(t)}
+    have = {
+        i["name"]: tuple(i["column_names"])
+        for t in ("trials", "trial_system_attributes")
+        for i in inspector.get_indexes(t)
+    }
     assert all(have.get(name) == columns for name, _, columns in INDEXES), have
 
 

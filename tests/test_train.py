@@ -175,8 +175,17 @@ def test_num_classes_must_match_the_data(data: DataBundle) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("arch", "vgg"), ("epochs", 0), ("lr", -1.0), ("frozen_layers", 6), ("aug_strength", 2.0),
-     ("batch_size", 0), ("label_smoothing", 1.0), ("stem", "big"), ("lr", float("nan"))],
+    [
+        ("arch", "vgg"),
+        ("epochs", 0),
+        ("lr", -1.0),
+        ("frozen_layers", 6),
+        ("aug_strength", 2.0),
+        ("batch_size", 0),
+        ("label_smoothing", 1.0),
+        ("stem", "big"),
+        ("lr", float("nan")),
+    ],
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"train.{field}="):
@@ -230,8 +239,12 @@ def test_cooldown_branch_leaves_the_trunk_bit_identical(data: DataBundle, extra:
     runs = []
     for cooldown in (0.0, 0.5):
         ckpts: list[dict] = []
-        result = fit(replace(WSD, cooldown_epochs=cooldown, **extra), data, "cpu",
-                     on_epoch=lambda r, ck, out=ckpts: out.append(ck()))  # type: ignore[misc]
+        result = fit(
+            replace(WSD, cooldown_epochs=cooldown, **extra),
+            data,
+            "cpu",
+            on_epoch=lambda r, ck, out=ckpts: out.append(ck()),
+        )  # type: ignore[misc]
         runs.append((result, ckpts))
     (plain, plain_ck), (branched, branched_ck) = runs
     for a, b in zip(plain.history, branched.history, strict=True):
@@ -259,7 +272,10 @@ def test_every_rung_value_is_recorded_and_rung_value_picks_what_the_pruner_sees(
         for r, t in zip(result.history, trunk, strict=True):
             # The choice changes what is reported, never what is trained.
             assert (r.trunk_accuracy, r.ema_accuracy, r.cooldown_accuracy) == (
-                t.trunk_accuracy, t.ema_accuracy, t.cooldown_accuracy)
+                t.trunk_accuracy,
+                t.ema_accuracy,
+                t.cooldown_accuracy,
+            )
             assert r.ema_accuracy is not None and 0 <= r.ema_accuracy <= 1
             expected = {"trunk": r.trunk_accuracy, "ema": r.ema_accuracy, "cooldown": r.cooldown_accuracy}[choice]
             assert r.val_accuracy == (r.trunk_accuracy if r.epoch == WSD.epochs else expected)
@@ -269,11 +285,14 @@ def test_every_rung_value_is_recorded_and_rung_value_picks_what_the_pruner_sees(
     assert plain.trunk_accuracy == plain.val_accuracy and plain.ema_accuracy is None and plain.cooldown_steps == 0
 
 
-@pytest.mark.parametrize(("changes", "needs"), [
-    ({"rung_value": "ema"}, "ema_halflife"),
-    ({"rung_value": "cooldown", "cooldown_epochs": 0.5}, "schedule = 'wsd'"),
-    ({"rung_value": "cooldown", "schedule": "wsd"}, "cooldown_epochs > 0"),
-])
+@pytest.mark.parametrize(
+    ("changes", "needs"),
+    [
+        ({"rung_value": "ema"}, "ema_halflife"),
+        ({"rung_value": "cooldown", "cooldown_epochs": 0.5}, "schedule = 'wsd'"),
+        ({"rung_value": "cooldown", "schedule": "wsd"}, "cooldown_epochs > 0"),
+    ],
+)
 def test_rung_value_needs_its_measurement(changes: dict, needs: str) -> None:
     with pytest.raises(ValueError, match=f"train.rung_value=.*{needs}"):
         replace(BASE, **changes)
@@ -286,13 +305,21 @@ def test_wsd_resume_continues_exactly(data: DataBundle) -> None:
     full = fit(config, data, "cpu", on_epoch=lambda r, ck: checkpoints.__setitem__(r.epoch, roundtrip(ck())))  # type: ignore[operator]
     assert checkpoints[1]["ema"] and checkpoints[1]["config"]["schedule"] == "wsd"
     final: dict[int, dict] = {}
-    resumed = fit(config, data, "cpu", on_epoch=lambda r, ck: final.__setitem__(r.epoch, ck()),  # type: ignore[operator]
-                  resume=checkpoints[1])
+    resumed = fit(
+        config,
+        data,
+        "cpu",
+        on_epoch=lambda r, ck: final.__setitem__(r.epoch, ck()),  # type: ignore[operator]
+        resume=checkpoints[1],
+    )
     assert sorted(final) == [2, 3]
     for a, b in zip(full.history[1:], resumed.history[1:], strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
         assert (a.trunk_accuracy, a.ema_accuracy, a.cooldown_accuracy) == (
-            b.trunk_accuracy, b.ema_accuracy, b.cooldown_accuracy)
+            b.trunk_accuracy,
+            b.ema_accuracy,
+            b.cooldown_accuracy,
+        )
     assert resumed.test_accuracy == full.test_accuracy
     for part in ("model", "ema"):
         for key, value in checkpoints[3][part].items():
@@ -305,9 +332,14 @@ def test_a_checkpoint_from_before_the_schedule_setting_resumes_as_cosine(data: D
     got: list[dict] = []
     config = replace(BASE, epochs=2, frozen_layers=5)
     fit(config, data, "cpu", on_epoch=lambda r, ck: got.append(ck()))
-    old = dict(got[0], config={k: v for k, v in got[0]["config"].items()
-                               if k not in ("schedule", "decay_fraction", "ema_halflife", "cooldown_epochs",
-                                            "rung_value")})
+    old = dict(
+        got[0],
+        config={
+            k: v
+            for k, v in got[0]["config"].items()
+            if k not in ("schedule", "decay_fraction", "ema_halflife", "cooldown_epochs", "rung_value")
+        },
+    )
     old.pop("ema")
     old["history"] = [{k: r[k] for k in ("epoch", "train_loss", "val_accuracy", "seconds")} for r in old["history"]]
     resumed = fit(config, data, "cpu", resume=old)
@@ -330,8 +362,12 @@ def test_schedule_free_evaluates_its_average_and_resumes_exactly(data: DataBundl
     model = build_model("resnet18", weights="none", num_classes=10)
     model.load_state_dict(checkpoints[3]["model"])
     assert evaluate(model, data.test_x, data.test_y, batch_size=256, device="cpu") == full.test_accuracy
-    factors = [train_mod.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 100,
-                                        "schedulefree").lr_lambdas[0](s) for s in range(100)]
+    factors = [
+        train_mod.make_scheduler(
+            torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 100, "schedulefree"
+        ).lr_lambdas[0](s)
+        for s in range(100)
+    ]
     assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and factors[5:] == [1.0] * 95
 
 
@@ -358,11 +394,18 @@ def test_recompute_batch_norm_averages_the_batches_statistics() -> None:
 def test_train_bench_smoke(tmp_path: Path) -> None:
     from sweep_bench.train import run_train_bench
 
-    out = run_train_bench("cpu", steps=2, batch_size=16, json_path=tmp_path / "b.json", subset=100,
-                          warmup=1, seed_workers=0)
+    out = run_train_bench(
+        "cpu", steps=2, batch_size=16, json_path=tmp_path / "b.json", subset=100, warmup=1, seed_workers=0
+    )
     saved = json.loads((tmp_path / "b.json").read_text())
-    for key in ("seed_images_per_s", "engine_images_per_s", "epoch_ratio", "data_pipeline_ratio",
-                "frozen_saving_ratio", "device"):
+    for key in (
+        "seed_images_per_s",
+        "engine_images_per_s",
+        "epoch_ratio",
+        "data_pipeline_ratio",
+        "frozen_saving_ratio",
+        "device",
+    ):
         assert key in out and saved[key] == out[key]
     assert out["engine_images_per_s"] > 0 and out["device"] == "cpu"
 
@@ -421,8 +464,9 @@ def tiny() -> DataBundle:
     return load_data("synthetic", "", val_fraction=0.25, seed=0, resolution=8, subset=64)
 
 
-TINY = TrainConfig(weights="none", epochs=1, lr=2e-3, batch_size=16, resolution=8, eval_batch_size=32, seed=0,
-                   aug_strength=0.0)
+TINY = TrainConfig(
+    weights="none", epochs=1, lr=2e-3, batch_size=16, resolution=8, eval_batch_size=32, seed=0, aug_strength=0.0
+)
 
 
 def test_compiled_units_keep_compiling_across_trials(tiny: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -478,8 +522,9 @@ def test_cached_features_stay_channels_last_and_are_filled_in_place(
         raise AssertionError("torch.cat needs the whole cache twice at its peak")
 
     monkeypatch.setattr(torch, "cat", no_cat)
-    feats = train_mod.compute_features(prefix, tiny.train_x, batch_size=20, device=torch.device("cpu"),
-                                       transform=transform)
+    feats = train_mod.compute_features(
+        prefix, tiny.train_x, batch_size=20, device=torch.device("cpu"), transform=transform
+    )
     monkeypatch.undo()
     assert feats.shape[0] == len(tiny.train_x) and feats.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -506,6 +551,7 @@ def _channels_last_model(monkeypatch: pytest.MonkeyPatch) -> None:
 def _as_written_on_cuda(ckpt: dict) -> dict:
     """A CPU checkpoint as a CUDA worker would have written it before: 16-byte Philox generator state,
     model and AdamW moments in the channels_last strides of its parameters."""
+
     def layout(v: object) -> object:
         if isinstance(v, torch.Tensor) and v.dim() == 4:
             return v.contiguous(memory_format=torch.channels_last)
@@ -570,9 +616,7 @@ def test_cuda_amp_dtype_is_fp16_before_ampere(monkeypatch: pytest.MonkeyPatch) -
     assert train_mod.cuda_amp_dtype() == torch.bfloat16
 
 
-def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(
-    tiny: DataBundle, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(tiny: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train_mod, "configure_device", lambda device, precision, stem: torch.float16)
     config = replace(TINY, epochs=2, frozen_layers=5)  # head on cached features: fp16 on a CPU is slow
     got: list[dict] = []

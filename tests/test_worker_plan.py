@@ -44,8 +44,17 @@ def test_several_gpus_become_supervised_children_sharing_the_cores() -> None:
     assert [s.label for s in plan.slots] == ["gpu0.0", "gpu0.1", "gpu1.0", "gpu1.1"]
     assert plan.threads == 2
     assert plan.child_args(plan.slots[0]) == [
-        "worker", "s", "--device", "cuda", "--threads", "2",
-        "--artifacts", "/shared/a", "--wait", "--n-trials", "3",
+        "worker",
+        "s",
+        "--device",
+        "cuda",
+        "--threads",
+        "2",
+        "--artifacts",
+        "/shared/a",
+        "--wait",
+        "--n-trials",
+        "3",
     ]
 
 
@@ -71,8 +80,9 @@ def test_bad_gpu_choices_are_one_line(kw: dict[str, Any], visible: tuple[int, ..
         _plan(gpus=visible, **kw)
 
 
-@pytest.mark.parametrize(("interval", "grace", "ok"), [("10", "19", False), ("1", "2", True), ("3", None, True),
-                                                      ("20", None, False)])
+@pytest.mark.parametrize(
+    ("interval", "grace", "ok"), [("10", "19", False), ("1", "2", True), ("3", None, True), ("20", None, False)]
+)
 def test_a_grace_period_under_two_heartbeats_is_refused(
     monkeypatch: pytest.MonkeyPatch, interval: str, grace: str | None, ok: bool
 ) -> None:
@@ -84,6 +94,9 @@ def test_a_grace_period_under_two_heartbeats_is_refused(
     if ok:
         _plan()
         return
-    with pytest.raises(ServiceError, match=rf"^SWEEP_GRACE_PERIOD=\d+ is less than twice SWEEP_HEARTBEAT_INTERVAL="
-                                           rf"{interval}: .* at least {2 * int(interval)} s$"):
+    with pytest.raises(
+        ServiceError,
+        match=rf"^SWEEP_GRACE_PERIOD=\d+ is less than twice SWEEP_HEARTBEAT_INTERVAL="
+        rf"{interval}: .* at least {2 * int(interval)} s$",
+    ):
         _plan()

@@ -144,7 +144,7 @@ def test_kill_9_trial_is_failed_retried_and_budget_finished(tmp_path: Path, stor
 
 
 # Loaded by every child worker of the test below (PYTHONPATH): the first child's "GPU" breaks for good.
-BROKEN_GPU = '''
+BROKEN_GPU = """
 import os, pathlib
 marker = pathlib.Path(os.environ["BROKEN_ONCE"])
 if not marker.exists():
@@ -155,7 +155,7 @@ if not marker.exists():
         raise RuntimeError("CUDA error: device-side assert triggered")
 
     sweep.train.fit = fit
-'''
+"""
 
 
 def test_supervisor_restarts_a_worker_whose_cuda_context_broke(tmp_path: Path) -> None:
@@ -166,11 +166,14 @@ def test_supervisor_restarts_a_worker_whose_cuda_context_broke(tmp_path: Path) -
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(BROKEN_GPU)
     root = Path(__file__).resolve().parents[1]
-    env = {"PYTHONPATH": f"{hooks}:{root}", "BROKEN_ONCE": str(tmp_path / "broken"), "CUDA_VISIBLE_DEVICES": "",
-           **{k: v for k, v in project_env(tmp_path).items() if k.startswith("SWEEP_")}}
+    env = {
+        "PYTHONPATH": f"{hooks}:{root}",
+        "BROKEN_ONCE": str(tmp_path / "broken"),
+        "CUDA_VISIBLE_DEVICES": "",
+        **{k: v for k, v in project_env(tmp_path).items() if k.startswith("SWEEP_")},
+    }
     logged: list[str] = []
-    code = supervise([Slot("gpu0", "cpu", env)], lambda slot: ["worker", "tiny", "--threads", "1"],
-                     log=logged.append)
+    code = supervise([Slot("gpu0", "cpu", env)], lambda slot: ["worker", "tiny", "--threads", "1"], log=logged.append)
     assert code == 0, logged
     assert len(logged) == 1 and "CUDA context broke" in logged[0] and "restarting (1/3)" in logged[0]
     trials = tiny_study(tmp_path).trials

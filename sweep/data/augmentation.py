@@ -87,7 +87,7 @@ def _crop_flip(x: Tensor, pad: int, generator: torch.Generator | None, *, flip: 
     plane = b * c * hp * wp
     # 2 * pad spare bytes: the last row of the last run reaches that far past the buffer.
     buf = _zero_bordered(halves * plane + 2 * pad, (b, c, h, w, pad, halves), x.device)
-    images = buf[: halves * plane].view(halves, b, c, hp, wp)[:, :, :, pad:pad + h, pad:pad + w]
+    images = buf[: halves * plane].view(halves, b, c, hp, wp)[:, :, :, pad : pad + h, pad : pad + w]
     _copy_wide(images[0], x)
     if flip:
         _copy_wide(images[1], x.flip(3))

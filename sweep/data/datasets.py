@@ -94,8 +94,12 @@ def load_data(
 
 def _check_arguments(name: str, resolution: int, val_fraction: float, seed: int, subset: int | None) -> None:
     """The spec's rules (sweep.spec.SETTINGS), for callers that did not come through a spec."""
-    for key, value in (("data.name", name), ("data.resolution", resolution),
-                       ("data.val_fraction", val_fraction), ("seed", seed)):
+    for key, value in (
+        ("data.name", name),
+        ("data.resolution", resolution),
+        ("data.val_fraction", val_fraction),
+        ("seed", seed),
+    ):
         check(key, value, error=DataError)
     if subset is not None:
         check("data.subset", subset, error=DataError)
@@ -105,8 +109,10 @@ def _synthetic_splits(resolution: int, subset: int | None) -> tuple[Split, Split
     n_train = subset if subset is not None else SYNTHETIC_DEFAULT_SIZE
     train_x, train_y = make_synthetic(n_train, resolution, split="train")
     test_x, test_y = make_synthetic(max(n_train // 4, 10), resolution, split="test")
-    return (Split(x=train_x, y=train_y, classes=SYNTHETIC_CLASSES, hash=_content_hash(train_x, train_y)),
-            Split(x=test_x, y=test_y, classes=SYNTHETIC_CLASSES, hash=_content_hash(test_x, test_y)))
+    return (
+        Split(x=train_x, y=train_y, classes=SYNTHETIC_CLASSES, hash=_content_hash(train_x, train_y)),
+        Split(x=test_x, y=test_y, classes=SYNTHETIC_CLASSES, hash=_content_hash(test_x, test_y)),
+    )
 
 
 def _image_splits(
@@ -131,8 +137,10 @@ def _keep_classes(train: Split, test: Split, classes: Sequence[str], subset: int
     test_x, test_y = select_classes(test.x, test.y, train.classes, classes)
     keep = _stratified_subset(train_y, subset)
     names = tuple(classes)
-    return (Split(x=train_x[keep], y=train_y[keep], classes=names, hash=train.hash),
-            Split(x=test_x, y=test_y, classes=names, hash=test.hash))
+    return (
+        Split(x=train_x[keep], y=train_y[keep], classes=names, hash=train.hash),
+        Split(x=test_x, y=test_y, classes=names, hash=test.hash),
+    )
 
 
 def _carve_validation(
@@ -169,7 +177,12 @@ class Split:
 
 
 def load_split(
-    name: str, root: str | Path, split: str, *, resolution: int = 32, subset: int | None = None,
+    name: str,
+    root: str | Path,
+    split: str,
+    *,
+    resolution: int = 32,
+    subset: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> Split:
     """The "train" or "test" split of an image data set (cifar10 or imagefolder), through the cache."""
@@ -179,15 +192,12 @@ def load_split(
     return Split(x=entry["x"], y=entry["y"], classes=tuple(entry["classes"]), hash=entry["hash"])
 
 
-def select_classes(
-    x: Tensor, y: Tensor, names: Sequence[str], classes: Sequence[str]
-) -> tuple[Tensor, Tensor]:
+def select_classes(x: Tensor, y: Tensor, names: Sequence[str], classes: Sequence[str]) -> tuple[Tensor, Tensor]:
     """The images of ``classes`` (names from ``names``), relabelled 0..len(classes)-1 in that order."""
     unknown = [c for c in classes if c not in names]
     if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
         raise DataError(
-            f"data.classes={list(classes)!r}: need two or more distinct classes of this data set "
-            f"({', '.join(names)})"
+            f"data.classes={list(classes)!r}: need two or more distinct classes of this data set ({', '.join(names)})"
         )
     relabel = torch.full((len(names),), -1, dtype=torch.int64)
     for i, c in enumerate(classes):
@@ -253,9 +263,7 @@ def _has_image(folder: Path) -> bool:
 # ----------------------------------------------------------------------------------------------- cache
 
 
-def _cached_split(
-    name: str, root: Path, split: str, resolution: int, subset: int | None, cache_dir: Path
-) -> dict:
+def _cached_split(name: str, root: Path, split: str, resolution: int, subset: int | None, cache_dir: Path) -> dict:
     """One split as {x, y, classes, hash}, decoded on the first call and memory-mapped afterwards."""
     root = root.expanduser().resolve()
     # Every image file's path, size and mtime_ns: an image added, removed or overwritten in place
@@ -354,9 +362,7 @@ def _list_imagefolder(root: Path, split: str) -> tuple[list[str], list[int], lis
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
-        raise DataError(
-            f"data.root={str(root)!r}: folder not found; it must contain train/ and test/ (or val/)"
-        )
+        raise DataError(f"data.root={str(root)!r}: folder not found; it must contain train/ and test/ (or val/)")
     folder = root / "train" if split == "train" else _test_dir(root)
     if folder is None or not folder.is_dir():
         want = "train/" if split == "train" else "test/ (or val/)"
@@ -366,9 +372,7 @@ def _list_imagefolder(root: Path, split: str) -> tuple[list[str], list[int], lis
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"data.root={str(root)!r}: {folder}: {str(e).splitlines()[0]}") from e
     if len(ds.classes) < 2:
-        raise DataError(
-            f"data.root={str(root)!r}: {folder} has {len(ds.classes)} class folder(s); need at least 2"
-        )
+        raise DataError(f"data.root={str(root)!r}: {folder} has {len(ds.classes)} class folder(s); need at least 2")
     return [p for p, _ in ds.samples], [t for _, t in ds.samples], list(ds.classes)
 
 

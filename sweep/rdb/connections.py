@@ -208,8 +208,12 @@ class Connections:
         connection at rest, two only while a call overlaps a lock's transaction.
         """
         held = self._held
-        if held is not None and (held.invalidated or held.closed or self._held_pid != os.getpid()
-                                 or time.monotonic() - self._held_since > _HELD_RECYCLE_S):
+        if held is not None and (
+            held.invalidated
+            or held.closed
+            or self._held_pid != os.getpid()
+            or time.monotonic() - self._held_since > _HELD_RECYCLE_S
+        ):
             self._drop_held()
             held = None
         if held is None:

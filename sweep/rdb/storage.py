@@ -99,7 +99,10 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
     """``RDBStorage`` whose per-trial calls are single Core statements (see the module docstring)."""
 
     def __init__(
-        self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+        self,
+        url: str,
+        engine_kwargs: dict[str, Any] | None = None,
+        skip_compatibility_check: bool = False,
         **kwargs: Any,
     ) -> None:
         # The schema check runs after _init_process_state, with the version manager that holds one
@@ -126,8 +129,10 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
                 with contextlib.suppress(sqlalchemy.exc.IntegrityError), self.engine.begin() as conn:
                     conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            _log.warning("sweep: could not add sweep's indexes (%s); the budget gate reads whole studies",
-                         str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+            _log.warning(
+                "sweep: could not add sweep's indexes (%s); the budget gate reads whole studies",
+                str(getattr(exc, "orig", exc)).strip().splitlines()[0],
+            )
 
     def _init_process_state(self) -> None:
         # Built after Optuna's schema set-up in __init__, which runs its own transactions: from here on
@@ -308,8 +313,9 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
             # number = trials already in the study (numbers are dense: every creator holds the study
             # row), read off the (study_id, number) index and inserted in one statement.
             count = (
-                sqlalchemy.select(sqlalchemy.func.coalesce(sqlalchemy.func.max(_trials.c.number) + 1, 0))
-                .where(_trials.c.study_id == study_id)
+                sqlalchemy.select(sqlalchemy.func.coalesce(sqlalchemy.func.max(_trials.c.number) + 1, 0)).where(
+                    _trials.c.study_id == study_id
+                )
             ).scalar_subquery()
             insert = sqlalchemy.insert(_trials).from_select(
                 ["number", "study_id", "state", "datetime_start"],
@@ -546,13 +552,13 @@ class SweepRDBStorage(optuna.storages.RDBStorage):
         # transaction, sweep.storage).
         def read(conn: Any) -> dict[str, Any]:
             rows = conn.execute(
-                sqlalchemy.select(_study_user.c.key, _study_user.c.value_json).where(
-                    _study_user.c.study_id == study_id
-                )
+                sqlalchemy.select(_study_user.c.key, _study_user.c.value_json).where(_study_user.c.study_id == study_id)
             ).all()
-            if not rows and conn.execute(
-                sqlalchemy.select(_studies.c.study_id).where(_studies.c.study_id == study_id)
-            ).first() is None:
+            if (
+                not rows
+                and conn.execute(sqlalchemy.select(_studies.c.study_id).where(_studies.c.study_id == study_id)).first()
+                is None
+            ):
                 raise KeyError(f"No study with study_id {study_id} exists.")
             return {key: json.loads(text) for key, text in rows}
 

@@ -21,7 +21,6 @@ GL_THRESHOLD = 1000
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 
 
-
 def _color(i: int, alpha: float = 1.0) -> str:
     c = PALETTE[i % len(PALETTE)]
     r, g, b = int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
@@ -79,36 +78,55 @@ def _history(data: ReportData) -> go.Figure:
         pruned = [r for r in s.trials if r.state == "PRUNED" and r.curve]
         numbers += [r.number for r in done + pruned]
         if pruned:  # where each stopped: the value the pruner judged (never the best-so-far line)
-            fig.add_trace(_scatter(len(pruned))(
-                x=[r.number for r in pruned], y=[_num(r.curve[-1]) for r in pruned], mode="markers",
-                name=_label(data, s, "pruned (value when stopped)"), legendgroup=str(i),
-                marker={"color": "rgba(120,120,120,0.55)", "size": 6, "symbol": "x-thin",
-                        "line": {"width": 1.5, "color": "rgba(120,120,120,0.7)"}},
-                text=[f"trial #{r.number} pruned after epoch {len(r.curve)}" for r in pruned],
-                hovertemplate="%{y:.4f}<br>%{text}<extra></extra>",
-            ))
+            fig.add_trace(
+                _scatter(len(pruned))(
+                    x=[r.number for r in pruned],
+                    y=[_num(r.curve[-1]) for r in pruned],
+                    mode="markers",
+                    name=_label(data, s, "pruned (value when stopped)"),
+                    legendgroup=str(i),
+                    marker={
+                        "color": "rgba(120,120,120,0.55)",
+                        "size": 6,
+                        "symbol": "x-thin",
+                        "line": {"width": 1.5, "color": "rgba(120,120,120,0.7)"},
+                    },
+                    text=[f"trial #{r.number} pruned after epoch {len(r.curve)}" for r in pruned],
+                    hovertemplate="%{y:.4f}<br>%{text}<extra></extra>",
+                )
+            )
         if not done:
             continue
         cls = _scatter(len(done))
         hover = len(done) <= 2000  # per-point hover text only while it stays small
-        fig.add_trace(cls(
-            x=[r.number for r in done], y=[_num(r.value or 0.0) for r in done], mode="markers",
-            name=_label(data, s, "trial accuracy"), legendgroup=str(i),
-            marker={"color": _color(i, 0.45), "size": 5},
-            text=[f"trial #{r.number}<br>{_hover_params(r.params)}" for r in done] if hover else None,
-            hovertemplate="%{y:.4f}<br>%{text}<extra></extra>" if hover else None,
-        ))
+        fig.add_trace(
+            cls(
+                x=[r.number for r in done],
+                y=[_num(r.value or 0.0) for r in done],
+                mode="markers",
+                name=_label(data, s, "trial accuracy"),
+                legendgroup=str(i),
+                marker={"color": _color(i, 0.45), "size": 5},
+                text=[f"trial #{r.number}<br>{_hover_params(r.params)}" for r in done] if hover else None,
+                hovertemplate="%{y:.4f}<br>%{text}<extra></extra>" if hover else None,
+            )
+        )
         best: list[float] = []
         top: float | None = None
         for r in done:
             v = r.value or 0.0
             top = v if top is None else (max(top, v) if s.direction == "maximize" else min(top, v))
             best.append(top)
-        fig.add_trace(cls(
-            x=[r.number for r in done], y=[_num(b) for b in best], mode="lines",
-            name=_label(data, s, "best so far"), legendgroup=str(i),
-            line={"color": _color(i), "width": 2.5, "shape": "hv"},
-        ))
+        fig.add_trace(
+            cls(
+                x=[r.number for r in done],
+                y=[_num(b) for b in best],
+                mode="lines",
+                name=_label(data, s, "best so far"),
+                legendgroup=str(i),
+                line={"color": _color(i), "width": 2.5, "shape": "hv"},
+            )
+        )
     fig.update_layout(xaxis_title="trial number", yaxis_title="validation accuracy")
     _integer_axis(fig, numbers)
     return fig
@@ -148,18 +166,26 @@ def _curves(data: ReportData) -> tuple[go.Figure, str]:
                 color = f"rgba(110,110,110,{alpha:.2f})" if single else _color(i, alpha * 0.8)
             else:
                 color = _color(i, max(0.06, min(0.6, 3 / math.sqrt(len(shown)))))
-            fig.add_trace(_curve_trace(
-                shown, name=_label(data, s, f"{state.lower()} ({len(rows)})"), legendgroup=f"{i}-{state}",
-                line={"color": color, "width": 1, "dash": style},
-            ))
+            fig.add_trace(
+                _curve_trace(
+                    shown,
+                    name=_label(data, s, f"{state.lower()} ({len(rows)})"),
+                    legendgroup=f"{i}-{state}",
+                    line={"color": color, "width": 1, "dash": style},
+                )
+            )
         if s.best is not None and s.best.curve:
             b = s.best
-            fig.add_trace(go.Scatter(
-                x=list(range(1, len(b.curve) + 1)), y=[_num(v) for v in b.curve], mode="lines+markers",
-                name=_label(data, s, f"best: trial #{b.number}"),
-                line={"color": _color(i) if not single else "#ef553b", "width": 3},
-                hovertemplate="epoch %{x}: %{y:.4f}<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(1, len(b.curve) + 1)),
+                    y=[_num(v) for v in b.curve],
+                    mode="lines+markers",
+                    name=_label(data, s, f"best: trial #{b.number}"),
+                    line={"color": _color(i) if not single else "#ef553b", "width": 3},
+                    hovertemplate="epoch %{x}: %{y:.4f}<extra></extra>",
+                )
+            )
     fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy")
     longest = max((len(r.curve) for s in data.studies for r in s.trials), default=1)
     _integer_axis(fig, [1, max(longest, 1)])
@@ -207,35 +233,49 @@ def _parcoords(data: ReportData) -> tuple[go.Figure | None, str]:
     dims: list[dict[str, Any]] = []
     if len(data.studies) > 1:
         names = [s.name for s in data.studies]
-        dims.append({
-            "label": "study", "values": [names.index(r.study) for r in rows],
-            "tickvals": list(range(len(names))), "ticktext": [esc(n) for n in names],
-        })
+        dims.append(
+            {
+                "label": "study",
+                "values": [names.index(r.study) for r in rows],
+                "tickvals": list(range(len(names))),
+                "ticktext": [esc(n) for n in names],
+            }
+        )
     for p in params:
         vals = [r.params[p] for r in rows]
         kind = _param_type(data, p, vals)
         if kind == "categorical" or not all(isinstance(v, (int, float)) for v in vals):
             cats = [short(v) for v in _sorted_choices(vals)]
-            dims.append({
-                "label": esc(p), "values": [cats.index(short(v)) for v in vals],
-                "tickvals": list(range(len(cats))), "ticktext": [esc(c) for c in cats],
-            })
+            dims.append(
+                {
+                    "label": esc(p),
+                    "values": [cats.index(short(v)) for v in vals],
+                    "tickvals": list(range(len(cats))),
+                    "ticktext": [esc(c) for c in cats],
+                }
+            )
         elif kind == "log" and all(v > 0 for v in vals):
             logs = [math.log10(v) for v in vals]
             lo, hi = math.floor(min(logs)), math.ceil(max(logs))
             ticks = list(range(lo, hi + 1))
-            dims.append({
-                "label": f"{esc(p)} (log)", "values": [round(v, 5) for v in logs],
-                "tickvals": ticks, "ticktext": [f"1e{t}" for t in ticks],
-            })
+            dims.append(
+                {
+                    "label": f"{esc(p)} (log)",
+                    "values": [round(v, 5) for v in logs],
+                    "tickvals": ticks,
+                    "ticktext": [f"1e{t}" for t in ticks],
+                }
+            )
         else:
             dims.append({"label": esc(p), "values": [round(float(v), 6) for v in vals]})
     acc = [_num(r.value or 0.0) for r in rows]
     dims.append({"label": "val accuracy", "values": acc})
-    fig = go.Figure(go.Parcoords(
-        dimensions=dims,
-        line={"color": acc, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "acc"}},
-    ))
+    fig = go.Figure(
+        go.Parcoords(
+            dimensions=dims,
+            line={"color": acc, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "acc"}},
+        )
+    )
     fig.update_layout(margin={"l": 80, "r": 80, "t": 60, "b": 40})
     return fig, "; ".join(notes)
 
@@ -251,14 +291,21 @@ def _importance_fig(data: ReportData) -> go.Figure | None:
     for _, s in with_imp:
         order += [p for p in sorted(s.importances, key=lambda p: s.importances[p]) if p not in order]
     for i, s in with_imp:
-        fig.add_trace(go.Bar(
-            x=[round(s.importances.get(p, 0.0), 5) for p in order], y=[esc(p) for p in order],
-            orientation="h", name=esc(s.name), marker={"color": _color(i)},
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                x=[round(s.importances.get(p, 0.0), 5) for p in order],
+                y=[esc(p) for p in order],
+                orientation="h",
+                name=esc(s.name),
+                marker={"color": _color(i)},
+                hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            )
+        )
     fig.update_layout(
-        xaxis_title="importance (PED-ANOVA, normalised)", barmode="group",
-        showlegend=len(data.studies) > 1, height=max(300, 120 + 40 * len(order) * len(with_imp)),
+        xaxis_title="importance (PED-ANOVA, normalised)",
+        barmode="group",
+        showlegend=len(data.studies) > 1,
+        height=max(300, 120 + 40 * len(order) * len(with_imp)),
     )
     return fig
 
@@ -275,13 +322,20 @@ def _slices(data: ReportData) -> go.Figure | None:
         return None
     cols = min(len(names), 4)
     nrows = math.ceil(len(names) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04,
-                        vertical_spacing=0.18 if nrows > 1 else 0.1,
-                        subplot_titles=[esc(p) for p in names])
+    fig = make_subplots(
+        rows=nrows,
+        cols=cols,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.18 if nrows > 1 else 0.1,
+        subplot_titles=[esc(p) for p in names],
+    )
     for k, p in enumerate(names):
         row, col = k // cols + 1, k % cols + 1
-        per_study = [[r for r in s.trials if r.state == "COMPLETE" and r.value is not None and p in r.params]
-                     for s in data.studies]
+        per_study = [
+            [r for r in s.trials if r.state == "COMPLETE" and r.value is not None and p in r.params]
+            for s in data.studies
+        ]
         all_vals = [r.params[p] for done in per_study for r in done]
         kind = _param_type(data, p, all_vals)
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in all_vals)
@@ -293,15 +347,29 @@ def _slices(data: ReportData) -> go.Figure | None:
             xs = [esc(short(v)) for v in vals] if categorical else [round(float(v), 7) for v in vals]
             marker: dict[str, Any] = {"size": 5}
             if len(data.studies) == 1:
-                marker.update(color=[r.number for r in done], colorscale=[[0, "#c6dbef"], [1, "#08306b"]],
-                              opacity=0.8, showscale=k == 0, colorbar={"title": "trial #"})
+                marker.update(
+                    color=[r.number for r in done],
+                    colorscale=[[0, "#c6dbef"], [1, "#08306b"]],
+                    opacity=0.8,
+                    showscale=k == 0,
+                    colorbar={"title": "trial #"},
+                )
             else:
                 marker.update(color=_color(i, 0.5))
-            fig.add_trace(_scatter(len(done))(
-                x=xs, y=[_num(r.value or 0.0) for r in done], mode="markers", marker=marker,
-                name=esc(s.name), legendgroup=str(i), showlegend=k == 0 and len(data.studies) > 1,
-                hovertemplate=f"{esc(p)}=%{{x}}<br>acc=%{{y:.4f}}<extra></extra>",
-            ), row=row, col=col)
+            fig.add_trace(
+                _scatter(len(done))(
+                    x=xs,
+                    y=[_num(r.value or 0.0) for r in done],
+                    mode="markers",
+                    marker=marker,
+                    name=esc(s.name),
+                    legendgroup=str(i),
+                    showlegend=k == 0 and len(data.studies) > 1,
+                    hovertemplate=f"{esc(p)}=%{{x}}<br>acc=%{{y:.4f}}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
         if categorical:
             order = [esc(short(v)) for v in _sorted_choices(all_vals)]
             fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, row=row, col=col)
@@ -343,8 +411,11 @@ def _bins(values: Sequence[Any], log: bool, n: int = 10, keep: int = 12) -> tupl
 def _heatmap(data: ReportData, s: StudyData) -> go.Figure | None:
     import plotly.graph_objects as go
 
-    done = [r for r in s.trials if r.state == "COMPLETE" and r.value is not None
-            and "lr" in r.params and "frozen_layers" in r.params]
+    done = [
+        r
+        for r in s.trials
+        if r.state == "COMPLETE" and r.value is not None and "lr" in r.params and "frozen_layers" in r.params
+    ]
     if not done:
         return None
     # A searched lr is a float per trial: one column each would be as many columns as trials. Binned
@@ -362,14 +433,20 @@ def _heatmap(data: ReportData, s: StudyData) -> go.Figure | None:
         best[y][x] = v if cur is None else (max(cur, v) if maximize else min(cur, v))
         count[y][x] += 1
     text = [[f"n={c}" if c else "" for c in row] for row in count]
-    fig = go.Figure(go.Heatmap(
-        z=[[_num(v) if v is not None else None for v in row] for row in best],
-        x=[esc(v) for v in xl], y=[esc(v) for v in yl], text=text, texttemplate="%{text}",
-        colorscale="Viridis", colorbar={"title": "best acc"}, hoverongaps=False,
-        hovertemplate="lr %{x}<br>frozen_layers %{y}<br>best acc %{z:.4f}<br>%{text}<extra></extra>",
-    ))
-    fig.update_layout(xaxis_title="lr", yaxis_title="frozen_layers", xaxis_type="category",
-                      yaxis_type="category")
+    fig = go.Figure(
+        go.Heatmap(
+            z=[[_num(v) if v is not None else None for v in row] for row in best],
+            x=[esc(v) for v in xl],
+            y=[esc(v) for v in yl],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar={"title": "best acc"},
+            hoverongaps=False,
+            hovertemplate="lr %{x}<br>frozen_layers %{y}<br>best acc %{z:.4f}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(xaxis_title="lr", yaxis_title="frozen_layers", xaxis_type="category", yaxis_type="category")
     return fig
 
 
@@ -384,26 +461,48 @@ def _cost(data: ReportData) -> go.Figure | None:
         if c is None or not c.trials:
             continue
         units.add(c.unit)
-        text = [f"trial #{r.number}<br>{dur(r.compute_s)} total, {dur(r.epoch_s)}/epoch × {r.epochs}"
-                f"<br>{_hover_params(r.params)}" for r in c.trials]
-        fig.add_trace(_scatter(len(c.trials))(
-            x=[round(r.compute_s or 0.0, 3) for r in c.trials], y=[_num(r.value or 0.0) for r in c.trials],
-            mode="markers", name=_label(data, s, "trials"), legendgroup=str(i), text=text,
-            marker={"color": [r.frozen_layers if r.frozen_layers is not None else -1 for r in c.trials],
-                    "colorscale": "Viridis", "cmin": 0, "cmax": 5, "size": 7,
-                    "showscale": i == 0, "colorbar": {"title": "frozen layers"}},
-            hovertemplate="%{y:.4f}<br>%{text}<extra></extra>",
-        ))
-        fig.add_trace(go.Scatter(
-            x=[round(r.compute_s or 0.0, 3) for r in c.pareto], y=[_num(r.value or 0.0) for r in c.pareto],
-            mode="lines+markers", name=_label(data, s, "Pareto front"), legendgroup=str(i),
-            line={"color": _color(i), "width": 2, "shape": "hv"}, hoverinfo="skip",
-        ))
+        text = [
+            f"trial #{r.number}<br>{dur(r.compute_s)} total, {dur(r.epoch_s)}/epoch × {r.epochs}"
+            f"<br>{_hover_params(r.params)}"
+            for r in c.trials
+        ]
+        fig.add_trace(
+            _scatter(len(c.trials))(
+                x=[round(r.compute_s or 0.0, 3) for r in c.trials],
+                y=[_num(r.value or 0.0) for r in c.trials],
+                mode="markers",
+                name=_label(data, s, "trials"),
+                legendgroup=str(i),
+                text=text,
+                marker={
+                    "color": [r.frozen_layers if r.frozen_layers is not None else -1 for r in c.trials],
+                    "colorscale": "Viridis",
+                    "cmin": 0,
+                    "cmax": 5,
+                    "size": 7,
+                    "showscale": i == 0,
+                    "colorbar": {"title": "frozen layers"},
+                },
+                hovertemplate="%{y:.4f}<br>%{text}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[round(r.compute_s or 0.0, 3) for r in c.pareto],
+                y=[_num(r.value or 0.0) for r in c.pareto],
+                mode="lines+markers",
+                name=_label(data, s, "Pareto front"),
+                legendgroup=str(i),
+                line={"color": _color(i), "width": 2, "shape": "hv"},
+                hoverinfo="skip",
+            )
+        )
     if not fig.data:
         return None
     unit = units.pop() if len(units) == 1 else "seconds"
-    fig.update_layout(xaxis_title=f"compute per trial ({unit}, all epochs)", yaxis_title="validation accuracy",
-                      xaxis_type="log")
+    fig.update_layout(
+        xaxis_title=f"compute per trial ({unit}, all epochs)", yaxis_title="validation accuracy", xaxis_type="log"
+    )
     return fig
 
 
@@ -424,9 +523,8 @@ def build_figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     for title, fig in figs:
         if fig is None or not fig.data:
             continue
-        fig.update_layout(template="plotly_white", margin_t=fig.layout.margin.t or 30,
-                          legend={"orientation": "h", "y": -0.18})
+        fig.update_layout(
+            template="plotly_white", margin_t=fig.layout.margin.t or 30, legend={"orientation": "h", "y": -0.18}
+        )
         out.append((title, fig))
     return out
-
-

@@ -25,7 +25,6 @@ FINISHED = frozenset({"COMPLETE", "PRUNED", "FAIL"})
 NEAR_BEST = 0.01
 
 
-
 @dataclass(frozen=True)
 class TrialRow:
     """One trial, as the report shows it."""
@@ -71,8 +70,15 @@ class CostSummary:
         def point(r: TrialRow | None) -> dict[str, Any] | None:
             if r is None:
                 return None
-            return {"trial": r.number, "val_accuracy": r.value, "compute_s": r.compute_s, "epoch_s": r.epoch_s,
-                    "epochs": r.epochs, "frozen_layers": r.frozen_layers, "device": r.device}
+            return {
+                "trial": r.number,
+                "val_accuracy": r.value,
+                "compute_s": r.compute_s,
+                "epoch_s": r.epoch_s,
+                "epochs": r.epochs,
+                "frozen_layers": r.frozen_layers,
+                "device": r.device,
+            }
 
         return {
             "unit": self.unit,
@@ -86,8 +92,10 @@ class CostSummary:
 
 def cost_summary(rows: Sequence[TrialRow]) -> CostSummary:
     """The accuracy/cost trade-off of a study's completed trials."""
-    done = sorted((r for r in rows if r.state == "COMPLETE" and r.value is not None and r.compute_s),
-                  key=lambda r: (r.compute_s, -(r.value or 0.0), r.number))
+    done = sorted(
+        (r for r in rows if r.state == "COMPLETE" and r.value is not None and r.compute_s),
+        key=lambda r: (r.compute_s, -(r.value or 0.0), r.number),
+    )
     unit = "GPU-seconds" if done and all(r.device.startswith("cuda") for r in done) else "seconds"
     pareto: list[TrialRow] = []
     for r in done:  # cheapest first: a trial is on the front when it beats every cheaper one
@@ -368,8 +376,11 @@ def _control_fields(study: optuna.Study, spec: Mapping[str, Any], trials: Sequen
     budget = control.budget(attrs, planned if isinstance(planned, int) and not isinstance(planned, bool) else 0)
     hours = spec.get("max_hours")
     hours = float(hours) if isinstance(hours, (int, float)) and not isinstance(hours, bool) else None
-    return {"state": control.state_of(attrs, budget, trials, max_hours=hours), "n_trials": budget or None,
-            "kept": kept_models(attrs)}
+    return {
+        "state": control.state_of(attrs, budget, trials, max_hours=hours),
+        "n_trials": budget or None,
+        "kept": kept_models(attrs),
+    }
 
 
 def gather(
@@ -388,5 +399,3 @@ def gather(
         storage_label=storage_label,
         generated_at=now or dt.datetime.now(dt.UTC),
     )
-
-

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 PLOTLYJS_MODES = ("inline", "cdn")
 
 
-
 def _script_json(obj: Any) -> str:
     """JSON safe to put inside <script>: no '<' survives, so no '</script>' or '<!--'."""
     return json.dumps(obj, separators=(",", ":"), default=_json_default).replace("<", "\\u003c")
@@ -48,8 +47,10 @@ def _plotlyjs_tag(mode: str) -> str:
     if mode == "cdn":
         version = plotly.offline.get_plotlyjs_version()
         sri = base64.b64encode(hashlib.sha256(plotly.offline.get_plotlyjs().encode()).digest()).decode()
-        return (f'<script charset="utf-8" src="https://cdn.plot.ly/plotly-{version}.min.js" '
-                f'integrity="sha256-{sri}" crossorigin="anonymous"></script>')
+        return (
+            f'<script charset="utf-8" src="https://cdn.plot.ly/plotly-{version}.min.js" '
+            f'integrity="sha256-{sri}" crossorigin="anonymous"></script>'
+        )
     raise ValueError(f"plotlyjs must be one of {', '.join(PLOTLYJS_MODES)}, not {mode!r}")
 
 
@@ -81,21 +82,25 @@ def _study_header(s: StudyData, multi: bool) -> str:
     if s.saved_epochs:
         per = f"{s.mean_epoch_s:.1f}s" if s.mean_epoch_s is not None else "?"
         saved_detail = f"{s.saved_epochs} epochs not run × ~{per}/epoch"
-    stats = "".join([
-        _stat(str(len(s.trials)), "trials"),
-        _stat(dur(s.compute_s) or "0s", "total compute"),
-        _stat(dur(s.saved_s) or "0s", "saved by pruning" + (f" ({saved_detail})" if saved_detail else "")),
-        _stat(acc(s.best.value) if s.best else "–", "best validation accuracy"),
-        _stat(esc(s.spec.get("epochs", s.planned_epochs or "?")), "epochs per trial (planned)"),
-        _stat(esc(s.direction), "direction"),
-        _stat(f'<span class="sweep-state">{esc(s.state.value)}</span>', "sweep state"),
-        _stat(str(s.n_trials) if s.n_trials else "?", "trial budget"),
-    ])
+    stats = "".join(
+        [
+            _stat(str(len(s.trials)), "trials"),
+            _stat(dur(s.compute_s) or "0s", "total compute"),
+            _stat(dur(s.saved_s) or "0s", "saved by pruning" + (f" ({saved_detail})" if saved_detail else "")),
+            _stat(acc(s.best.value) if s.best else "–", "best validation accuracy"),
+            _stat(esc(s.spec.get("epochs", s.planned_epochs or "?")), "epochs per trial (planned)"),
+            _stat(esc(s.direction), "direction"),
+            _stat(f'<span class="sweep-state">{esc(s.state.value)}</span>', "sweep state"),
+            _stat(str(s.n_trials) if s.n_trials else "?", "trial budget"),
+        ]
+    )
     spec = esc(json.dumps(s.spec, indent=2, default=str)) if s.spec else "(no spec stored in the study)"
     title = f"<h2>Study <span class=name>{esc(s.name)}</span></h2>" if multi else ""
-    return (f'<section class="card study">{title}<div>{badges}</div>'
-            f'<div class="grid" style="margin-top:10px">{stats}</div>'
-            f"<details><summary>Resolved spec</summary><pre>{spec}</pre></details></section>")
+    return (
+        f'<section class="card study">{title}<div>{badges}</div>'
+        f'<div class="grid" style="margin-top:10px">{stats}</div>'
+        f"<details><summary>Resolved spec</summary><pre>{spec}</pre></details></section>"
+    )
 
 
 def _best_card(s: StudyData, multi: bool) -> str:
@@ -114,11 +119,13 @@ def _best_card(s: StudyData, multi: bool) -> str:
     ]
     facts = "".join(f"<tr><td>{k}</td><td>{esc(v)}</td></tr>" for k, v in kv)
     cmd = f"sweep rerun {_shell_quote(s.name)} {b.number}"
-    return (f'<section class="card best"><h2>{head}</h2><div class="grid">'
-            f'<div><h3>Parameters</h3><table class="kv">{params}</table></div>'
-            f'<div><h3>Result</h3><table class="kv">{facts}</table></div>'
-            f"{_cheapest(s)}</div>{_kept(s)}"
-            f"<h3>Rerun it</h3><code class=rerun>{esc(cmd)}</code></section>")
+    return (
+        f'<section class="card best"><h2>{head}</h2><div class="grid">'
+        f'<div><h3>Parameters</h3><table class="kv">{params}</table></div>'
+        f'<div><h3>Result</h3><table class="kv">{facts}</table></div>'
+        f"{_cheapest(s)}</div>{_kept(s)}"
+        f"<h3>Rerun it</h3><code class=rerun>{esc(cmd)}</code></section>"
+    )
 
 
 def _cheapest(s: StudyData) -> str:
@@ -145,11 +152,13 @@ def _kept(s: StudyData) -> str:
     """Which trials have a kept model, and where (``sweep export`` reads them)."""
     if not s.kept:
         return '<h3>Kept models</h3><p class="note kept">none (checkpoint.keep_best = 0, or no trial completed)</p>'
-    rows = "".join(f"<tr><td>#{k.trial}</td><td>{acc(k.value)}</td><td><code>{esc(k.path or k.artifact_id)}</code>"
-                   f"</td><td><code>{esc(f'sweep export {_shell_quote(s.name)} --trial {k.trial} --output DIR')}"
-                   "</code></td></tr>" for k in s.kept)
+    rows = "".join(
+        f"<tr><td>#{k.trial}</td><td>{acc(k.value)}</td><td><code>{esc(k.path or k.artifact_id)}</code>"
+        f"</td><td><code>{esc(f'sweep export {_shell_quote(s.name)} --trial {k.trial} --output DIR')}"
+        "</code></td></tr>"
+        for k in s.kept
+    )
     return f'<h3>Kept models</h3><table class="kv kept">{rows}</table>'
-
 
 
 def _cell(text: str, sort: Any = None, cls: str = "", title: str = "") -> str:
@@ -176,13 +185,27 @@ def _table(data: ReportData) -> str:
     for s in data.studies:
         for r in s.trials:
             params += [p for p in r.params if p not in params]
-    numeric = {p for p in params if all(
-        isinstance(r.params.get(p), (int, float)) and not isinstance(r.params.get(p), bool)
-        for s in data.studies for r in s.trials if p in r.params)}
+    numeric = {
+        p
+        for p in params
+        if all(
+            isinstance(r.params.get(p), (int, float)) and not isinstance(r.params.get(p), bool)
+            for s in data.studies
+            for r in s.trials
+            if p in r.params
+        )
+    }
     cols: list[tuple[str, str]] = ([("study", "str")] if multi else []) + [("#", "num"), ("state", "str")]
     cols += [(p, "num" if p in numeric else "str") for p in params]
-    cols += [("val acc", "num"), ("test acc", "num"), ("epochs", "num"), ("duration", "num"),
-             ("host", "str"), ("device", "str"), ("failure", "str")]
+    cols += [
+        ("val acc", "num"),
+        ("test acc", "num"),
+        ("epochs", "num"),
+        ("duration", "num"),
+        ("host", "str"),
+        ("device", "str"),
+        ("failure", "str"),
+    ]
     head = "".join(f'<th data-type="{t}" scope="col">{esc(c)}</th>' for c, t in cols)
     body: list[str] = []
     total = 0
@@ -252,15 +275,18 @@ def render_html(
     for s in data.studies:
         parts.append(_study_header(s, multi))
         parts.append(_best_card(s, multi))
-    notes = [f"{esc(s.name)}: {esc(s.importance_note)}" for s in data.studies
-             if not s.importances and s.importance_note]
+    notes = [
+        f"{esc(s.name)}: {esc(s.importance_note)}" for s in data.studies if not s.importances and s.importance_note
+    ]
     for i, (title, fig) in enumerate(figs):
         fid = f"fig-{i}"
         height = int(fig.layout.height or 450)
-        parts.append(f'<section class="card figure"><h2>{title}</h2>'
-                     f'<div id="{fid}" class="plot" style="height:{height}px"></div>'
-                     f"<script>sweepPlot({_script_json(fid)},{_script_json(fig.to_plotly_json())});</script>"
-                     "</section>")
+        parts.append(
+            f'<section class="card figure"><h2>{title}</h2>'
+            f'<div id="{fid}" class="plot" style="height:{height}px"></div>'
+            f"<script>sweepPlot({_script_json(fid)},{_script_json(fig.to_plotly_json())});</script>"
+            "</section>"
+        )
     if notes:
         parts.append('<p class="note">Parameter importances skipped: ' + "; ".join(notes) + "</p>")
     parts.append(_table(data))

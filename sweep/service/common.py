@@ -30,6 +30,7 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+
 def stored_spec_dict(storage: optuna.storages.BaseStorage, name: str, wait_s: float = 5.0) -> dict[str, Any]:
     study_id = storage.get_study_id_from_name(name)
     deadline = time.monotonic() + wait_s
@@ -40,6 +41,7 @@ def stored_spec_dict(storage: optuna.storages.BaseStorage, name: str, wait_s: fl
         if time.monotonic() > deadline:  # a concurrent `create` is between its two writes
             raise ServiceError(f"study {name!r} exists but has no sweep spec; it was not made by `sweep create`")
         time.sleep(0.1)
+
 
 def resolve_study_name(storage: optuna.storages.BaseStorage, name: str | None, storage_url: str) -> str:
     """The named study, or the only study in the storage; a clear error otherwise."""
@@ -66,6 +68,7 @@ def open_read_only(storage_url: str) -> optuna.storages.RDBStorage:
     quiet_optuna()
     return open_storage(storage_url, create=False)
 
+
 def resolve_device(device: str) -> str:
     """``auto`` → cuda when a GPU is visible, else cpu; a bad choice is an error."""
     if device == "auto":
@@ -75,6 +78,7 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ServiceError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     return device
+
 
 def load_spec_data(spec: StudySpec, storage_url: str) -> Any:
     """The study's data on this machine (decoded once per machine into the cache)."""

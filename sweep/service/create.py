@@ -95,8 +95,8 @@ def create_study(
         with contextlib.suppress(Exception):
             optuna.delete_study(study_name=spec.name, storage=storage)
         raise
-    return CreateResult(spec.name, created=True, spec=spec, warnings=tuple(_local_warnings(spec)),
-                        warm_started=copied)
+    return CreateResult(spec.name, created=True, spec=spec, warnings=tuple(_local_warnings(spec)), warm_started=copied)
+
 
 def _resolved_again(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored spec with today's defaults filled in: a study made before a new spec key existed

@@ -128,11 +128,15 @@ def delete_study(storage_url: str, name: str, *, yes: bool, artifacts: str | Non
     trials = study.get_trials(deepcopy=False)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     if running:
-        raise ServiceError(f"{running} trials of {study_name!r} are running; stop the study first "
-                           f"(sweep stop {study_name}) and delete it once its workers have exited")
+        raise ServiceError(
+            f"{running} trials of {study_name!r} are running; stop the study first "
+            f"(sweep stop {study_name}) and delete it once its workers have exited"
+        )
     if not yes:
-        raise ServiceError(f"sweep delete removes study {study_name!r}, its {len(trials)} trials and their "
-                           "checkpoints and kept models for good; pass --yes")
+        raise ServiceError(
+            f"sweep delete removes study {study_name!r}, its {len(trials)} trials and their "
+            "checkpoints and kept models for good; pass --yes"
+        )
     store = artifact_store(storage_url, artifacts)
     ids = {m.artifact_id for t in trials for m in get_all_artifact_meta(t, storage=storage)}
     ids |= {m.artifact_id for m in get_all_artifact_meta(study)}

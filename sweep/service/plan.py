@@ -71,8 +71,10 @@ def plan_workers(
     if processes > 1:
         # The storage URL reaches each child through its environment, never its argv: a password in
         # /proc/PID/cmdline is readable by every local user (`ps`), the environment by the owner only.
-        slots = tuple(replace(s, env={**s.env, "SWEEP_STORAGE": storage_url})
-                      for s in (gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers)))
+        slots = tuple(
+            replace(s, env={**s.env, "SWEEP_STORAGE": storage_url})
+            for s in (gpu_slots(gpus, per_gpu) if gpus else cpu_slots(workers))
+        )
         threads = threads if threads is not None else max(1, cores // len(slots))
         options = ["--threads", str(threads)]
         options += ["--artifacts", artifacts] if artifacts else []

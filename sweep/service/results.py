@@ -130,9 +130,7 @@ def _card(study: str, trial: FrozenTrial | None, **extra: Any) -> dict[str, Any]
     }
 
 
-def predict(
-    folder: str | Path, inputs: Sequence[str], *, k: int = 5, threads: int | None = None
-) -> list[Any]:
+def predict(folder: str | Path, inputs: Sequence[str], *, k: int = 5, threads: int | None = None) -> list[Any]:
     """Top-``k`` classes of every image under ``inputs`` with an export (sweep.export.Prediction /
     Unreadable per input file, in order)."""
     from sweep.export import predict_files
@@ -191,8 +189,16 @@ def rerun_trial(
     params = {**spec.fixed_params(), **trial.params}
     original = trial.system_attrs.get(record.FAILED_TRIAL.name, trial.number)
     data = load_spec_data(spec, storage_url)
-    retrained = retrain(spec, params, data, device, seed=trial_seed(spec, original), precision=precision,
-                        keep_final=export is not None, on_epoch=on_epoch)
+    retrained = retrain(
+        spec,
+        params,
+        data,
+        device,
+        seed=trial_seed(spec, original),
+        precision=precision,
+        keep_final=export is not None,
+        on_epoch=on_epoch,
+    )
     if retrained.payload is not None and export is not None:
         _export_retrained(name, trial, retrained, Path(export), force=force)
     return _rerun_result(name, trial, retrained.result)
@@ -216,8 +222,14 @@ def _export_retrained(name: str, trial: FrozenTrial, retrained: Retrained, folde
 
     assert retrained.payload is not None
     result = retrained.result
-    card = _card(name, trial, val_accuracy=result.val_accuracy, test_accuracy=result.test_accuracy,
-                 environment=provenance.environment(), retrained=True)
+    card = _card(
+        name,
+        trial,
+        val_accuracy=result.val_accuracy,
+        test_accuracy=result.test_accuracy,
+        environment=provenance.environment(),
+        retrained=True,
+    )
     card["git_commit"] = card["environment"].get("git_commit")
     write_export(retrained.payload, card, folder, force=force)
 

@@ -44,7 +44,7 @@ def _safe(name: str, limit: int, *, force_hash: bool = False) -> str:
     if safe == name and len(safe) <= limit and not force_hash:
         return safe
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
-    return f"{safe[:limit - 11]}-{digest}"
+    return f"{safe[: limit - 11]}-{digest}"
 
 
 def default_report_path(names: Sequence[str], storage_url: str) -> Path:
@@ -95,8 +95,13 @@ class RunningTrial:
     started: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"number": self.number, "host": self.host, "device": self.device, "epoch": self.epoch,
-                "last_acc": self.last_acc}
+        return {
+            "number": self.number,
+            "host": self.host,
+            "device": self.device,
+            "epoch": self.epoch,
+            "last_acc": self.last_acc,
+        }
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,9 @@ def study_status(storage: optuna.storages.BaseStorage, name: str) -> StudyStatus
         best_params=dict(best.params) if best else {},
         best_number=best.number if best else None,
         running=running,
-        state=control.state_of(attrs, budget, trials, live_running(storage, study._study_id, running_ids),
-                               _max_hours(spec)),
+        state=control.state_of(
+            attrs, budget, trials, live_running(storage, study._study_id, running_ids), _max_hours(spec)
+        ),
         kept=kept_models(attrs),
         compute_hours=control.compute_seconds(trials) / 3600,
         max_hours=_max_hours(spec),

@@ -73,6 +73,7 @@ class WorkerEvents(Progress):
 
     trial_finished: Callable[[int, str, float | None, str | None], None] = lambda number, state, value, why: None
 
+
 def run_worker(
     study_name: str | None,
     *,
@@ -149,8 +150,10 @@ def _worker_store(storage: optuna.storages.BaseStorage, store: ArtifactStore, ev
         events.message(f"artifact store {describe(store)} not cleaned up: {first_line(exc)}")
         return store
     if orphans.files:
-        events.message(f"removed {len(orphans.files)} artifact files no trial refers to "
-                       f"({orphans.bytes / 1e6:.1f} MB) from {describe(store)}")
+        events.message(
+            f"removed {len(orphans.files)} artifact files no trial refers to "
+            f"({orphans.bytes / 1e6:.1f} MB) from {describe(store)}"
+        )
     return store
 
 
@@ -243,8 +246,11 @@ class _TrialLoop:
             if not self.wait_paused:
                 self.events.message("study paused: no new trials until `sweep resume`; exiting")
                 return False
-        why = ("study paused: waiting for `sweep resume`" if decision == Decision.PAUSED
-               else "budget reached; waiting for trials still running on other workers")
+        why = (
+            "study paused: waiting for `sweep resume`"
+            if decision == Decision.PAUSED
+            else "budget reached; waiting for trials still running on other workers"
+        )
         if why != self.said:
             self.events.message(why)
             self.said = why
@@ -334,8 +340,14 @@ class TrialRunner:
         study = self.study
         # After the tell: the top K are read from the database (see sweep.kept).
         try:
-            patiently(self.storage, lambda: retry_on_locked(lambda: reconcile(
-                self.storage, study._study_id, study.study_name, self.artifacts, self.spec.checkpoint.keep_best)))
+            patiently(
+                self.storage,
+                lambda: retry_on_locked(
+                    lambda: reconcile(
+                        self.storage, study._study_id, study.study_name, self.artifacts, self.spec.checkpoint.keep_best
+                    )
+                ),
+            )
         except Exception as exc:  # noqa: BLE001 - the result is told; the next completion reconciles
             self.progress.message(f"trial {trial.number}: kept models not updated ({type(exc).__name__}: {exc})")
 
@@ -349,9 +361,16 @@ class TrialRunner:
         # The trial comes from BudgetGate.take, which beat it and checked the pause a moment ago.
         with beating(self.storage, trial._trial_id, on_beat=check_pause, beaten=True):
             try:
-                outcome = run_trial(trial, self.spec, self.data, self.device,
-                                    stop=_StopOrPause(event=self.stop.event, pause=pause), progress=self.progress,
-                                    original_number=original, artifacts=self.artifacts)
+                outcome = run_trial(
+                    trial,
+                    self.spec,
+                    self.data,
+                    self.device,
+                    stop=_StopOrPause(event=self.stop.event, pause=pause),
+                    progress=self.progress,
+                    original_number=original,
+                    artifacts=self.artifacts,
+                )
             except KeyboardInterrupt:
                 self._tell(trial, state=TrialState.FAIL)
                 raise

@@ -231,8 +231,11 @@ class _Listener:
             (k.path or k.artifact_id for k in kept_models(storage.get_study_user_attrs(study_id)) if k.trial == number),
             None,
         )
-        tags = {a.name: str(attrs[a.name]) for a in (record.HOST, record.DEVICE, record.PRECISION, record.RETRY_OF)
-                if attrs.get(a.name) is not None}
+        tags = {
+            a.name: str(attrs[a.name])
+            for a in (record.HOST, record.DEVICE, record.PRECISION, record.RETRY_OF)
+            if attrs.get(a.name) is not None
+        }
         return TrialFinished(
             self.study.study_name,
             number,
