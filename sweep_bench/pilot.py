@@ -524,8 +524,9 @@ def pilot_table(con: sqlite3.Connection, base: Table, variant: str) -> Table:
 
     rows = {}
     tests = dict(con.execute("SELECT idx, test_accuracy FROM configs"))
+    configs = {c.index: c for c, _ in stored_configs(con)}  # one read, not one per config
     for idx, curve in curves(con).items():
-        cfg = next(c for c, _ in stored_configs(con) if c.index == idx)
+        cfg = configs[idx]
         key = base.key(cfg.params)
         if variant == "cosine":
             rows[key] = base.rows[key]
