@@ -238,6 +238,8 @@ class _RowSampler(optuna.samplers.BaseSampler):
         self._inner = inner
         self._grid = table.grid
         self._rows = [dict(zip(table.grid, key, strict=True)) for key in table.rows]
+        # Each grid value's position, once: a proposal is compared with every row.
+        self._index = {name: {_norm(v): i for i, v in enumerate(values)} for name, values in table.grid.items()}
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return self._inner.infer_relative_search_space(study, trial)
@@ -258,8 +260,8 @@ class _RowSampler(optuna.samplers.BaseSampler):
         return min(allowed, key=lambda v: (self._steps(param_name, value, v), str(v)))
 
     def _steps(self, name: str, a: Any, b: Any) -> int:
-        values = [_norm(v) for v in self._grid[name]]
-        return abs(values.index(_norm(a)) - values.index(_norm(b)))
+        index = self._index[name]
+        return abs(index[_norm(a)] - index[_norm(b)])
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner.before_trial(study, trial)
