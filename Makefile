@@ -39,8 +39,8 @@ demo: venv
 	$(SWEEP) report demo --storage $(DEMO_STORAGE)
 
 lint: venv
-	$(VENV)/bin/ruff check sweep sweep_bench tests
-	$(VENV)/bin/ruff format --check sweep sweep_bench tests
+	$(VENV)/bin/ruff check sweep sweep_bench benchmarks tests
+	$(VENV)/bin/ruff format --check sweep sweep_bench benchmarks tests
 
 # The whole suite, in TEST_WORKERS processes (pytest-xdist; most tests wait on child processes, a
 # database or a browser, so more processes than cores pay; BENCHMARKS.md, "Test suite").
@@ -49,7 +49,7 @@ test: venv system-deps lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The edit-test loop: everything not marked slow (no Slurm, no fault injection, no multi-process
-# sweeps), same processes. `make test` still runs everything, and CI runs `make test`.
+# sweeps, no console script end to end: no test over ~10 s on 2 cores), same processes. `make test` still runs everything, and CI runs `make test`.
 test-fast: venv lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 

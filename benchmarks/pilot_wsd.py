@@ -2,10 +2,13 @@
 
     python benchmarks/pilot_wsd.py run [--threads 1] [--schedule wsd|schedulefree] [--db DB]
     python benchmarks/pilot_wsd.py analyse [--db ...] [--json out.json]
+    python benchmarks/pilot_wsd.py replay [--db ...] [--seeds 30] [--json benchmarks/results/sweep-pilot.json]
 
 From the repository root, with the CIFAR-10 JPEGs unpacked where the fine-tune table's spec says
 (``/tmp/data/cifar10-jpeg``, or ``--data-root``). ``run`` trains the unfinished configs (a rerun
-continues; SIGTERM stops after the epoch); ``analyse`` reads whatever has finished (``sweep_bench.pilot``).
+continues; SIGTERM stops after the epoch); ``analyse`` reads whatever has finished (``sweep_bench.pilot``);
+``replay`` runs ``sweep bench sweep``'s replay on the pilot's configs (a subset of the fine-tune table's
+grid), once with their EMA rung values and once with the same configs' cosine curves from the table.
 """
 
 from __future__ import annotations
@@ -83,6 +86,35 @@ def _analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from rich.console import Console
+
+    from sweep_bench import write_json
+    from sweep_bench.sweep import load_table, print_table, run_replays
+
+    console = Console()
+    base = load_table(pilot.TABLE_STUDY, args.table)
+    con = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+    results = {}
+    for variant in (args.variant, "cosine"):
+        table = pilot.pilot_table(con, base, variant)
+        # Each against its own best final, within the fine-tune table's noise floor (same validation set).
+        results[variant] = run_replays(table, seeds=args.seeds, budget_epochs=args.budget_epochs)
+        print_table(results[variant], console)
+    result = results[args.variant]
+    cosine = results["cosine"]
+    result["same_configs_cosine"] = {
+        k: cosine[k] for k in ("epochs_ratio_vs_random", "epochs_ratio_se", "oracle", "best_val", "chosen_test")
+    } | {
+        "table_epoch_spearman": cosine["table"]["epoch_spearman"],
+        "target_val_accuracy": cosine["target_val_accuracy"],
+    }
+    write_json(result, args.json)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +135,14 @@ def main() -> int:
     ana.add_argument("--top-k", type=int, default=None, help="default: a quarter of the finished configs")
     ana.add_argument("--json", default=None)
     ana.set_defaults(func=_analyse)
+    rep = sub.add_parser("replay", help="replay samplers and pruners on the pilot's configs (EMA and cosine)")
+    rep.add_argument("--db", type=Path, default=pilot.DEFAULT_DB)
+    rep.add_argument("--table", default=pilot.TABLE_URL, help="storage URL of the fine-tune table")
+    rep.add_argument("--variant", choices=[v for v in pilot.VARIANTS if v not in ("cosine", "cooldown")], default="ema")
+    rep.add_argument("--seeds", type=int, default=30)
+    rep.add_argument("--budget-epochs", type=int, default=None, help="default: a third of the configs' epochs")
+    rep.add_argument("--json", default=None)
+    rep.set_defaults(func=_replay)
     args = parser.parse_args()
     return args.func(args)
 

@@ -52,13 +52,19 @@ def main() -> None:
         method("tpe", "tpe", "none"),
         method("tpe+median(w4)", "tpe", "median", {"n_warmup_steps": 4, "n_startup_trials": 5}),
         method("tpe+sha(min3)", "tpe", "successive-halving", {"min_resource": 3, "reduction_factor": 3}),
-        method("tpe+hyperband(min2,rf2)", "tpe", "hyperband",
-               {"min_resource": 2, "max_resource": epochs, "reduction_factor": 2}),
+        method(
+            "tpe+hyperband(min2,rf2)",
+            "tpe",
+            "hyperband",
+            {"min_resource": 2, "max_resource": epochs, "reduction_factor": 2},
+        ),
     ]
-    for inner, pruner, args in [("median(w1)", "median", {}),
-                                ("median(w3)", "median", {"n_warmup_steps": 3, "n_startup_trials": 5}),
-                                ("sha(min1)", "successive-halving", {"min_resource": 1, "reduction_factor": 3}),
-                                ("sha(min2)", "successive-halving", {"min_resource": 2, "reduction_factor": 3})]:
+    for inner, pruner, args in [
+        ("median(w1)", "median", {}),
+        ("median(w3)", "median", {"n_warmup_steps": 3, "n_startup_trials": 5}),
+        ("sha(min1)", "successive-halving", {"min_resource": 1, "reduction_factor": 3}),
+        ("sha(min2)", "successive-halving", {"min_resource": 2, "reduction_factor": 3}),
+    ]:
         for patience, delta in [(1, 0.0), (2, 0.0), (1, floor), (2, floor)]:
             name = f"tpe+patient({patience},{delta * 100:.2f}pt)+{inner}"
             wrapped[f"replay-{name}-"] = ("patient", patience, delta)

@@ -219,6 +219,14 @@ def bench_sweep(
             "the table's noise floor, the binomial s.e. of its best on its validation images; else 0.5).",
         ),
     ] = None,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="Replay a table still being built on the configs it has finished (a random subset of "
+            "its grid); the JSON says table.partial. Without it, an unfinished table is an error.",
+        ),
+    ] = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
@@ -234,6 +242,7 @@ def bench_sweep(
             html_path=html_path,
             console=console,
             tolerance=None if tolerance is None else tolerance / 100,
+            partial=partial,
         )
 
 

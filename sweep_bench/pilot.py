@@ -535,4 +535,7 @@ def pilot_table(con: sqlite3.Connection, base: Table, variant: str) -> Table:
         if any(v is None for v in values):
             raise ValueError(f"pilot config {idx} has no {variant!r} value at every epoch")
         rows[key] = Row(dict(cfg.params), tuple(float(v) for v in values), tests[idx])  # type: ignore[arg-type]
-    return dataclasses.replace(base, name=f"pilot-{variant}", rows=rows)
+    spec = base.spec
+    if variant != "cosine":  # the table says which schedule its curves come from (the replay's JSON)
+        spec = pilot_spec(spec, train={**read_meta(con)["train"], "rung_value": variant})
+    return dataclasses.replace(base, name=f"pilot-{variant}", spec=spec, rows=rows)

@@ -562,7 +562,9 @@ def _table_figures(table: Table, floor: float | None) -> dict[str, Any]:
     return {
         "study": table.name,
         "grid": table.grid,
-        "grid_size": len(table.rows),
+        "grid_size": len(table.rows),  # the rows replayed: fewer than grid_points while a table is built
+        "grid_points": math.prod(len(v) for v in table.grid.values()),
+        "partial": len(table.rows) < math.prod(len(v) for v in table.grid.values()),
         "epochs": table.epochs,
         "total_epochs": table.total_epochs,
         "best_val_accuracy": best.curve[-1],
@@ -653,7 +655,7 @@ def anytime_figure(result: Mapping[str, Any]) -> Any:
         annotation_position="bottom right",
     )
     fig.update_layout(
-        title=f"Anytime curves on table {table['study']!r} ({table['grid_size']} configs × {table['epochs']} epochs; "
+        title=f"Anytime curves on table {table['study']!r} ({_configs(table)} × {table['epochs']} epochs; "
         f"{result['seeds']} seeds, band = min–max)",
         xaxis_title="cumulative training epochs",
         yaxis_title="best validation accuracy of a completed trial",
@@ -676,13 +678,20 @@ def _pct(value: float | None, scale: float = 100.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _configs(t: Mapping[str, Any]) -> str:
+    """'144 configs', or '61 of 144 configs' for a partial table."""
+    if t.get("partial"):
+        return f"{t['grid_size']} of {t['grid_points']} configs"
+    return f"{t['grid_size']} configs"
+
+
 def print_table(result: Mapping[str, Any], console: Any) -> None:
     """The per-method summary as a rich table."""
     from rich.table import Table as RichTable
 
     t = result["table"]
     rt = RichTable(
-        title=f"sweep replay on {t['study']!r}: {t['grid_size']} configs × {t['epochs']} epochs, budget "
+        title=f"sweep replay on {t['study']!r}: {_configs(t)} × {t['epochs']} epochs, budget "
         f"{result['budget_epochs']} epochs, {result['seeds']} seeds; table best val "
         f"{_pct(t['best_val_accuracy'])} % (test {_pct(t['best_test_accuracy'])} %)"
     )
@@ -723,15 +732,18 @@ def run_sweep_bench(
     html_path: Path | None = None,
     console: Any = None,
     tolerance: float | None = None,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Load the table study, replay every method, print the table; save JSON and the figure.
 
     The figure goes to ``html_path``, or beside ``json_path`` (same name, ``.html``) when only that is given.
+    ``partial`` replays a table still being built on the rows it has (a random subset of its grid: the
+    grid sampler trains its points in random order); the JSON says so (``table.partial``).
     """
     from rich.console import Console
 
     console = console or Console()
-    table = load_table(table_study, storage_url)
+    table = load_table(table_study, storage_url, complete=not partial)
     result = run_replays(table, seeds=seeds, budget_epochs=budget_epochs, tolerance=tolerance)
     print_table(result, console)
     if html_path is None and json_path is not None:

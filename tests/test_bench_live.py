@@ -47,6 +47,7 @@ step = 4
 """
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("torch_one_thread")
 def test_live_runs_match_the_replay_mechanics(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'table.db'}"

@@ -292,6 +292,27 @@ def test_a_partial_table_is_replayed_on_its_rows(tmp_path: Path) -> None:
             assert run["proposals"] and all(table.key(p) in table.rows for p in run["proposals"]), method.name
 
 
+def test_bench_sweep_replays_a_partial_table_only_when_asked(tmp_path: Path) -> None:
+    """``sweep bench sweep`` on a table still being built: one line and exit 2, unless ``--partial``,
+    whose JSON and printed title say how much of the grid the figures stand on."""
+    from typer.testing import CliRunner
+
+    from sweep.cli import app
+
+    url = f"sqlite:///{tmp_path / 'partial.db'}"
+    make_table(url, drop=60)
+    args = ["bench", "sweep", "table-synth", "--storage", url, "--seeds", "1", "--budget-epochs", "30"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "48 of 108 grid points finished" in refused.output
+    assert "Traceback" not in refused.output
+    out = tmp_path / "partial.json"
+    done = CliRunner().invoke(app, [*args, "--partial", "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    table = json.loads(out.read_text())["table"]
+    assert (table["grid_size"], table["grid_points"], table["partial"]) == (48, 108, True)
+    assert len(table["configs"]) == 48 and "48 of 108 configs" in done.output
+
+
 @pytest.mark.parametrize("name", ["table-cpu", "table-gpu", "table-finetune", "table-wide"])
 def test_table_specs_are_valid_grids(name: str) -> None:
     spec = load_spec(name, studies_dir=ROOT / "studies")

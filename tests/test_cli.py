@@ -68,6 +68,7 @@ def test_the_cli_starts_without_optuna_for_the_gpu_bench() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_create_worker_report_with_cli_runner(workdir: Path) -> None:
     result = runner.invoke(app, ["create", "tiny", "--set", "n_trials=2"])
     assert result.exit_code == 0, result.output
@@ -181,6 +182,7 @@ def test_storage_from_environment(workdir: Path, monkeypatch: pytest.MonkeyPatch
     assert not (workdir / "storage" / "sweep.db").exists()
 
 
+@pytest.mark.slow
 def test_console_script_end_to_end(workdir: Path) -> None:
     env = {**os.environ, "SWEEP_STORAGE": "sqlite:///storage/cli.db"}
 
@@ -227,6 +229,7 @@ def test_unknown_gpu_lists_visible_gpus(workdir: Path) -> None:
     assert result.exit_code == 2 and "'some' is not one of 'all'" in result.output
 
 
+@pytest.mark.slow
 def test_a_bad_environment_value_is_one_line_where_it_is_used(workdir: Path) -> None:
     env = {**os.environ, "SWEEP_HEARTBEAT_INTERVAL": "10s"}
 

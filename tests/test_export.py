@@ -193,6 +193,7 @@ def test_export_of_a_trial_that_did_not_complete_is_refused(tmp_path: Path) -> N
     assert result.exit_code == 2 and "no completed trial yet" in result.output
 
 
+@pytest.mark.slow
 def test_predict_console_script_reports_unreadable_files_and_classifies_the_rest(swept: Sweep, tmp_path: Path) -> None:
     out = tmp_path / "best"
     export_trial("tiny", None, out, storage_url=swept.url, artifacts=str(swept.root / "artifacts"))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from sweep import record
@@ -58,6 +59,7 @@ def test_rank_takes_completed_trials_best_first_ties_to_the_earlier() -> None:
     assert [k.trial for k in rank(models, 10)] == [1, 2, 4, 0]
 
 
+@pytest.mark.slow
 def test_many_processes_finishing_at_once_keep_exactly_the_top_k(storage_url: str, tmp_path: Path) -> None:
     storage = open_storage(storage_url)
     study = optuna.create_study(study_name="kept", storage=storage, direction="maximize")

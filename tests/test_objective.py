@@ -46,6 +46,7 @@ def test_budget_is_exact_and_values_are_validation_accuracy(url: str, tmp_path: 
         assert 0 <= t.user_attrs["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_n_trials_limits_this_worker_only(url: str, tmp_path: Path) -> None:
     study = _create(url, tmp_path, n_trials=3, epochs=1)
     assert run_worker("tiny", storage_url=url, device="cpu", n_trials=1).trials == 1
@@ -53,6 +54,7 @@ def test_n_trials_limits_this_worker_only(url: str, tmp_path: Path) -> None:
     assert len(study.trials) == 3
 
 
+@pytest.mark.slow
 def test_pruning_really_happens(url: str, tmp_path: Path) -> None:
     # Good configurations first, then hopeless ones (tiny lr, everything frozen): the median pruner
     # must stop the hopeless ones after their first epoch, leaving them PRUNED with their curves.
@@ -80,6 +82,7 @@ def test_pruning_really_happens(url: str, tmp_path: Path) -> None:
         assert t.user_attrs["epochs_run"] == 1
 
 
+@pytest.mark.slow
 def test_the_auto_pruner_prunes_in_a_real_worker(url: str, tmp_path: Path) -> None:
     # Three configs of different quality finish; their epoch-1 values rank like their ends, so the
     # auto pruner puts a rung at epoch 1 and stops the hopeless config there.
@@ -227,6 +230,7 @@ def test_a_broken_cuda_context_hands_the_trial_back_and_stops_the_worker(
     assert [t.state for t in study.trials[2:]] == [TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["lost", "corrupt"])
 def test_a_retry_whose_checkpoint_is_lost_says_so_and_trains_from_scratch(
     url: str, tmp_path: Path, damage: str

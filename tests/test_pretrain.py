@@ -53,6 +53,7 @@ def test_backbone_is_a_bf16_state_dict_without_the_source_head(cifar_like: Path,
     assert model.fc.weight.dtype == torch.float32 and model.fc.out_features == 5
 
 
+@pytest.mark.slow
 def test_a_killed_pretraining_resumes_to_the_same_weights(cifar_like: Path, tmp_path: Path) -> None:
     whole = pretrain(cifar_like, tmp_path / "a" / "bb.pt", recipe=RECIPE, cache_dir=tmp_path / "c", log=lambda s: None)
 

@@ -112,6 +112,7 @@ def _run(work: Path, url: str, *args: str, **extra: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_is_one_line_and_exit_2(s3_bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     write_tiny_spec(tmp_path)

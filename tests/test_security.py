@@ -135,6 +135,7 @@ def _run_sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 # --------------------------------------------------------------------------- exports never unpickle
 
 
+@pytest.mark.slow
 def test_predict_classifies_from_the_state_dict_and_never_loads_the_program(
     exported: Path, image: Path, tmp_path: Path
 ) -> None:
@@ -167,6 +168,7 @@ def test_predict_classifies_from_the_state_dict_and_never_loads_the_program(
     assert pred.top[0][1] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_state_dict_carrying_a_pickle_payload_is_one_line_and_runs_nothing(
     exported: Path, image: Path, tmp_path: Path
 ) -> None:
@@ -393,6 +395,7 @@ def test_a_decompression_bomb_is_one_line_naming_the_file(
     assert isinstance(result, sweep.export.Unreadable) and "exceeds limit" in result.reason
 
 
+@pytest.mark.slow
 def test_decompression_bomb_in_a_worker_preflight_is_exit_2(tmp_path: Path) -> None:
     folder = tmp_path / "data"
     for split in ("train", "test"):

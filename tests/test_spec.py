@@ -215,6 +215,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SWEEP), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_builtin_specs_work_from_any_folder_and_a_local_file_wins(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     done = _run("create", "lr-freeze", "--storage", url, cwd=tmp_path)  # no studies/ here

@@ -469,6 +469,7 @@ TINY = TrainConfig(
 )
 
 
+@pytest.mark.slow
 def test_compiled_units_keep_compiling_across_trials(tiny: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ten trials of different k and batch size: every unit stays compiled and graphs are reused."""
     from torch._dynamo.testing import CompileCounter
