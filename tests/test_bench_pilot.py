@@ -227,3 +227,28 @@ def test_run_stops_after_an_epoch_and_a_rerun_continues(tmp_path: Path) -> None:
     assert [c is None for _, e, c in rows] == [False, True, False, True]  # no branch after the last epoch
     assert all(done for _, done in stored_configs(con)) and not list(ckpt_dir.iterdir())
     assert run_pilot(con, spec, data, ckpt_dir=ckpt_dir) == 0  # nothing left
+
+
+def test_the_committed_pilot_replay_is_what_the_committed_databases_give(tmp_path: Path) -> None:
+    """benchmarks/results/sweep-pilot.json (BENCHMARKS.md) must come from the committed pilot and table
+    databases by this code: the subset's rows, their schedule, the same seed-0 runs."""
+    import json
+    import shutil
+
+    from sweep_bench.pilot import pilot_table
+    from sweep_bench.sweep import default_methods, load_table, replay
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("table-finetune.db", "table-pilot-wsd.db"):  # copies: reading must not touch the committed files
+        shutil.copy(root / "benchmarks" / "tables" / name, tmp_path / name)
+    committed = json.loads((root / "benchmarks" / "results" / "sweep-pilot.json").read_text())
+    base = load_table("table-finetune", f"sqlite:///{tmp_path / 'table-finetune.db'}")
+    table = pilot_table(sqlite3.connect(tmp_path / "table-pilot-wsd.db"), base, "ema")
+    assert (committed["table"]["grid_size"], committed["table"]["grid_points"]) == (len(table.rows), 96) == (24, 96)
+    assert committed["table"]["schedule"]["schedule"] == "wsd" and committed["table"]["schedule"]["rung_value"] == "ema"
+    assert committed["table"]["epoch_spearman"] == table.epoch_spearman()
+    for method in default_methods(table.epochs):
+        if method.name in ("random", "tpe+sha"):
+            again = replay(table, method, 0, committed["budget_epochs"], committed["tolerance"])
+            assert again == committed["methods"][method.name]["runs"][0], method.name
+    assert committed["same_configs_cosine"]["epochs_ratio_vs_random"]["random"] == 1.0
