@@ -28,6 +28,7 @@ from sweep import record
 from sweep.artifacts import disk_full
 from sweep.errors import UserError
 from sweep.outage import DatabaseUnavailable
+from sweep.record import Reason
 from sweep.search import suggest_params
 from sweep.show import first_line
 from sweep.spec import StudySpec
@@ -43,23 +44,6 @@ class Ending(enum.StrEnum):
     COMPLETE = "COMPLETE"
     PRUNED = "PRUNED"
     FAIL = "FAIL"
-
-
-class Reason(enum.StrEnum):
-    """Why a trial was pruned or failed; the value is what its ``fail_reason`` attribute holds."""
-
-    DIVERGED = "diverged"  # NaN/inf loss: pruned
-    OOM = "oom"
-    ERROR = "error"
-    DEVICE = "device"  # the CUDA context broke (see DeviceLost)
-    STOPPED = "stopped"  # SIGTERM/SIGINT: handed back after the epoch
-    DISK_FULL = "disk_full"  # ENOSPC/EDQUOT outside the checkpoints (those only warn): handed back
-    # ``sweep pause``: handed back like a stop (stored as "stopped": the objective sees one flag,
-    # only the worker knows which of the two set it).
-    PAUSED = "paused"
-    # A peer failed the trial while this worker could not reach the database (no heartbeat for longer
-    # than the grace period) and re-queued it: nothing more is written to it; its checkpoint stays.
-    LOST = "lost"
 
 
 @dataclass(frozen=True)

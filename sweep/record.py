@@ -21,6 +21,24 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 
+class Reason(enum.StrEnum):
+    """Why a trial was pruned or failed: the value its ``fail_reason`` attribute holds (the objective
+    writes it, the report and the benches read it back)."""
+
+    DIVERGED = "diverged"  # NaN/inf loss: pruned
+    OOM = "oom"
+    ERROR = "error"
+    DEVICE = "device"  # the CUDA context broke (see objective.DeviceLost)
+    STOPPED = "stopped"  # SIGTERM/SIGINT: handed back after the epoch
+    DISK_FULL = "disk_full"  # ENOSPC/EDQUOT outside the checkpoints (those only warn): handed back
+    # ``sweep pause``: handed back like a stop (stored as "stopped": the objective sees one flag,
+    # only the worker knows which of the two set it).
+    PAUSED = "paused"
+    # A peer failed the trial while this worker could not reach the database (no heartbeat for longer
+    # than the grace period) and re-queued it: nothing more is written to it; its checkpoint stays.
+    LOST = "lost"
+
+
 class Scope(enum.StrEnum):
     """Where an attribute is stored."""
 
@@ -64,7 +82,7 @@ RUNG_VALUES: Final = Attr(
 )
 DURATION_S: Final = Attr("duration_s", float, _T, "wall seconds of its last attempt, set-up included")
 TEST_ACCURACY: Final = Attr("test_accuracy", float, _T, "test-split accuracy once it completed")
-FAIL_REASON: Final = Attr("fail_reason", str, _T, "why it was pruned or failed (objective.Reason); None once retried")
+FAIL_REASON: Final = Attr("fail_reason", str, _T, "why it was pruned or failed (a Reason); None once retried")
 TRACEBACK: Final = Attr("traceback", str, _T, "the last 4000 characters of a training error's traceback")
 DEVICE_LOST: Final = Attr("device_lost", int, _T, "CUDA contexts it broke: a second one fails it for good")
 CHECKPOINT: Final = Attr("checkpoint", dict[str, Any], _T, "{artifact_id, epoch} of its newest checkpoint; None after")
@@ -196,8 +214,14 @@ def test_accuracy(trial: Attributed) -> float | None:
 
 
 def fail_reason(trial: Attributed) -> str:
-    """Why it was pruned or failed ("" when it was not, or the pruner pruned it)."""
+    """Why it was pruned or failed ("" when it was not, or the pruner pruned it); as stored, so a reason
+    this sweep does not know (a newer one's) still shows. Compare it with a ``Reason``."""
     return _text(trial.user_attrs.get(FAIL_REASON.name))
+
+
+def diverged(trial: Attributed) -> bool:
+    """Whether it was stopped by its own NaN/inf loss, not by the pruner."""
+    return fail_reason(trial) == Reason.DIVERGED
 
 
 def traceback(trial: Attributed) -> str:

@@ -186,7 +186,7 @@ def table_from_study(study: optuna.Study, spec: StudySpec, *, complete: bool = T
             if len(curve) < spec.epochs:
                 continue
             row = Row(dict(t.params), curve[: spec.epochs], record.test_accuracy(t))
-        elif record.fail_reason(t).startswith("diverged"):
+        elif record.diverged(t):
             row = Row(dict(t.params), curve, None, diverged=True)
         else:
             continue  # pruned by a pruner: the table spec should not have one

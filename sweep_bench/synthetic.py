@@ -29,7 +29,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "frozen_layers": {"type": "int", "low": 0, "high": 5},
     "aug_strength": {"type": "float", "low": 0.0, "high": 1.0},
 }
-FAIL_REASONS = ("oom", "diverged", "error")
+FAIL_REASONS = (record.Reason.OOM, record.Reason.DIVERGED, record.Reason.ERROR)
 
 
 def synthetic_spec(
@@ -121,7 +121,7 @@ def synthetic_trial(
         value = curve[ran]
     elif state == TrialState.FAIL:
         reason = rng.choice(FAIL_REASONS)
-        attrs[record.FAIL_REASON.name] = reason
+        attrs[record.FAIL_REASON.name] = reason.value
         attrs[record.TRACEBACK.name] = f"Traceback (most recent call last):\n  ...\nRuntimeError: {reason}\n"
     return optuna.trial.create_trial(
         state=state,

@@ -98,6 +98,7 @@ def test_readers_round_trip_on_an_in_memory_trial(which: str) -> None:
     assert record.rung_values(t) == TRIAL_VALUES["rung_values"]
     assert (record.duration_s(t), record.test_accuracy(t)) == (7.125, 0.875)
     assert (record.fail_reason(t), record.traceback(t)) == ("stopped", TRIAL_VALUES["traceback"])
+    assert record.fail_reason(t) == record.Reason.STOPPED and not record.diverged(t)
     assert record.device_lost(t) == 1
     assert record.checkpoint(t) == {"artifact_id": "c0ffee", "epoch": 4}
     assert record.final_model(t) == {"artifact_id": "beef", "path": "/art/beef"}
@@ -111,12 +112,22 @@ def test_readers_give_plain_defaults_for_a_bare_trial() -> None:
     t = study.trials[0]
     assert record.host(t) == record.device(t) == record.gpu_name(t) == record.weights_sha256(t) == ""
     assert record.fail_reason(t) == record.traceback(t) == record.warm_start_from(t) == ""
+    assert not record.diverged(t)
     assert record.seed(t) is record.val_images(t) is record.precision(t) is record.epochs_run(t) is None
     assert record.duration_s(t) is record.test_accuracy(t) is record.retry_of(t) is None
     assert record.checkpoint(t) is record.final_model(t) is None
     assert record.resumed_from_epoch(t) == record.device_lost(t) == 0
     assert record.epoch_seconds(t) == record.rung_values(t) == []
     assert record.environment(t) == {} and record.spec({}) == {}
+
+
+def test_a_trial_stopped_by_its_own_loss_reads_as_diverged() -> None:
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"fail_reason": "diverged"}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"fail_reason": "a newer reason"}))
+    diverged, unknown = study.trials
+    assert record.diverged(diverged) and record.fail_reason(diverged) == record.Reason.DIVERGED
+    assert not record.diverged(unknown) and record.fail_reason(unknown) == "a newer reason"  # shown as stored
 
 
 def test_readers_refuse_what_sweep_never_writes() -> None:

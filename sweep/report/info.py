@@ -361,7 +361,7 @@ def _saved_by_pruning(rows: Sequence[TrialRow], planned: int | None, mean_epoch:
     saved_epochs, saved = 0, 0.0
     if planned:
         for r in rows:
-            if r.state != "PRUNED" or r.fail_reason.startswith("diverged"):
+            if r.state != "PRUNED" or r.fail_reason == record.Reason.DIVERGED:
                 continue
             missing = max(planned - r.epochs, 0)
             saved_epochs += missing

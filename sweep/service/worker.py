@@ -53,7 +53,7 @@ class WorkerSummary:
     device: str
     states: Counter[str] = field(default_factory=Counter)
     stopped: bool = False
-    # The CUDA context broke (objective.Reason.DEVICE): the process must exit and be restarted.
+    # The CUDA context broke (record.Reason.DEVICE): the process must exit and be restarted.
     device_lost: str | None = None
     paused: bool = False  # the study was paused while this worker ran
     # The circuit breaker tripped: BREAKER_TRIPS trials in a row failed with this error.
