@@ -10,7 +10,9 @@ values (Spearman >= ``min_spearman``), and puts its rungs there and at that epoc
 trial finishes. At a rung a trial is stopped only when it is below the best ``1/reduction_factor`` of
 the trials that reached that rung by more than ``margin_se`` standard errors of an accuracy measured
 on the trial's validation images (user attr ``val_images``): a difference inside the validation
-set's noise never prunes.
+set's noise never prunes. Until ``min_complete`` trials have finished nothing is pruned, unless
+``first_rung`` gives a prior: rungs at it and its ladder until the evidence takes over (for rung
+values known to rank early, such as wsd's EMA; the start-up trials are otherwise a fixed cost).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class EvidencePruner(optuna.pruners.BasePruner):
         reduction_factor: int = 2,
         margin_se: float = 1.0,
         max_resource: int = 12,
+        first_rung: int | None = None,
     ) -> None:
         if min_complete < 3:
             raise ValueError(f"min_complete must be >= 3 (a rank correlation needs trials), got {min_complete}")
@@ -108,11 +111,14 @@ class EvidencePruner(optuna.pruners.BasePruner):
             raise ValueError(f"margin_se must be >= 0, got {margin_se}")
         if max_resource < 2:
             raise ValueError(f"max_resource must be >= 2, got {max_resource}")
+        if first_rung is not None and first_rung < 1:
+            raise ValueError(f"first_rung must be >= 1 (an epoch) or unset, got {first_rung}")
         self.min_complete = min_complete
         self.min_spearman = min_spearman
         self.reduction_factor = reduction_factor
         self.margin_se = margin_se
         self.max_resource = max_resource
+        self.first_rung = first_rung
         self._evidence: Evidence | None = None
         self._evidence_of: tuple[str, int] | None = None  # (study name, finished trials) it was measured on
 
@@ -122,7 +128,7 @@ class EvidencePruner(optuna.pruners.BasePruner):
         key = (study.study_name, len(complete))
         if self._evidence is None or self._evidence_of != key:
             if len(complete) < self.min_complete:
-                self._evidence = Evidence(len(complete), (), ())
+                self._evidence = Evidence(len(complete), (), self._ladder(self.first_rung))
             else:
                 curves = [(_curve(t), float(t.value)) for t in complete if t.value is not None]
                 self._evidence = place_rungs(
@@ -130,6 +136,13 @@ class EvidencePruner(optuna.pruners.BasePruner):
                 )
             self._evidence_of = key
         return self._evidence
+
+    def _ladder(self, first: int | None) -> tuple[int, ...]:
+        rungs: list[int] = []
+        while first is not None and first < self.max_resource:
+            rungs.append(first)
+            first *= self.reduction_factor
+        return tuple(rungs)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step

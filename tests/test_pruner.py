@@ -65,6 +65,29 @@ def test_nothing_is_pruned_before_min_complete_trials_finish() -> None:
     assert again.should_prune()
 
 
+def test_a_first_rung_prunes_from_the_start_until_the_evidence_takes_over() -> None:
+    # first_rung: rungs from a prior (1, 2, 4) while fewer than min_complete trials have finished;
+    # then the finished curves place them (here they rank backwards at epoch 1: the first rung moves).
+    pruner = EvidencePruner(min_complete=4, max_resource=EPOCHS, first_rung=1)
+    study = _study(pruner)
+    for final in (0.80, 0.85):
+        _finish(study, _ranked(final))
+    assert pruner.evidence(study).rungs == (1, 2, 4)
+    hopeless = study.ask()
+    hopeless.report(0.10, 1)
+    assert hopeless.should_prune()  # two finished: the prior's rung, far below the better half
+    study.tell(hopeless, state=TrialState.PRUNED)
+    for final in (0.70, 0.75, 0.90):  # epoch 1 ranks these backwards, epoch 2 on as they end
+        trial = study.ask()
+        trial.set_user_attr("val_images", 1500)
+        for epoch, value in enumerate([1 - final] + [final - 0.1] * (EPOCHS - 2) + [final], start=1):
+            trial.report(value, epoch)
+        study.tell(trial, final)
+    assert pruner.evidence(study).rungs == (2, 4)
+    with pytest.raises(ValueError, match="first_rung"):
+        EvidencePruner(first_rung=0)
+
+
 def test_a_difference_inside_the_validation_noise_never_prunes() -> None:
     pruner = EvidencePruner(min_complete=4, max_resource=EPOCHS, margin_se=1.0)
     study = _study(pruner)
