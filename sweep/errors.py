@@ -1,8 +1,8 @@
-"""The errors a user can fix: ``UserError`` and, beside it, the spec's own ``SpecError``.
+"""The errors a user can fix: ``UserError`` and, beside it, the spec's ``SpecError`` and the storage's ``StorageError``.
 
 Every error a user can fix (a spec, an argument, an environment variable, a storage URL, data or
 weights a machine lacks, an export folder) is a ``UserError``: its message is the one line the CLI
-prints, and the CLI exits with code 2. The specific types (SpecError here; StorageError, ServiceError,
+prints, and the CLI exits with code 2. The specific types (SpecError and StorageError here; ServiceError,
 DataError, WeightsError, ExportError, SetupError in their modules) subclass it, like Optuna's
 ``OptunaError`` tree, so the CLI catches one type. A leaf module: the spec, the search module, the
 storage and the training code all import it without importing each other.
@@ -25,6 +25,11 @@ EX_UNAVAILABLE = 69  # sysexits.h: a service this program needs is unavailable; 
 class Unavailable(Exception):
     """A service a command needs (the database) stayed unreachable; its message is the one line the CLI
     prints, and it exits with EX_UNAVAILABLE for its supervisor to start it again later."""
+
+
+class StorageError(UserError, RuntimeError):
+    """A storage problem (the database, the artifact location), phrased for the user on one line
+    (password already masked)."""
 
 
 class SpecError(UserError, ValueError):

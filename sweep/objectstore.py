@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 from optuna.artifacts import Boto3ArtifactStore
 
 from sweep.artifacts import AtomicFileStore
+from sweep.errors import StorageError
 
 S3 = "s3://"
 
 
-class ArtifactLocationError(RuntimeError):
-    """A bad or unusable ``--artifacts`` location, on one line (no endpoint, no credential); the
-    callers raise it again as their user error (``sweep.storage.StorageError``)."""
+class ArtifactLocationError(StorageError):
+    """A bad or unusable ``--artifacts`` location, on one line (no endpoint, no credential)."""
 
 
 def is_object_store(location: str) -> bool:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sweep import rdb
-from sweep.errors import UserError, env_int
+from sweep.errors import StorageError, env_int
 from sweep.outage import CallWatchdog, DatabaseUnavailable, Patience
 from sweep.rdb import SweepRDBStorage
 
@@ -51,10 +51,6 @@ GRACE_PERIOD = 30
 TCP_USER_TIMEOUT_MS = 10_000
 # A lock waited for this long is said, with its holder where the backend can tell, and waited for again.
 LOCK_SAY_S = 30.0
-
-
-class StorageError(UserError, RuntimeError):
-    """A storage problem, phrased for the user on one line (password already masked)."""
 
 
 # The places a database URL carries a password: its userinfo (``//user:pw@host``) and libpq's query keys
@@ -657,17 +653,15 @@ def retry_on_locked(fn: Callable[[], Any], attempts: int = 5) -> Any:
 def artifact_store(storage_url: str, location: str | None = None) -> ArtifactStore:
     """Where trial checkpoints and kept models go: ``location`` (a folder or ``s3://bucket/prefix``,
     shared by every worker), else SWEEP_ARTIFACTS, else ``artifacts/`` beside the SQLite file
-    (``storage/artifacts`` otherwise). A location that cannot be used is a StorageError (one line).
+    (``storage/artifacts`` otherwise). A location that cannot be used is an ArtifactLocationError, a
+    StorageError (one line).
 
     Workers on several machines need a location they all see: object storage, or an NFS path.
     """
-    from sweep.objectstore import ArtifactLocationError, open_store
+    from sweep.objectstore import open_store
 
     where = location or os.environ.get("SWEEP_ARTIFACTS")
     if not where:
         path = sqlite_path(storage_url)
         where = str((path.parent if path is not None else Path("storage")) / "artifacts")
-    try:
-        return open_store(where)
-    except ArtifactLocationError as exc:
-        raise StorageError(str(exc)) from None
+    return open_store(where)
