@@ -3,7 +3,7 @@
 Every error a user can fix (a spec, an argument, an environment variable, a storage URL, data or
 weights a machine lacks, an export folder) is a ``UserError``: its message is the one line the CLI
 prints, and the CLI exits with code 2. The specific types (SpecError and StorageError here; ServiceError,
-DataError, WeightsError, ExportError, SetupError in their modules) subclass it, like Optuna's
+DataError, WeightsError, ExportError in their modules) subclass it, like Optuna's
 ``OptunaError`` tree, so the CLI catches one type. A leaf module: the spec, the search module, the
 storage and the training code all import it without importing each other.
 """

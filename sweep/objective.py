@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,6 @@ import optuna
 
 from sweep import record
 from sweep.artifacts import disk_full
-from sweep.errors import UserError
 from sweep.outage import DatabaseUnavailable
 from sweep.record import Reason
 from sweep.search import suggest_params
@@ -533,21 +532,6 @@ def _store_final_model(
         )
 
 
-class SetupError(UserError):
-    """Data or weights this machine cannot provide, phrased on one line for the user."""
-
-
-@contextlib.contextmanager
-def _setup_errors() -> Iterator[None]:
-    from sweep.data import DataError
-    from sweep.model import WeightsError
-
-    try:
-        yield
-    except (DataError, WeightsError) as exc:
-        raise SetupError(str(exc)) from None
-
-
 def gpu_visible() -> bool:
     """Whether this process sees a CUDA GPU."""
     import torch
@@ -574,27 +558,26 @@ def load_study_data(spec: StudySpec, cache_dir: Path) -> DataBundle:
     from sweep.data import load_data
 
     d = spec.data
-    with _setup_errors():
-        return load_data(
-            d.name,
-            d.root,
-            val_fraction=d.val_fraction,
-            seed=spec.seed,
-            resolution=d.resolution,
-            subset=d.subset,
-            cache_dir=cache_dir,
-            classes=d.classes,
-        )
+    return load_data(
+        d.name,
+        d.root,
+        val_fraction=d.val_fraction,
+        seed=spec.seed,
+        resolution=d.resolution,
+        subset=d.subset,
+        cache_dir=cache_dir,
+        classes=d.classes,
+    )
 
 
 def preflight(spec: StudySpec, cache_dir: Path) -> DataBundle:
     """Load the study's data and build its model once: a worker fails here, before taking a trial,
-    rather than burning budget on trials that could never run (SetupError)."""
+    rather than burning budget on trials that could never run (a DataError or WeightsError, both
+    UserErrors: one line, exit 2)."""
     from sweep.model import build_model
 
     data = load_study_data(spec, cache_dir)
-    with _setup_errors():
-        build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
+    build_model(spec.model.arch, weights=spec.model.weights, num_classes=data.num_classes)
     return data
 
 
@@ -636,8 +619,7 @@ def retrain(
             final["model"] = checkpoint()["model"]
         on_epoch(r.epoch, spec.epochs, r.val_accuracy)
 
-    with _setup_errors():
-        result = fit(config, data, device, on_epoch=epoch_done)
+    result = fit(config, data, device, on_epoch=epoch_done)
     payload = final_model_payload(final["model"], config, data) if keep_final else None
     return Retrained(result, payload)
 

@@ -22,8 +22,6 @@ from sweep.objective import (
     LOST,
     Ending,
     Progress,
-    Reason,
-    SetupError,
     StopFlag,
     TrialOutcome,
     first_line,
@@ -34,8 +32,9 @@ from sweep.objective import (
     set_threads,
 )
 from sweep.outage import DatabaseUnavailable, Patience, patience_s
+from sweep.record import Reason
 from sweep.search import build_pruner, build_sampler
-from sweep.service.common import ServiceError, cache_dir, load_spec_of, quiet_optuna, resolve_device, resolve_study_name
+from sweep.service.common import cache_dir, load_spec_of, quiet_optuna, resolve_device, resolve_study_name
 from sweep.service.gate import BudgetGate, Decision
 from sweep.spec import StudySpec
 from sweep.storage import artifact_store, open_storage, patiently, retry_on_locked
@@ -129,10 +128,7 @@ def _worker_data(spec: StudySpec, storage_url: str, events: WorkerEvents) -> Any
     """The study's data, checked with its model (``preflight``) and described to the user."""
     # Data and weights are resolved here, on the worker, before it takes a trial.
     events.message(f"loading data {spec.data.name!r} from {spec.data.root!r}")
-    try:
-        data = preflight(spec, cache_dir(storage_url))
-    except SetupError as exc:
-        raise ServiceError(str(exc)) from None
+    data = preflight(spec, cache_dir(storage_url))  # a DataError or WeightsError: one line, exit 2
     events.message(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
         f"{data.num_classes} classes"
