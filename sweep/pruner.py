@@ -77,12 +77,16 @@ def place_rungs(
         rho = spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else float("nan")
         rhos.append(round(rho, 4))
     first = next((e for e, rho in enumerate(rhos, start=1) if rho >= min_spearman), None)
+    return Evidence(len(curves), tuple(rhos), ladder(first, max_resource, reduction_factor))
+
+
+def ladder(first: int | None, max_resource: int, reduction_factor: int) -> tuple[int, ...]:
+    """Rungs at ``first``, ``first * reduction_factor``, its square, ... below ``max_resource``."""
     rungs: list[int] = []
-    rung = first
-    while rung is not None and rung < max_resource:
-        rungs.append(rung)
-        rung *= reduction_factor
-    return Evidence(len(curves), tuple(rhos), tuple(rungs))
+    while first is not None and first < max_resource:
+        rungs.append(first)
+        first *= reduction_factor
+    return tuple(rungs)
 
 
 class EvidencePruner(optuna.pruners.BasePruner):
@@ -111,8 +115,12 @@ class EvidencePruner(optuna.pruners.BasePruner):
             raise ValueError(f"margin_se must be >= 0, got {margin_se}")
         if max_resource < 2:
             raise ValueError(f"max_resource must be >= 2, got {max_resource}")
-        if first_rung is not None and first_rung < 1:
-            raise ValueError(f"first_rung must be >= 1 (an epoch) or unset, got {first_rung}")
+        if first_rung is not None and (
+            not isinstance(first_rung, int) or isinstance(first_rung, bool) or not 1 <= first_rung < max_resource
+        ):
+            raise ValueError(
+                f"first_rung must be an epoch from 1 to max_resource - 1 ({max_resource - 1}), got {first_rung!r}"
+            )
         self.min_complete = min_complete
         self.min_spearman = min_spearman
         self.reduction_factor = reduction_factor
@@ -128,7 +136,9 @@ class EvidencePruner(optuna.pruners.BasePruner):
         key = (study.study_name, len(complete))
         if self._evidence is None or self._evidence_of != key:
             if len(complete) < self.min_complete:
-                self._evidence = Evidence(len(complete), (), self._ladder(self.first_rung))
+                self._evidence = Evidence(
+                    len(complete), (), ladder(self.first_rung, self.max_resource, self.reduction_factor)
+                )
             else:
                 curves = [(_curve(t), float(t.value)) for t in complete if t.value is not None]
                 self._evidence = place_rungs(
@@ -136,13 +146,6 @@ class EvidencePruner(optuna.pruners.BasePruner):
                 )
             self._evidence_of = key
         return self._evidence
-
-    def _ladder(self, first: int | None) -> tuple[int, ...]:
-        rungs: list[int] = []
-        while first is not None and first < self.max_resource:
-            rungs.append(first)
-            first *= self.reduction_factor
-        return tuple(rungs)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step

@@ -535,7 +535,10 @@ def pilot_table(con: sqlite3.Connection, base: Table, variant: str) -> Table:
         if any(v is None for v in values):
             raise ValueError(f"pilot config {idx} has no {variant!r} value at every epoch")
         rows[key] = Row(dict(cfg.params), tuple(float(v) for v in values), tests[idx])  # type: ignore[arg-type]
+    if not rows:
+        raise ValueError("the pilot has no finished config yet: run it first (benchmarks/pilot_wsd.py run)")
     spec = base.spec
     if variant != "cosine":  # the table says which schedule its curves come from (the replay's JSON)
-        spec = pilot_spec(spec, train={**read_meta(con)["train"], "rung_value": variant})
+        meta = read_meta(con)
+        spec = pilot_spec(spec, train={**meta["train"], "rung_value": variant}, epochs=int(meta["epochs"]))
     return dataclasses.replace(base, name=f"pilot-{variant}", spec=spec, rows=rows)

@@ -130,11 +130,13 @@ class Table:
         p = self.best().curve[-1]
         return math.sqrt(p * (1 - p) / self.val_images)
 
-    def epoch_spearman(self) -> list[float]:
-        """Spearman correlation of each epoch's ranking of the full-length configs with the final one."""
+    def epoch_spearman(self) -> list[float | None]:
+        """Spearman correlation of each epoch's ranking of the full-length configs with the final one;
+        None where it is undefined (fewer than two configs, or every value the same): JSON has no NaN."""
         full = [r.curve for r in self.rows.values() if len(r.curve) == self.epochs and not r.diverged]
         final = [c[-1] for c in full]
-        return [round(spearman([c[e] for c in full], final), 4) for e in range(self.epochs)]
+        rhos = [spearman([c[e] for c in full], final) if len(full) > 1 else math.nan for e in range(self.epochs)]
+        return [None if math.isnan(rho) else round(rho, 4) for rho in rhos]
 
     @property
     def epochs(self) -> int:
@@ -192,6 +194,11 @@ def table_from_study(study: optuna.Study, spec: StudySpec, *, complete: bool = T
             continue  # pruned by a pruner: the table spec should not have one
         rows[table.key(t.params)] = row
     size = math.prod(len(v) for v in grid.values())
+    if not any(not r.diverged for r in rows.values()):
+        raise ServiceError(
+            f"table {study.study_name!r} has no config that trained all {spec.epochs} epochs yet; "
+            "run its workers until one has"
+        )
     if complete and len(rows) < size:
         raise ServiceError(
             f"table {study.study_name!r} has {len(rows)} of {size} grid points finished; "
@@ -718,7 +725,7 @@ def print_table(result: Mapping[str, Any], console: Any) -> None:
     console.print(
         f"target: within {result['tolerance'] * 100:.2f} points of the table best (noise floor {floor}, "
         f"{t.get('validation_images') or '?'} validation images); Spearman of each epoch's ranking with "
-        f"the final one: {', '.join(f'{v:.2f}' for v in t.get('epoch_spearman', []))}"
+        f"the final one: {', '.join('-' if v is None else f'{v:.2f}' for v in t.get('epoch_spearman', []))}"
     )
 
 
@@ -738,7 +745,8 @@ def run_sweep_bench(
 
     The figure goes to ``html_path``, or beside ``json_path`` (same name, ``.html``) when only that is given.
     ``partial`` replays a table still being built on the rows it has (a random subset of its grid: the
-    grid sampler trains its points in random order); the JSON says so (``table.partial``).
+    grid sampler trains its points in random order); the JSON says so (``table.partial``, which is
+    also true of any subset, such as the pilot's configs of the fine-tune grid).
     """
     from rich.console import Console
 

@@ -236,7 +236,7 @@ def test_the_committed_pilot_replay_is_what_the_committed_databases_give(tmp_pat
     import shutil
 
     from sweep_bench.pilot import pilot_table
-    from sweep_bench.sweep import default_methods, load_table, replay
+    from sweep_bench.sweep import default_methods, load_table, replay, run_replays
 
     root = Path(__file__).resolve().parent.parent
     for name in ("table-finetune.db", "table-pilot-wsd.db"):  # copies: reading must not touch the committed files
@@ -251,4 +251,10 @@ def test_the_committed_pilot_replay_is_what_the_committed_databases_give(tmp_pat
         if method.name in ("random", "tpe+sha"):
             again = replay(table, method, 0, committed["budget_epochs"], committed["tolerance"])
             assert again == committed["methods"][method.name]["runs"][0], method.name
-    assert committed["same_configs_cosine"]["epochs_ratio_vs_random"]["random"] == 1.0
+    # The headline: SHA from epoch 1 against random over every seed, on the EMA and the cosine rows.
+    sha = [m for m in default_methods(table.epochs) if m.name in ("random", "tpe+sha")]
+    cosine = pilot_table(sqlite3.connect(tmp_path / "table-pilot-wsd.db"), base, "cosine")
+    for rows, figures in ((table, committed), (cosine, committed["same_configs_cosine"])):
+        again = run_replays(rows, seeds=committed["seeds"], budget_epochs=committed["budget_epochs"], methods=sha)
+        assert again["epochs_ratio_vs_random"]["tpe+sha"] == figures["epochs_ratio_vs_random"]["tpe+sha"]
+    assert committed["same_configs_cosine"]["table_epoch_spearman"] == cosine.epoch_spearman()

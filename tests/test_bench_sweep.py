@@ -311,6 +311,11 @@ def test_bench_sweep_replays_a_partial_table_only_when_asked(tmp_path: Path) -> 
     table = json.loads(out.read_text())["table"]
     assert (table["grid_size"], table["grid_points"], table["partial"]) == (48, 108, True)
     assert len(table["configs"]) == 48 and "48 of 108 configs" in done.output
+    # Nothing finished yet: one line, exit 2, not a traceback from an empty table.
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    make_table(empty, drop=108)
+    nothing = CliRunner().invoke(app, [*args[:3], "--storage", empty, *args[5:], "--partial"])
+    assert nothing.exit_code == 2 and "has no config that trained all" in nothing.output, nothing.output
 
 
 @pytest.mark.parametrize("name", ["table-cpu", "table-gpu", "table-finetune", "table-wide"])

@@ -84,8 +84,9 @@ def test_a_first_rung_prunes_from_the_start_until_the_evidence_takes_over() -> N
             trial.report(value, epoch)
         study.tell(trial, final)
     assert pruner.evidence(study).rungs == (2, 4)
-    with pytest.raises(ValueError, match="first_rung"):
-        EvidencePruner(first_rung=0)
+    for bad in (0, EPOCHS, 1.5, True):  # an epoch before the end, as an int
+        with pytest.raises(ValueError, match="first_rung"):
+            EvidencePruner(first_rung=bad, max_resource=EPOCHS)  # type: ignore[arg-type]
 
 
 def test_a_difference_inside_the_validation_noise_never_prunes() -> None:

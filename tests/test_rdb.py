@@ -216,10 +216,12 @@ def test_heartbeat_is_the_database_clock(storage_url: str) -> None:
     storage.record_heartbeat(trial._trial_id)  # the second updates the same row
     assert storage._get_stale_trial_ids(study._study_id) == []
     # Stale once the database's clock passes the grace period (SQLite's is whole seconds): poll, not sleep.
+    started = time.monotonic()
     stale = poll_until(
         lambda: storage._get_stale_trial_ids(study._study_id), timeout=10, what="the silent trial went stale"
     )
     assert stale == [trial._trial_id]
+    assert time.monotonic() - started < 1 + 2.5  # the grace period, a whole second of clock, and slack
 
 
 def test_pickles(storage_url: str) -> None:
