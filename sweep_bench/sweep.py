@@ -493,6 +493,14 @@ def run_replays(
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if table.spec.train.cooldown_epochs > 0:
+        from sweep.service import ServiceError
+
+        # Its branches cost a fraction of an epoch after each epoch: the replay pays whole epochs only.
+        raise ServiceError(
+            f"table {table.name!r} trained cooldown branches (train.cooldown_epochs = "
+            f"{table.spec.train.cooldown_epochs}); the replay cannot charge their steps yet"
+        )
     budget_epochs = _budget(table, budget_epochs)
     methods = tuple(methods or default_methods(table.epochs))
     floor = table.noise_floor()

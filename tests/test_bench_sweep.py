@@ -215,6 +215,16 @@ def test_target_is_the_noise_floor_when_the_table_says_its_validation_size(tmp_p
     assert len(rho) == EPOCHS and rho[-1] == 1.0 and all(-1 <= r <= 1 for r in rho)
 
 
+def test_a_table_with_cooldown_branches_is_refused_not_undercharged(table_url: str) -> None:
+    import dataclasses
+
+    table = load_table("table-synth", table_url)
+    train = dataclasses.replace(table.spec.train, schedule="wsd", cooldown_epochs=0.25)
+    branched = dataclasses.replace(table, spec=dataclasses.replace(table.spec, train=train))
+    with pytest.raises(ServiceError, match="cannot charge"):
+        run_replays(branched, seeds=1, budget_epochs=30)
+
+
 def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
