@@ -43,3 +43,58 @@ def test_gpu_bench_dry_run_keeps_going_past_a_run_that_times_out(tmp_path: Path)
         figures = json.loads((out / f"train-{name}.json").read_text())
         assert figures["device"] == "cpu" and figures["batch_size"] == 16 and figures["engine_images_per_s"] > 0
     assert json.loads((out / "train-cifar-b512-compile.json").read_text())["compile"] is True
+
+
+def _gpu_table(tmp_path: Path, db: Path, run_s: int, workers: int) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TABLE": "tiny",
+        "DB": str(db),
+        "DEVICE": "cpu",
+        "WORKERS": str(workers),
+        "THREADS": "1",
+        "RUN_S": str(run_s),
+        "PY": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "SWEEP_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-table")], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _states(db: Path) -> dict[str, int]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute("SELECT state, count(*) FROM trials GROUP BY state"))
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("case", ["finishes", "time-is-up"])
+def test_gpu_table_dry_run_returns_a_whole_copy_and_leaves_the_original(tmp_path: Path, case: str) -> None:
+    """scripts/gpu-table on the CPU: its workers train the study's trials; when they finish the budget
+    they exit, when its time is up they are stopped and hand their trials back; either way a copy of
+    the database comes back and the checkout's file is untouched."""
+    from helpers import SWEEP, write_tiny_spec
+
+    n_trials, epochs = (2, 1) if case == "finishes" else (200, 3)  # 200: far more than 25 s can train
+    write_tiny_spec(tmp_path, n_trials=n_trials, epochs=epochs)
+    db = tmp_path / "table.db"
+    subprocess.run(
+        [str(SWEEP), "create", "tiny", "--storage", f"sqlite:///{db}"], cwd=tmp_path, check=True, capture_output=True
+    )
+    before = db.read_bytes()
+    proc = _gpu_table(tmp_path, db, run_s=300 if case == "finishes" else 25, workers=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    copy = tmp_path / "out" / "table.db"
+    states = _states(copy)
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    if case == "finishes":
+        assert states == {"COMPLETE": 2} and "time is up" not in summary
+    else:
+        assert "time is up: SIGTERM" in summary and "SIGKILL" not in summary
+        assert "RUNNING" not in states and states.get("WAITING", 0) >= 1, states  # handed back, not lost
+    assert db.read_bytes() == before  # the workers wrote to a copy
