@@ -267,6 +267,13 @@ def bench_live(
     html_path: Annotated[
         Path | None, typer.Option("--html", help="Live against replayed curves (default: beside --json).")
     ] = None,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="A table still being built: the live run and the replay both propose only its finished configs.",
+        ),
+    ] = False,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Run replay methods for real (real training) at one seed and compare with their replayed curves."""
@@ -283,4 +290,5 @@ def bench_live(
             device=device,
             json_path=json_path,
             html_path=html_path,
+            partial=partial,
         )

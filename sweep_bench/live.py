@@ -28,7 +28,16 @@ from optuna.trial import TrialState
 from sweep import record
 from sweep.spec import StudySpec
 from sweep_bench import save_figure, write_json
-from sweep_bench.sweep import TOLERANCE, Method, Table, default_methods, load_table, replay, replay_spec
+from sweep_bench.sweep import (
+    TOLERANCE,
+    Method,
+    RowSampler,
+    Table,
+    default_methods,
+    load_table,
+    replay,
+    replay_spec,
+)
 
 DEFAULT_METHODS = ("random", "tpe+hyperband")
 
@@ -51,7 +60,9 @@ def live_run(
     spec = replay_spec(table, method, seed, budget_epochs)
     # The sampler is built from this spec (TPE's start-up count comes from n_trials, as in the replay);
     # the stored budget is wide, the epoch budget below is what stops the run.
-    sampler, pruner = build_sampler(spec), build_pruner(spec)
+    # Proposals moved onto the table's rows as in the replay (the identity on a finished table; on one
+    # still being built, every live config has a row to compare with).
+    sampler, pruner = RowSampler(build_sampler(spec), table), build_pruner(spec)
     # The replay's study name: Hyperband assigns brackets from a hash of the study name and trial number.
     name = spec.name
     spec = dataclasses.replace(spec, n_trials=budget_epochs)
@@ -196,9 +207,12 @@ def run_live_check(
     device: str = "cpu",
     json_path: Path | None = None,
     html_path: Path | None = None,
+    partial: bool = False,
 ) -> dict[str, Any]:
-    """Replay and live-run each method at one seed; print the comparison, write JSON and a figure."""
-    table = load_table(table_study, storage_url)
+    """Replay and live-run each method at one seed; print the comparison, write JSON and a figure.
+
+    ``partial``: a table still being built, both runs restricted to the configs it has."""
+    table = load_table(table_study, storage_url, complete=not partial)
     budget = budget_epochs or 12 * table.epochs
     by_name = {m.name: m for m in default_methods(table.epochs)}
     unknown = [m for m in methods if m not in by_name]
@@ -213,6 +227,7 @@ def run_live_check(
     print(f"live studies go to {live_storage_url}")
     result: dict[str, Any] = {
         "table": table.name,
+        "table_configs": len(table.rows),
         "seed": seed,
         "budget_epochs": budget,
         "live_storage": live_storage_url,

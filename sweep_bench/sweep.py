@@ -231,7 +231,7 @@ def load_table(table_study: str | None, storage_url: str, *, complete: bool = Tr
 # --------------------------------------------------------------------------- the replay
 
 
-class _RowSampler(optuna.samplers.BaseSampler):
+class RowSampler(optuna.samplers.BaseSampler):
     """A sampler whose proposals are always rows of the table: the identity on a finished grid.
 
     A table that does not cover its grid (a pilot's subset, a table still being built: the grid
@@ -302,7 +302,7 @@ def replay(table: Table, method: Method, seed: int, budget_epochs: int, toleranc
     study = optuna.create_study(
         study_name=spec.name,
         direction="maximize",
-        sampler=_RowSampler(build_sampler(spec), table),
+        sampler=RowSampler(build_sampler(spec), table),
         pruner=build_pruner(spec),
     )
     distributions = {name: CategoricalDistribution(values) for name, values in table.grid.items()}

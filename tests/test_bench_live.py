@@ -80,3 +80,30 @@ def test_live_runs_match_the_replay_mechanics(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert set(saved["methods"]) == {"random", "tpe+hyperband"}
     assert Path(saved["figures"][0]).stat().st_size > 100_000  # plotly.js inlined
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
+def test_a_live_check_on_a_table_still_being_built_proposes_only_its_rows(tmp_path: Path) -> None:
+    from sweep.service import ServiceError
+
+    url = f"sqlite:///{tmp_path / 'table.db'}"
+    (tmp_path / "live-table.toml").write_text(TABLE.replace("n_trials = 4", "n_trials = 3"))  # 3 of 4 points
+    create_study(str(tmp_path / "live-table.toml"), storage_url=url)
+    run_worker("live-table", storage_url=url, device="cpu")
+    with pytest.raises(ServiceError, match="3 of 4 grid points"):
+        run_live_check("live-table", storage_url=url, methods=["random"], budget_epochs=4)
+    table = load_table("live-table", url, complete=False)
+    result = run_live_check(
+        "live-table",
+        storage_url=url,
+        live_storage_url=f"sqlite:///{tmp_path / 'live.db'}",
+        methods=["random"],
+        seed=1,
+        budget_epochs=6,
+        partial=True,
+    )
+    live = result["methods"]["random"]["live"]
+    assert result["table_configs"] == 3 and len(live["proposals"]) == 3
+    assert all(table.key(p) in table.rows for p in live["proposals"])  # moved onto rows, as in the replay
+    assert result["methods"]["random"]["comparison"]["same_proposals_prefix"] == 3
