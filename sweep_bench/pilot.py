@@ -540,5 +540,10 @@ def pilot_table(con: sqlite3.Connection, base: Table, variant: str) -> Table:
     spec = base.spec
     if variant != "cosine":  # the table says which schedule its curves come from (the replay's JSON)
         meta = read_meta(con)
-        spec = pilot_spec(spec, train={**meta["train"], "rung_value": variant}, epochs=int(meta["epochs"]))
+        train = {**meta["train"], "rung_value": variant}
+        if variant != "cooldown":
+            # The pilot ran its cooldown branches beside the trunk, which they leave bit for bit as it
+            # was: a study that reports the trunk or the EMA runs none and pays nothing for them.
+            train["cooldown_epochs"] = 0.0
+        spec = pilot_spec(spec, train=train, epochs=int(meta["epochs"]))
     return dataclasses.replace(base, name=f"pilot-{variant}", spec=spec, rows=rows)

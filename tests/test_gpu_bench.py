@@ -96,5 +96,8 @@ def test_gpu_table_dry_run_returns_a_whole_copy_and_leaves_the_original(tmp_path
         assert states == {"COMPLETE": 2} and "time is up" not in summary
     else:
         assert "time is up: SIGTERM" in summary and "SIGKILL" not in summary
-        assert "RUNNING" not in states and states.get("WAITING", 0) >= 1, states  # handed back, not lost
+        # A trial in progress at the SIGTERM failed as stopped with its retry queued (none when the signal
+        # fell between trials): nothing left running, nothing lost.
+        assert "RUNNING" not in states and states.get("FAIL", 0) == states.get("WAITING", 0), states
+        assert 1 <= states.get("COMPLETE", 0) < 200, states
     assert db.read_bytes() == before  # the workers wrote to a copy
