@@ -49,7 +49,8 @@ test: venv system-deps lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The edit-test loop: everything not marked slow (no Slurm, no fault injection, no multi-process
-# sweeps, no console script end to end: no test over ~10 s on 2 cores), same processes. `make test` still runs everything, and CI runs `make test`.
+# sweeps, no console script end to end: no test over ~10 s on 2 cores), same processes. `make test`
+# still runs everything, and CI runs `make test`.
 test-fast: venv lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 

@@ -19,6 +19,8 @@ import itertools
 import sqlite3
 from typing import Any
 
+from rich.console import Console
+
 import sweep_bench.sweep as bench
 from sweep_bench.pilot import TABLE_STUDY, TABLE_URL, pilot_table
 
@@ -50,14 +52,7 @@ def main() -> None:
     if args.pilot:
         table = pilot_table(sqlite3.connect(f"file:{args.pilot}?mode=ro", uri=True), table, "ema")
     result = bench.run_replays(table, seeds=args.seeds, methods=methods())
-    print(f"{table.name}: {len(table.rows)} configs, budget {result['budget_epochs']} epochs, {args.seeds} seeds")
-    for name, entry in result["methods"].items():
-        s = entry["summary"]
-        print(
-            f"| {name} | {entry['epochs_ratio_vs_random']:.2f} ± {entry['epochs_ratio_se']:.2f} | "
-            f"{s['reached_target']}/{args.seeds} | {s['mean_epochs_per_trial']:.2f} | "
-            f"{100 * s['chosen_test_accuracy_mean']:.2f} |"
-        )
+    bench.print_table(result, Console(width=170))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,11 @@ class Table:
         return self.spec.epochs
 
     @property
+    def grid_points(self) -> int:
+        """The grid's size: more than ``len(rows)`` while the table is being built, or for a subset."""
+        return math.prod(len(v) for v in self.grid.values())
+
+    @property
     def total_epochs(self) -> int:
         return len(self.rows) * self.epochs
 
@@ -193,15 +198,14 @@ def table_from_study(study: optuna.Study, spec: StudySpec, *, complete: bool = T
         else:
             continue  # pruned by a pruner: the table spec should not have one
         rows[table.key(t.params)] = row
-    size = math.prod(len(v) for v in grid.values())
-    if not any(not r.diverged for r in rows.values()):
+    if all(r.diverged for r in rows.values()):
         raise ServiceError(
             f"table {study.study_name!r} has no config that trained all {spec.epochs} epochs yet; "
             "run its workers until one has"
         )
-    if complete and len(rows) < size:
+    if complete and len(rows) < table.grid_points:
         raise ServiceError(
-            f"table {study.study_name!r} has {len(rows)} of {size} grid points finished; "
+            f"table {study.study_name!r} has {len(rows)} of {table.grid_points} grid points finished; "
             "run its workers until every config has trained all epochs"
         )
     if len(backbones) > 1:
@@ -578,8 +582,8 @@ def _table_figures(table: Table, floor: float | None) -> dict[str, Any]:
         "study": table.name,
         "grid": table.grid,
         "grid_size": len(table.rows),  # the rows replayed: fewer than grid_points while a table is built
-        "grid_points": math.prod(len(v) for v in table.grid.values()),
-        "partial": len(table.rows) < math.prod(len(v) for v in table.grid.values()),
+        "grid_points": table.grid_points,
+        "partial": len(table.rows) < table.grid_points,
         "epochs": table.epochs,
         "total_epochs": table.total_epochs,
         "best_val_accuracy": best.curve[-1],
