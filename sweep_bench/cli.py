@@ -227,10 +227,19 @@ def bench_sweep(
             "its grid); the JSON says table.partial. Without it, an unfinished table is an error.",
         ),
     ] = False,
+    rung_noise: Annotated[
+        str | None,
+        typer.Option(
+            "--rung-noise",
+            help="Perturb every rung value before the last epoch by Gaussian noise of these standard "
+            "deviations in points (epoch 1, 2, ...; the last repeats), a fresh draw per proposal, as if "
+            "each config were trained with another seed (benchmarks/seed_noise.py measures them).",
+        ),
+    ] = None,
     storage: StorageOpt = DEFAULT_URL,
 ) -> None:
     """Replay random, TPE and TPE + median / successive halving / Hyperband against a learning-curve table."""
-    from sweep_bench.sweep import run_sweep_bench
+    from sweep_bench.sweep import parse_rung_noise, run_sweep_bench
 
     with user_errors():
         run_sweep_bench(
@@ -243,6 +252,7 @@ def bench_sweep(
             console=console,
             tolerance=None if tolerance is None else tolerance / 100,
             partial=partial,
+            rung_noise=parse_rung_noise(rung_noise) if rung_noise is not None else (),
         )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -81,7 +82,7 @@ def default_methods(epochs: int) -> tuple[Method, ...]:
             "hyperband",
             {"min_resource": 2, "max_resource": epochs, "reduction_factor": 3},
         ),
-        # First rung half-way, halving: what the fine-tune table left standing (studies/lr-freeze.toml).
+        # First rung half-way, halving: what the fine-tune table left standing (lr-freeze until 2026-12-06).
         Method(
             "tpe+sha(half,rf2)",
             "tpe",
@@ -299,8 +300,25 @@ def replay_spec(table: Table, method: Method, seed: int, budget_epochs: int) -> 
     )
 
 
-def replay(table: Table, method: Method, seed: int, budget_epochs: int, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """One method, one seed: run its sampler and pruner against the table until the budget is spent."""
+def replay(
+    table: Table,
+    method: Method,
+    seed: int,
+    budget_epochs: int,
+    tolerance: float = TOLERANCE,
+    rung_noise: Sequence[float] = (),
+) -> dict[str, Any]:
+    """One method, one seed: run its sampler and pruner against the table until the budget is spent.
+
+    ``rung_noise``: standard deviations (epoch 1, 2, ...; the last repeats) of Gaussian noise added to
+    every value reported before the last epoch, as if each proposal were trained with another seed. A
+    table has one run per config, so without it a pruner never meets the training-seed noise that
+    moves a live study's early values (BENCHMARKS.md, "Seed noise"); the final values, which set the
+    target, stay the table's. The model is simple on purpose: independent draws per epoch, the same
+    s.d. for every config, added to a table value that already carries its own run's seed. The draws
+    are keyed on (replay seed, config, how often it was proposed), so two methods that propose the
+    same config meet the same luck.
+    """
     spec = replay_spec(table, method, seed, budget_epochs)
     # A fixed study name: Hyperband assigns brackets from a hash of the study name and trial number.
     study = optuna.create_study(
@@ -310,13 +328,13 @@ def replay(table: Table, method: Method, seed: int, budget_epochs: int, toleranc
         pruner=build_pruner(spec),
     )
     distributions = {name: CategoricalDistribution(values) for name, values in table.grid.items()}
-    run = _Replay(budget_epochs, target=table.best().curve[-1] - tolerance)
+    run = _Replay(budget_epochs, target=table.best().curve[-1] - tolerance, rung_noise=tuple(rung_noise), seed=seed)
     while not run.spent():
         trial = study.ask(distributions)
         if table.val_images:  # as the objective records it: the auto pruner's noise margin
             trial.set_user_attr(record.VAL_IMAGES.name, table.val_images)
         row = run.propose(table, trial.params)
-        state = run.train(trial, row, table.epochs)
+        state = run.train(trial, row, table.epochs, run.noise(table.key(trial.params), table.epochs))
         if state is None:
             study.tell(trial, row.curve[-1])
             run.complete(row.curve[-1], trial.number)
@@ -331,6 +349,8 @@ class _Replay:
 
     budget_epochs: int
     target: float
+    rung_noise: tuple[float, ...] = ()
+    seed: int = 0
     used: int = 0
     best: float | None = None
     best_number: int | None = None
@@ -341,7 +361,7 @@ class _Replay:
         default_factory=lambda: dict.fromkeys(("trials", "complete", "pruned", "diverged", "cut", "repeats"), 0)
     )
     trial_epochs: list[int] = dataclasses.field(default_factory=list)
-    seen: set[tuple[Any, ...]] = dataclasses.field(default_factory=set)
+    seen: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)  # config → times proposed
     proposals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def spent(self) -> bool:
@@ -354,11 +374,12 @@ class _Replay:
         self.proposals.append(dict(params))
         self.counts["trials"] += 1
         self.counts["repeats"] += key in self.seen
-        self.seen.add(key)
+        self.seen[key] = self.seen.get(key, 0) + 1
         return row
 
-    def train(self, trial: optuna.Trial, row: Row, epochs: int) -> TrialState | None:
-        """Pay for ``row``'s epochs one at a time, reporting each; the end state, None when complete."""
+    def train(self, trial: optuna.Trial, row: Row, epochs: int, noise: Sequence[float]) -> TrialState | None:
+        """Pay for ``row``'s epochs one at a time, reporting each (plus ``noise`` before the last); the
+        end state, None when complete."""
         state, ran = None, 0
         for epoch, acc in enumerate(row.curve, start=1):
             if self.spent():
@@ -366,7 +387,7 @@ class _Replay:
                 break
             self.used += 1
             ran = epoch
-            trial.report(acc, epoch)
+            trial.report(min(max(acc + noise[epoch - 1], 0.0), 1.0) if epoch < epochs else acc, epoch)
             if epoch < epochs and trial.should_prune():
                 state = TrialState.PRUNED
                 self.counts["pruned"] += 1
@@ -382,6 +403,15 @@ class _Replay:
                     self.counts["diverged"] += 1
         self.trial_epochs.append(ran)
         return state
+
+    def noise(self, key: tuple[Any, ...], epochs: int) -> list[float]:
+        """The draws for the latest proposal of config ``key``, epoch 1..epochs: zeros without
+        ``rung_noise``; the same for a (replay seed, config, times proposed) whatever the method."""
+        if not self.rung_noise:
+            return [0.0] * epochs
+        rng = random.Random(f"rung-noise:{self.seed}:{key}:{self.seen.get(key, 0)}")
+        sds = [self.rung_noise[min(e, len(self.rung_noise) - 1)] for e in range(epochs)]
+        return [rng.gauss(0.0, sd) for sd in sds]
 
     def _cut(self) -> TrialState:
         self.counts["cut"] += 1
@@ -487,12 +517,15 @@ def run_replays(
     budget_epochs: int | None = None,
     methods: Sequence[Method] | None = None,
     tolerance: float | None = None,
+    rung_noise: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Replay every method with seeds 0..seeds-1 against ``table``; the JSON-able result.
 
     ``tolerance``: how close to the table's best counts as reaching it; None takes the table's noise
-    floor when it is known, else ``TOLERANCE``.
+    floor when it is known, else ``TOLERANCE``. ``rung_noise``: see :func:`replay`.
     """
+    if any(not (math.isfinite(sd) and sd >= 0) for sd in rung_noise):
+        raise ValueError(f"rung_noise must be standard deviations >= 0, got {list(rung_noise)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import warnings
 
@@ -516,7 +549,8 @@ def run_replays(
         "seeds": seeds,
         "tolerance": round(tolerance, 6),
         "target_val_accuracy": round(table.best().curve[-1] - tolerance, 6),
-        "methods": {m.name: _replay_method(table, m, seeds, budget_epochs, tolerance) for m in methods},
+        "rung_noise": [float(sd) for sd in rung_noise],
+        "methods": {m.name: _replay_method(table, m, seeds, budget_epochs, tolerance, rung_noise) for m in methods},
     }
     base = result["methods"].get("random", {}).get("summary", {})
     for entry in result["methods"].values():
@@ -528,6 +562,25 @@ def run_replays(
     result["best_val"] = {n: e["summary"]["best_val_accuracy_mean"] for n, e in result["methods"].items()}
     result["chosen_test"] = {n: e["summary"]["chosen_test_accuracy_mean"] for n, e in result["methods"].items()}
     return result
+
+
+def parse_rung_noise(text: str) -> tuple[float, ...]:
+    """``--rung-noise``: comma-separated standard deviations in accuracy points, epoch 1 first."""
+    from sweep.service import ServiceError
+
+    sds: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            sd = float(part)
+        except ValueError:
+            sd = math.nan
+        if not (math.isfinite(sd) and 0 <= sd <= 100):
+            raise ServiceError(
+                f"--rung-noise {text!r}: {part!r} is not a standard deviation; give points from 0 to 100, "
+                "comma-separated, epoch 1 first (e.g. 4,2,1.5)"
+            )
+        sds.append(sd / 100)
+    return tuple(sds)
 
 
 def _ratio(mine: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -608,10 +661,12 @@ def _table_figures(table: Table, floor: float | None) -> dict[str, Any]:
     }
 
 
-def _replay_method(table: Table, method: Method, seeds: int, budget_epochs: int, tolerance: float) -> dict[str, Any]:
+def _replay_method(
+    table: Table, method: Method, seeds: int, budget_epochs: int, tolerance: float, rung_noise: Sequence[float] = ()
+) -> dict[str, Any]:
     """One method over every seed: its runs, their summary and anytime curve."""
     t0 = time.perf_counter()
-    runs = [replay(table, method, seed, budget_epochs, tolerance) for seed in range(seeds)]
+    runs = [replay(table, method, seed, budget_epochs, tolerance, rung_noise) for seed in range(seeds)]
     return {
         "sampler": method.sampler,
         "pruner": method.pruner,
@@ -739,6 +794,11 @@ def print_table(result: Mapping[str, Any], console: Any) -> None:
         f"{t.get('validation_images') or '?'} validation images); Spearman of each epoch's ranking with "
         f"the final one: {', '.join('-' if v is None else f'{v:.2f}' for v in t.get('epoch_spearman', []))}"
     )
+    if result.get("rung_noise"):
+        sds = ", ".join(f"{100 * sd:.1f}" for sd in result["rung_noise"])
+        console.print(
+            f"rung values before the last epoch perturbed by seed-like noise, s.d. {sds} points (epoch 1, ...)"
+        )
 
 
 def run_sweep_bench(
@@ -752,6 +812,7 @@ def run_sweep_bench(
     console: Any = None,
     tolerance: float | None = None,
     partial: bool = False,
+    rung_noise: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Load the table study, replay every method, print the table; save JSON and the figure.
 
@@ -764,7 +825,7 @@ def run_sweep_bench(
 
     console = console or Console()
     table = load_table(table_study, storage_url, complete=not partial)
-    result = run_replays(table, seeds=seeds, budget_epochs=budget_epochs, tolerance=tolerance)
+    result = run_replays(table, seeds=seeds, budget_epochs=budget_epochs, tolerance=tolerance, rung_noise=rung_noise)
     print_table(result, console)
     if html_path is None and json_path is not None:
         html_path = Path(json_path).with_suffix(".html")

@@ -380,3 +380,66 @@ def test_every_ratio_has_a_standard_error(result: dict[str, Any]) -> None:
     assert result["epochs_ratio_se"]["random"] == pytest.approx(math.sqrt(2) * relative, abs=1e-3)
     assert set(result["oracle"]) == set(range(1, EPOCHS))
     assert result["table"]["schedule"]["schedule"] == "cosine"
+
+
+def test_rung_noise_perturbs_only_the_values_a_pruner_reads(table_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed-like noise moves every value before the last epoch (a fresh draw per trial, the same for a
+    replay seed and trial number), never a final value: the target and the chosen config stay the table's."""
+    table = load_table("table-synth", table_url)
+    reported: list[tuple[tuple[Any, ...], int, float]] = []
+    real_report = optuna.trial.Trial.report
+
+    def report(self: optuna.trial.Trial, value: float, step: int) -> None:
+        reported.append((table.key(self.params), step, value))
+        real_report(self, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", report)
+    sha = next(m for m in default_methods(EPOCHS) if m.pruner == "successive-halving")
+    noisy = replay(table, sha, 0, 40, rung_noise=(0.05, 0.02))
+    assert noisy == replay(table, sha, 0, 40, rung_noise=(0.05, 0.02))  # deterministic
+    moved = [abs(v - table.rows[k].curve[e - 1]) for k, e, v in reported if e < EPOCHS]
+    finals = [abs(v - table.rows[k].curve[e - 1]) for k, e, v in reported if e == EPOCHS]
+    assert moved and all(0 <= v <= 1 for _, _, v in reported)
+    assert sum(m > 1e-9 for m in moved) > 0.9 * len(moved) and max(moved) < 0.3
+    assert finals and max(finals) == 0.0
+    reported.clear()
+    assert replay(table, sha, 0, 40) != noisy  # the noise changed what the pruner decided
+    assert all(v == table.rows[k].curve[e - 1] for k, e, v in reported)
+    random_method = default_methods(EPOCHS)[0]
+    assert random_method.pruner == "none"  # without a pruner nothing reads the rung values
+    assert replay(table, random_method, 0, 40, rung_noise=(0.05,)) == replay(table, random_method, 0, 40)
+    with pytest.raises(ValueError, match="rung_noise"):
+        run_replays(table, seeds=1, rung_noise=(-0.01,))
+
+
+def test_bench_sweep_rung_noise_is_checked_and_recorded(table_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sweep.cli import app
+
+    args = ["bench", "sweep", "table-synth", "--storage", table_url, "--seeds", "1", "--budget-epochs", "30"]
+    bad = CliRunner().invoke(app, [*args, "--rung-noise", "4,-1"])
+    assert bad.exit_code == 2 and "--rung-noise '4,-1': '-1' is not a standard deviation" in bad.output
+    assert "Traceback" not in bad.output
+    out = tmp_path / "noisy.json"
+    ok = CliRunner().invoke(app, [*args, "--rung-noise", "4, 2", "--json", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(out.read_text())["rung_noise"] == [0.04, 0.02] and "s.d. 4.0, 2.0 points" in " ".join(
+        ok.output.split()
+    )
+
+
+def test_rung_noise_draws_are_per_epoch_and_shared_by_methods_that_propose_a_config() -> None:
+    from sweep_bench.sweep import _Replay
+
+    run = _Replay(100, target=0.9, rung_noise=(0.05, 0.0), seed=3)
+    key = (1e-3, 32, 0, 0.0)
+    run.seen[key] = 1
+    first = run.noise(key, 4)
+    assert first[0] != 0.0 and first[1:] == [0.0, 0.0, 0.0]  # epoch 2 on: the last s.d. given, 0
+    other_method = _Replay(50, target=0.5, rung_noise=(0.05, 0.0), seed=3)
+    other_method.seen[key] = 1
+    assert other_method.noise(key, 4) == first  # the same config's first proposal: the same luck
+    run.seen[key] = 2
+    assert run.noise(key, 4) != first  # proposed again: another seed's draw
+    assert _Replay(100, target=0.9, seed=3).noise(key, 4) == [0.0] * 4
