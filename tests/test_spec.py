@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import SWEEP
 
+from sweep.pruner import EvidencePruner, ladder
+from sweep.search import build_pruner
 from sweep.spec import (
     MAX_FROZEN,
     SpecError,
@@ -35,7 +37,12 @@ def test_shipped_specs_load() -> None:
     assert (lr.low, lr.high, lr.log) == (1e-5, 1e-1, True)
     assert real.params["batch_size"].choices == (64, 128, 256, 512)
     assert real.params["frozen_layers"].high == MAX_FROZEN
-    assert (real.sampler.type, real.pruner.type) == ("tpe", "hyperband")
+    # The wide table's verdict (issue 22): the evidence pruner with a prior rung at epoch 1, keep a third.
+    assert (real.sampler.type, real.pruner.type) == ("tpe", "auto")
+    pruner = build_pruner(real)
+    assert isinstance(pruner, EvidencePruner)
+    assert (pruner.first_rung, pruner.reduction_factor, pruner.margin_se) == (1, 3, 4)
+    assert ladder(pruner.first_rung, pruner.max_resource, pruner.reduction_factor) == (1, 3, 9)
     # The pilot's winner (issue 22): wsd, rungs read off an EMA of the weights.
     assert (real.train.schedule, real.train.ema_halflife, real.train.rung_value) == ("wsd", 0.5, "ema")
     demo = load_spec("demo", studies_dir=STUDIES)
