@@ -101,20 +101,20 @@ class Retrain:
 
 def retrain_curve(spec: Any, params: Mapping[str, Any], data: Any, device: str, *, seed: int, epochs: int) -> Retrain:
     """The rung values (what the pruner would see) of the first ``epochs`` epochs of the table's schedule,
-    computed as a table worker computes them (the spec's fixed params, the same TrainConfig)."""
-    from sweep.objective import train_config
-    from sweep.train import Diverged, fit
+    trained as ``sweep rerun`` trains a trial (``objective.retrain``: the spec's fixed params, the same
+    TrainConfig), stopped by raising from its epoch callback."""
+    from sweep.objective import retrain
+    from sweep.train import Diverged
 
-    config = train_config(spec, {**spec.fixed_params(), **params}, num_classes=data.num_classes, seed=seed)
     curve: list[float] = []
 
-    def on_epoch(result: Any, checkpoint: Callable[[], dict]) -> None:
-        curve.append(float(result.val_accuracy))
+    def on_epoch(epoch: int, total: int, accuracy: float) -> None:
+        curve.append(float(accuracy))
         if len(curve) >= epochs:
             raise _Enough
 
     try:
-        fit(config, data, device, on_epoch=on_epoch)
+        retrain(spec, {**spec.fixed_params(), **params}, data, device, seed=seed, on_epoch=on_epoch)
     except _Enough:
         pass
     except Diverged:  # another seed of a config at the edge of stability: a result, not an error
