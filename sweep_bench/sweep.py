@@ -30,6 +30,7 @@ budget (a lower bound, flagged by ``censored``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import statistics
@@ -46,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import record
 from sweep.pruner import spearman
 from sweep.search import build_pruner, build_sampler, grid_space
-from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec
+from sweep.spec import ParamSpec, PrunerSpec, SamplerSpec, StudySpec, builtin_specs_dir, load_spec
 from sweep_bench import save_figure, write_json
 
 TOLERANCE = 0.005  # "within 0.5 points": the target when a table does not say its validation size
@@ -66,7 +67,7 @@ class Method:
 def default_methods(epochs: int) -> tuple[Method, ...]:
     """(a) random, (b) TPE, (c) TPE + median, (d) TPE + successive halving, (e) TPE + Hyperband,
     then the later-first-rung variants that did best on the CPU table and on the fine-tune table
-    (BENCHMARKS.md)."""
+    (BENCHMARKS.md), the evidence pruner with its defaults and with lr-freeze's settings."""
     return (
         Method("random", "random", "none"),
         Method("tpe", "tpe", "none"),
@@ -97,7 +98,15 @@ def default_methods(epochs: int) -> tuple[Method, ...]:
         ),
         # Rungs where the study's own finished curves start to rank like their ends (sweep.pruner).
         Method("tpe+auto", "tpe", "auto"),
+        service_method(),
     )
+
+
+@functools.cache
+def service_method() -> Method:
+    """TPE + lr-freeze's own pruner, read from the shipped spec: the replay measures what users get."""
+    pruner = load_spec(str(builtin_specs_dir() / "lr-freeze.toml")).pruner
+    return Method(f"tpe+{pruner.type}(lr-freeze)", "tpe", pruner.type, dict(pruner.args))
 
 
 # --------------------------------------------------------------------------- the table

@@ -152,6 +152,7 @@ def test_every_proposal_is_a_table_row(table_url: str, result: dict[str, Any]) -
         "tpe+sha(half,rf2)",
         "tpe+hyperband(half,rf2)",
         "tpe+auto",
+        "tpe+auto(lr-freeze)",
     }
     for entry in result["methods"].values():
         for run in entry["runs"]:
@@ -356,6 +357,13 @@ def test_the_committed_finetune_replay_is_what_the_committed_table_gives(tmp_pat
     assert set(committed["epochs_ratio_vs_random"]) == {m.name for m in default_methods(table.epochs)}
 
 
+def test_the_replay_measures_lr_freezes_own_pruner() -> None:
+    # The service's choice is replayed as shipped: a change to studies/lr-freeze.toml changes the method.
+    shipped = load_spec("lr-freeze", studies_dir=ROOT / "studies").pruner
+    (method,) = [m for m in default_methods(EPOCHS) if m.name.endswith("(lr-freeze)")]
+    assert (method.sampler, method.pruner, dict(method.pruner_args)) == ("tpe", shipped.type, dict(shipped.args))
+
+
 def test_oracle_is_the_expected_cost_of_a_perfect_classifier(table_url: str) -> None:
     # Drawing without replacement, (misses)/(hits + 1) misses come before the first hit: random pays
     # every epoch of them, the oracle after epoch e pays e of each (a diverged row what it trained).
@@ -386,6 +394,7 @@ def test_rung_noise_perturbs_only_the_values_a_pruner_reads(table_url: str, monk
     """Seed-like noise moves every value before the last epoch (a fresh draw per trial, the same for a
     replay seed and trial number), never a final value: the target and the chosen config stay the table's."""
     table = load_table("table-synth", table_url)
+    methods = default_methods(EPOCHS)  # before the patch: loading lr-freeze's spec dry-runs its pruner
     reported: list[tuple[tuple[Any, ...], int, float]] = []
     real_report = optuna.trial.Trial.report
 
@@ -394,7 +403,7 @@ def test_rung_noise_perturbs_only_the_values_a_pruner_reads(table_url: str, monk
         real_report(self, value, step)
 
     monkeypatch.setattr(optuna.trial.Trial, "report", report)
-    sha = next(m for m in default_methods(EPOCHS) if m.pruner == "successive-halving")
+    sha = next(m for m in methods if m.pruner == "successive-halving")
     noisy = replay(table, sha, 0, 40, rung_noise=(0.05, 0.02))
     assert noisy == replay(table, sha, 0, 40, rung_noise=(0.05, 0.02))  # deterministic
     moved = [abs(v - table.rows[k].curve[e - 1]) for k, e, v in reported if e < EPOCHS]
@@ -405,7 +414,7 @@ def test_rung_noise_perturbs_only_the_values_a_pruner_reads(table_url: str, monk
     reported.clear()
     assert replay(table, sha, 0, 40) != noisy  # the noise changed what the pruner decided
     assert all(v == table.rows[k].curve[e - 1] for k, e, v in reported)
-    random_method = default_methods(EPOCHS)[0]
+    random_method = methods[0]
     assert random_method.pruner == "none"  # without a pruner nothing reads the rung values
     assert replay(table, random_method, 0, 40, rung_noise=(0.05,)) == replay(table, random_method, 0, 40)
     with pytest.raises(ValueError, match="rung_noise"):
