@@ -337,21 +337,33 @@ def test_table_specs_are_valid_grids(name: str) -> None:
     assert set(spec.params) == {"lr", "batch_size", "frozen_layers", "aug_strength"}
 
 
-def test_the_committed_finetune_replay_is_what_the_committed_table_gives(tmp_path: Path) -> None:
-    # benchmarks/results/sweep-finetune.json (BENCHMARKS.md, lr-freeze's defaults) must be reproducible
-    # from benchmarks/tables/table-finetune.db by this code: same table figures, same runs.
+@pytest.mark.parametrize(
+    ("name", "result_file", "checked"),
+    [
+        ("table-finetune", "sweep-finetune.json", ("tpe", "tpe+hyperband(half,rf2)")),
+        ("table-wide", "sweep-wide.json", ("tpe+sha", "tpe+auto(lr-freeze)")),
+    ],
+)
+def test_the_committed_replay_is_what_the_committed_table_gives(
+    name: str, result_file: str, checked: tuple[str, ...], tmp_path: Path
+) -> None:
+    # benchmarks/results/*.json (BENCHMARKS.md, lr-freeze's defaults) must be reproducible from the
+    # committed table by this code: the whole table (not a partial one), same figures, same runs.
     import shutil
 
-    db = tmp_path / "table-finetune.db"  # a copy: reading must not touch the committed file
-    shutil.copy(ROOT / "benchmarks" / "tables" / "table-finetune.db", db)
-    committed = json.loads((ROOT / "benchmarks" / "results" / "sweep-finetune.json").read_text())
-    table = load_table("table-finetune", f"sqlite:///{db}")
+    db = tmp_path / f"{name}.db"  # a copy: reading must not touch the committed file
+    shutil.copy(ROOT / "benchmarks" / "tables" / f"{name}.db", db)
+    committed = json.loads((ROOT / "benchmarks" / "results" / result_file).read_text())
+    table = load_table(name, f"sqlite:///{db}")
+    assert not committed["table"].get("partial")
+    assert committed["table"]["grid_size"] == committed["table"]["grid_points"] == len(table.rows)
     assert committed["table"]["best_val_accuracy"] == table.best().curve[-1]
     assert committed["table"]["weights_sha256"] == table.weights_sha256
     assert committed["table"]["epoch_spearman"] == table.epoch_spearman()
     assert committed["tolerance"] == round(table.noise_floor(), 6)
+    assert committed["seeds"] >= 10 and not committed.get("rung_noise")
     for method in default_methods(table.epochs):
-        if method.name in ("tpe", "tpe+hyperband(half,rf2)"):
+        if method.name in checked:
             again = replay(table, method, 0, committed["budget_epochs"], committed["tolerance"])
             assert again == committed["methods"][method.name]["runs"][0], method.name
     assert set(committed["epochs_ratio_vs_random"]) == {m.name for m in default_methods(table.epochs)}
